@@ -1,0 +1,49 @@
+# Two commands matter: `make test` and `make demo`. Both create .venv on first use
+# (torch==2.13.0 is installed before anything that depends on it, so no CUDA build is pulled),
+# install the project, and then run. Reruns reuse the venv until pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: test test-slow lint format typecheck demo bench-shard clean help
+
+help:
+	@echo "make test    - install if needed, then lint, type-check and run the default test suite"
+	@echo "make demo    - install if needed, then shard (and label) the bundled sample corpus"
+	@echo "make test-slow, make bench-shard, make format, make clean"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy schemas dpmesh_core
+
+test: lint typecheck
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+demo: $(STAMP)
+	$(PY) -m pipelines.demo
+
+bench-shard: $(STAMP)
+	$(PY) benchmarks/shard_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo_output

@@ -1,0 +1,222 @@
+"""Structured configs of the pipelines' hydra apps.
+
+Hydra composes YAML from ``pipelines/conf/`` at the edge; these dataclasses give every key a type,
+so an unknown key or a value of the wrong type fails at launch with a message naming it, and
+``__post_init__`` checks the values. After composition, :func:`to_job_config` turns the
+``DictConfig`` into plain dataclasses with every ``${...}`` resolved on the driver: hydra never
+runs on Beam workers, and only these picklable dataclasses travel to them.
+"""
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from pipelines.config_storage import StorageConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key and how to fix it."""
+
+
+class RunnerName(str, Enum):
+    """Where the Beam pipeline runs."""
+
+    direct = "direct"
+    portable = "portable"
+    dataflow = "dataflow"
+    spark = "spark"
+    flink = "flink"
+
+
+class RunningMode(str, Enum):
+    """Local execution modes of Beam's FnApiRunner (the engine behind the DirectRunner for batch)."""
+
+    in_memory = "in_memory"
+    multi_threading = "multi_threading"
+    multi_processing = "multi_processing"
+
+
+class EnvironmentType(str, Enum):
+    """Where the portable runner starts SDK workers."""
+
+    LOOPBACK = "LOOPBACK"
+    EXTERNAL = "EXTERNAL"
+    DOCKER = "DOCKER"
+    PROCESS = "PROCESS"
+
+
+@dataclass
+class RunnerConfig:
+    """Beam runner selection and its options; :mod:`pipelines.options` is the only reader.
+
+    Attributes:
+        name: Which runner. ``dataflow``, ``spark`` and ``flink`` are declared but not yet supported.
+        running_mode: Local execution mode (``direct`` only).
+        num_workers: Local worker count for ``multi_threading``/``multi_processing`` (``direct`` only).
+        job_endpoint: ``host:port`` of a Beam job service (``portable``).
+        environment_type: Where SDK workers run (``portable``).
+        environment_config: Worker pool address for ``EXTERNAL``, image for ``DOCKER``.
+        extra_options: Raw Beam flags appended last, for options this config does not model.
+    """
+
+    name: RunnerName = RunnerName.direct
+    running_mode: RunningMode = RunningMode.in_memory
+    num_workers: int = 1
+    job_endpoint: str | None = None
+    environment_type: EnvironmentType = EnvironmentType.LOOPBACK
+    environment_config: str | None = None
+    extra_options: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError(f"runner.num_workers must be >= 1, got {self.num_workers}")
+        if self.name == RunnerName.portable and not self.job_endpoint:
+            raise ConfigError("runner=portable needs runner.job_endpoint=<host:port> of a Beam job service")
+        if self.environment_type == EnvironmentType.EXTERNAL and not self.environment_config:
+            raise ConfigError("runner.environment_type=EXTERNAL needs runner.environment_config=<host:port>")
+
+
+@dataclass
+class InputConfig:
+    """What to shard: exactly one of ``images`` and ``manifest``.
+
+    Attributes:
+        images: A directory, a glob (``*`` within a path segment, ``**`` across) or an object-store prefix.
+        manifest: A text file (one URI per line; relative lines resolve against the manifest's folder) or a
+            Parquet file with a ``uri`` or ``source_uri`` column.
+        annotations: Optional COCO-format person keypoint file, joined to images by file name.
+        extensions: If set, only files with these extensions (lower case, no dot) are inputs; by default
+            every listed file is an input, and non-images are reported, not skipped silently.
+    """
+
+    images: str | None = None
+    manifest: str | None = None
+    annotations: str | None = None
+    extensions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.extensions = [ext.lower().lstrip(".") for ext in self.extensions]
+
+    def validate(self) -> None:
+        """Cross-field checks (run after composition: defaults alone are incomplete on purpose)."""
+        if (self.images is None) == (self.manifest is None):
+            raise ConfigError("set exactly one of input.images=<dir|glob|prefix> and input.manifest=<txt|parquet>")
+
+
+@dataclass
+class ShardConfig:
+    """Shard sizing and per-image limits of ``dpmesh-shard``.
+
+    Attributes:
+        max_samples: Most samples (images) in one shard.
+        max_bytes: Most image bytes in one shard.
+        fill_target: Fraction of the caps an average shard is planned at. Keys are spread over shards by a
+            digest, so shards vary in size; the headroom keeps almost all under the caps, and a shard that
+            would still exceed one spills its tail into an overflow shard (see README, "Output layout").
+        max_file_bytes: Larger files are reported as ``file_too_large`` instead of being read whole.
+        max_image_pixels: Images with more pixels are reported as ``decompression_bomb``.
+        drop_duplicates: Keep one of each set of byte-identical files (the smallest key); the others are
+            reported with reason ``duplicate``. Off by default: duplicates are sharded and reported.
+    """
+
+    max_samples: int = 1000
+    max_bytes: int = 256 * 1024 * 1024
+    fill_target: float = 0.8
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    drop_duplicates: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_samples", "max_bytes", "max_file_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"shard.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.1 <= self.fill_target <= 1.0:
+            raise ConfigError(f"shard.fill_target must be in [0.1, 1.0], got {self.fill_target}")
+
+
+@dataclass
+class ShardJobConfig:
+    """The ``dpmesh-shard`` app: corpus in, WebDataset shards + indexes + manifest out."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    output: str = "???"
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    log_level: str = "INFO"
+
+
+def register_configs() -> None:
+    """Register the structured schemas so the YAML defaults lists can extend them."""
+    store = ConfigStore.instance()
+    store.store(name="shard_schema", node=ShardJobConfig)
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def to_job_config(cfg: DictConfig, config_type: type[ConfigT]) -> ConfigT:
+    """Resolve a composed config on the driver into plain dataclasses, re-raising problems as ConfigError.
+
+    ``OmegaConf.to_object`` builds the dataclasses, which runs every ``__post_init__`` check.
+    """
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # omegaconf wraps __post_init__ errors and reports type errors itself
+        cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else exc
+        raise ConfigError(str(cause).split("\n    full_key")[0]) from exc
+    if not isinstance(obj, config_type):
+        raise ConfigError(f"expected a {config_type.__name__} config, got {type(obj).__name__}")
+    _validate_tree(obj)
+    return obj
+
+
+def _validate_tree(obj: Any) -> None:
+    """Call ``validate()`` on every config dataclass of the tree that defines one."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return
+    for f in dataclasses.fields(obj):
+        _validate_tree(getattr(obj, f.name))
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (enums as their values)."""
+    result = _jsonable(cfg)
+    if not isinstance(result, dict):
+        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
+    return result
+
+
+def config_hash(cfg: Any, *, exclude: tuple[str, ...] = ("runner", "storage", "log_level", "overwrite")) -> str:
+    """A short stable fingerprint of the parts of a config that change outputs.
+
+    Where and how the job runs (runner, storage endpoints, logging) does not change what it writes, so
+    those sections are left out by default: the same corpus sharded locally or on Dataflow hashes alike.
+    """
+    content = {k: v for k, v in config_to_dict(cfg).items() if k not in exclude}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,57 @@
+"""Storage configuration: how URIs of each scheme are reached. Credentials never live here."""
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class RetryMode(str, Enum):
+    """botocore retry strategies (https://boto3.amazonaws.com/v1/documentation/api/latest/guide/retries.html)."""
+
+    standard = "standard"
+    adaptive = "adaptive"
+
+
+class AddressingStyle(str, Enum):
+    """S3 bucket addressing; S3-compatible servers usually need ``path``."""
+
+    auto = "auto"
+    path = "path"
+    virtual = "virtual"
+
+
+@dataclass
+class StorageConfig:
+    """Options for local paths, ``s3://`` and ``gs://`` URIs.
+
+    Credentials come from the environment or the cloud identity (boto3's and google-auth's default
+    chains), never from this config, so the config can be logged and hashed safely.
+
+    Attributes:
+        s3_endpoint_url: Endpoint override for S3-compatible servers (SeaweedFS, MinIO, Ceph); ``None`` = AWS.
+        s3_region: Region name passed to boto3; ``None`` lets boto3 decide.
+        s3_addressing_style: Bucket addressing style for S3.
+        gcs_project: Project for the GCS client; ``None`` = from the environment.
+        max_attempts: Attempts per request (first try included) for transient errors (throttling, 5xx,
+            connection resets), with exponential backoff and jitter.
+        retry_mode: botocore retry strategy; ``adaptive`` also rate-limits the client after throttling.
+        backoff_base_s: First backoff delay in seconds for our own retry loop; doubles per attempt.
+        backoff_max_s: Upper bound of one backoff delay in seconds.
+    """
+
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: AddressingStyle = AddressingStyle.auto
+    gcs_project: str | None = None
+    max_attempts: int = 8
+    retry_mode: RetryMode = RetryMode.adaptive
+    backoff_base_s: float = 0.2
+    backoff_max_s: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"storage.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.backoff_base_s < 0 or self.backoff_max_s < self.backoff_base_s:
+            raise ValueError(
+                f"storage.backoff_base_s ({self.backoff_base_s}) must be >= 0 and <= storage.backoff_max_s "
+                f"({self.backoff_max_s})"
+            )

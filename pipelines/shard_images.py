@@ -1,0 +1,211 @@
+"""``dpmesh-shard``: turn an image corpus into WebDataset shards with Beam.
+
+Writes ``<output>/shard-NNNNNN.tar`` + ``shard-NNNNNN.parquet`` (index) per shard, then
+``_errors.parquet`` and ``_manifest.json`` last. See README "Output layout".
+
+Run it as ``dpmesh-shard input.images=<dir|glob|prefix> output=<uri> [key=value ...]``, or from
+Python with :func:`run` and a :class:`~pipelines.config.ShardJobConfig`.
+"""
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import apache_beam as beam
+import hydra
+from omegaconf import DictConfig
+
+import pipelines
+from pipelines.coco_annotations import join_name
+from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict, register_configs, to_job_config
+from pipelines.corpus import list_corpus
+from pipelines.keys import stable_bucket
+from pipelines.options import pipeline_options
+from pipelines.storage import Storage, join
+from pipelines.transforms.shard_manifest import ERRORS_NAME, MANIFEST_NAME, WriteManifestFn
+from pipelines.transforms.sharding import (
+    ERRORS,
+    AttachAnnotationsFn,
+    ListCorpusFn,
+    ProbeFileFn,
+    ResolveDuplicatesFn,
+    WriteBucketFn,
+    count_and_bytes,
+    num_buckets,
+    read_annotations,
+)
+
+
+logger = logging.getLogger(__name__)
+
+
+def run_info(cfg: ShardJobConfig) -> dict[str, Any]:
+    """What the manifest and file metadata record about this run (no secrets: storage holds none)."""
+    return {
+        "created_by": "dpmesh-shard",
+        "pipeline_version": pipelines.__version__,
+        "config_hash": config_hash(cfg),
+        "config": {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "shard")},
+    }
+
+
+def build_pipeline(p: beam.Pipeline, cfg: ShardJobConfig) -> None:
+    """Adds the sharding steps to ``p``."""
+    info = run_info(cfg)
+    file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
+    sources = (
+        p
+        | "Start" >> beam.Create([None])
+        | "ListCorpus" >> beam.ParDo(ListCorpusFn(cfg.storage, cfg.input))
+        | "SpreadFiles" >> beam.Reshuffle()
+    )
+    probed = sources | "ProbeImages" >> beam.ParDo(ProbeFileFn(cfg.storage, cfg.shard)).with_outputs(ERRORS, main="ok")
+    deduped = (
+        probed.ok
+        | "KeyBySha1" >> beam.Map(lambda s: (s.sha1, s))
+        | "GroupBySha1" >> beam.GroupByKey()
+        | "ResolveDuplicates"
+        >> beam.ParDo(ResolveDuplicatesFn(cfg.shard.drop_duplicates)).with_outputs(
+            ERRORS, ResolveDuplicatesFn.DUPLICATE_GROUPS, main="ok"
+        )
+    )
+    samples, join_errors, join_report = _attach_annotations(p, cfg, deduped.ok)
+    totals = (
+        samples
+        | "CountAndBytes" >> beam.Map(lambda s: (1, s.bytes))
+        | "SumTotals" >> beam.CombineGlobally(count_and_bytes)
+    )
+    buckets = totals | "NumBuckets" >> beam.Map(num_buckets, cfg.shard)
+    written = (
+        samples
+        | "AssignBucket" >> beam.Map(lambda s, n: (stable_bucket(s.key, n), s), n=beam.pvalue.AsSingleton(buckets))
+        | "GroupByBucket" >> beam.GroupByKey()
+        | "WriteShards"
+        >> beam.ParDo(
+            WriteBucketFn(cfg.storage, cfg.shard, cfg.output, file_metadata), buckets=beam.pvalue.AsSingleton(buckets)
+        ).with_outputs(ERRORS, main="summaries")
+    )
+    errors = (probed[ERRORS], deduped[ERRORS], join_errors, written[ERRORS]) | "AllErrors" >> beam.Flatten()
+    files_listed = sources | "CountFiles" >> beam.combiners.Count.Globally()
+    _ = (
+        p
+        | "Finish" >> beam.Create([None])
+        | "WriteManifest"
+        >> beam.ParDo(
+            WriteManifestFn(cfg.storage, cfg.output, info),
+            summaries=beam.pvalue.AsList(written.summaries),
+            errors=beam.pvalue.AsList(errors),
+            duplicates=beam.pvalue.AsList(deduped[ResolveDuplicatesFn.DUPLICATE_GROUPS]),
+            join_report=beam.pvalue.AsList(join_report),
+            files_listed=beam.pvalue.AsSingleton(files_listed),
+            buckets=beam.pvalue.AsSingleton(buckets),
+        )
+    )
+
+
+def _attach_annotations(p: beam.Pipeline, cfg: ShardJobConfig, samples: Any) -> tuple[Any, Any, Any]:
+    """Joins COCO persons to images by file name; without an annotation file, passes samples through."""
+    if not cfg.input.annotations:
+        empty_errors = p | "NoAnnotationErrors" >> beam.Create([])
+        empty_report = p | "NoJoinReport" >> beam.Create([])
+        return samples, empty_errors, empty_report
+    annotations = (
+        p
+        | "AnnotationFile" >> beam.Create([cfg.input.annotations])
+        | "ReadAnnotations" >> beam.FlatMap(read_annotations, cfg.storage)
+    )
+    images_by_name = samples | "KeyByFileName" >> beam.Map(lambda s: (join_name(s.relpath), s))
+    joined = (
+        {"images": images_by_name, "annotations": annotations}
+        | "JoinAnnotations" >> beam.CoGroupByKey()
+        | "AttachAnnotations"
+        >> beam.ParDo(AttachAnnotationsFn()).with_outputs(ERRORS, AttachAnnotationsFn.JOIN_REPORT, main="ok")
+    )
+    return joined.ok, joined[ERRORS], joined[AttachAnnotationsFn.JOIN_REPORT]
+
+
+def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
+    """Launch-time checks: the input lists at least one file, and the output holds no other shard set.
+
+    Raises:
+        ConfigError: naming the value to change.
+    """
+    if next(iter(list_corpus(storage, cfg.input)), None) is None:
+        where = cfg.input.images or cfg.input.manifest
+        raise ConfigError(f"the input {where!r} lists no files; check input.images / input.manifest")
+    if cfg.input.annotations and not storage.exists(cfg.input.annotations):
+        raise ConfigError(f"input.annotations={cfg.input.annotations!r} does not exist")
+    previous = [o.uri for o in storage.glob(join(cfg.output, "shard-*")) if o.uri.endswith((".tar", ".parquet"))]
+    has_manifest = storage.exists(join(cfg.output, MANIFEST_NAME))
+    if (previous or has_manifest) and not cfg.overwrite:
+        raise ConfigError(f"output={cfg.output!r} already holds shards; choose another output or pass overwrite=true")
+    for uri in [*previous, join(cfg.output, MANIFEST_NAME), join(cfg.output, ERRORS_NAME)]:
+        storage.delete(uri)
+
+
+def run(
+    cfg: ShardJobConfig, *, options: beam.options.pipeline_options.PipelineOptions | None = None
+) -> dict[str, Any]:
+    """Runs the sharding job to completion and returns the manifest it wrote."""
+    storage = Storage(cfg.storage)
+    prepare_output(cfg, storage)
+    started = time.monotonic()
+    with beam.Pipeline(options=options or pipeline_options(cfg.runner, job_name="dpmesh-shard")) as p:
+        build_pipeline(p, cfg)
+    manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
+    manifest["elapsed_s"] = round(time.monotonic() - started, 3)
+    return manifest
+
+
+def format_summary(manifest: dict[str, Any], output: str) -> str:
+    """A short human-readable report of a finished sharding run."""
+    c = manifest["counts"]
+    lines = [
+        f"dpmesh-shard: {c['images_sharded']} images in {c['shards']} shards under {output}",
+        f"  files in {c['files_in']} = sharded {c['images_sharded']} + reported {c['files_errored']}"
+        f"  ({'reconciled' if c['reconciled'] else 'NOT RECONCILED'})",
+        f"  persons {c['persons']} on {c['images_annotated']} annotated images; "
+        f"{c['duplicate_files']} duplicate files in {c['duplicate_groups']} groups",
+    ]
+    if c["errors_by_reason"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in c["errors_by_reason"].items())
+        lines.append(f"  reported: {reasons}  (rows in {join(output, ERRORS_NAME)})")
+    for shard in manifest["shards"][:8]:
+        lines.append(f"  {shard['shard']}.tar  {shard['samples']:6d} samples  {shard['tar_bytes'] / 1e6:8.2f} MB")
+    if len(manifest["shards"]) > 8:
+        lines.append(f"  ... {len(manifest['shards']) - 8} more shards, listed in {join(output, MANIFEST_NAME)}")
+    if "elapsed_s" in manifest:
+        rate = c["files_in"] / max(manifest["elapsed_s"], 1e-9)
+        lines.append(f"  {manifest['elapsed_s']:.1f} s, {rate:.1f} files/s")
+    return "\n".join(lines)
+
+
+def configure_logging(level: str) -> None:
+    """Beam configures the root logger on import, so ``force=True`` is needed for ours to apply."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="dpmesh_shard")
+def _hydra_main(dict_cfg: DictConfig) -> None:
+    try:
+        cfg = to_job_config(dict_cfg, ShardJobConfig)
+        configure_logging(cfg.log_level)
+        manifest = run(cfg)
+    except ConfigError as exc:
+        print(f"dpmesh-shard: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(format_summary(manifest, cfg.output))
+
+
+def main() -> None:
+    """Console entry point ``dpmesh-shard``."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

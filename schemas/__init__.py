@@ -1,0 +1,49 @@
+"""Arrow schemas: the single source of truth for every column the pipelines write.
+
+Imports pyarrow and the standard library only. ``ALL_SCHEMAS`` lists every schema by name; each
+has a golden snapshot under ``tests/golden/schemas/``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from schemas.annotations import (
+    ANNOTATION_SCHEMA,
+    COCO17_KEYPOINT_NAMES,
+    QUALITY_TIERS,
+    SMPL24_JOINT_NAMES,
+    KeypointSource,
+    QualityTier,
+)
+from schemas.errors import ERROR_REASONS, ERROR_SCHEMA, ERROR_STAGES, ErrorReason, ErrorStage
+from schemas.metadata import SCHEMA_VERSION, empty_table, table_from_rows, with_file_metadata
+from schemas.shard_index import SHARD_INDEX_SCHEMA
+
+
+ALL_SCHEMAS: dict[str, pa.Schema] = {
+    "shard_index": SHARD_INDEX_SCHEMA,
+    "annotations": ANNOTATION_SCHEMA,
+    "errors": ERROR_SCHEMA,
+}
+"""Every schema, keyed by its ``schema_name`` metadata."""
+
+__all__ = [
+    "ALL_SCHEMAS",
+    "ANNOTATION_SCHEMA",
+    "COCO17_KEYPOINT_NAMES",
+    "ERROR_REASONS",
+    "ERROR_SCHEMA",
+    "ERROR_STAGES",
+    "QUALITY_TIERS",
+    "SCHEMA_VERSION",
+    "SHARD_INDEX_SCHEMA",
+    "SMPL24_JOINT_NAMES",
+    "ErrorReason",
+    "ErrorStage",
+    "KeypointSource",
+    "QualityTier",
+    "empty_table",
+    "table_from_rows",
+    "with_file_metadata",
+]
