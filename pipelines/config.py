@@ -153,6 +153,18 @@ class ShardJobConfig:
     log_level: str = "INFO"
 
 
+def compose_config(config_name: str, overrides: list[str], config_type: type["ConfigT"]) -> "ConfigT":
+    """Compose an app config from ``pipelines/conf`` with command-line style overrides, from Python.
+
+    The same composition and validation as the console scripts, for tests and notebooks.
+    """
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module("pipelines.conf", version_base="1.3"):
+        return to_job_config(compose(config_name, overrides=overrides), config_type)
+
+
 def register_configs() -> None:
     """Register the structured schemas so the YAML defaults lists can extend them."""
     store = ConfigStore.instance()
@@ -211,11 +223,15 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return result
 
 
-def config_hash(cfg: Any, *, exclude: tuple[str, ...] = ("runner", "storage", "log_level", "overwrite")) -> str:
+_NOT_CONTENT = ("output", "runner", "storage", "log_level", "overwrite")
+
+
+def config_hash(cfg: Any, *, exclude: tuple[str, ...] = _NOT_CONTENT) -> str:
     """A short stable fingerprint of the parts of a config that change outputs.
 
-    Where and how the job runs (runner, storage endpoints, logging) does not change what it writes, so
-    those sections are left out by default: the same corpus sharded locally or on Dataflow hashes alike.
+    Where and how the job runs (output location, runner, storage endpoints, logging) does not change what
+    it writes, so those are left out by default: the same corpus sharded locally or on Dataflow, into any
+    folder, hashes alike and gives identical files.
     """
     content = {k: v for k, v in config_to_dict(cfg).items() if k not in exclude}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())

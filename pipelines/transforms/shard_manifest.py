@@ -22,8 +22,12 @@ from schemas import ERROR_SCHEMA, SCHEMA_VERSION, ErrorStage, table_from_rows, w
 MANIFEST_NAME = "_manifest.json"
 ERRORS_NAME = "_errors.parquet"
 # Errors at these stages mean an input file was not sharded; annotation problems are about persons.
-_FILE_STAGES = {ErrorStage.SHARD_READ.value, ErrorStage.SHARD_DECODE.value, ErrorStage.SHARD_DEDUP.value,
-                ErrorStage.SHARD_WRITE.value}  # fmt: skip
+_FILE_STAGES = {
+    ErrorStage.SHARD_READ.value,
+    ErrorStage.SHARD_DECODE.value,
+    ErrorStage.SHARD_DEDUP.value,
+    ErrorStage.SHARD_WRITE.value,
+}
 _MAX_LISTED_DUPLICATE_GROUPS = 10_000
 
 
@@ -78,12 +82,16 @@ class WriteManifestFn(beam.DoFn):
         self._output = output
         self._run_info = run_info
 
-    def process(self, _: Any, summaries: Any, errors: Any, duplicates: Any, join_report: Any, files_listed: int,
-                buckets: int) -> Iterator[dict[str, Any]]:  # fmt: skip
+    def process(
+        self, _: Any, summaries: Any, errors: Any, duplicates: Any, join_report: Any, files_listed: int, buckets: int
+    ) -> Iterator[dict[str, Any]]:
         storage = Storage(self._storage_cfg)
         error_list = sorted(errors, key=error_sort_key)
-        schema = with_file_metadata(ERROR_SCHEMA, pipeline_version=self._run_info["pipeline_version"],
-                                    config_hash=self._run_info["config_hash"])  # fmt: skip
+        schema = with_file_metadata(
+            ERROR_SCHEMA,
+            pipeline_version=self._run_info["pipeline_version"],
+            config_hash=self._run_info["config_hash"],
+        )
         storage.write_bytes(join(self._output, ERRORS_NAME), parquet_bytes(table_from_rows(error_list, schema)))
         manifest = build_manifest(
             summaries=list(summaries),

@@ -18,11 +18,25 @@ from PIL import Image, ImageDraw
 # nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles (left before right).
 _TEMPLATE = np.array(
     [
-        [0.50, 0.08], [0.53, 0.06], [0.47, 0.06], [0.56, 0.08], [0.44, 0.08],
-        [0.65, 0.22], [0.35, 0.22], [0.72, 0.38], [0.28, 0.38], [0.75, 0.52], [0.25, 0.52],
-        [0.60, 0.55], [0.40, 0.55], [0.62, 0.76], [0.38, 0.76], [0.63, 0.97], [0.37, 0.97],
+        [0.50, 0.08],
+        [0.53, 0.06],
+        [0.47, 0.06],
+        [0.56, 0.08],
+        [0.44, 0.08],
+        [0.65, 0.22],
+        [0.35, 0.22],
+        [0.72, 0.38],
+        [0.28, 0.38],
+        [0.75, 0.52],
+        [0.25, 0.52],
+        [0.60, 0.55],
+        [0.40, 0.55],
+        [0.62, 0.76],
+        [0.38, 0.76],
+        [0.63, 0.97],
+        [0.37, 0.97],
     ]
-)  # fmt: skip
+)
 _LIMBS = [(5, 7), (7, 9), (6, 8), (8, 10), (5, 6), (11, 12), (5, 11), (6, 12), (11, 13), (13, 15), (12, 14), (14, 16)]
 
 
@@ -56,14 +70,21 @@ def draw_scene(rng: np.random.Generator, width: int, height: int, n_persons: int
         for a, b in _LIMBS:
             draw.line([tuple(points[a]), tuple(points[b])], fill=color, width=max(2, int(box_h / 40)))
         head_r = box_h * 0.06
-        draw.ellipse([points[0][0] - head_r, points[0][1] - head_r, points[0][0] + head_r, points[0][1] + head_r],
-                     outline=color, width=2)  # fmt: skip
+        draw.ellipse(
+            [points[0][0] - head_r, points[0][1] - head_r, points[0][0] + head_r, points[0][1] + head_r],
+            outline=color,
+            width=2,
+        )
         visible = [(0 <= x < width and 0 <= y < height) for x, y in points]
         keypoints = [
             [round(float(x), 2), round(float(y), 2), 2 if v else 0] for (x, y), v in zip(points, visible, strict=True)
         ]
-        persons.append({"bbox": [round(float(x0), 2), round(float(y0), 2), round(box_w, 2), round(box_h, 2)],
-                        "keypoints": keypoints})  # fmt: skip
+        persons.append(
+            {
+                "bbox": [round(float(x0), 2), round(float(y0), 2), round(box_w, 2), round(box_h, 2)],
+                "keypoints": keypoints,
+            }
+        )
     return image, persons
 
 
@@ -74,8 +95,15 @@ def encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def make_images(n: int, *, seed: int = 0, width: int = 640, height: int = 480, persons: tuple[int, int] = (0, 3),
-                formats: tuple[str, ...] = ("JPEG",)) -> list[SyntheticImage]:  # fmt: skip
+def make_images(
+    n: int,
+    *,
+    seed: int = 0,
+    width: int = 640,
+    height: int = 480,
+    persons: tuple[int, int] = (0, 3),
+    formats: tuple[str, ...] = ("JPEG",),
+) -> list[SyntheticImage]:
     """``n`` synthetic images named ``img_00000.jpg`` ...; formats cycle through ``formats``."""
     rng = np.random.default_rng(seed)
     images = []
@@ -111,17 +139,25 @@ def coco_document(images: list[SyntheticImage]) -> dict[str, Any]:
         doc["images"].append({"id": image_id, "file_name": img.file_name, "width": img.width, "height": img.height})
         for person in img.persons:
             flat = [v for kp in person["keypoints"] for v in kp]
-            doc["annotations"].append({
-                "id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0, "bbox": person["bbox"],
-                "keypoints": flat, "num_keypoints": sum(1 for kp in person["keypoints"] if kp[2] > 0),
-                "area": person["bbox"][2] * person["bbox"][3],
-            })  # fmt: skip
+            doc["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": person["bbox"],
+                    "keypoints": flat,
+                    "num_keypoints": sum(1 for kp in person["keypoints"] if kp[2] > 0),
+                    "area": person["bbox"][2] * person["bbox"][3],
+                }
+            )
             ann_id += 1
     return doc
 
 
-def write_corpus(root: str, images: list[SyntheticImage], *, extra: dict[str, bytes] | None = None,
-                 subdir: str = "") -> list[str]:  # fmt: skip
+def write_corpus(
+    root: str, images: list[SyntheticImage], *, extra: dict[str, bytes] | None = None, subdir: str = ""
+) -> list[str]:
     """Writes ``images`` (under ``subdir``) and ``extra`` files below ``root``; returns the relative paths."""
     written = []
     files = {os.path.join(subdir, img.file_name): img.data for img in images} | (extra or {})

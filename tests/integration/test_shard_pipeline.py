@@ -1,0 +1,249 @@
+"""dpmesh-shard end to end: real Beam runners, local disk and the real S3 server, read back with webdataset and tar."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from pipelines.config import ConfigError, ShardJobConfig, compose_config
+from pipelines.shard_images import run
+from pipelines.storage import Storage
+from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+
+
+N_IMAGES = 24
+MAX_SAMPLES = 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """24 images (jpg/png/webp, people annotated for 16 of them), 4 broken files and one exact duplicate."""
+    root = tmp_path_factory.mktemp("corpus")
+    images = make_images(N_IMAGES, seed=7, width=160, height=120, formats=("JPEG", "PNG", "WEBP"))
+    extra = broken_files(images[0].data) | {"copies/again.jpg": images[0].data}
+    write_corpus(str(root / "images"), images, extra=extra, subdir="people")
+    write_coco(str(root / "coco.json"), images[:16])
+    return {"images": str(root / "images"), "annotations": str(root / "coco.json"), "root": str(root)}
+
+
+def _config(*overrides: str) -> ShardJobConfig:
+    return compose_config(
+        "dpmesh_shard", [f"shard.max_samples={MAX_SAMPLES}", "log_level=WARNING", *overrides], ShardJobConfig
+    )
+
+
+def _digests(output: str) -> dict[str, str]:
+    """sha1 of every file written; the manifest without the output path it records."""
+    names = sorted(p for p in os.listdir(output) if p.endswith((".tar", ".parquet")))
+    digests = {n: hashlib.sha1(Path(output, n).read_bytes()).hexdigest() for n in names}
+    manifest = json.loads(Path(output, "_manifest.json").read_text())
+    manifest["config"].pop("output")
+    digests["_manifest.json"] = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def reference_run(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """One in-memory run everything else is compared with."""
+    output = str(tmp_path_factory.mktemp("out") / "shards")
+    manifest = run(
+        _config(f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}")
+    )
+    return output, manifest
+
+
+def test_every_input_file_is_sharded_or_reported(reference_run: tuple[str, dict]) -> None:
+    output, manifest = reference_run
+    counts = manifest["counts"]
+    assert counts["files_in"] == N_IMAGES + 5
+    assert counts["images_sharded"] == N_IMAGES + 1  # the duplicate is sharded and reported
+    assert counts["reconciled"] is True
+    assert counts["errors_by_reason"] == {"corrupt_image": 2, "not_an_image": 1, "zero_bytes": 1}
+    assert (counts["duplicate_groups"], counts["duplicate_files"]) == (1, 1)
+    errors = pq.read_table(Path(output, "_errors.parquet")).to_pylist()
+    assert sorted(Path(e["source_uri"]).name for e in errors) == [
+        "corrupt.jpg",
+        "empty.jpg",
+        "notes.txt",
+        "truncated.jpg",
+    ]
+    assert all(e["error"] for e in errors)
+    indexed = pa.concat_tables(pq.read_table(Path(output, f"{s['shard']}.parquet")) for s in manifest["shards"])
+    assert indexed.num_rows == counts["images_sharded"]
+    assert len(set(indexed.column("key").to_pylist())) == indexed.num_rows
+
+
+def test_shards_respect_caps_and_hold_sorted_keys(reference_run: tuple[str, dict]) -> None:
+    output, manifest = reference_run
+    for shard in manifest["shards"]:
+        assert 1 <= shard["samples"] <= MAX_SAMPLES
+        members = subprocess.run(
+            ["tar", "-tf", str(Path(output, f"{shard['shard']}.tar"))], capture_output=True, text=True, check=True
+        ).stdout.split()
+        keys = [m.split(".")[0] for m in members]
+        assert keys == sorted(keys)
+        assert len(members) == 2 * shard["samples"]
+        with open(Path(output, f"{shard['shard']}.tar"), "rb") as f:
+            assert hashlib.sha1(f.read()).hexdigest() == shard["tar_sha1"]
+
+
+def test_shards_read_back_with_webdataset_and_annotations_joined(reference_run: tuple[str, dict]) -> None:
+    output, manifest = reference_run
+    urls = [str(Path(output, f"{s['shard']}.tar")) for s in manifest["shards"]]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert len(samples) == manifest["counts"]["images_sharded"]
+    persons = 0
+    for sample in samples:
+        meta = sample["json"]
+        image = next(sample[ext] for ext in ("jpg", "png", "webp") if ext in sample)
+        assert image.size == (meta["width"], meta["height"]) == (160, 120)
+        persons += len(meta.get("persons", []))
+        if meta["annotated"]:
+            assert all(len(p["keypoints"]) == 17 for p in meta["persons"])
+    assert persons == manifest["counts"]["persons"] > 0
+    assert manifest["counts"]["images_annotated"] == 16
+
+
+def test_rerun_refuses_then_overwrite_is_byte_identical(reference_run: tuple[str, dict], corpus: dict) -> None:
+    output, _ = reference_run
+    before = _digests(output)
+    args = (f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}")
+    with pytest.raises(ConfigError, match="overwrite=true"):
+        run(_config(*args))
+    run(_config(*args, "overwrite=true"))
+    assert _digests(output) == before
+
+
+def test_multi_processing_gives_the_same_bytes(reference_run: tuple[str, dict], corpus: dict, tmp_path: Path) -> None:
+    output = str(tmp_path / "mp")
+    run(
+        _config(
+            f"input.images={corpus['images']}",
+            f"input.annotations={corpus['annotations']}",
+            f"output={output}",
+            "runner.running_mode=multi_processing",
+            "runner.num_workers=2",
+        )
+    )
+    assert _digests(output) == _digests(reference_run[0])
+
+
+def test_portable_runner_loopback_gives_the_same_bytes(
+    reference_run: tuple[str, dict], corpus: dict, tmp_path: Path, beam_job_endpoint: str
+) -> None:
+    output = str(tmp_path / "portable")
+    run(
+        _config(
+            f"input.images={corpus['images']}",
+            f"input.annotations={corpus['annotations']}",
+            f"output={output}",
+            "runner=portable",
+            f"runner.job_endpoint={beam_job_endpoint}",
+        )
+    )
+    assert _digests(output) == _digests(reference_run[0])
+
+
+@pytest.mark.parametrize("kind", ["txt", "parquet", "glob"])
+def test_manifest_and_glob_inputs(corpus: dict, tmp_path: Path, kind: str) -> None:
+    images = sorted(str(p) for p in Path(corpus["images"], "people").iterdir())[:5]
+    if kind == "txt":
+        Path(tmp_path, "list.txt").write_text("# five images\n" + "\n".join(images) + "\n\n")
+        source = f"input.manifest={tmp_path}/list.txt"
+    elif kind == "parquet":
+        pq.write_table(pa.table({"uri": images}), tmp_path / "list.parquet")
+        source = f"input.manifest={tmp_path}/list.parquet"
+    else:
+        source = f"input.images='{corpus['images']}/people/img_0000[0-4].*'"  # quoted: [] is hydra list syntax
+    manifest = run(_config(source, f"output={tmp_path}/out"))
+    assert manifest["counts"]["files_in"] == manifest["counts"]["images_sharded"] == 5
+
+
+@pytest.mark.s3
+def test_s3_corpus_to_s3_shards(corpus: dict, s3_bucket: str, s3_server, tmp_path: Path) -> None:
+    storage_overrides = [
+        "storage=s3",
+        f"storage.s3_endpoint_url={s3_server.endpoint_url}",
+        "storage.s3_region=us-east-1",
+        "storage.s3_addressing_style=path",
+    ]
+    cfg = _config(f"input.images={s3_bucket}/corpus", f"output={s3_bucket}/shards", *storage_overrides)
+    storage = Storage(cfg.storage)
+    for path in sorted(Path(corpus["images"]).rglob("*")):
+        if path.is_file():
+            storage.write_bytes(f"{s3_bucket}/corpus/{path.relative_to(corpus['images'])}", path.read_bytes())
+    manifest = run(cfg)
+    assert manifest["counts"]["reconciled"]
+    assert manifest["counts"]["images_sharded"] == N_IMAGES + 1
+    first = manifest["shards"][0]["shard"]
+    data = storage.read_bytes(f"{s3_bucket}/shards/{first}.tar")
+    local = tmp_path / f"{first}.tar"
+    local.write_bytes(data)
+    assert len(list(wds.WebDataset(str(local), shardshuffle=False))) == manifest["shards"][0]["samples"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert len(tar.getnames()) == 2 * manifest["shards"][0]["samples"]
+    index = pq.read_table(io.BytesIO(storage.read_bytes(f"{s3_bucket}/shards/{first}.parquet")))
+    assert index.schema.metadata[b"schema_name"] == b"shard_index"
+    assert json.loads(storage.read_bytes(f"{s3_bucket}/shards/_manifest.json"))["counts"]["reconciled"]
+
+
+@pytest.mark.s3
+def test_s3_multi_processing_workers_authenticate_from_the_environment(
+    corpus: dict, s3_bucket: str, s3_server, tmp_path: Path
+) -> None:
+    storage_overrides = [
+        "storage=s3",
+        f"storage.s3_endpoint_url={s3_server.endpoint_url}",
+        "storage.s3_region=us-east-1",
+        "storage.s3_addressing_style=path",
+    ]
+    manifest = run(
+        _config(
+            f"input.images={corpus['images']}/people",
+            f"output={s3_bucket}/mp",
+            *storage_overrides,
+            "runner.running_mode=multi_processing",
+            "runner.num_workers=2",
+        )
+    )
+    assert manifest["counts"]["images_sharded"] == N_IMAGES
+
+
+def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: dict, tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "pipelines.shard_images"]
+    bad = subprocess.run(
+        [*cli, f"input.images={corpus['images']}", f"output={tmp_path}/o", "shard.max_samples=0"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert "shard.max_samples must be >= 1" in bad.stderr
+    typo = subprocess.run(
+        [*cli, f"input.images={corpus['images']}", f"output={tmp_path}/o", "shard.max_sample=3"],
+        capture_output=True,
+        text=True,
+    )
+    assert typo.returncode != 0
+    assert "max_sample" in typo.stderr
+    empty = subprocess.run(
+        [*cli, f"input.images={tmp_path}/nothing", f"output={tmp_path}/o"], capture_output=True, text=True
+    )
+    assert empty.returncode == 2
+    assert "lists no files" in empty.stderr
+    good = subprocess.run(
+        [*cli, f"input.images={corpus['images']}/people", f"output={tmp_path}/o", "log_level=WARNING"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"{N_IMAGES} images in" in good.stdout
+    assert "reconciled" in good.stdout
