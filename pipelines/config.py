@@ -109,6 +109,13 @@ class InputConfig:
             raise ConfigError("set exactly one of input.images=<dir|glob|prefix> and input.manifest=<txt|parquet>")
 
 
+class ValidateMode(str, Enum):
+    """How much of each image ``dpmesh-shard`` checks before sharding it."""
+
+    decode = "decode"  # decode the pixels (JPEG at 1/8 scale): truncated or corrupt data is caught here
+    header = "header"  # header, size and EXIF only: faster, for corpora already known to decode
+
+
 @dataclass
 class ShardConfig:
     """Shard sizing and per-image limits of ``dpmesh-shard``.
@@ -123,6 +130,8 @@ class ShardConfig:
         max_image_pixels: Images with more pixels are reported as ``decompression_bomb``.
         drop_duplicates: Keep one of each set of byte-identical files (the smallest key); the others are
             reported with reason ``duplicate``. Off by default: duplicates are sharded and reported.
+        validate: ``decode`` (default) decodes every image so that only decodable images are sharded;
+            ``header`` trusts the pixel data and checks header, size and EXIF only.
     """
 
     max_samples: int = 1000
@@ -131,6 +140,7 @@ class ShardConfig:
     max_file_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 100_000_000
     drop_duplicates: bool = False
+    validate: ValidateMode = ValidateMode.decode
 
     def __post_init__(self) -> None:
         for name in ("max_samples", "max_bytes", "max_file_bytes", "max_image_pixels"):

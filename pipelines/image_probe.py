@@ -48,8 +48,8 @@ class ImageRejectedError(Exception):
         self.reason = reason
 
 
-def probe_image(data: bytes, *, max_image_pixels: int) -> ImageInfo:
-    """Identify and fully decode ``data``; return its :class:`ImageInfo`.
+def probe_image(data: bytes, *, max_image_pixels: int, decode: bool = True) -> ImageInfo:
+    """Identify ``data`` and (with ``decode``) decode its pixels; return its :class:`ImageInfo`.
 
     Raises:
         ImageRejectedError: with reason ``zero_bytes``, ``not_an_image``, ``unsupported_format``,
@@ -66,10 +66,10 @@ def probe_image(data: bytes, *, max_image_pixels: int) -> ImageInfo:
     except Exception as exc:  # PIL raises many types for malformed headers
         raise ImageRejectedError("corrupt_image", f"cannot read image header: {exc}") from None
     with image:
-        return _check_and_decode(image, max_image_pixels)
+        return _check_and_decode(image, max_image_pixels, decode)
 
 
-def _check_and_decode(image: Image.Image, max_image_pixels: int) -> ImageInfo:
+def _check_and_decode(image: Image.Image, max_image_pixels: int, decode: bool) -> ImageInfo:
     if image.format not in SHARDABLE_FORMATS:
         raise ImageRejectedError("unsupported_format", f"format {image.format} is not one of jpeg/png/webp")
     stored_width, stored_height = image.size
@@ -80,12 +80,8 @@ def _check_and_decode(image: Image.Image, max_image_pixels: int) -> ImageInfo:
         )
     orientation = _exif_orientation(image)
     mode = image.mode
-    try:
-        if image.format == "JPEG":
-            image.draft(image.mode, (max(1, stored_width // 8), max(1, stored_height // 8)))
-        image.load()
-    except Exception as exc:  # truncated / corrupt pixel data
-        raise ImageRejectedError("corrupt_image", f"cannot decode pixels: {exc}") from None
+    if decode:
+        _decode_pixels(image, stored_width, stored_height)
     transposed = orientation in _TRANSPOSED_ORIENTATIONS
     width, height = (stored_height, stored_width) if transposed else (stored_width, stored_height)
     return ImageInfo(
@@ -96,6 +92,15 @@ def _check_and_decode(image: Image.Image, max_image_pixels: int) -> ImageInfo:
         exif_orientation=orientation,
         mode=mode,
     )
+
+
+def _decode_pixels(image: Image.Image, width: int, height: int) -> None:
+    try:
+        if image.format == "JPEG":
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+    except Exception as exc:  # truncated / corrupt pixel data
+        raise ImageRejectedError("corrupt_image", f"cannot decode pixels: {exc}") from None
 
 
 def _exif_orientation(image: Image.Image) -> int:

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.coco_annotations import ImageAnnotations, join_name, parse_coco
-from pipelines.config import InputConfig, ShardConfig
+from pipelines.config import InputConfig, ShardConfig, ValidateMode
 from pipelines.config_storage import StorageConfig
 from pipelines.corpus import SourceFile, list_corpus
 from pipelines.error_rows import error_row
@@ -80,7 +80,8 @@ class ProbeFileFn(beam.DoFn):
         key = make_key(source.relpath)
         try:
             data = self._read(source)
-            info = probe_image(data, max_image_pixels=self._shard_cfg.max_image_pixels)
+            decode = self._shard_cfg.validate == ValidateMode.decode
+            info = probe_image(data, max_image_pixels=self._shard_cfg.max_image_pixels, decode=decode)
         except ImageRejectedError as exc:
             self._errored.inc()
             stage = ErrorStage.SHARD_READ if exc.reason in _READ_REASONS else ErrorStage.SHARD_DECODE

@@ -243,3 +243,13 @@ def test_manifest_reconciles_counts() -> None:
         summaries=summaries, errors=errors, duplicate_groups=[], join_report=[], files_listed=7, buckets=2, run_info={}
     )
     assert short["counts"]["reconciled"] is False
+
+
+def test_header_validation_trusts_pixel_data_but_still_checks_headers() -> None:
+    full = _image_bytes("JPEG")
+    truncated = full[: len(full) // 2]
+    assert probe_image(truncated, max_image_pixels=10**6, decode=False).width == 64
+    with pytest.raises(ImageRejectedError, match="cannot decode pixels"):
+        probe_image(truncated, max_image_pixels=10**6)
+    with pytest.raises(ImageRejectedError, match="not a recognised"):
+        probe_image(b"text", max_image_pixels=10**6, decode=False)
