@@ -1,0 +1,1 @@
+"""DPMesh network components (backbone, head, transformer, VPoser decoder, attention capture)."""

@@ -1,0 +1,175 @@
+"""Test-time pre-processing of the official 3DPW path (note §3): box from keypoints, 256² crop, model inputs.
+
+numpy only (no torch, no OpenCV): the affine warp reproduces `cv2.warpAffine(..., INTER_LINEAR)` including its
+1/32-pixel fixed-point source coordinates and its constant-0 border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dpmesh_core.errors import InvalidPersonInput
+from dpmesh_core.joints import SMPL30_JOINTS
+
+
+CONF_THRESHOLD = 0.05
+CROP_SIZE = 256
+HEATMAP_SIZE = 32
+
+
+@dataclass(frozen=True)
+class PersonInputs:
+    """Model inputs of one person and the geometry needed to map outputs back.
+
+    Attributes:
+        image: `(3, 256, 256)` float32 RGB in [0, 1].
+        joints: `(30, 3)` float32, x, y in 32-grid units of the crop, conf.
+        joints_mask: `(30, 1)` float32, 1 iff conf > 0.05 and 0 <= x, y < 32.
+        focal: sqrt(H² + W²) of the full image (px).
+        bbox_xywh: `(4,)` float32 square crop box in full-image px.
+        img2crop: `(2, 3)` float32 affine full image → crop px; `crop2img` its inverse.
+        image_hw: (H, W) of the full image.
+    """
+
+    image: np.ndarray
+    joints: np.ndarray
+    joints_mask: np.ndarray
+    focal: float
+    bbox_xywh: np.ndarray
+    img2crop: np.ndarray
+    crop2img: np.ndarray
+    image_hw: tuple[int, int]
+
+
+def bbox_from_keypoints(keypoints: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Extent of the valid keypoints enlarged ×1.2 around its centre (preprocessing.py:34-49). → `(4,)` xywh."""
+    x, y = keypoints[valid, 0], keypoints[valid, 1]
+    xmin, xmax, ymin, ymax = x.min(), x.max(), y.min(), y.max()
+    cx, w = (xmin + xmax) / 2.0, xmax - xmin
+    cy, h = (ymin + ymax) / 2.0, ymax - ymin
+    xmin, xmax = cx - 0.5 * w * 1.2, cx + 0.5 * w * 1.2
+    ymin, ymax = cy - 0.5 * h * 1.2, cy + 0.5 * h * 1.2
+    return np.array([xmin, ymin, xmax - xmin, ymax - ymin], dtype=np.float32)
+
+
+def square_crop_box(bbox: np.ndarray, width: int, height: int, scale: float = 1.1) -> np.ndarray:
+    """`process_bbox(..., is_3dpw_test=True)` (preprocessing.py:83-118): clip, make square, scale ×1.1."""
+    x, y, w, h = (float(v) for v in bbox)
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2 = min(width - 1.0, x1 + max(0.0, w - 1))
+    y2 = min(height - 1.0, y1 + max(0.0, h - 1))
+    box = np.array([x1, y1, x2 - x1, y2 - y1], dtype=np.float32)
+    w, h = box[2], box[3]
+    cx, cy = box[0] + w / 2.0, box[1] + h / 2.0
+    side = max(w, h)  # aspect ratio 1
+    box[2] = side * scale
+    box[3] = side * scale
+    box[0] = cx - box[2] / 2.0
+    box[1] = cy - box[3] / 2.0
+    return box
+
+
+def crop_affine(bbox: np.ndarray, out_size: int = CROP_SIZE, inverse: bool = False) -> np.ndarray:
+    """`gen_trans_from_patch_cv` with scale 1, rot 0 (preprocessing.py:248-281) → `(2, 3)` float32.
+
+    Solves the 3-point affine in float64 from float32 points, as `cv2.getAffineTransform` does.
+    """
+    c = np.array([bbox[0] + 0.5 * bbox[2], bbox[1] + 0.5 * bbox[3]], dtype=np.float32)
+    src = np.stack([c, c + np.array([0, bbox[3] * 0.5], np.float32), c + np.array([bbox[2] * 0.5, 0], np.float32)])
+    half = out_size * 0.5
+    dst = np.array([[half, half], [half, out_size], [out_size, half]], dtype=np.float32)
+    a, b = (dst, src) if inverse else (src, dst)
+    lhs = np.concatenate([a.astype(np.float64), np.ones((3, 1))], axis=1)
+    return np.linalg.solve(lhs, b.astype(np.float64)).T.astype(np.float32)
+
+
+def warp_affine_bilinear(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
+    """Numpy port of `cv2.warpAffine(image, matrix, (out, out), INTER_LINEAR)`, constant-0 border.
+
+    OpenCV inverts the matrix in float64, computes source coordinates in 10-bit fixed point and rounds them to
+    1/32 px (INTER_BITS = 5) before bilinear interpolation; both steps are reproduced.
+
+    Args:
+        image: `(H, W, C)` uint8 or float.
+        matrix: `(2, 3)` image → crop affine.
+        out_size: output side.
+
+    Returns:
+        `(out, out, C)` float32 in the input's value range.
+    """
+    m = matrix.astype(np.float64)
+    inv = np.zeros((2, 3))
+    det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    det = 1.0 / det if det != 0 else 0.0
+    inv[0, 0], inv[0, 1], inv[1, 0], inv[1, 1] = m[1, 1] * det, -m[0, 1] * det, -m[1, 0] * det, m[0, 0] * det
+    inv[0, 2] = -inv[0, 0] * m[0, 2] - inv[0, 1] * m[1, 2]
+    inv[1, 2] = -inv[1, 0] * m[0, 2] - inv[1, 1] * m[1, 2]
+    grid = np.arange(out_size, dtype=np.float64)
+    ab_scale, round_delta = 1024, 16  # AB_BITS = 10, INTER_TAB_SIZE = 32
+    fx = (np.rint((inv[0, 1] * grid + inv[0, 2]) * ab_scale)[:, None] + round_delta).astype(np.int64)
+    fy = (np.rint((inv[1, 1] * grid + inv[1, 2]) * ab_scale)[:, None] + round_delta).astype(np.int64)
+    xs = (fx + np.rint(inv[0, 0] * grid * ab_scale).astype(np.int64)[None, :]) >> 5
+    ys = (fy + np.rint(inv[1, 0] * grid * ab_scale).astype(np.int64)[None, :]) >> 5
+    x0, y0 = xs >> 5, ys >> 5
+    wx, wy = (xs & 31).astype(np.float32) / 32, (ys & 31).astype(np.float32) / 32
+    src = image.astype(np.float32)
+    height, width = src.shape[:2]
+    out = np.zeros((out_size, out_size, src.shape[2]), dtype=np.float32)
+    for dy, wgt_y in ((0, 1 - wy), (1, wy)):
+        for dx, wgt_x in ((0, 1 - wx), (1, wx)):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+            vals = src[np.clip(yi, 0, height - 1), np.clip(xi, 0, width - 1)] * inside[..., None]
+            out += vals * (wgt_y * wgt_x)[..., None]
+    return out
+
+
+def _check_inputs(image: np.ndarray, joints30: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
+        raise InvalidPersonInput("bad_image_shape", f"expected (H, W, 3) RGB, got {image.shape}")
+    if joints30.shape != (len(SMPL30_JOINTS), 3):
+        raise InvalidPersonInput("bad_keypoints_shape", f"expected (30, 3), got {joints30.shape}")
+    if not np.isfinite(joints30).all():
+        raise InvalidPersonInput("nonfinite_keypoints", "keypoints contain NaN or inf")
+
+
+def prepare_person(image: np.ndarray, joints30: np.ndarray) -> PersonInputs:
+    """Full image + 30-joint keypoints in image px → model inputs (PW3D.py:226-296).
+
+    Args:
+        image: `(H, W, 3)` uint8 RGB.
+        joints30: `(30, 3)` x, y in full-image px and confidence, in `SMPL30_JOINTS` order (see
+            `dpmesh_core.joints.coco17_to_smpl30` / `openpose18_to_smpl30`).
+
+    Raises:
+        InvalidPersonInput: wrong shapes, non-finite keypoints, no keypoint with conf > 0.05, degenerate box.
+    """
+    _check_inputs(image, joints30)
+    joints30 = joints30.astype(np.float32)  # the official joint-set conversion yields float32
+    height, width = image.shape[:2]
+    valid = joints30[:, 2] > CONF_THRESHOLD
+    if not valid.any():
+        raise InvalidPersonInput("no_valid_keypoints", f"no keypoint with confidence > {CONF_THRESHOLD}")
+    box = square_crop_box(bbox_from_keypoints(joints30, valid), width, height)
+    if not box[2] > 0:
+        raise InvalidPersonInput("degenerate_bbox", f"crop box {box.tolist()} has no extent")
+    img2crop = crop_affine(box)
+    crop = warp_affine_bilinear(image, img2crop, CROP_SIZE)
+    # All 30 joints are mapped, invalid ones included: their coordinates still feed the keypoint tokens.
+    xy1 = np.concatenate([joints30[:, :2].astype(np.float64), np.ones((30, 1))], axis=1)
+    joints = joints30.astype(np.float32).copy()
+    joints[:, :2] = (xy1 @ img2crop.astype(np.float64).T).astype(np.float32)
+    joints[:, :2] = joints[:, :2] / CROP_SIZE * HEATMAP_SIZE
+    inside = (joints[:, 0] >= 0) & (joints[:, 0] < HEATMAP_SIZE) & (joints[:, 1] >= 0) & (joints[:, 1] < HEATMAP_SIZE)
+    return PersonInputs(
+        image=(crop / 255.0).transpose(2, 0, 1).astype(np.float32),
+        joints=joints,
+        joints_mask=(valid & inside).astype(np.float32)[:, None],
+        focal=float(np.sqrt(float(height) ** 2 + float(width) ** 2)),
+        bbox_xywh=box,
+        img2crop=img2crop,
+        crop2img=crop_affine(box, inverse=True),
+        image_hw=(int(height), int(width)),
+    )
