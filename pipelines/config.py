@@ -163,6 +163,161 @@ class ShardJobConfig:
     log_level: str = "INFO"
 
 
+class ModelName(str, Enum):
+    """Which model labels persons."""
+
+    dpmesh = "dpmesh"  # the real DPMesh: official checkpoint or converted weights
+    tiny = "tiny"  # the same architecture at tiny widths with seeded random weights (tests, demo)
+
+
+class Device(str, Enum):
+    """Where the model runs. CPU runs are explicit: ``cuda`` never falls back to CPU."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    """Model weight and activation precision."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+@dataclass
+class ModelConfig:
+    """The labeling model.
+
+    Attributes:
+        name: ``dpmesh`` or ``tiny``.
+        checkpoint: An official ``*_best_ckpt.pth.tar`` (local path or object-store URI), for ``dpmesh``.
+        pretrained: A directory written by ``dpmesh-convert`` (safetensors + config.json), for ``dpmesh``;
+            loads faster and without pickle. Exactly one of ``checkpoint`` and ``pretrained``.
+        smpl_model: Optional SMPL neutral ``.npz`` (see ``dpmesh-convert-smpl``); by default the body
+            model comes from the checkpoint's own SMPL buffers.
+        device: ``cpu`` or ``cuda``; ``cuda`` without a visible GPU fails at launch.
+        dtype: Weight and activation precision.
+        min_batch_size: Smallest batch ``BatchElements`` forms (persons).
+        max_batch_size: Largest batch (persons); the official evaluation uses 12.
+        seed: Seed of the ``tiny`` model's random weights.
+        cache_dir: Where weights from object storage are copied before loading.
+    """
+
+    name: ModelName = ModelName.tiny
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    smpl_model: str | None = None
+    device: Device = Device.cpu
+    dtype: DType = DType.float32
+    min_batch_size: int = 1
+    max_batch_size: int = 12
+    seed: int = 0
+    cache_dir: str = "~/.cache/dpmesh-pseudolabel"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch_size <= self.max_batch_size:
+            raise ConfigError(
+                f"need 1 <= model.min_batch_size ({self.min_batch_size}) <= model.max_batch_size "
+                f"({self.max_batch_size})"
+            )
+
+    def validate(self) -> None:
+        """``dpmesh`` needs exactly one source of weights."""
+        if self.name == ModelName.dpmesh and (self.checkpoint is None) == (self.pretrained is None):
+            raise ConfigError(
+                "model=dpmesh needs exactly one of model.checkpoint=<official *_best_ckpt.pth.tar> and "
+                "model.pretrained=<directory written by dpmesh-convert>"
+            )
+
+
+class FilterPreset(str, Enum):
+    """Threshold presets of ``dpmesh_core.confidence`` (the one place their numbers live)."""
+
+    default = "default"
+    strict = "strict"
+    off = "off"
+
+
+@dataclass
+class FilterConfig:
+    """Confidence filtering: a preset, then any threshold overridden by name.
+
+    Every threshold left ``None`` takes the preset's value (see ``dpmesh_core.confidence.FilterThresholds``
+    for what each one means and its default); set one to override it, e.g. ``filter.max_betas_abs=2.5``.
+
+    Attributes:
+        preset: ``default`` (the anchors' recommended gates), ``strict``, or ``off`` (keeps every label,
+            still scores and tiers it).
+        flip_consistency: Also run every crop flipped and record ``flip_pa_mpjpe_mm`` (twice the GPU cost).
+    """
+
+    preset: FilterPreset = FilterPreset.default
+    flip_consistency: bool = False
+    kp_conf_threshold: float | None = None
+    min_kp_valid: int | None = None
+    min_box_px: float | None = None
+    max_betas_abs: float | None = None
+    max_reproj_norm: float | None = None
+    max_vposer_z_norm: float | None = None
+    max_joint_consistency_mm: float | None = None
+    max_truncation: float | None = None
+    max_flip_pa_mpjpe_mm: float | None = None
+    min_det_score: float | None = None
+    gold_min: float | None = None
+    silver_min: float | None = None
+    bronze_min: float | None = None
+
+    def overrides(self) -> dict[str, float]:
+        """The thresholds set explicitly."""
+        skip = ("preset", "flip_consistency")
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
+
+
+class DetectorName(str, Enum):
+    """Where persons and their 2D keypoints come from."""
+
+    annotations = "annotations"  # the persons in each shard sample's JSON (from dpmesh-shard input.annotations)
+
+
+@dataclass
+class DetectorConfig:
+    """Person and keypoint source."""
+
+    name: DetectorName = DetectorName.annotations
+
+
+@dataclass
+class LabelInputConfig:
+    """Attributes:
+    shards: A directory, prefix or glob of ``shard-*.tar`` written by ``dpmesh-shard``.
+    max_image_pixels: Images with more pixels are errors (``decompression_bomb``), not decoded.
+    """
+
+    shards: str = "???"
+    max_image_pixels: int = 100_000_000
+
+
+@dataclass
+class LabelJobConfig:
+    """The ``dpmesh-label`` app: shards in, per-shard annotations / rejected / errors Parquet out."""
+
+    input: LabelInputConfig = field(default_factory=LabelInputConfig)
+    output: str = "???"
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    progress_interval_s: float = 10.0
+    log_level: str = "INFO"
+
+
 def compose_config(config_name: str, overrides: list[str], config_type: type["ConfigT"]) -> "ConfigT":
     """Compose an app config from ``pipelines/conf`` with command-line style overrides, from Python.
 
@@ -179,6 +334,7 @@ def register_configs() -> None:
     """Register the structured schemas so the YAML defaults lists can extend them."""
     store = ConfigStore.instance()
     store.store(name="shard_schema", node=ShardJobConfig)
+    store.store(name="label_schema", node=LabelJobConfig)
 
 
 ConfigT = TypeVar("ConfigT")
@@ -233,7 +389,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return result
 
 
-_NOT_CONTENT = ("output", "runner", "storage", "log_level", "overwrite")
+_NOT_CONTENT = ("output", "runner", "storage", "log_level", "overwrite", "progress_interval_s")
 
 
 def config_hash(cfg: Any, *, exclude: tuple[str, ...] = _NOT_CONTENT) -> str:

@@ -1,0 +1,195 @@
+"""From shard tars to per-person model inputs: streaming samples, reading persons, preparing crops.
+
+Everything here runs on CPU workers before the GPU step. A shard is streamed (never held whole);
+each image is decoded once and every person in it becomes one :class:`PersonTask`.
+"""
+
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from dpmesh_core.joints import coco17_to_smpl30
+from dpmesh_core.preprocessing import PersonInputs, prepare_person
+
+
+IMAGE_EXTENSIONS = ("jpg", "png", "webp")
+# COCO visibility: 2 = visible, 1 = labelled but occluded (its position is still known: DPMesh is made
+# for occlusion, so it counts as valid), 0 = not labelled.
+COCO_VISIBILITY_CONFIDENCE = {0: 0.0, 1: 0.5, 2: 1.0}
+
+
+class ShardReadError(Exception):
+    """The shard tar could not be read to its end; ``samples_read`` samples came out before that."""
+
+    def __init__(self, message: str, samples_read: int) -> None:
+        super().__init__(message)
+        self.samples_read = samples_read
+
+
+@dataclass(frozen=True)
+class ShardSampleData:
+    """One sample of a shard: its key and members by extension (``jpg``/``png``/``webp`` and ``json``)."""
+
+    key: str
+    members: dict[str, bytes]
+
+    def image_bytes(self) -> bytes | None:
+        return next((self.members[e] for e in IMAGE_EXTENSIONS if e in self.members), None)
+
+
+def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
+    """Stream the samples of a WebDataset tar (members grouped by key, in tar order).
+
+    Raises:
+        ShardReadError: if the tar is corrupt or truncated; samples before the damage are yielded first.
+    """
+    current: ShardSampleData | None = None
+    count = 0
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
+                extracted = tar.extractfile(member)
+                data = extracted.read() if extracted else b""
+                if current is None or current.key != key:
+                    if current is not None:
+                        count += 1
+                        yield current
+                    current = ShardSampleData(key=key, members={})
+                current.members[ext] = data
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if current is not None:
+            yield current  # its members may be incomplete; the caller checks what it needs
+        raise ShardReadError(f"shard tar unreadable after {count} samples: {exc}", count) from exc
+    if current is not None:
+        yield current
+
+
+@dataclass(frozen=True)
+class AnnotatedPerson:
+    """A person as the shard's JSON gives it, in full-image pixels.
+
+    Attributes:
+        bbox_xyxy: `(4,)` float32 box; from the annotation, else the extent of the labelled keypoints.
+        keypoints_2d: `(17, 3)` float32 COCO-17 x, y (px) and confidence in [0, 1].
+        det_score: Detector score, when a detector produced the person.
+    """
+
+    bbox_xyxy: np.ndarray
+    keypoints_2d: np.ndarray
+    det_score: float | None = None
+
+
+def person_from_json(person: dict[str, Any], *, coco_visibility: bool = True) -> AnnotatedPerson:
+    """A person of a sample's JSON (``bbox_xywh`` and 17 x [x, y, v] ``keypoints``).
+
+    With ``coco_visibility`` the third keypoint value is a COCO visibility flag (0/1/2, as annotation
+    files hold) mapped through :data:`COCO_VISIBILITY_CONFIDENCE`; otherwise it is already a confidence.
+
+    Raises:
+        ValueError: if the keypoints are not 17 numeric triples.
+    """
+    raw = np.asarray(person.get("keypoints"), dtype=np.float64)
+    if raw.shape != (17, 3):
+        raise ValueError(f"person keypoints have shape {raw.shape}, expected (17, 3)")
+    keypoints = raw.astype(np.float32)
+    if coco_visibility:
+        keypoints[:, 2] = [COCO_VISIBILITY_CONFIDENCE.get(int(v), 0.0) if np.isfinite(v) else v for v in raw[:, 2]]
+    return AnnotatedPerson(_bbox_xyxy(person.get("bbox_xywh"), keypoints), keypoints, person.get("score"))
+
+
+def _bbox_xyxy(bbox_xywh: Any, keypoints: np.ndarray) -> np.ndarray:
+    if bbox_xywh is not None and len(bbox_xywh) == 4:
+        x, y, w, h = (float(v) for v in bbox_xywh)
+        return np.array([x, y, x + w, y + h], dtype=np.float32)
+    labelled = keypoints[keypoints[:, 2] > 0]
+    if not len(labelled):
+        return np.zeros(4, dtype=np.float32)
+    return np.array([*labelled[:, :2].min(0), *labelled[:, :2].max(0)], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PersonTask:
+    """One person ready for the model, with what the outputs need to be scored and written.
+
+    Attributes:
+        sample_id: ``<image_key>_p<person_idx>``, the key through inference.
+        shard: Shard name (``shard-000003``); image_key, source_uri: the image.
+        person_idx: Index of the person in the image's JSON.
+        image_width, image_height: Image size in px (EXIF orientation applied).
+        person: The input person (box, keypoints, detector score).
+        keypoint_source: Where the keypoints came from (``annotations``, ``vitpose``).
+        other_boxes: `(K, 4)` xyxy boxes of the other persons of the image (for crowding).
+        inputs: The model inputs (crop, 30 keypoints in the 32-grid, mask, focal).
+    """
+
+    sample_id: str
+    shard: str
+    image_key: str
+    source_uri: str
+    person_idx: int
+    image_width: int
+    image_height: int
+    person: AnnotatedPerson
+    keypoint_source: str
+    other_boxes: np.ndarray
+    inputs: PersonInputs
+
+
+def prepare_tasks(
+    image: np.ndarray,
+    persons: list[tuple[int, AnnotatedPerson]],
+    *,
+    shard: str,
+    image_key: str,
+    source_uri: str,
+    source: str,
+) -> Iterator[tuple[int, PersonTask | ValueError]]:
+    """``(person_idx, task)`` for each indexed person, or ``(person_idx, error)`` for one that cannot be prepared.
+
+    ``image`` is `(H, W, 3)` uint8 RGB. Errors are ``dpmesh_core.InvalidPersonInput`` (no valid keypoint,
+    non-finite values, degenerate box); they become error rows, one per person.
+    """
+    boxes = np.stack([p.bbox_xyxy for _, p in persons]) if persons else np.zeros((0, 4), np.float32)
+    for position, (idx, person) in enumerate(persons):
+        try:
+            inputs = prepare_person(image, coco17_to_smpl30(person.keypoints_2d))
+        except ValueError as exc:
+            yield idx, exc
+            continue
+        yield (
+            idx,
+            PersonTask(
+                sample_id=f"{image_key}_p{idx}",
+                shard=shard,
+                image_key=image_key,
+                source_uri=source_uri,
+                person_idx=idx,
+                image_width=int(image.shape[1]),
+                image_height=int(image.shape[0]),
+                person=person,
+                keypoint_source=source,
+                other_boxes=np.delete(boxes, position, axis=0),
+                inputs=inputs,
+            ),
+        )
+
+
+def sample_metadata(sample: ShardSampleData) -> dict[str, Any]:
+    """The sample's JSON document.
+
+    Raises:
+        ValueError: if the JSON member is missing or malformed.
+    """
+    if "json" not in sample.members:
+        raise ValueError("sample has no .json member")
+    meta = json.loads(sample.members["json"])
+    if not isinstance(meta, dict):
+        raise ValueError("sample JSON is not an object")
+    return meta

@@ -1,0 +1,195 @@
+"""``dpmesh-label``: label every person in WebDataset shards with DPMesh, score, filter, write Parquet.
+
+Per input shard ``shard-NNNNNN`` it writes ``annotations/``, ``rejected/`` and ``errors/`` Parquet, then
+``_done/shard-NNNNNN.json`` last; a rerun skips shards with a marker of the same config. The run ends
+with ``_summary.json``. See README "Labeling".
+"""
+
+import json
+import logging
+import re
+import sys
+import time
+from typing import Any
+
+import apache_beam as beam
+import hydra
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from omegaconf import DictConfig
+
+import pipelines
+from dpmesh_core.confidence import FilterThresholds
+from pipelines.config import (
+    ConfigError,
+    FilterConfig,
+    FilterPreset,
+    LabelJobConfig,
+    RunnerName,
+    config_hash,
+    config_to_dict,
+    register_configs,
+    to_job_config,
+)
+from pipelines.label_progress import ProgressReporter, build_summary, format_summary, read_markers
+from pipelines.model_handler import DPMeshModelHandler, check_device
+from pipelines.options import pipeline_options
+from pipelines.storage import Storage, join
+from pipelines.transforms.labeling import (
+    ERROR,
+    ERRORS,
+    REPORT,
+    REPORTS,
+    ReadShardFn,
+    ScorePersonFn,
+    WriteShardLabelsFn,
+    failed_batch_to_errors,
+    shard_name_of,
+)
+
+
+logger = logging.getLogger(__name__)
+
+SHARD_FILE = re.compile(r"shard-\d{6}\.tar$")
+SUMMARY_NAME = "_summary.json"
+
+
+def filter_thresholds(cfg: FilterConfig) -> FilterThresholds:
+    """The preset's thresholds with the explicitly set ones replaced.
+
+    Raises:
+        ConfigError: if an override is out of range (the message names it).
+    """
+    from dataclasses import replace
+
+    from dpmesh_core.confidence import default_thresholds, no_thresholds, strict_thresholds
+
+    presets = {
+        FilterPreset.default: default_thresholds,
+        FilterPreset.strict: strict_thresholds,
+        FilterPreset.off: no_thresholds,
+    }
+    try:
+        return replace(presets[cfg.preset](), **cfg.overrides())
+    except ValueError as exc:
+        raise ConfigError(str(exc).replace("FilterThresholds.", "filter.")) from exc
+
+
+def run_info(cfg: LabelJobConfig) -> dict[str, Any]:
+    """What markers and the summary record about the run (no secrets: configs hold none)."""
+    return {"pipeline_version": pipelines.__version__, "config_hash": config_hash(cfg)}
+
+
+def list_shards(storage: Storage, shards: str) -> list[str]:
+    """Every ``shard-NNNNNN.tar`` under a directory/prefix, or matching a glob, sorted."""
+    objects = storage.glob(shards) if any(c in shards for c in "*?[") else storage.list(shards.rstrip("/") + "/")
+    return sorted(o.uri for o in objects if SHARD_FILE.search(o.uri))
+
+
+def plan_shards(cfg: LabelJobConfig, storage: Storage) -> tuple[list[str], list[str]]:
+    """``(all shards, shards to label)``: shards with a marker of this config are skipped unless ``overwrite``.
+
+    Raises:
+        ConfigError: no shards; or markers of a different config in the output without ``overwrite``.
+    """
+    shards = list_shards(storage, cfg.input.shards)
+    if not shards:
+        raise ConfigError(f"input.shards={cfg.input.shards!r} holds no shard-NNNNNN.tar files")
+    if cfg.overwrite:
+        return shards, shards
+    markers = read_markers(storage, cfg.output)
+    current = config_hash(cfg)
+    foreign = sorted(name for name, m in markers.items() if m.get("config_hash") != current)
+    if foreign:
+        raise ConfigError(
+            f"output={cfg.output!r} holds labels made with another config (e.g. {foreign[0]}); "
+            "use another output, or overwrite=true to relabel"
+        )
+    return shards, [s for s in shards if shard_name_of(s) not in markers]
+
+
+def build_pipeline(p: beam.Pipeline, cfg: LabelJobConfig, shards: list[str]) -> None:
+    """Adds the labeling steps for ``shards`` to ``p``."""
+    handler = DPMeshModelHandler(cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency)
+    read = (
+        p
+        | "ListShards" >> beam.Create(shards)
+        | "SpreadShards" >> beam.Reshuffle()
+        | "ReadShards"
+        >> beam.ParDo(ReadShardFn(cfg.storage, cfg.input.max_image_pixels, cfg.detector.name.value)).with_outputs(
+            ERRORS, REPORTS, main="tasks"
+        )
+    )
+    results, failures = (
+        read.tasks
+        | "KeyBySampleId" >> beam.Map(lambda task: (task.sample_id, task))
+        | "DPMesh" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+    )
+    scored = results | "ScoreAndFilter" >> beam.ParDo(ScorePersonFn(filter_thresholds(cfg.filter)))
+    failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_errors)
+    errors = read[ERRORS] | "TagErrors" >> beam.MapTuple(lambda shard, row: (shard, (ERROR, row)))
+    reports = read[REPORTS] | "TagReports" >> beam.MapTuple(lambda shard, report: (shard, (REPORT, report)))
+    _ = (
+        (scored, failed, errors, reports)
+        | "AllByShard" >> beam.Flatten()
+        | "GroupByShard" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardLabelsFn(cfg.storage, cfg.output, run_info(cfg)))
+    )
+
+
+def run(cfg: LabelJobConfig, *, options: PipelineOptions | None = None) -> dict[str, Any]:
+    """Labels every pending shard, writes and returns the run summary."""
+    if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
+        check_device(cfg.model)  # a local run must see its GPU; remote drivers usually have none
+    thresholds = filter_thresholds(cfg.filter)
+    storage = Storage(cfg.storage)
+    shards, pending = plan_shards(cfg, storage)
+    logger.info("%d shards, %d to label, %d already done", len(shards), len(pending), len(shards) - len(pending))
+    started = time.monotonic()
+    if pending:
+        with ProgressReporter(storage, cfg.output, [shard_name_of(s) for s in pending], cfg.progress_interval_s):
+            beam_options = options or pipeline_options(cfg.runner, job_name="dpmesh-label")
+            with beam.Pipeline(options=beam_options) as p:
+                build_pipeline(p, cfg, pending)
+    elapsed = time.monotonic() - started
+    markers = read_markers(storage, cfg.output)
+    config = {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "model", "filter", "detector")}
+    summary = build_summary(
+        markers=markers,
+        shards_total=[shard_name_of(s) for s in shards],
+        processed=[shard_name_of(s) for s in pending],
+        elapsed_s=elapsed,
+        run_info={**run_info(cfg), "runner": cfg.runner.name.value, "config": config},
+        thresholds=thresholds,
+    )
+    storage.write_bytes(join(cfg.output, SUMMARY_NAME), json.dumps(summary, indent=1, sort_keys=True).encode())
+    return summary
+
+
+def configure_logging(level: str) -> None:
+    """Beam configures the root logger on import, so ``force=True`` is needed for ours to apply."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="dpmesh_label")
+def _hydra_main(dict_cfg: DictConfig) -> None:
+    try:
+        cfg = to_job_config(dict_cfg, LabelJobConfig)
+        configure_logging(cfg.log_level)
+        summary = run(cfg)
+    except ConfigError as exc:
+        print(f"dpmesh-label: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(format_summary(summary, cfg.output))
+
+
+def main() -> None:
+    """Console entry point ``dpmesh-label``."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Progress and the run summary of ``dpmesh-label``, both read from the per-shard ``_done/`` markers.
+
+Markers live in storage, so the driver sees progress the same way whatever the runner: a local run
+logs shards done and persons/s while it works, and the summary aggregates every marker, including
+those of earlier (resumed) runs.
+"""
+
+import dataclasses
+import json
+import logging
+import platform
+import threading
+import time
+from collections import Counter
+from importlib import metadata
+from types import TracebackType
+from typing import Any
+
+from pipelines.storage import Storage, join
+
+
+logger = logging.getLogger(__name__)
+
+_VERSIONED = ("apache-beam", "torch", "diffusers", "smplx", "pyarrow", "numpy", "webdataset")
+
+
+def read_markers(storage: Storage, output: str) -> dict[str, dict[str, Any]]:
+    """Every ``_done/<shard>.json`` under ``output``, by shard name."""
+    markers = {}
+    for obj in storage.list(join(output, "_done") + "/"):
+        if obj.uri.endswith(".json"):
+            marker = json.loads(storage.read_bytes(obj.uri))
+            markers[marker["shard"]] = marker
+    return markers
+
+
+class ProgressReporter:
+    """Logs ``shards done / total`` and persons/s every ``interval_s`` while a run is in flight."""
+
+    def __init__(self, storage: Storage, output: str, pending: list[str], interval_s: float) -> None:
+        self._storage = storage
+        self._output = output
+        self._pending = set(pending)
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dpmesh-progress", daemon=True)
+        self._started = time.monotonic()
+
+    def __enter__(self) -> "ProgressReporter":
+        if self._interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                done = {k: v for k, v in read_markers(self._storage, self._output).items() if k in self._pending}
+            except Exception as exc:  # progress is best effort; the run itself reports real failures
+                logger.debug("progress poll failed: %s", exc)
+                continue
+            persons = sum(m["counts"]["persons_in"] for m in done.values())
+            rate = persons / max(time.monotonic() - self._started, 1e-9)
+            logger.info(
+                "progress: %d/%d shards done, %d persons, %.1f persons/s", len(done), len(self._pending), persons, rate
+            )
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def build_summary(
+    *,
+    markers: dict[str, dict[str, Any]],
+    shards_total: list[str],
+    processed: list[str],
+    elapsed_s: float,
+    run_info: dict[str, Any],
+    thresholds: Any,
+) -> dict[str, Any]:
+    """The ``_summary.json`` document: totals over every shard marker, this run's throughput, versions."""
+    counts: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    by_stage: Counter[str] = Counter()
+    error_reasons: Counter[str] = Counter()
+    tiers: Counter[str] = Counter()
+    for marker in markers.values():
+        counts.update(marker["counts"])
+        by_reason.update(marker["rejected_by_reason"])
+        by_stage.update(marker["errors_by_stage"])
+        error_reasons.update(marker["errors_by_reason"])
+        tiers.update(marker["tiers"])
+    this_run = sum(markers[s]["counts"]["persons_in"] for s in processed if s in markers)
+    totals = dict(counts)
+    reconciled = (
+        totals.get("persons_in", 0)
+        == totals.get("persons_accepted", 0) + totals.get("persons_rejected", 0) + totals.get("persons_errored", 0)
+        and totals.get("images_in", 0) == totals.get("images_ok", 0) + totals.get("images_errored", 0)
+        and all(m["reconciled"] for m in markers.values())
+    )
+    return {
+        "created_by": "dpmesh-label",
+        **run_info,
+        "versions": _versions(),
+        "thresholds": dataclasses.asdict(thresholds),
+        "shards": {
+            "total": len(shards_total),
+            "done": sum(1 for s in shards_total if s in markers),
+            "labeled_this_run": len(processed),
+            "missing": sorted(s for s in shards_total if s not in markers)[:100],
+        },
+        "counts": totals,
+        "reconciled": reconciled,
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "errors_by_stage": dict(sorted(by_stage.items())),
+        "errors_by_reason": dict(sorted(error_reasons.items())),
+        "tiers": dict(sorted(tiers.items())),
+        "throughput": {
+            "elapsed_s": round(elapsed_s, 3),
+            "persons_this_run": this_run,
+            "persons_per_s": round(this_run / elapsed_s, 3) if elapsed_s > 0 else None,
+        },
+    }
+
+
+def format_summary(summary: dict[str, Any], output: str) -> str:
+    """The end-of-run table a local user reads."""
+    c = summary["counts"]
+    s = summary["shards"]
+    rows = [
+        ("shards done / total", f"{s['done']} / {s['total']} ({s['labeled_this_run']} this run)"),
+        (
+            "images in / ok / errored",
+            f"{c.get('images_in', 0)} / {c.get('images_ok', 0)} / {c.get('images_errored', 0)}",
+        ),
+        ("persons in", str(c.get("persons_in", 0))),
+        ("  accepted", str(c.get("persons_accepted", 0))),
+        ("  rejected", str(c.get("persons_rejected", 0))),
+        ("  errored", str(c.get("persons_errored", 0))),
+        ("counts reconcile", "yes" if summary["reconciled"] else "NO"),
+        ("tiers", ", ".join(f"{k} {v}" for k, v in summary["tiers"].items()) or "-"),
+        ("rejected by reason", ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items()) or "-"),
+        ("errors by reason", ", ".join(f"{k} {v}" for k, v in summary["errors_by_reason"].items()) or "-"),
+        ("persons/s (this run)", str(summary["throughput"]["persons_per_s"])),
+        ("output", output),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["dpmesh-label summary"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])

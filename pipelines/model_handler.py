@@ -1,0 +1,119 @@
+"""The Beam ModelHandler that runs DPMesh on batches of persons.
+
+``RunInference(KeyedModelHandler(DPMeshModelHandler(cfg)))`` batches persons (``BatchElements`` with
+the configured sizes), loads one model per process, or one per machine on GPU
+(``share_model_across_processes``: Dataflow starts one SDK process per vCPU, and a copy each would
+not fit on the GPU), and runs each batch under ``torch.inference_mode()``.
+"""
+
+import io
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from dpmesh_core.body_model import SMPLData
+from dpmesh_core.model import DPMesh
+from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
+from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName
+from pipelines.config_storage import StorageConfig
+from pipelines.label_inputs import PersonTask
+from pipelines.weights import local_copy
+
+
+logger = logging.getLogger(__name__)
+
+METRICS_NAMESPACE = "dpmesh"
+_TORCH_DTYPES = {DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LabeledPerson:
+    """A person's task (without its crop) and the model's prediction for it."""
+
+    task: PersonTask
+    prediction: PersonPrediction
+    flip_pa_mpjpe_mm: float | None = None
+
+
+def check_device(cfg: ModelConfig) -> None:
+    """Fail at launch when ``model.device=cuda`` and no GPU is visible (never fall back to CPU silently)."""
+    if cfg.device == Device.cuda and not torch.cuda.is_available():
+        raise ConfigError("model.device=cuda but no CUDA GPU is visible; pass model.device=cpu to run on CPU")
+
+
+def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
+    """Build the configured model on its device, in eval mode, weights frozen."""
+    check_device(cfg)
+    device, dtype = torch.device(cfg.device.value), _TORCH_DTYPES[cfg.dtype]
+    if cfg.name == ModelName.tiny:
+        return DPMesh.tiny(seed=cfg.seed).to(device=device, dtype=dtype).eval()
+    cache = os.path.expanduser(cfg.cache_dir)
+    if cfg.pretrained:
+        return DPMesh.from_pretrained(local_copy(cfg.pretrained, cache, storage_cfg), device=device, dtype=dtype)
+    smpl = None
+    if cfg.smpl_model:
+        with open(local_copy(cfg.smpl_model, cache, storage_cfg), "rb") as f:
+            smpl = SMPLData.from_arrays(dict(np.load(io.BytesIO(f.read()))))
+    checkpoint = local_copy(str(cfg.checkpoint), cache, storage_cfg)
+    return DPMesh.from_official_checkpoint(checkpoint, device=device, dtype=dtype, smpl=smpl)
+
+
+class DPMeshModelHandler(ModelHandler[PersonTask, LabeledPerson, DPMesh]):
+    """Runs DPMesh on batches of :class:`PersonTask`; holds only picklable configs until ``load_model``."""
+
+    def __init__(self, cfg: ModelConfig, storage_cfg: StorageConfig, *, flip_consistency: bool = False) -> None:
+        self._cfg = cfg
+        self._storage_cfg = storage_cfg
+        self._flip = flip_consistency
+
+    def load_model(self) -> DPMesh:
+        model = load_model(self._cfg, self._storage_cfg)
+        logger.info("loaded model %s on %s (%s)", model.model_id, self._cfg.device.value, self._cfg.dtype.value)
+        return model
+
+    def run_inference(
+        self, batch: Sequence[PersonTask], model: DPMesh, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        tasks = list(batch)
+        inputs = [t.inputs for t in tasks]
+        param = next(model.parameters())
+        with torch.inference_mode():
+            predictions = to_full_image(model(**batch_inputs(inputs, param.device, param.dtype)), inputs)
+            flips = self._flip_errors(model, tasks, predictions) if self._flip else [None] * len(tasks)
+        return [
+            PredictionResult(example=t, inference=LabeledPerson(_without_crop(t), p, f), model_id=model.model_id)
+            for t, p, f in zip(tasks, predictions, flips, strict=True)
+        ]
+
+    def _flip_errors(
+        self, model: DPMesh, tasks: list[PersonTask], preds: list[PersonPrediction]
+    ) -> list[float | None]:
+        from pipelines.flip_consistency import flip_pa_mpjpe_mm
+
+        return flip_pa_mpjpe_mm(model, [t.inputs for t in tasks], preds)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": self._cfg.min_batch_size, "max_batch_size": self._cfg.max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._cfg.device == Device.cuda
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def get_num_bytes(self, batch: Sequence[PersonTask]) -> int:
+        return sum(t.inputs.image.nbytes for t in batch)
+
+
+def _without_crop(task: PersonTask) -> PersonTask:
+    """The task minus its 786 kB float crop, which nothing after inference needs."""
+    from dataclasses import replace
+
+    empty = np.zeros((0,), dtype=np.float32)
+    return replace(task, inputs=replace(task.inputs, image=empty))
