@@ -318,6 +318,25 @@ class LabelJobConfig:
     log_level: str = "INFO"
 
 
+@dataclass
+class RefilterJobConfig:
+    """The ``dpmesh-refilter`` app.
+
+    Attributes:
+        input: The output folder of a ``dpmesh-label`` run (its ``annotations/``, ``rejected/``, ``errors/``,
+            ``_done/``).
+        output: Where the re-split labels go (a new folder; the input is never modified).
+    """
+
+    input: str = "???"
+    output: str = "???"
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    log_level: str = "INFO"
+
+
 def compose_config(config_name: str, overrides: list[str], config_type: type["ConfigT"]) -> "ConfigT":
     """Compose an app config from ``pipelines/conf`` with command-line style overrides, from Python.
 
@@ -335,6 +354,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="shard_schema", node=ShardJobConfig)
     store.store(name="label_schema", node=LabelJobConfig)
+    store.store(name="refilter_schema", node=RefilterJobConfig)
 
 
 ConfigT = TypeVar("ConfigT")

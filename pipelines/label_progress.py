@@ -156,4 +156,6 @@ def format_summary(summary: dict[str, Any], output: str) -> str:
         ("output", output),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(["dpmesh-label summary"] + [f"  {k.ljust(width)}  {v}" for k, v in rows])
+    return "\n".join(
+        [f"{summary.get('created_by', 'dpmesh-label')} summary"] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    )
