@@ -198,8 +198,9 @@ class ModelConfig:
             model comes from the checkpoint's own SMPL buffers.
         device: ``cpu`` or ``cuda``; ``cuda`` without a visible GPU fails at launch.
         dtype: Weight and activation precision.
-        min_batch_size: Smallest batch ``BatchElements`` forms (persons).
-        max_batch_size: Largest batch (persons); the official evaluation uses 12.
+        batch_size: Persons per forward pass (the official evaluation uses 12). Batches are cut from each
+            shard's persons in shard order, so every run, on every runner, computes each person in the same
+            batch: results are then bit-identical across reruns (batch composition changes float rounding).
         seed: Seed of the ``tiny`` model's random weights.
         cache_dir: Where weights from object storage are copied before loading.
     """
@@ -210,17 +211,13 @@ class ModelConfig:
     smpl_model: str | None = None
     device: Device = Device.cpu
     dtype: DType = DType.float32
-    min_batch_size: int = 1
-    max_batch_size: int = 12
+    batch_size: int = 12
     seed: int = 0
     cache_dir: str = "~/.cache/dpmesh-pseudolabel"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_batch_size <= self.max_batch_size:
-            raise ConfigError(
-                f"need 1 <= model.min_batch_size ({self.min_batch_size}) <= model.max_batch_size "
-                f"({self.max_batch_size})"
-            )
+        if self.batch_size < 1:
+            raise ConfigError(f"model.batch_size must be >= 1, got {self.batch_size}")
 
     def validate(self) -> None:
         """``dpmesh`` needs exactly one source of weights."""

@@ -1,8 +1,14 @@
 """Building rows of the errors table (:data:`schemas.ERROR_SCHEMA`), the one shape every failure takes."""
 
+import re
 from typing import Any
 
 from schemas import SCHEMA_VERSION
+
+
+# Exception texts sometimes embed object addresses ("<_io.BytesIO object at 0x7f...>"): drop them so that
+# rerunning the same input writes the same error rows.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def error_row(
@@ -23,7 +29,7 @@ def error_row(
         "person_idx": person_idx,
         "stage": str(getattr(stage, "value", stage)),
         "reason": str(getattr(reason, "value", reason)),
-        "error": error[:2000],
+        "error": _ADDRESS.sub("", error)[:2000],
         "schema_version": SCHEMA_VERSION,
     }
 

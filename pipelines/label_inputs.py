@@ -57,6 +57,8 @@ def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
                 key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
                 extracted = tar.extractfile(member)
                 data = extracted.read() if extracted else b""
+                if len(data) != member.size:  # stream mode returns short reads on truncated data
+                    raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
                 if current is None or current.key != key:
                     if current is not None:
                         count += 1
@@ -140,6 +142,23 @@ class PersonTask:
     keypoint_source: str
     other_boxes: np.ndarray
     inputs: PersonInputs
+
+
+@dataclass(frozen=True)
+class PersonBatch:
+    """One model batch: consecutive persons of a shard, in shard order.
+
+    Batches are cut by the shard reader, not by Beam's adaptive ``BatchElements``: each person is then
+    computed in the same batch on every run and runner, which keeps outputs bit-identical (CPU and GPU
+    kernels round differently for different batch compositions) and batch shapes fixed.
+
+    Attributes:
+        batch_id: ``<shard>/<index:06d>``, the inference key.
+        tasks: The persons, at most ``model.batch_size``.
+    """
+
+    batch_id: str
+    tasks: tuple[PersonTask, ...]
 
 
 def prepare_tasks(

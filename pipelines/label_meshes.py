@@ -14,7 +14,7 @@ from typing import Any
 
 import apache_beam as beam
 import hydra
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 from omegaconf import DictConfig
 
@@ -108,21 +108,23 @@ def plan_shards(cfg: LabelJobConfig, storage: Storage) -> tuple[list[str], list[
     return shards, [s for s in shards if shard_name_of(s) not in markers]
 
 
-def build_pipeline(p: beam.Pipeline, cfg: LabelJobConfig, shards: list[str]) -> None:
-    """Adds the labeling steps for ``shards`` to ``p``."""
-    handler = DPMeshModelHandler(cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency)
+def build_pipeline(
+    p: beam.Pipeline, cfg: LabelJobConfig, shards: list[str], *, handler: ModelHandler | None = None
+) -> None:
+    """Adds the labeling steps for ``shards`` to ``p``; ``handler`` replaces the DPMesh handler (tests)."""
+    handler = handler or DPMeshModelHandler(cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency)
     read = (
         p
         | "ListShards" >> beam.Create(shards)
         | "SpreadShards" >> beam.Reshuffle()
         | "ReadShards"
-        >> beam.ParDo(ReadShardFn(cfg.storage, cfg.input.max_image_pixels, cfg.detector.name.value)).with_outputs(
-            ERRORS, REPORTS, main="tasks"
-        )
+        >> beam.ParDo(
+            ReadShardFn(cfg.storage, cfg.input.max_image_pixels, cfg.detector.name.value, cfg.model.batch_size)
+        ).with_outputs(ERRORS, REPORTS, main="batches")
     )
     results, failures = (
-        read.tasks
-        | "KeyBySampleId" >> beam.Map(lambda task: (task.sample_id, task))
+        read.batches
+        | "KeyByBatchId" >> beam.Map(lambda person_batch: (person_batch.batch_id, person_batch))
         | "DPMesh" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
     )
     scored = results | "ScoreAndFilter" >> beam.ParDo(ScorePersonFn(filter_thresholds(cfg.filter)))
@@ -137,7 +139,9 @@ def build_pipeline(p: beam.Pipeline, cfg: LabelJobConfig, shards: list[str]) -> 
     )
 
 
-def run(cfg: LabelJobConfig, *, options: PipelineOptions | None = None) -> dict[str, Any]:
+def run(
+    cfg: LabelJobConfig, *, options: PipelineOptions | None = None, handler: ModelHandler | None = None
+) -> dict[str, Any]:
     """Labels every pending shard, writes and returns the run summary."""
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         check_device(cfg.model)  # a local run must see its GPU; remote drivers usually have none
@@ -150,7 +154,7 @@ def run(cfg: LabelJobConfig, *, options: PipelineOptions | None = None) -> dict[
         with ProgressReporter(storage, cfg.output, [shard_name_of(s) for s in pending], cfg.progress_interval_s):
             beam_options = options or pipeline_options(cfg.runner, job_name="dpmesh-label")
             with beam.Pipeline(options=beam_options) as p:
-                build_pipeline(p, cfg, pending)
+                build_pipeline(p, cfg, pending, handler=handler)
     elapsed = time.monotonic() - started
     markers = read_markers(storage, cfg.output)
     config = {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "model", "filter", "detector")}

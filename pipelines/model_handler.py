@@ -1,9 +1,10 @@
 """The Beam ModelHandler that runs DPMesh on batches of persons.
 
-``RunInference(KeyedModelHandler(DPMeshModelHandler(cfg)))`` batches persons (``BatchElements`` with
-the configured sizes), loads one model per process, or one per machine on GPU
-(``share_model_across_processes``: Dataflow starts one SDK process per vCPU, and a copy each would
-not fit on the GPU), and runs each batch under ``torch.inference_mode()``.
+``RunInference(KeyedModelHandler(DPMeshModelHandler(cfg)))`` receives :class:`PersonBatch` elements,
+already cut by the shard reader to ``model.batch_size`` persons in shard order, so each element is one
+forward pass (``BatchElements`` passes them one by one). It loads one model per process, or one per
+machine on GPU (``share_model_across_processes``: Dataflow starts one SDK process per vCPU, and a copy
+each would not fit on the GPU), and runs under ``torch.inference_mode()``.
 """
 
 import io
@@ -22,7 +23,7 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
 from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName
 from pipelines.config_storage import StorageConfig
-from pipelines.label_inputs import PersonTask
+from pipelines.label_inputs import PersonBatch, PersonTask
 from pipelines.weights import local_copy
 
 
@@ -64,8 +65,8 @@ def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
     return DPMesh.from_official_checkpoint(checkpoint, device=device, dtype=dtype, smpl=smpl)
 
 
-class DPMeshModelHandler(ModelHandler[PersonTask, LabeledPerson, DPMesh]):
-    """Runs DPMesh on batches of :class:`PersonTask`; holds only picklable configs until ``load_model``."""
+class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh]):
+    """Runs DPMesh on :class:`PersonBatch` es; holds only picklable configs until ``load_model``."""
 
     def __init__(self, cfg: ModelConfig, storage_cfg: StorageConfig, *, flip_consistency: bool = False) -> None:
         self._cfg = cfg
@@ -78,18 +79,20 @@ class DPMeshModelHandler(ModelHandler[PersonTask, LabeledPerson, DPMesh]):
         return model
 
     def run_inference(
-        self, batch: Sequence[PersonTask], model: DPMesh, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[PersonBatch], model: DPMesh, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
-        tasks = list(batch)
+        """One forward pass per :class:`PersonBatch`; the result's inference is one LabeledPerson per person."""
+        return [self._run_batch(person_batch, model) for person_batch in batch]
+
+    def _run_batch(self, person_batch: PersonBatch, model: DPMesh) -> PredictionResult:
+        tasks = list(person_batch.tasks)
         inputs = [t.inputs for t in tasks]
         param = next(model.parameters())
         with torch.inference_mode():
             predictions = to_full_image(model(**batch_inputs(inputs, param.device, param.dtype)), inputs)
             flips = self._flip_errors(model, tasks, predictions) if self._flip else [None] * len(tasks)
-        return [
-            PredictionResult(example=t, inference=LabeledPerson(_without_crop(t), p, f), model_id=model.model_id)
-            for t, p, f in zip(tasks, predictions, flips, strict=True)
-        ]
+        labeled = [LabeledPerson(_without_crop(t), p, f) for t, p, f in zip(tasks, predictions, flips, strict=True)]
+        return PredictionResult(example=person_batch.batch_id, inference=labeled, model_id=model.model_id)
 
     def _flip_errors(
         self, model: DPMesh, tasks: list[PersonTask], preds: list[PersonPrediction]
@@ -99,7 +102,8 @@ class DPMeshModelHandler(ModelHandler[PersonTask, LabeledPerson, DPMesh]):
         return flip_pa_mpjpe_mm(model, [t.inputs for t in tasks], preds)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._cfg.min_batch_size, "max_batch_size": self._cfg.max_batch_size}
+        # Each element already is a model batch of model.batch_size persons (see PersonBatch).
+        return {"min_batch_size": 1, "max_batch_size": 1}
 
     def share_model_across_processes(self) -> bool:
         return self._cfg.device == Device.cuda
@@ -107,8 +111,8 @@ class DPMeshModelHandler(ModelHandler[PersonTask, LabeledPerson, DPMesh]):
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
 
-    def get_num_bytes(self, batch: Sequence[PersonTask]) -> int:
-        return sum(t.inputs.image.nbytes for t in batch)
+    def get_num_bytes(self, batch: Sequence[PersonBatch]) -> int:
+        return sum(t.inputs.image.nbytes for person_batch in batch for t in person_batch.tasks)
 
 
 def _without_crop(task: PersonTask) -> PersonTask:

@@ -21,6 +21,7 @@ from pipelines.error_rows import error_row, error_sort_key
 from pipelines.image_decode import ImageDecodeError, decode_rgb
 from pipelines.label_inputs import (
     AnnotatedPerson,
+    PersonBatch,
     PersonTask,
     ShardReadError,
     iter_shard_samples,
@@ -29,7 +30,7 @@ from pipelines.label_inputs import (
     sample_metadata,
 )
 from pipelines.model_handler import LabeledPerson
-from pipelines.parquet_io import parquet_bytes
+from pipelines.parquet_io import parquet_bytes, read_parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, ErrorReason, ErrorStage, table_from_rows, with_file_metadata
 
@@ -51,12 +52,14 @@ def shard_name_of(uri: str) -> str:
 
 
 class ReadShardFn(beam.DoFn):
-    """Input: a shard URI. Streams it; outputs person tasks, ``(shard, error row)`` and one ``(shard, report)``."""
+    """Input: a shard URI. Streams it; outputs :class:`PersonBatch` es of ``batch_size`` persons in shard order,
+    ``(shard, error row)`` s and one ``(shard, report)``."""
 
-    def __init__(self, storage_cfg: StorageConfig, max_image_pixels: int, keypoint_source: str) -> None:
+    def __init__(self, storage_cfg: StorageConfig, max_image_pixels: int, keypoint_source: str, batch_size: int):
         self._storage_cfg = storage_cfg
         self._max_pixels = max_image_pixels
         self._source = keypoint_source
+        self._batch_size = batch_size
         self._images = _counter("images_in")
         self._persons = _counter("persons_in")
 
@@ -67,19 +70,59 @@ class ReadShardFn(beam.DoFn):
         shard = shard_name_of(shard_uri)
         report = Counter({"images_in": 0, "images_ok": 0, "images_errored": 0, "persons_in": 0})
         report_extra: dict[str, Any] = {"shard_uri": shard_uri, "read_error": None}
+        expected = self._index(shard_uri)
+        seen: set[str] = set()
+        pending: list[PersonTask] = []
+        batches = 0
         try:
             with self._storage.open_read(shard_uri) as stream:
                 for sample in iter_shard_samples(stream):
-                    yield from self._sample(shard, sample, report)
+                    seen.add(sample.key)
+                    for out in self._sample(shard, sample, report):
+                        if not isinstance(out, PersonTask):
+                            yield out
+                            continue
+                        pending.append(out)
+                        if len(pending) == self._batch_size:
+                            yield PersonBatch(f"{shard}/{batches:06d}", tuple(pending))
+                            pending, batches = [], batches + 1
         except (ShardReadError, OSError) as exc:
             report_extra["read_error"] = str(exc)
             row = error_row(
                 ErrorStage.LABEL_READ, ErrorReason.READ_FAILED, str(exc), source_uri=shard_uri, shard=shard
             )
             yield beam.pvalue.TaggedOutput(ERRORS, (shard, row))
+        if pending:
+            yield PersonBatch(f"{shard}/{batches:06d}", tuple(pending))
+        yield from self._missing_samples(shard, shard_uri, expected, seen, report)
         self._images.inc(report["images_in"])
         self._persons.inc(report["persons_in"])
         yield beam.pvalue.TaggedOutput(REPORTS, (shard, {**report, **report_extra}))
+
+    def _index(self, shard_uri: str) -> dict[str, dict[str, Any]]:
+        """The shard's index rows by key (written by dpmesh-shard next to the tar); empty if there is none."""
+        try:
+            data = self._storage.read_bytes(shard_uri.removesuffix(".tar") + ".parquet")
+        except FileNotFoundError:
+            return {}
+        return {
+            row["key"]: row for row in read_parquet_bytes(data).select(["key", "n_persons", "source_uri"]).to_pylist()
+        }
+
+    def _missing_samples(
+        self, shard: str, shard_uri: str, expected: dict[str, dict[str, Any]], seen: set[str], report: Counter[str]
+    ) -> Iterator[Any]:
+        """Samples the index lists but the tar did not yield (a truncated shard): their persons become errors."""
+        for key in sorted(set(expected) - seen):
+            row = expected[key]
+            report["images_in"] += 1
+            report["images_errored"] += 1
+            report["persons_in"] += row["n_persons"]
+            message = f"sample listed in the shard index but missing from {shard_uri} (truncated shard?)"
+            where = {"key": key, "source_uri": row["source_uri"], "shard": shard}
+            for idx in range(row["n_persons"]) or [None]:
+                error = error_row(ErrorStage.LABEL_READ, ErrorReason.READ_FAILED, message, person_idx=idx, **where)
+                yield beam.pvalue.TaggedOutput(ERRORS, (shard, error))
 
     def _sample(self, shard: str, sample: Any, report: Counter[str]) -> Iterator[Any]:
         report["images_in"] += 1
@@ -126,7 +169,7 @@ class ReadShardFn(beam.DoFn):
 
 
 class ScorePersonFn(beam.DoFn):
-    """Input: ``(sample_id, PredictionResult)``. Scores the label and routes it to accepted or rejected."""
+    """Input: ``(batch_id, PredictionResult)``. Scores each person's label and routes it to accepted or rejected."""
 
     def __init__(self, thresholds: FilterThresholds) -> None:
         self._thresholds = thresholds
@@ -135,7 +178,10 @@ class ScorePersonFn(beam.DoFn):
 
     def process(self, element: tuple[str, Any]) -> Iterator[tuple[str, tuple[str, dict[str, Any]]]]:
         _, result = element
-        labeled: LabeledPerson = result.inference
+        for labeled in result.inference:
+            yield self._score(labeled, result.model_id or "")
+
+    def _score(self, labeled: LabeledPerson, model_id: str) -> tuple[str, tuple[str, dict[str, Any]]]:
         task, prediction = labeled.task, labeled.prediction
         scored = score_person(
             prediction,
@@ -154,23 +200,23 @@ class ScorePersonFn(beam.DoFn):
             confidence=scored.confidence,
             quality_tier=scored.quality_tier,
             reasons=list(scored.reasons),
-            model_id=result.model_id or "",
+            model_id=model_id,
         )
         kind = ACCEPTED if scored.accepted else REJECTED
         (self._accepted if scored.accepted else self._rejected).inc()
         for reason in scored.reasons:
             Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
-        yield task.shard, (kind, row)
+        return task.shard, (kind, row)
 
 
 def failed_batch_to_errors(failure):  # type: ignore[no-untyped-def]  # Beam type-checks hinted callables
     """A batch that raised in the model (e.g. out of memory) becomes one error row per person in it.
 
-    ``failure`` is Beam's dead-letter element: ``(batch of (key, task), (exception type, message, traceback))``.
+    ``failure`` is Beam's dead-letter element: ``([(batch_id, PersonBatch)], (exception type, message, traceback))``.
     """
-    batch, (exc_type, exc_message, _) = failure
+    elements, (exc_type, exc_message, _) = failure
     message = f"{getattr(exc_type, '__name__', exc_type)}: {exc_message}"
-    for _, task in batch:
+    for task in (task for _, person_batch in elements for task in person_batch.tasks):
         row = error_row(
             ErrorStage.LABEL_INFERENCE,
             ErrorReason.INFERENCE_FAILED,

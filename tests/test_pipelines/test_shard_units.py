@@ -253,3 +253,10 @@ def test_header_validation_trusts_pixel_data_but_still_checks_headers() -> None:
         probe_image(truncated, max_image_pixels=10**6)
     with pytest.raises(ImageRejectedError, match="not a recognised"):
         probe_image(b"text", max_image_pixels=10**6, decode=False)
+
+
+def test_error_rows_are_deterministic() -> None:
+    from pipelines.error_rows import error_row
+
+    row = error_row("label.decode", "corrupt_image", "cannot identify image file <_io.BytesIO object at 0x7f3a2b1c>")
+    assert row["error"] == "cannot identify image file <_io.BytesIO object>"

@@ -1,0 +1,314 @@
+"""dpmesh-label end to end with the tiny model: real Beam runners, bad inputs, resume, S3, refilter."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
+from pipelines.label_meshes import run
+from pipelines.model_handler import DPMeshModelHandler
+from pipelines.refilter import run as refilter
+from pipelines.shard_images import run as shard
+from pipelines.storage import Storage
+from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA
+from tests.fakes.corpus import make_images, write_coco, write_corpus
+
+
+N_IMAGES = 8
+
+
+def _label_config(*overrides: str) -> LabelJobConfig:
+    return compose_config("dpmesh_label", ["log_level=WARNING", "progress_interval_s=0", *overrides], LabelJobConfig)
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _bad_shard(path: Path, good_jpeg: bytes, keypoints: list) -> None:
+    """A hand-written shard: a corrupt image with 2 persons, a good image with a valid, an empty and a NaN person,
+    an unreadable JSON, and an image without persons (5 persons in, 4 of them errors)."""
+    nan_keypoints = [list(k) for k in keypoints]
+    nan_keypoints[4][0] = float("nan")
+    samples = [
+        ("bad_a-000000000001", b"\xff\xd8 not really a jpeg", {"persons": [{"keypoints": keypoints}] * 2}),
+        (
+            "bad_b-000000000002",
+            good_jpeg,
+            {"persons": [{"keypoints": keypoints}, {"keypoints": [[0, 0, 0]] * 17}, {"keypoints": nan_keypoints}]},
+        ),
+        ("bad_c-000000000003", good_jpeg, None),
+        ("bad_d-000000000004", good_jpeg, {"persons": []}),
+    ]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, image, meta in samples:
+            _member(tar, f"{key}.jpg", image)
+            doc = b"{broken" if meta is None else json.dumps({"source_uri": f"/src/{key}.jpg", **meta}).encode()
+            _member(tar, f"{key}.json", doc)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Shards of 8 annotated images (from dpmesh-shard), plus a hand-made bad shard and a truncated shard."""
+    root = tmp_path_factory.mktemp("label")
+    images = make_images(N_IMAGES, seed=11, width=320, height=240, persons=(1, 2))
+    write_corpus(str(root / "images"), images)
+    write_coco(str(root / "coco.json"), images)
+    out = root / "shards"
+    cfg = compose_config(
+        "dpmesh_shard",
+        [
+            f"input.images={root / 'images'}",
+            f"input.annotations={root / 'coco.json'}",
+            f"output={out}",
+            "shard.max_samples=3",
+            "log_level=WARNING",
+        ],
+        ShardJobConfig,
+    )
+    manifest = shard(cfg)
+    keypoints = images[0].persons[0]["keypoints"]
+    _bad_shard(out / "shard-000900.tar", images[0].data, keypoints)
+    # A copy of a real shard cut at a member boundary: the tar stream ends cleanly, only its index tells.
+    first = manifest["shards"][0]["shard"]
+    data = (out / f"{first}.tar").read_bytes()
+    with tarfile.open(out / f"{first}.tar") as tar:
+        boundary = tar.getmembers()[2].offset
+    (out / "shard-000901.tar").write_bytes(data[:boundary])
+    index = pq.read_table(out / f"{first}.parquet")
+    pq.write_table(index, out / "shard-000901.parquet")
+    persons = sum(s["persons"] for s in manifest["shards"])
+    return {
+        "shards": str(out),
+        "persons": str(persons),
+        "root": str(root),
+        "truncated_from": first,
+        "truncated_persons": str(sum(index.column("n_persons").to_pylist())),
+    }
+
+
+def _digests(output: str) -> dict[str, str]:
+    files = sorted(Path(output).glob("*/shard-*.parquet"))
+    return {str(p.relative_to(output)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+@pytest.fixture(scope="module")
+def labeled(shards: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    output = str(tmp_path_factory.mktemp("labels") / "out")
+    return output, run(_label_config(f"input.shards={shards['shards']}", f"output={output}"))
+
+
+def test_counts_reconcile_and_every_person_is_accounted_for(labeled: tuple[str, dict], shards: dict) -> None:
+    output, summary = labeled
+    counts = summary["counts"]
+    assert summary["reconciled"] is True
+    assert counts["persons_in"] == counts["persons_accepted"] + counts["persons_rejected"] + counts["persons_errored"]
+    # real shards + the bad shard's 5 + the truncated copy's persons
+    assert counts["persons_in"] == int(shards["persons"]) + 5 + int(shards["truncated_persons"])
+    accepted = sum(pq.read_table(p).num_rows for p in Path(output, "annotations").glob("*.parquet"))
+    rejected = sum(pq.read_table(p).num_rows for p in Path(output, "rejected").glob("*.parquet"))
+    errors = [r for p in Path(output, "errors").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
+    assert accepted + rejected + sum(1 for e in errors if e["person_idx"] is not None) == counts["persons_in"]
+    assert summary["shards"]["done"] == summary["shards"]["total"]
+    assert summary["throughput"]["persons_per_s"] > 0
+    assert "torch" in summary["versions"]
+    assert "AWS" not in json.dumps(summary)
+
+
+def test_bad_inputs_become_error_rows_with_reasons(labeled: tuple[str, dict]) -> None:
+    output, _ = labeled
+    errors = pq.read_table(Path(output, "errors", "shard-000900.parquet")).to_pylist()
+    by_key = {(e["key"], e["person_idx"]): (e["stage"], e["reason"]) for e in errors}
+    assert by_key[("bad_a-000000000001", 0)] == ("label.decode", "corrupt_image")
+    assert by_key[("bad_a-000000000001", 1)] == ("label.decode", "corrupt_image")
+    assert by_key[("bad_b-000000000002", 1)] == ("label.preprocess", "no_valid_keypoints")
+    assert by_key[("bad_b-000000000002", 2)] == ("label.preprocess", "nonfinite_keypoints")
+    assert by_key[("bad_c-000000000003", None)] == ("label.decode", "invalid_annotation")
+    marker = json.loads(Path(output, "_done", "shard-000900.json").read_text())
+    assert marker["counts"] == {
+        "images_in": 4,
+        "images_ok": 2,
+        "images_errored": 2,
+        "persons_in": 5,
+        "persons_accepted": marker["counts"]["persons_accepted"],
+        "persons_rejected": marker["counts"]["persons_rejected"],
+        "persons_errored": 4,
+    }
+    assert marker["reconciled"]
+
+
+def test_truncated_shard_is_caught_by_its_index(labeled: tuple[str, dict], shards: dict) -> None:
+    output, _ = labeled
+    marker = json.loads(Path(output, "_done", "shard-000901.json").read_text())
+    errors = pq.read_table(Path(output, "errors", "shard-000901.parquet")).to_pylist()
+    missing = [e for e in errors if e["stage"] == "label.read"]
+    assert missing, "samples missing from the tar must be reported"
+    assert all("missing" in e["error"] for e in missing)
+    assert marker["reconciled"]
+    assert marker["counts"]["persons_in"] == int(shards["truncated_persons"])
+
+
+def test_outputs_follow_the_schemas(labeled: tuple[str, dict]) -> None:
+    output, _ = labeled
+    for folder, schema in (
+        ("rejected", ANNOTATION_SCHEMA),
+        ("annotations", ANNOTATION_SCHEMA),
+        ("errors", ERROR_SCHEMA),
+    ):
+        for path in Path(output, folder).glob("*.parquet"):
+            table = pq.read_table(path)
+            assert table.schema.remove_metadata() == schema.remove_metadata(), path
+            assert table.schema.metadata[b"schema_version"] == schema.metadata[b"schema_version"]
+            assert b"config_hash" in table.schema.metadata
+    rows = pq.read_table(Path(output, "rejected")).to_pylist()
+    assert rows, "the tiny model's random weights fail the default filter"
+    row = rows[0]
+    assert len(row["body_pose"]) == 69
+    assert len(row["joints_3d"]) == 24
+    assert row["reasons"]
+    assert row["quality_tier"] == "reject"
+    assert row["model_id"] == "tiny-seed0"
+    assert row["sample_id"] == f"{row['image_key']}_p{row['person_idx']}"
+
+
+def test_rerun_skips_done_shards_and_overwrite_is_byte_identical(labeled: tuple[str, dict], shards: dict) -> None:
+    output, _ = labeled
+    before = _digests(output)
+    mtimes = {p: p.stat().st_mtime_ns for p in Path(output).glob("*/shard-*.parquet")}
+    again = run(_label_config(f"input.shards={shards['shards']}", f"output={output}"))
+    assert again["shards"]["labeled_this_run"] == 0
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    run(_label_config(f"input.shards={shards['shards']}", f"output={output}", "overwrite=true"))
+    assert _digests(output) == before
+
+
+def test_a_partial_run_resumes_only_the_missing_shards(
+    labeled: tuple[str, dict], shards: dict, tmp_path: Path
+) -> None:
+    output, _ = labeled
+    partial = tmp_path / "partial"
+    for path in Path(output).rglob("*"):
+        if path.is_file() and "shard-000000" not in path.name:
+            (partial / path.relative_to(output)).parent.mkdir(parents=True, exist_ok=True)
+            (partial / path.relative_to(output)).write_bytes(path.read_bytes())
+    resumed = run(_label_config(f"input.shards={shards['shards']}", f"output={partial}"))
+    assert resumed["shards"]["labeled_this_run"] == 1
+    assert _digests(str(partial)) == _digests(output)
+
+
+def test_multi_processing_and_portable_give_the_same_bytes(
+    labeled: tuple[str, dict], shards: dict, tmp_path: Path, beam_job_endpoint: str
+) -> None:
+    output, _ = labeled
+    mp = tmp_path / "mp"
+    run(
+        _label_config(
+            f"input.shards={shards['shards']}",
+            f"output={mp}",
+            "runner.running_mode=multi_processing",
+            "runner.num_workers=2",
+        )
+    )
+    assert _digests(str(mp)) == _digests(output)
+    portable = tmp_path / "portable"
+    run(
+        _label_config(
+            f"input.shards={shards['shards']}",
+            f"output={portable}",
+            "runner=portable",
+            f"runner.job_endpoint={beam_job_endpoint}",
+        )
+    )
+    assert _digests(str(portable)) == _digests(output)
+
+
+class PoisonedHandler(DPMeshModelHandler):
+    """Fails every batch that holds the poisoned image, like an out-of-memory error on one batch."""
+
+    def __init__(self, *args, poisoned: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._poisoned = poisoned
+
+    def run_inference(self, batch, model, inference_args=None):
+        if any(task.image_key == self._poisoned for person_batch in batch for task in person_batch.tasks):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) -> None:
+    cfg = _label_config(
+        f"input.shards={shards['shards']}/shard-00000*.tar", f"output={tmp_path / 'o'}", "model.batch_size=1"
+    )
+    first_key = pq.read_table(Path(shards["shards"]) / "shard-000000.parquet").column("key")[0].as_py()
+    summary = run(cfg, handler=PoisonedHandler(cfg.model, cfg.storage, poisoned=first_key))
+    assert summary["reconciled"]
+    assert summary["errors_by_stage"].get("label.inference", 0) >= 1
+    errors = pq.read_table(tmp_path / "o" / "errors" / "shard-000000.parquet").to_pylist()
+    assert all(
+        e["key"] == first_key and "out of memory" in e["error"] for e in errors if e["stage"] == "label.inference"
+    )
+
+
+def test_refilter_reproduces_a_direct_run_without_the_model(
+    labeled: tuple[str, dict], shards: dict, tmp_path: Path
+) -> None:
+    output, _ = labeled
+    kept = tmp_path / "off"
+    summary_off = run(_label_config(f"input.shards={shards['shards']}", f"output={kept}", "filter=off"))
+    assert summary_off["counts"]["persons_rejected"] == 0
+    refiltered = tmp_path / "refiltered"
+    refilter(
+        compose_config(
+            "dpmesh_refilter", [f"input={kept}", f"output={refiltered}", "log_level=WARNING"], RefilterJobConfig
+        )
+    )
+    for folder in ("annotations", "rejected", "errors"):
+        for path in Path(output, folder).glob("*.parquet"):
+            direct, again = pq.read_table(path), pq.read_table(refiltered / folder / path.name)
+            if folder != "errors":
+                # Signals are stored as float32, so the re-computed confidence may differ in the last bits.
+                assert again.column("confidence").to_pylist() == pytest.approx(direct.column("confidence").to_pylist())
+                direct, again = direct.drop_columns(["confidence"]), again.drop_columns(["confidence"])
+            assert again.to_pylist() == direct.to_pylist(), path
+
+
+@pytest.mark.s3
+def test_s3_shards_to_s3_labels(shards: dict, s3_bucket: str, s3_server) -> None:
+    storage_overrides = [
+        "storage=s3",
+        f"storage.s3_endpoint_url={s3_server.endpoint_url}",
+        "storage.s3_region=us-east-1",
+        "storage.s3_addressing_style=path",
+    ]
+    cfg = _label_config(f"input.shards={s3_bucket}/shards", f"output={s3_bucket}/labels", *storage_overrides)
+    storage = Storage(cfg.storage)
+    for path in sorted(Path(shards["shards"]).glob("shard-00000*")):
+        storage.write_bytes(f"{s3_bucket}/shards/{path.name}", path.read_bytes())
+    summary = run(cfg)
+    assert summary["reconciled"]
+    assert summary["shards"]["done"] == summary["shards"]["total"] > 0
+    rejected = pq.read_table(io.BytesIO(storage.read_bytes(f"{s3_bucket}/labels/rejected/shard-000000.parquet")))
+    assert rejected.num_rows > 0
+    assert json.loads(storage.read_bytes(f"{s3_bucket}/labels/_summary.json"))["reconciled"]
+
+
+def test_cli_fails_fast_on_a_missing_gpu_and_missing_weights(shards: dict, tmp_path: Path) -> None:
+    cli = [sys.executable, "-m", "pipelines.label_meshes", f"input.shards={shards['shards']}", f"output={tmp_path}/o"]
+    no_weights = subprocess.run([*cli, "model=dpmesh"], capture_output=True, text=True)
+    assert no_weights.returncode == 2
+    assert "model.checkpoint" in no_weights.stderr
+    gpu = subprocess.run(
+        [*cli, "model.device=cuda"], capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
+    assert gpu.returncode == 2
+    assert "model.device=cpu" in gpu.stderr
