@@ -301,7 +301,13 @@ class LabelInputConfig:
 
 @dataclass
 class LabelJobConfig:
-    """The ``dpmesh-label`` app: shards in, per-shard annotations / rejected / errors Parquet out."""
+    """The ``dpmesh-label`` app: shards in, per-shard annotations / rejected / errors Parquet out.
+
+    Attributes:
+        wave_size: Shards per Beam pipeline run. A batch pipeline only writes a shard's outputs once all its
+            upstream work is done, so shards are labeled in waves: every wave's shards are committed (markers
+            written) before the next wave starts, and a crash loses at most one wave. 0 = one wave.
+    """
 
     input: LabelInputConfig = field(default_factory=LabelInputConfig)
     output: str = "???"
@@ -311,8 +317,13 @@ class LabelJobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    wave_size: int = 16
     progress_interval_s: float = 10.0
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.wave_size < 0:
+            raise ConfigError(f"wave_size must be >= 0 (0 = every shard in one pipeline), got {self.wave_size}")
 
 
 @dataclass
@@ -406,7 +417,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return result
 
 
-_NOT_CONTENT = ("output", "runner", "storage", "log_level", "overwrite", "progress_interval_s")
+_NOT_CONTENT = ("output", "runner", "storage", "log_level", "overwrite", "progress_interval_s", "wave_size")
 
 
 def config_hash(cfg: Any, *, exclude: tuple[str, ...] = _NOT_CONTENT) -> str:

@@ -12,8 +12,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from dpmesh_core.errors import InvalidPersonInput
 from dpmesh_core.joints import coco17_to_smpl30
-from dpmesh_core.preprocessing import PersonInputs, prepare_person
+from dpmesh_core.preprocessing import CONF_THRESHOLD, PersonInputs, prepare_person
 
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
@@ -178,6 +179,7 @@ def prepare_tasks(
     boxes = np.stack([p.bbox_xyxy for _, p in persons]) if persons else np.zeros((0, 4), np.float32)
     for position, (idx, person) in enumerate(persons):
         try:
+            _check_inside(person, image.shape[1], image.shape[0])
             inputs = prepare_person(image, coco17_to_smpl30(person.keypoints_2d))
         except ValueError as exc:
             yield idx, exc
@@ -197,6 +199,20 @@ def prepare_tasks(
                 other_boxes=np.delete(boxes, position, axis=0),
                 inputs=inputs,
             ),
+        )
+
+
+def _check_inside(person: AnnotatedPerson, width: int, height: int) -> None:
+    """A person none of whose valid keypoints lies in the image would get a blank crop and an empty heatmap.
+
+    The official code would still run it; the pipeline reports it instead of labeling nothing.
+    """
+    kp = person.keypoints_2d
+    valid = np.isfinite(kp).all(axis=1) & (kp[:, 2] > CONF_THRESHOLD)
+    inside = valid & (kp[:, 0] >= 0) & (kp[:, 0] < width) & (kp[:, 1] >= 0) & (kp[:, 1] < height)
+    if valid.any() and not inside.any():
+        raise InvalidPersonInput(
+            "bbox_outside_image", f"none of the {int(valid.sum())} valid keypoints is in the image"
         )
 
 

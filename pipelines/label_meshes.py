@@ -81,7 +81,9 @@ def run_info(cfg: LabelJobConfig) -> dict[str, Any]:
 
 
 def list_shards(storage: Storage, shards: str) -> list[str]:
-    """Every ``shard-NNNNNN.tar`` under a directory/prefix, or matching a glob, sorted."""
+    """Every ``shard-NNNNNN.tar`` under a directory/prefix, or matching a glob, sorted; or the one shard named."""
+    if SHARD_FILE.search(shards) and storage.exists(shards):
+        return [shards]
     objects = storage.glob(shards) if any(c in shards for c in "*?[") else storage.list(shards.rstrip("/") + "/")
     return sorted(o.uri for o in objects if SHARD_FILE.search(o.uri))
 
@@ -150,11 +152,12 @@ def run(
     shards, pending = plan_shards(cfg, storage)
     logger.info("%d shards, %d to label, %d already done", len(shards), len(pending), len(shards) - len(pending))
     started = time.monotonic()
-    if pending:
-        with ProgressReporter(storage, cfg.output, [shard_name_of(s) for s in pending], cfg.progress_interval_s):
-            beam_options = options or pipeline_options(cfg.runner, job_name="dpmesh-label")
-            with beam.Pipeline(options=beam_options) as p:
-                build_pipeline(p, cfg, pending, handler=handler)
+    waves = _waves(pending, cfg.wave_size)
+    with ProgressReporter(storage, cfg.output, [shard_name_of(s) for s in pending], cfg.progress_interval_s):
+        for number, wave in enumerate(waves, start=1):
+            with beam.Pipeline(options=options or pipeline_options(cfg.runner, job_name="dpmesh-label")) as p:
+                build_pipeline(p, cfg, wave, handler=handler)
+            logger.info("wave %d/%d done (%d shards)", number, len(waves), len(wave))
     elapsed = time.monotonic() - started
     markers = read_markers(storage, cfg.output)
     config = {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "model", "filter", "detector")}
@@ -168,6 +171,12 @@ def run(
     )
     storage.write_bytes(join(cfg.output, SUMMARY_NAME), json.dumps(summary, indent=1, sort_keys=True).encode())
     return summary
+
+
+def _waves(shards: list[str], wave_size: int) -> list[list[str]]:
+    """``shards`` in consecutive waves of ``wave_size`` (all in one wave for 0)."""
+    size = wave_size or max(1, len(shards))
+    return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
 def configure_logging(level: str) -> None:

@@ -8,8 +8,10 @@ each would not fit on the GPU), and runs under ``torch.inference_mode()``.
 """
 
 import io
+import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +23,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from dpmesh_core.body_model import SMPLData
 from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
-from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName
+from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, config_to_dict
 from pipelines.config_storage import StorageConfig
 from pipelines.label_inputs import PersonBatch, PersonTask
 from pipelines.weights import local_copy
@@ -65,6 +67,26 @@ def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
     return DPMesh.from_official_checkpoint(checkpoint, device=device, dtype=dtype, smpl=smpl)
 
 
+_MODEL_CACHE: dict[str, DPMesh] = {}
+_MODEL_CACHE_LOCK = threading.Lock()
+
+
+def cached_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
+    """The model for ``cfg``, loaded once per process and kept for later pipelines (``dpmesh-label`` waves).
+
+    Beam's own sharing lives as long as one pipeline; a real checkpoint takes tens of seconds to load, so
+    the one most recent model stays cached in the process (a new config replaces it).
+    """
+    key = json.dumps(config_to_dict(cfg), sort_keys=True)
+    with _MODEL_CACHE_LOCK:
+        if key not in _MODEL_CACHE:
+            _MODEL_CACHE.clear()
+            model = load_model(cfg, storage_cfg)
+            logger.info("loaded model %s on %s (%s)", model.model_id, cfg.device.value, cfg.dtype.value)
+            _MODEL_CACHE[key] = model
+        return _MODEL_CACHE[key]
+
+
 class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh]):
     """Runs DPMesh on :class:`PersonBatch` es; holds only picklable configs until ``load_model``."""
 
@@ -74,9 +96,7 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
         self._flip = flip_consistency
 
     def load_model(self) -> DPMesh:
-        model = load_model(self._cfg, self._storage_cfg)
-        logger.info("loaded model %s on %s (%s)", model.model_id, self._cfg.device.value, self._cfg.dtype.value)
-        return model
+        return cached_model(self._cfg, self._storage_cfg)
 
     def run_inference(
         self, batch: Sequence[PersonBatch], model: DPMesh, inference_args: dict[str, Any] | None = None

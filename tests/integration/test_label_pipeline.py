@@ -1,14 +1,18 @@
 """dpmesh-label end to end with the tiny model: real Beam runners, bad inputs, resume, S3, refilter."""
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,16 +40,17 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _bad_shard(path: Path, good_jpeg: bytes, keypoints: list) -> None:
-    """A hand-written shard: a corrupt image with 2 persons, a good image with a valid, an empty and a NaN person,
-    an unreadable JSON, and an image without persons (5 persons in, 4 of them errors)."""
+    """A hand-written shard: a corrupt image with 2 persons, a good image with a valid, an empty, a NaN and an
+    outside-the-image person, an unreadable JSON, and an image without persons (6 persons in, 5 of them errors)."""
     nan_keypoints = [list(k) for k in keypoints]
     nan_keypoints[4][0] = float("nan")
+    outside = [[5000.0 + x, y, v] for x, y, v in keypoints]
     samples = [
         ("bad_a-000000000001", b"\xff\xd8 not really a jpeg", {"persons": [{"keypoints": keypoints}] * 2}),
         (
             "bad_b-000000000002",
             good_jpeg,
-            {"persons": [{"keypoints": keypoints}, {"keypoints": [[0, 0, 0]] * 17}, {"keypoints": nan_keypoints}]},
+            {"persons": [{"keypoints": k} for k in (keypoints, [[0, 0, 0]] * 17, nan_keypoints, outside)]},
         ),
         ("bad_c-000000000003", good_jpeg, None),
         ("bad_d-000000000004", good_jpeg, {"persons": []}),
@@ -113,8 +118,8 @@ def test_counts_reconcile_and_every_person_is_accounted_for(labeled: tuple[str, 
     counts = summary["counts"]
     assert summary["reconciled"] is True
     assert counts["persons_in"] == counts["persons_accepted"] + counts["persons_rejected"] + counts["persons_errored"]
-    # real shards + the bad shard's 5 + the truncated copy's persons
-    assert counts["persons_in"] == int(shards["persons"]) + 5 + int(shards["truncated_persons"])
+    # real shards + the bad shard's 6 + the truncated copy's persons
+    assert counts["persons_in"] == int(shards["persons"]) + 6 + int(shards["truncated_persons"])
     accepted = sum(pq.read_table(p).num_rows for p in Path(output, "annotations").glob("*.parquet"))
     rejected = sum(pq.read_table(p).num_rows for p in Path(output, "rejected").glob("*.parquet"))
     errors = [r for p in Path(output, "errors").glob("*.parquet") for r in pq.read_table(p).to_pylist()]
@@ -133,16 +138,17 @@ def test_bad_inputs_become_error_rows_with_reasons(labeled: tuple[str, dict]) ->
     assert by_key[("bad_a-000000000001", 1)] == ("label.decode", "corrupt_image")
     assert by_key[("bad_b-000000000002", 1)] == ("label.preprocess", "no_valid_keypoints")
     assert by_key[("bad_b-000000000002", 2)] == ("label.preprocess", "nonfinite_keypoints")
+    assert by_key[("bad_b-000000000002", 3)] == ("label.preprocess", "bbox_outside_image")
     assert by_key[("bad_c-000000000003", None)] == ("label.decode", "invalid_annotation")
     marker = json.loads(Path(output, "_done", "shard-000900.json").read_text())
     assert marker["counts"] == {
         "images_in": 4,
         "images_ok": 2,
         "images_errored": 2,
-        "persons_in": 5,
+        "persons_in": 6,
         "persons_accepted": marker["counts"]["persons_accepted"],
         "persons_rejected": marker["counts"]["persons_rejected"],
-        "persons_errored": 4,
+        "persons_errored": 5,
     }
     assert marker["reconciled"]
 
@@ -245,6 +251,69 @@ class PoisonedHandler(DPMeshModelHandler):
         return super().run_inference(batch, model, inference_args)
 
 
+class NaNInjectingHandler(DPMeshModelHandler):
+    """Feeds NaN pixels for one image through the real model: its outputs come out non-finite."""
+
+    def __init__(self, *args, poisoned: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._poisoned = poisoned
+
+    def _run_batch(self, person_batch, model):
+        tasks = tuple(
+            dataclasses.replace(t, inputs=dataclasses.replace(t.inputs, image=np.full_like(t.inputs.image, np.nan)))
+            if t.image_key == self._poisoned
+            else t
+            for t in person_batch.tasks
+        )
+        return super()._run_batch(dataclasses.replace(person_batch, tasks=tasks), model)
+
+
+def test_model_nan_outputs_are_rejected_not_written_as_labels(shards: dict, tmp_path: Path) -> None:
+    cfg = _label_config(f"input.shards={shards['shards']}/shard-000000.tar", f"output={tmp_path / 'o'}", "filter=off")
+    first_key = pq.read_table(Path(shards["shards"]) / "shard-000000.parquet").column("key")[0].as_py()
+    summary = run(cfg, handler=NaNInjectingHandler(cfg.model, cfg.storage, poisoned=first_key))
+    assert summary["reconciled"]
+    rejected = pq.read_table(tmp_path / "o" / "rejected" / "shard-000000.parquet").to_pylist()
+    assert rejected, "even with the filter off, NaN outputs are rejected"
+    assert all(r["image_key"] == first_key and r["reasons"] == ["non_finite_output"] for r in rejected)
+    accepted = pq.read_table(tmp_path / "o" / "annotations" / "shard-000000.parquet").to_pylist()
+    assert all(r["image_key"] != first_key for r in accepted)
+
+
+def test_a_killed_run_resumes_without_duplicates_or_gaps(
+    labeled: tuple[str, dict], shards: dict, tmp_path: Path
+) -> None:
+    reference, _ = labeled
+    output = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.label_meshes",
+        f"input.shards={shards['shards']}",
+        f"output={output}",
+        "wave_size=1",
+        "log_level=WARNING",
+        "progress_interval_s=0",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(list((output / "_done").glob("*.json"))) < 2:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no shard finished in time"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = sorted(p.stem for p in (output / "_done").glob("*.json"))
+    total = len(list(Path(shards["shards"]).glob("shard-*.tar")))
+    assert 2 <= len(done) < total, "the kill must land part-way"
+    finished = {p: p.stat().st_mtime_ns for p in output.glob("*/shard-*.parquet") if p.stem in done}
+    resumed = run(_label_config(f"input.shards={shards['shards']}", f"output={output}"))
+    assert resumed["shards"]["labeled_this_run"] == total - len(done)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "finished shards are not rewritten"
+    assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
+    assert resumed["reconciled"]
+
+
 def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) -> None:
     cfg = _label_config(
         f"input.shards={shards['shards']}/shard-00000*.tar", f"output={tmp_path / 'o'}", "model.batch_size=1"
@@ -312,3 +381,31 @@ def test_cli_fails_fast_on_a_missing_gpu_and_missing_weights(shards: dict, tmp_p
     )
     assert gpu.returncode == 2
     assert "model.device=cpu" in gpu.stderr
+
+
+def test_output_reads_back_with_duckdb_in_order_and_reconciled(labeled: tuple[str, dict]) -> None:
+    import duckdb
+
+    output, summary = labeled
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT shard, image_key, person_idx, quality_tier, len(body_pose) AS n_pose, len(reasons) AS n_reasons "
+        f"FROM read_parquet('{output}/rejected/*.parquet', filename=true, file_row_number=true) "
+        "ORDER BY filename, file_row_number"
+    ).fetchall()
+    assert all(r[4] == 69 and r[5] > 0 and r[3] == "reject" for r in rows)
+    by_shard: dict[str, list[tuple[str, int]]] = {}
+    for shard_name, image_key, person_idx, *_ in rows:
+        by_shard.setdefault(shard_name, []).append((image_key, person_idx))
+    assert all(keys == sorted(keys) for keys in by_shard.values()), "rows are written in (image_key, person_idx) order"
+    (errored,) = con.execute(
+        f"SELECT count(*) FROM read_parquet('{output}/errors/*.parquet') WHERE person_idx IS NOT NULL"
+    ).fetchone()
+    (labels,) = con.execute(
+        f"SELECT count(*) FROM read_parquet(['{output}/rejected/*.parquet', '{output}/annotations/*.parquet'])"
+    ).fetchone()
+    assert labels + errored == summary["counts"]["persons_in"]
+    (duplicates,) = con.execute(
+        f"SELECT count(*) - count(DISTINCT (shard, sample_id)) FROM read_parquet('{output}/rejected/*.parquet')"
+    ).fetchone()
+    assert duplicates == 0
