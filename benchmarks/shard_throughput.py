@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config import ShardJobConfig, compose_config
-from pipelines.shard_images import configure_logging, run
+from pipelines.logging_setup import configure_logging
+from pipelines.shard_images import run
 from tests.fakes.corpus import make_images, write_corpus
 
 

@@ -32,6 +32,7 @@ from pipelines.config import (
     to_job_config,
 )
 from pipelines.label_progress import ProgressReporter, build_summary, format_summary, read_markers
+from pipelines.logging_setup import configure_logging
 from pipelines.model_handler import DPMeshModelHandler, check_device
 from pipelines.options import pipeline_options
 from pipelines.storage import Storage, join
@@ -177,11 +178,6 @@ def _waves(shards: list[str], wave_size: int) -> list[list[str]]:
     """``shards`` in consecutive waves of ``wave_size`` (all in one wave for 0)."""
     size = wave_size or max(1, len(shards))
     return [shards[i : i + size] for i in range(0, len(shards), size)]
-
-
-def configure_logging(level: str) -> None:
-    """Beam configures the root logger on import, so ``force=True`` is needed for ours to apply."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
 register_configs()

@@ -30,8 +30,9 @@ from pipelines.config import (
     register_configs,
     to_job_config,
 )
-from pipelines.label_meshes import SUMMARY_NAME, configure_logging, filter_thresholds
+from pipelines.label_meshes import SUMMARY_NAME, filter_thresholds
 from pipelines.label_progress import build_summary, format_summary, read_markers
+from pipelines.logging_setup import configure_logging
 from pipelines.options import pipeline_options
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join

@@ -22,6 +22,7 @@ from pipelines.coco_annotations import join_name
 from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict, register_configs, to_job_config
 from pipelines.corpus import list_corpus
 from pipelines.keys import stable_bucket
+from pipelines.logging_setup import configure_logging
 from pipelines.options import pipeline_options
 from pipelines.storage import Storage, join
 from pipelines.transforms.shard_manifest import ERRORS_NAME, MANIFEST_NAME, WriteManifestFn
@@ -180,11 +181,6 @@ def format_summary(manifest: dict[str, Any], output: str) -> str:
         rate = c["files_in"] / max(manifest["elapsed_s"], 1e-9)
         lines.append(f"  {manifest['elapsed_s']:.1f} s, {rate:.1f} files/s")
     return "\n".join(lines)
-
-
-def configure_logging(level: str) -> None:
-    """Beam configures the root logger on import, so ``force=True`` is needed for ours to apply."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
 register_configs()
