@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import os
+import functools
 from pathlib import Path
 
 import torch
@@ -19,7 +19,8 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.synthetic import synthetic_smpl_data
 
 
-KEYS_TSV = Path(os.environ.get("DPMESH_KEYS_TSV", "/work/shared/reference/official_checkpoint_keys.tsv"))
+# Committed fixture (names, shapes, dtypes only; no weights): the issue asks for the manifest to live in the repo.
+KEYS_TSV = Path(__file__).resolve().parents[1] / "fixtures" / "official_checkpoint_keys.tsv"
 _DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
 
@@ -68,7 +69,12 @@ def _lora_free(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def diffusers_to_ldm_names() -> dict[str, str]:
     """Our backbone keys (`backbone.{unet,controlnet,vae}.*`) → official key (with `module.`), found by tracing
-    the real loader over the full-size (LoRA-free) meta key set."""
+    the real loader over the full-size (LoRA-free) meta key set (traced once per process: a few seconds)."""
+    return dict(_traced_ldm_names())
+
+
+@functools.cache
+def _traced_ldm_names() -> dict[str, str]:
     state = _lora_free({k: v for k, v in official_meta_state_dict().items() if "backbone.sd_model." in k})
     model = DPMesh(official_config(), synthetic_smpl_data(), network_device="meta")
     converted = convert_official_state_dict(state, model.backbone)

@@ -1,8 +1,8 @@
-"""Numerical parity with the official DPMesh code (recorded by /work/shared/tools/official_reference).
+"""Numerical parity with the official DPMesh code (recorded by ../shared/tools/official_reference).
 
 Build the reference first (~3 min, 7 GiB RAM):
-    DPMESH_MIRROR_ROOT=/work/.mirror bash /work/shared/tools/official_reference/setup.sh
-    cd /tmp/dpmesh-ref && venv/bin/python /work/shared/tools/official_reference/make_reference.py
+    DPMESH_MIRROR_ROOT=<bare clones, see its README> bash ../shared/tools/official_reference/setup.sh
+    cd "${DPMESH_REF_DIR:-/tmp/dpmesh-ref}" && venv/bin/python <shared>/tools/official_reference/make_reference.py
 """
 
 from __future__ import annotations
