@@ -15,7 +15,7 @@ from dpmesh_core.config import DPMeshConfig, tiny_config
 from dpmesh_core.geometry import camera_translation, perspective_projection, rot6d_to_axis_angle
 from dpmesh_core.joints import GRAPH15_FROM_SMPL30
 from dpmesh_core.models.backbone import DPMeshBackbone
-from dpmesh_core.models.head import DPMeshHead
+from dpmesh_core.models.head import DPMeshHead, HeadOutput
 from dpmesh_core.models.vposer import VPoserDecoder
 
 
@@ -106,19 +106,24 @@ class DPMesh(nn.Module):
         Returns:
             `DPMeshOutput`.
         """
-        cfg = self.config
         focal = focal.to(device=images.device, dtype=images.dtype).reshape(-1)
         # 1. backbone: diffusion features conditioned on keypoints
         feat = self.backbone(images, joints[..., :2], joints_mask)
         # 2. head: SMPL/camera parameters and decoder joints
         raw = self.head(feat)
         # 3. parameters → pose, camera, mesh
+        return self.outputs_from_head(raw, focal)
+
+    def outputs_from_head(self, raw: HeadOutput, focal: torch.Tensor) -> DPMeshOutput:
+        """Step 3 of `forward`: head outputs + per-sample focal `(B,)` → pose, camera, mesh (in `focal`'s dtype)."""
+        cfg = self.config
+        batch = focal.shape[0]
         root = rot6d_to_axis_angle(raw.root_pose_6d)
         pose = torch.cat([root, self.vposer(raw.pose_latent)], dim=1)
         cam_trans = camera_translation(raw.cam_param, focal, cfg.image_size, cfg.camera_3d_size)
         vertices = self.body_model(pose, raw.betas, cam_trans)
         joints30 = self.body_model.joints30(vertices)
-        principal = torch.full((images.shape[0], 2), cfg.image_size / 2, dtype=images.dtype, device=images.device)
+        principal = torch.full((batch, 2), cfg.image_size / 2, dtype=focal.dtype, device=focal.device)
         joint_proj = perspective_projection(joints30, focal, principal)
         return DPMeshOutput(
             smpl_pose=pose, smpl_shape=raw.betas, cam_trans=cam_trans, joint_img=raw.joint_img, vertices=vertices,

@@ -1,5 +1,7 @@
 """Reading COCO-format person keypoint annotations and joining them to images by file name.
 
+Other skeletons (CrowdPose, AI Challenger) are mapped to COCO-17 by :mod:`pipelines.annotation_formats`.
+
 A COCO file holds ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``, ``bbox`` as
 x, y, w, h in pixels, ``keypoints`` as 17 x (x, y, v) flattened, ``iscrowd``) and ``categories``.
 Only the person category is read. Crowd regions (``iscrowd=1``) have no keypoints and are skipped.
@@ -55,20 +57,43 @@ def parse_coco(content: bytes) -> Iterator[ImageAnnotations]:
         doc = json.loads(content)
     except json.JSONDecodeError as exc:
         raise ValueError(f"annotation file is not valid JSON: {exc}") from exc
+    return parse_coco_document(doc)
+
+
+def parse_coco_document(
+    doc: Any, *, num_keypoints: int = COCO_NUM_KEYPOINTS, mapping: tuple[int | None, ...] | None = None
+) -> Iterator[ImageAnnotations]:
+    """Per-image annotations of a parsed COCO-layout document whose persons have ``num_keypoints`` joints.
+
+    ``mapping`` gives each source joint's COCO-17 index (None: dropped), for skeletons other than COCO-17
+    in the COCO layout (CrowdPose, see :mod:`pipelines.annotation_formats`).
+
+    Raises:
+        ValueError: if ``doc`` is not in the COCO layout.
+    """
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ValueError("annotation file is not COCO format: no 'images' list")
-    file_names = {img["id"]: img["file_name"] for img in doc["images"] if "id" in img and "file_name" in img}
+    file_names = {
+        img["id"]: img["file_name"]
+        for img in doc["images"]
+        if isinstance(img, dict) and "id" in img and "file_name" in img
+    }
     person_ids = _person_category_ids(doc.get("categories", []))
     persons: dict[Any, list[dict[str, Any]]] = {}
     problems: dict[Any, list[AnnotationProblem]] = {}
-    for ann in sorted(doc.get("annotations", []), key=lambda a: str(a.get("id", ""))):
+    annotations = [a for a in doc.get("annotations", []) if isinstance(a, dict)]
+    for ann in sorted(annotations, key=lambda a: str(a.get("id", ""))):
         image_id = ann.get("image_id")
         if image_id not in file_names or (person_ids and ann.get("category_id") not in person_ids):
             continue
         if ann.get("iscrowd", 0):
             continue
         try:
-            persons.setdefault(image_id, []).append(_person(ann))
+            persons.setdefault(image_id, []).append(
+                person_record(
+                    ann.get("id"), ann.get("bbox"), ann.get("keypoints"), num_keypoints=num_keypoints, mapping=mapping
+                )
+            )
         except ValueError as exc:
             problem = AnnotationProblem(file_names[image_id], ann.get("id"), "invalid_annotation", str(exc))
             problems.setdefault(image_id, []).append(problem)
@@ -81,24 +106,44 @@ def parse_coco(content: bytes) -> Iterator[ImageAnnotations]:
 
 
 def _person_category_ids(categories: list[dict[str, Any]]) -> set[Any]:
-    return {c["id"] for c in categories if c.get("name") == "person" and "id" in c}
+    return {c["id"] for c in categories if isinstance(c, dict) and c.get("name") == "person" and "id" in c}
 
 
-def _person(ann: dict[str, Any]) -> dict[str, Any]:
-    keypoints = ann.get("keypoints")
-    if not isinstance(keypoints, list) or len(keypoints) != 3 * COCO_NUM_KEYPOINTS:
+def person_record(
+    annotation_id: Any,
+    bbox: Any,
+    keypoints: Any,
+    *,
+    num_keypoints: int = COCO_NUM_KEYPOINTS,
+    mapping: tuple[int | None, ...] | None = None,
+) -> dict[str, Any]:
+    """The JSON-ready person of a sample: ``bbox_xywh`` and 17 COCO ``[x, y, v]`` ``keypoints``.
+
+    ``keypoints`` is the flat source list (``num_keypoints`` x (x, y, v), v in COCO's 0/1/2); ``mapping``
+    sends source joint i to COCO-17 index ``mapping[i]``; COCO joints nobody maps to are ``[0, 0, 0]``.
+
+    Raises:
+        ValueError: wrong length, a non-finite or non-numeric value, a malformed or negative-size box.
+    """
+    if not isinstance(keypoints, list) or len(keypoints) != 3 * num_keypoints:
         count = len(keypoints) if isinstance(keypoints, list) else type(keypoints).__name__
-        raise ValueError(f"keypoints must be a list of {3 * COCO_NUM_KEYPOINTS} numbers, got {count}")
+        raise ValueError(f"keypoints must be a list of {3 * num_keypoints} numbers, got {count}")
     values = [_finite(v, "keypoints") for v in keypoints]
-    bbox = ann.get("bbox")
     if not isinstance(bbox, list) or len(bbox) != 4:
         raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
     box = [_finite(v, "bbox") for v in bbox]
     if box[2] < 0 or box[3] < 0:
         raise ValueError(f"bbox has a negative size: {bbox!r}")
-    triples = [values[i : i + 3] for i in range(0, len(values), 3)]
+    source = [values[i : i + 3] for i in range(0, len(values), 3)]
+    if mapping is None:
+        triples = source
+    else:
+        triples = [[0.0, 0.0, 0.0] for _ in range(COCO_NUM_KEYPOINTS)]
+        for triple, target in zip(source, mapping, strict=True):
+            if target is not None and triple[2] > 0:
+                triples[target] = triple
     return {
-        "annotation_id": ann.get("id"),
+        "annotation_id": annotation_id,
         "bbox_xywh": box,
         "keypoints": triples,
         "num_keypoints": sum(1 for t in triples if t[2] > 0),

@@ -8,18 +8,16 @@ with ``_summary.json``. See README "Labeling".
 import json
 import logging
 import re
-import sys
 import time
 from typing import Any
 
 import apache_beam as beam
-import hydra
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
-from omegaconf import DictConfig
 
 import pipelines
 from dpmesh_core.confidence import FilterThresholds
+from pipelines.cli import hydra_app
 from pipelines.config import (
     ConfigError,
     FilterConfig,
@@ -28,13 +26,10 @@ from pipelines.config import (
     RunnerName,
     config_hash,
     config_to_dict,
-    register_configs,
-    to_job_config,
 )
 from pipelines.label_progress import ProgressReporter, build_summary, format_summary, read_markers
-from pipelines.logging_setup import configure_logging
 from pipelines.model_handler import DPMeshModelHandler, check_device
-from pipelines.options import pipeline_options
+from pipelines.options import inference_resource_hints, pipeline_options
 from pipelines.storage import Storage, join
 from pipelines.transforms.labeling import (
     ERROR,
@@ -47,6 +42,7 @@ from pipelines.transforms.labeling import (
     failed_batch_to_errors,
     shard_name_of,
 )
+from schemas import KeypointSource
 
 
 logger = logging.getLogger(__name__)
@@ -115,16 +111,27 @@ def build_pipeline(
     p: beam.Pipeline, cfg: LabelJobConfig, shards: list[str], *, handler: ModelHandler | None = None
 ) -> None:
     """Adds the labeling steps for ``shards`` to ``p``; ``handler`` replaces the DPMesh handler (tests)."""
-    handler = handler or DPMeshModelHandler(cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency)
-    read = (
-        p
-        | "ListShards" >> beam.Create(shards)
-        | "SpreadShards" >> beam.Reshuffle()
-        | "ReadShards"
-        >> beam.ParDo(
-            ReadShardFn(cfg.storage, cfg.input.max_image_pixels, cfg.detector.name.value, cfg.model.batch_size)
-        ).with_outputs(ERRORS, REPORTS, main="batches")
+    hints = inference_resource_hints(cfg.runner)  # right fitting on Dataflow: model steps on GPU workers only
+    handler = handler or DPMeshModelHandler(
+        cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency, resource_hints=hints
     )
+    shard_uris = p | "ListShards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
+    if cfg.detector.detects:
+        # detector=vitpose|auto: find people first; the reader then takes (shard URI, its detections).
+        from pipelines.detection.transforms import DetectPersons
+
+        shard_uris = shard_uris | "FindPeople" >> DetectPersons(
+            cfg.storage, cfg.detector, cfg.input.max_image_pixels, resource_hints=hints
+        )
+    read = shard_uris | "ReadShards" >> beam.ParDo(
+        ReadShardFn(
+            cfg.storage,
+            cfg.input.max_image_pixels,
+            KeypointSource.ANNOTATIONS.value,
+            cfg.model.batch_size,
+            detector=cfg.detector.name.value,
+        )
+    ).with_outputs(ERRORS, REPORTS, main="batches")
     results, failures = (
         read.batches
         | "KeyByBatchId" >> beam.Map(lambda person_batch: (person_batch.batch_id, person_batch))
@@ -145,7 +152,13 @@ def build_pipeline(
 def run(
     cfg: LabelJobConfig, *, options: PipelineOptions | None = None, handler: ModelHandler | None = None
 ) -> dict[str, Any]:
-    """Labels every pending shard, writes and returns the run summary."""
+    """Labels every pending shard, writes and returns the run summary (the launch plan on a dry run)."""
+    if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
+        from pipelines.launch_plan import print_launch_plan
+
+        return print_launch_plan(
+            "dpmesh-label", cfg, lambda p: build_pipeline(p, cfg, [cfg.input.shards], handler=handler)
+        )
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         check_device(cfg.model)  # a local run must see its GPU; remote drivers usually have none
     thresholds = filter_thresholds(cfg.filter)
@@ -180,24 +193,9 @@ def _waves(shards: list[str], wave_size: int) -> list[list[str]]:
     return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="dpmesh_label")
-def _hydra_main(dict_cfg: DictConfig) -> None:
-    try:
-        cfg = to_job_config(dict_cfg, LabelJobConfig)
-        configure_logging(cfg.log_level)
-        summary = run(cfg)
-    except ConfigError as exc:
-        print(f"dpmesh-label: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(format_summary(summary, cfg.output))
-
-
-def main() -> None:
-    """Console entry point ``dpmesh-label``."""
-    _hydra_main()
+main = hydra_app(
+    "dpmesh-label", "dpmesh_label", LabelJobConfig, run, lambda summary, cfg: format_summary(summary, cfg.output)
+)
 
 
 if __name__ == "__main__":

@@ -51,9 +51,27 @@ def check_device(cfg: ModelConfig) -> None:
 
 
 def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
-    """Build the configured model on its device, in eval mode, weights frozen."""
+    """Build the configured model on its device, in eval mode, weights frozen.
+
+    With ``model.fast_path`` the weights are loaded in fp32 and converted once by
+    ``dpmesh_core.fast_path.prepare_for_inference`` (compute dtype ``model.dtype``, fixed batch ``model.batch_size``).
+    """
     check_device(cfg)
-    device, dtype = torch.device(cfg.device.value), _TORCH_DTYPES[cfg.dtype]
+    device = torch.device(cfg.device.value)
+    dtype = torch.float32 if cfg.fast_path else _TORCH_DTYPES[cfg.dtype]
+    model = _load_network(cfg, storage_cfg, device, dtype)
+    if not cfg.fast_path:
+        return model
+    from dpmesh_core.fast_path import FastPathConfig, prepare_for_inference
+
+    fast_cfg = FastPathConfig(
+        dtype=_TORCH_DTYPES[cfg.dtype], channels_last=cfg.channels_last, compile=cfg.compile,
+        cuda_graphs=cfg.cuda_graphs, batch_size=cfg.batch_size,
+    )  # fmt: skip
+    return prepare_for_inference(model, fast_cfg)
+
+
+def _load_network(cfg: ModelConfig, storage_cfg: StorageConfig, device: torch.device, dtype: torch.dtype) -> DPMesh:
     if cfg.name == ModelName.tiny:
         return DPMesh.tiny(seed=cfg.seed).to(device=device, dtype=dtype).eval()
     cache = os.path.expanduser(cfg.cache_dir)
@@ -90,10 +108,18 @@ def cached_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
 class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh]):
     """Runs DPMesh on :class:`PersonBatch` es; holds only picklable configs until ``load_model``."""
 
-    def __init__(self, cfg: ModelConfig, storage_cfg: StorageConfig, *, flip_consistency: bool = False) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        storage_cfg: StorageConfig,
+        *,
+        flip_consistency: bool = False,
+        resource_hints: dict[str, str] | None = None,
+    ) -> None:
         self._cfg = cfg
         self._storage_cfg = storage_cfg
         self._flip = flip_consistency
+        self._resource_hints = dict(resource_hints or {})
 
     def load_model(self) -> DPMesh:
         return cached_model(self._cfg, self._storage_cfg)
@@ -124,6 +150,10 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
     def batch_elements_kwargs(self) -> dict[str, Any]:
         # Each element already is a model batch of model.batch_size persons (see PersonBatch).
         return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def get_resource_hints(self) -> dict[str, str]:
+        """Right fitting: the accelerator hint that puts only this step on GPU workers (empty otherwise)."""
+        return dict(self._resource_hints)
 
     def share_model_across_processes(self) -> bool:
         return self._cfg.device == Device.cuda

@@ -10,29 +10,25 @@ import dataclasses
 import io
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-import hydra
 import numpy as np
 import pyarrow.parquet as pq
-from omegaconf import DictConfig
 
+import pipelines
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
+from pipelines.cli import hydra_app
 from pipelines.config import (
     ConfigError,
     RefilterJobConfig,
     config_hash,
     config_to_dict,
-    register_configs,
-    to_job_config,
 )
 from pipelines.label_meshes import SUMMARY_NAME, filter_thresholds
 from pipelines.label_progress import build_summary, format_summary, read_markers
-from pipelines.logging_setup import configure_logging
 from pipelines.options import pipeline_options
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
@@ -114,7 +110,7 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     if read_markers(storage, cfg.output) and not cfg.overwrite:
         raise ConfigError(f"output={cfg.output!r} already holds labels; choose another output or pass overwrite=true")
     info = {
-        "pipeline_version": _version(),
+        "pipeline_version": pipelines.__version__,
         "config_hash": config_hash(cfg, exclude=("input", "output", "runner", "storage", "log_level", "overwrite")),
     }
     started = time.monotonic()
@@ -137,30 +133,12 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     return summary
 
 
-def _version() -> str:
-    import pipelines
-
-    return pipelines.__version__
-
-
-register_configs()
+def report(summary: dict[str, Any], cfg: RefilterJobConfig) -> str:
+    """The end-of-run table."""
+    return format_summary(summary, cfg.output)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="dpmesh_refilter")
-def _hydra_main(dict_cfg: DictConfig) -> None:
-    try:
-        cfg = to_job_config(dict_cfg, RefilterJobConfig)
-        configure_logging(cfg.log_level)
-        summary = run(cfg)
-    except ConfigError as exc:
-        print(f"dpmesh-refilter: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(format_summary(summary, cfg.output))
-
-
-def main() -> None:
-    """Console entry point ``dpmesh-refilter``."""
-    _hydra_main()
+main = hydra_app("dpmesh-refilter", "dpmesh_refilter", RefilterJobConfig, run, report)
 
 
 if __name__ == "__main__":

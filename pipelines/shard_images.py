@@ -9,20 +9,17 @@ Python with :func:`run` and a :class:`~pipelines.config.ShardJobConfig`.
 
 import json
 import logging
-import sys
 import time
 from typing import Any
 
 import apache_beam as beam
-import hydra
-from omegaconf import DictConfig
 
 import pipelines
+from pipelines.cli import hydra_app
 from pipelines.coco_annotations import join_name
-from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict, register_configs, to_job_config
+from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
 from pipelines.corpus import list_corpus
 from pipelines.keys import stable_bucket
-from pipelines.logging_setup import configure_logging
 from pipelines.options import pipeline_options
 from pipelines.storage import Storage, join
 from pipelines.transforms.shard_manifest import ERRORS_NAME, MANIFEST_NAME, WriteManifestFn
@@ -115,7 +112,7 @@ def _attach_annotations(p: beam.Pipeline, cfg: ShardJobConfig, samples: Any) -> 
     annotations = (
         p
         | "AnnotationFile" >> beam.Create([cfg.input.annotations])
-        | "ReadAnnotations" >> beam.FlatMap(read_annotations, cfg.storage)
+        | "ReadAnnotations" >> beam.FlatMap(read_annotations, cfg.storage, cfg.input.annotation_format.value)
     )
     images_by_name = samples | "KeyByFileName" >> beam.Map(lambda s: (join_name(s.relpath), s))
     joined = (
@@ -149,7 +146,11 @@ def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
 def run(
     cfg: ShardJobConfig, *, options: beam.options.pipeline_options.PipelineOptions | None = None
 ) -> dict[str, Any]:
-    """Runs the sharding job to completion and returns the manifest it wrote."""
+    """Runs the sharding job to completion and returns the manifest it wrote (the launch plan on a dry run)."""
+    if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
+        from pipelines.launch_plan import print_launch_plan
+
+        return print_launch_plan("dpmesh-shard", cfg, lambda p: build_pipeline(p, cfg))
     storage = Storage(cfg.storage)
     prepare_output(cfg, storage)
     started = time.monotonic()
@@ -183,24 +184,9 @@ def format_summary(manifest: dict[str, Any], output: str) -> str:
     return "\n".join(lines)
 
 
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="dpmesh_shard")
-def _hydra_main(dict_cfg: DictConfig) -> None:
-    try:
-        cfg = to_job_config(dict_cfg, ShardJobConfig)
-        configure_logging(cfg.log_level)
-        manifest = run(cfg)
-    except ConfigError as exc:
-        print(f"dpmesh-shard: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(format_summary(manifest, cfg.output))
-
-
-def main() -> None:
-    """Console entry point ``dpmesh-shard``."""
-    _hydra_main()
+main = hydra_app(
+    "dpmesh-shard", "dpmesh_shard", ShardJobConfig, run, lambda manifest, cfg: format_summary(manifest, cfg.output)
+)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,20 @@ class FeatureFusion(nn.Module):
         return fused
 
 
+class _Tap:
+    """Forward hook storing a module's output in `owner._taps[name]`.
+
+    An object rather than a closure so that `copy.deepcopy(backbone)` re-binds it to the copy.
+    """
+
+    def __init__(self, owner: DPMeshBackbone, name: str) -> None:
+        self.owner = owner
+        self.name = name
+
+    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        self.owner._taps[self.name] = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+
+
 class DPMeshBackbone(nn.Module):
     """Image + keypoints → fused feature map.
 
@@ -169,10 +183,7 @@ class DPMeshBackbone(nn.Module):
         self.last: dict[str, torch.Tensor] = {}
 
     def _make_tap(self, name: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            self._taps[name] = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-
-        return hook
+        return _Tap(self, name)
 
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
         """`(B,3,H,W)` in [0,1] → posterior mean `(B,4,H/8,W/8)`; no [-1,1] rescale, no 0.18215 (note §0.1-2)."""
@@ -192,8 +203,10 @@ class DPMeshBackbone(nn.Module):
         """
         cfg = self.config
         # 1. keypoint conditioning: heatmaps for the ControlNet input, tokens for cross-attention (both nets)
-        heatmap = keypoint_heatmaps(joints_xy, joints_mask, cfg.heatmap_size, cfg.heatmap_sigma)
-        context = self.kp_lifting(joints_xy / cfg.heatmap_size)
+        # (the `.to(images.dtype)` casts are no-ops in the fp32 path; the fast path feeds fp32 keypoints with
+        # half-precision images, so heatmaps are computed in fp32 and rounded once)
+        heatmap = keypoint_heatmaps(joints_xy, joints_mask, cfg.heatmap_size, cfg.heatmap_sigma).to(images.dtype)
+        context = self.kp_lifting((joints_xy / cfg.heatmap_size).to(images.dtype))
         # 2. clean latent, single pass at t=1: no noise, no text (vpdencoder_useattn.py:74-80)
         latent = self.encode_latents(images)
         t = torch.full((images.shape[0],), cfg.timestep, dtype=torch.long, device=images.device)
@@ -216,8 +229,10 @@ class DPMeshBackbone(nn.Module):
         )
         # 3. taps + averaged keypoint attention maps → fused features
         size = latent.shape[-1]
-        f16a = torch.cat([self._taps["f16"], averaged_map(self._maps, ATTN16_LAYERS, size // 2)], dim=1)
-        f8a = torch.cat([self._taps["f8"], averaged_map(self._maps, ATTN8_LAYERS, size // 4)], dim=1)
+        attn16 = averaged_map(self._maps, ATTN16_LAYERS, size // 2).to(images.dtype)  # fp32 maps in the fast path
+        attn8 = averaged_map(self._maps, ATTN8_LAYERS, size // 4).to(images.dtype)
+        f16a = torch.cat([self._taps["f16"], attn16], dim=1)
+        f8a = torch.cat([self._taps["f8"], attn8], dim=1)
         feat: torch.Tensor = self.fusion(self._taps["f32"], f16a, f8a, self._taps["f4"])
         self.last = {"latent": latent, "heatmap": heatmap, "context": context, "f32": self._taps["f32"],
                      "f16a": f16a, "f8a": f8a, "f4": self._taps["f4"], "ctrl_mid": mid,

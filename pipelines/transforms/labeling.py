@@ -16,7 +16,10 @@ from apache_beam.metrics import Metrics
 
 from dpmesh_core.confidence import FilterThresholds, score_person
 from pipelines.annotation_rows import annotation_row, annotation_sort_key
+from pipelines.config import DetectorName
 from pipelines.config_storage import StorageConfig
+from pipelines.detection.records import ImageDetections, ShardDetections
+from pipelines.detection.transforms import needs_detection
 from pipelines.error_rows import error_row, error_sort_key
 from pipelines.image_decode import ImageDecodeError, decode_rgb
 from pipelines.label_inputs import (
@@ -32,7 +35,15 @@ from pipelines.label_inputs import (
 from pipelines.model_handler import LabeledPerson
 from pipelines.parquet_io import parquet_bytes, read_parquet_bytes
 from pipelines.storage import Storage, join
-from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, ErrorReason, ErrorStage, table_from_rows, with_file_metadata
+from schemas import (
+    ANNOTATION_SCHEMA,
+    ERROR_SCHEMA,
+    ErrorReason,
+    ErrorStage,
+    KeypointSource,
+    table_from_rows,
+    with_file_metadata,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -40,6 +51,8 @@ logger = logging.getLogger(__name__)
 METRICS_NAMESPACE = "dpmesh"
 ERRORS, REPORTS = "errors", "reports"
 ACCEPTED, REJECTED, ERROR, REPORT = "accepted", "rejected", "error", "report"
+# An image the detection stage should have seen but did not (it could not decode it there).
+_NOT_DETECTED = ImageDetections("", (), "no detection result for the image")
 
 
 def _counter(name: str) -> Any:
@@ -52,24 +65,41 @@ def shard_name_of(uri: str) -> str:
 
 
 class ReadShardFn(beam.DoFn):
-    """Input: a shard URI. Streams it; outputs :class:`PersonBatch` es of ``batch_size`` persons in shard order,
-    ``(shard, error row)`` s and one ``(shard, report)``."""
+    """Input: a shard URI, or ``(shard URI, ShardDetections)`` with ``detector=vitpose|auto``. Streams the shard;
+    outputs :class:`PersonBatch` es of ``batch_size`` persons in shard order, ``(shard, error row)`` s and one
+    ``(shard, report)``.
 
-    def __init__(self, storage_cfg: StorageConfig, max_image_pixels: int, keypoint_source: str, batch_size: int):
+    With detections, the persons of each image that needs detection (every image for ``vitpose``, those no
+    annotation file covered for ``auto``) are the detected ones (``keypoint_source=vitpose``); the rest are read
+    from the sample JSON as without a detector. Batches are cut the same way either way.
+    """
+
+    def __init__(
+        self,
+        storage_cfg: StorageConfig,
+        max_image_pixels: int,
+        keypoint_source: str,
+        batch_size: int,
+        detector: str = DetectorName.annotations.value,
+    ):
         self._storage_cfg = storage_cfg
         self._max_pixels = max_image_pixels
-        self._source = keypoint_source
+        self._source = keypoint_source  # of persons read from the sample JSON
         self._batch_size = batch_size
+        self._detector = DetectorName(detector)
         self._images = _counter("images_in")
         self._persons = _counter("persons_in")
 
     def setup(self) -> None:
         self._storage = Storage(self._storage_cfg)
 
-    def process(self, shard_uri: str) -> Iterator[Any]:
+    def process(self, element: str | tuple[str, ShardDetections]) -> Iterator[Any]:
+        shard_uri, detections = element if isinstance(element, tuple) else (element, None)
         shard = shard_name_of(shard_uri)
         report = Counter({"images_in": 0, "images_ok": 0, "images_errored": 0, "persons_in": 0})
         report_extra: dict[str, Any] = {"shard_uri": shard_uri, "read_error": None}
+        if detections is not None:
+            report_extra["detector_models"] = detections.models
         expected = self._index(shard_uri)
         seen: set[str] = set()
         pending: list[PersonTask] = []
@@ -78,7 +108,7 @@ class ReadShardFn(beam.DoFn):
             with self._storage.open_read(shard_uri) as stream:
                 for sample in iter_shard_samples(stream):
                     seen.add(sample.key)
-                    for out in self._sample(shard, sample, report):
+                    for out in self._sample(shard, sample, report, detections):
                         if not isinstance(out, PersonTask):
                             yield out
                             continue
@@ -124,7 +154,9 @@ class ReadShardFn(beam.DoFn):
                 error = error_row(ErrorStage.LABEL_READ, ErrorReason.READ_FAILED, message, person_idx=idx, **where)
                 yield beam.pvalue.TaggedOutput(ERRORS, (shard, error))
 
-    def _sample(self, shard: str, sample: Any, report: Counter[str]) -> Iterator[Any]:
+    def _sample(
+        self, shard: str, sample: Any, report: Counter[str], detections: ShardDetections | None = None
+    ) -> Iterator[Any]:
         report["images_in"] += 1
         try:
             meta = sample_metadata(sample)
@@ -135,7 +167,10 @@ class ReadShardFn(beam.DoFn):
             )
             yield beam.pvalue.TaggedOutput(ERRORS, (shard, row))
             return
-        raw_persons = list(meta.get("persons") or [])
+        detected = None
+        if detections is not None and needs_detection(self._detector, meta):
+            detected = detections.images.get(sample.key, _NOT_DETECTED)
+        raw_persons = list(meta.get("persons") or []) if detected is None else list(detected.persons)
         report["persons_in"] += len(raw_persons)
         where = {"key": sample.key, "source_uri": meta.get("source_uri"), "shard": shard}
         try:
@@ -146,9 +181,16 @@ class ReadShardFn(beam.DoFn):
                 row = error_row(ErrorStage.LABEL_DECODE, exc.reason, str(exc), person_idx=idx, **where)
                 yield beam.pvalue.TaggedOutput(ERRORS, (shard, row))
             return
+        if detected is not None and detected.error is not None:
+            report["images_errored"] += 1  # detection failed: no persons are known for the image
+            row = error_row(ErrorStage.LABEL_INFERENCE, ErrorReason.INFERENCE_FAILED, detected.error, **where)
+            yield beam.pvalue.TaggedOutput(ERRORS, (shard, row))
+            return
         report["images_ok"] += 1
         persons: list[tuple[int, AnnotatedPerson]] = []
-        for idx, raw in enumerate(raw_persons):
+        if detected is not None:
+            persons = list(enumerate(detected.persons))
+        for idx, raw in enumerate(raw_persons if detected is None else []):
             try:
                 persons.append((idx, person_from_json(raw)))
             except (ValueError, TypeError) as exc:
@@ -157,8 +199,9 @@ class ReadShardFn(beam.DoFn):
                 )
                 yield beam.pvalue.TaggedOutput(ERRORS, (shard, row))
         source_uri = str(meta.get("source_uri", ""))
+        source = self._source if detected is None else KeypointSource.VITPOSE.value
         for idx, task in prepare_tasks(
-            image, persons, shard=shard, image_key=sample.key, source_uri=source_uri, source=self._source
+            image, persons, shard=shard, image_key=sample.key, source_uri=source_uri, source=source
         ):
             if isinstance(task, PersonTask):
                 yield task
@@ -253,14 +296,20 @@ class WriteShardLabelsFn(beam.DoFn):
         accepted = sorted(grouped[ACCEPTED], key=annotation_sort_key)
         rejected = sorted(grouped[REJECTED], key=annotation_sort_key)
         errors = sorted(grouped[ERROR], key=error_sort_key)
+        marker = shard_marker(shard, grouped[REPORT], accepted, rejected, errors, self._run_info)
+        annotation_schema = self._annotation_schema
+        if marker.get("detector_models"):  # detector=vitpose|auto: the weights that found the persons
+            models = json.dumps(marker["detector_models"], sort_keys=True).encode()
+            annotation_schema = annotation_schema.with_metadata(
+                {**annotation_schema.metadata, b"detector_models": models}
+            )
         for folder, rows, schema in (
-            ("annotations", accepted, self._annotation_schema),
-            ("rejected", rejected, self._annotation_schema),
+            ("annotations", accepted, annotation_schema),
+            ("rejected", rejected, annotation_schema),
             ("errors", errors, self._error_schema),
         ):
             data = parquet_bytes(table_from_rows(rows, schema))
             self._storage.write_bytes(join(self._output, folder, f"{shard}.parquet"), data)
-        marker = shard_marker(shard, grouped[REPORT], accepted, rejected, errors, self._run_info)
         self._storage.write_bytes(join(self._output, "_done", f"{shard}.json"), json.dumps(marker, indent=1).encode())
         if not marker["reconciled"]:
             logger.error("shard %s does not reconcile: %s", shard, marker["counts"])
@@ -295,6 +344,7 @@ def shard_marker(
         "shard": shard,
         "shard_uri": report.get("shard_uri"),
         "read_error": report.get("read_error"),
+        **({"detector_models": report["detector_models"]} if report.get("detector_models") is not None else {}),
         **run_info,
         "counts": counts,
         "reconciled": persons_ok and images_ok,

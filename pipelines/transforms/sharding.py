@@ -19,7 +19,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.coco_annotations import ImageAnnotations, join_name, parse_coco
+from pipelines.annotation_formats import parse_annotations
+from pipelines.coco_annotations import ImageAnnotations, join_name
 from pipelines.config import InputConfig, ShardConfig, ValidateMode
 from pipelines.config_storage import StorageConfig
 from pipelines.corpus import SourceFile, list_corpus
@@ -147,9 +148,15 @@ class ResolveDuplicatesFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(ERRORS, row)
 
 
-def read_annotations(uri: str, storage_cfg: StorageConfig) -> Iterator[tuple[str, ImageAnnotations]]:
-    """``(join name, annotations)`` for every annotated image of a COCO file."""
-    for annotations in parse_coco(Storage(storage_cfg).read_bytes(uri)):
+def read_annotations(
+    uri: str, storage_cfg: StorageConfig, annotation_format: str = "auto"
+) -> Iterator[tuple[str, ImageAnnotations]]:
+    """``(join name, annotations)`` for every annotated image of an annotation file (COCO-17 persons).
+
+    ``annotation_format`` is ``coco``, ``crowdpose``, ``aic`` or ``auto`` (told from the file; see
+    :mod:`pipelines.annotation_formats`).
+    """
+    for annotations in parse_annotations(Storage(storage_cfg).read_bytes(uri), annotation_format):
         yield join_name(annotations.file_name), annotations
 
 
