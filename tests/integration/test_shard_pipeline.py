@@ -247,3 +247,51 @@ def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: dict, tmp
     )
     assert f"{N_IMAGES} images in" in good.stdout
     assert "reconciled" in good.stdout
+
+
+def test_crowdpose_annotations_shard_with_coco17_joints(tmp_path: Path) -> None:
+    """A hand-written CrowdPose file (14 joints) named with input.annotation_format: joints land at their COCO-17
+    places, and the COCO joints CrowdPose lacks (face) are unlabelled."""
+    from pipelines.annotation_formats import CROWDPOSE_JOINTS
+
+    images = make_images(2, seed=5, width=160, height=120, persons=(0, 0))
+    write_corpus(str(tmp_path / "images"), images)
+    keypoints = [v for j in range(len(CROWDPOSE_JOINTS)) for v in (10.0 + j, 20.0 + j, 2)]
+    doc = {
+        "images": [{"id": i, "file_name": img.file_name} for i, img in enumerate(images, start=1)],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [5, 5, 50, 80],
+                "keypoints": keypoints,
+                "num_keypoints": 14,
+            }
+        ],
+        "categories": [{"id": 1, "name": "person"}],
+    }
+    (tmp_path / "crowdpose.json").write_text(json.dumps(doc))
+    output = tmp_path / "shards"
+    manifest = run(
+        _config(
+            f"input.images={tmp_path / 'images'}",
+            f"input.annotations={tmp_path / 'crowdpose.json'}",
+            "input.annotation_format=crowdpose",
+            f"output={output}",
+        )
+    )
+    assert manifest["counts"]["persons"] == 1
+    metas = [
+        s["json"]
+        for s in wds.WebDataset(str(output / f"{manifest['shards'][0]['shard']}.tar"), shardshuffle=False).decode()
+        if s["json"].get("persons")
+    ]
+    (person,) = [p for m in metas for p in m.get("persons", [])]
+    coco = {name: i for i, name in enumerate(("nose", "left_eye", "right_eye", "left_ear", "right_ear"))}
+    assert all(person["keypoints"][i][2] == 0 for i in coco.values())  # CrowdPose has no face joints
+    left_shoulder = CROWDPOSE_JOINTS.index("left_shoulder")
+    assert person["keypoints"][5] == [10.0 + left_shoulder, 20.0 + left_shoulder, 2]  # COCO 5 = left_shoulder
+    right_ankle = CROWDPOSE_JOINTS.index("right_ankle")
+    assert person["keypoints"][16] == [10.0 + right_ankle, 20.0 + right_ankle, 2]  # COCO 16 = right_ankle
