@@ -198,19 +198,19 @@ def shard_batches(crops: list[list[PersonInputs]], batch_size: int) -> list[list
 
 def time_model(model: DPMesh, batches: list[list[PersonInputs]]) -> tuple[float, float]:
     """Wall and CPU seconds of forward + ``to_full_image`` over all batches (after one untimed warm-up batch)."""
-    param = next(model.parameters())
+    device = model.device
 
     def forward(batch: list[PersonInputs]) -> None:
-        to_full_image(model(**batch_inputs(batch, param.device, param.dtype)), batch)
+        to_full_image(model(**batch_inputs(batch, model.device, model.input_dtype)), batch)
 
     with torch.inference_mode():
         forward(batches[0])
-        if param.device.type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
         started, cpu = time.perf_counter(), cpu_seconds()
         for batch in batches:
             forward(batch)
-        if param.device.type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()  # to_full_image already copies to host; this is belt and braces
         return time.perf_counter() - started, cpu_seconds() - cpu
 
@@ -264,8 +264,8 @@ def print_machine(model: DPMesh) -> None:
         f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    param = next(model.parameters())
-    print(f"model: {model.model_id} ({params:.1f} M parameters) on {param.device.type}, {param.dtype}")
+    device = model.device
+    print(f"model: {model.model_id} ({params:.1f} M parameters) on {device.type}, {model.input_dtype}")
 
 
 def print_rows(rows: list[Row], reference: float) -> None:

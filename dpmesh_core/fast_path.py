@@ -193,16 +193,11 @@ class FastDPMesh(DPMesh):
     """A `DPMesh` whose forward runs the fast path (see the module docstring); build with `prepare_for_inference`.
 
     Shares its submodules with the model it was built from. Inputs may come in any float dtype: images are cast to
-    the compute dtype, keypoints/mask/focal to fp32. All outputs are fp32.
-
-    `parameters()` yields the zero-element fp32 parameter `io_dtype` first, so that callers which take the dtype of
-    the first parameter as the *input* dtype (the pipeline's ModelHandler) keep feeding fp32 keypoints and focal.
+    the compute dtype, keypoints/mask/focal to fp32 (`input_dtype` is fp32). All outputs are fp32.
     """
 
     def __init__(self, model: DPMesh, cfg: FastPathConfig) -> None:
         nn.Module.__init__(self)
-        device = next(model.parameters()).device
-        self.io_dtype = nn.Parameter(torch.empty(0, device=device), requires_grad=False)
         self.config = model.config
         self.backbone = model.backbone
         self.head = model.head
@@ -219,8 +214,10 @@ class FastDPMesh(DPMesh):
     def compute_dtype(self) -> torch.dtype:
         return self.fast_config.torch_dtype
 
-    def network_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in super().network_state_dict().items() if k != "io_dtype"}
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """Callers keep keypoints and focal in fp32; `forward` casts images to the compute dtype itself."""
+        return torch.float32
 
     def _step(
         self, images: torch.Tensor, joints_xy: torch.Tensor, joints_mask: torch.Tensor, focal: torch.Tensor
@@ -243,7 +240,7 @@ class FastDPMesh(DPMesh):
             if self._compiled is None:
                 self._compiled = torch.compile(self._step, dynamic=False, mode=self.fast_config.compile_mode)
             fn = self._compiled
-        if self._use_graphs and self.io_dtype.device.type == "cuda":
+        if self._use_graphs and self.device.type == "cuda":
             if batch not in self._graphs:
                 self._graphs[batch] = _CudaGraphStep(fn)
             return self._graphs[batch]
@@ -267,7 +264,7 @@ class FastDPMesh(DPMesh):
         self, images: torch.Tensor, joints: torch.Tensor, joints_mask: torch.Tensor, focal: torch.Tensor
     ) -> DPMeshOutput:
         """Same contract as `DPMesh.forward`; outputs are fp32."""
-        device = self.io_dtype.device
+        device = self.device
         images = images.to(device=device, dtype=self.compute_dtype)
         if self.fast_config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

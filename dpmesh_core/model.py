@@ -85,6 +85,16 @@ class DPMesh(nn.Module):
         model.model_id = f"tiny-seed{seed}"
         return model.eval().requires_grad_(False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights (and so its inputs) live."""
+        return next(self.parameters()).device
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The float dtype `forward` expects its inputs in (the weights' dtype; fp32 for the fast path)."""
+        return next(self.parameters()).dtype
+
     def network_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict without the body model (whose arrays are saved separately as `SMPLData`)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("body_model.")}

@@ -119,7 +119,6 @@ def predict_image(
     persons = [prepare_person(image, converters[keypoint_format](kp)) for kp in keypoints]
     if not persons:
         return []
-    param = next(model.parameters())
     with torch.inference_mode():
-        out = model(**batch_inputs(persons, param.device, param.dtype))
+        out = model(**batch_inputs(persons, model.device, model.input_dtype))
     return to_full_image(out, persons)

@@ -17,10 +17,11 @@ from dpmesh_core.preprocessing import PersonInputs
 
 def flip_pa_mpjpe_mm(model: DPMesh, persons: Sequence[PersonInputs], preds: Sequence[PersonPrediction]) -> list[float]:
     """PA-MPJPE (mm, SMPL-24) between each prediction and the un-flipped prediction on its mirrored crop."""
-    param = next(model.parameters())
     mirrored = [flip_person_inputs(p) for p in persons]
-    out = model(**batch_inputs(mirrored, param.device, param.dtype))
-    pose = torch.from_numpy(unflip_pose(out.smpl_pose.float().cpu().numpy())).to(param.device, param.dtype)
+    out = model(**batch_inputs(mirrored, model.device, model.input_dtype))
+    pose = torch.from_numpy(unflip_pose(out.smpl_pose.float().cpu().numpy())).to(
+        out.smpl_shape.device, out.smpl_shape.dtype
+    )
     vertices = model.body_model(pose, out.smpl_shape, torch.zeros_like(out.cam_trans))
     joints = model.body_model.joints30(vertices)[:, :24].float().cpu().numpy()
     return [flip_consistency_mm(np.asarray(p.joints_3d), joints[i]) for i, p in enumerate(preds)]

@@ -133,9 +133,8 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
     def _run_batch(self, person_batch: PersonBatch, model: DPMesh) -> PredictionResult:
         tasks = list(person_batch.tasks)
         inputs = [t.inputs for t in tasks]
-        param = next(model.parameters())
         with torch.inference_mode():
-            predictions = to_full_image(model(**batch_inputs(inputs, param.device, param.dtype)), inputs)
+            predictions = to_full_image(model(**batch_inputs(inputs, model.device, model.input_dtype)), inputs)
             flips = self._flip_errors(model, tasks, predictions) if self._flip else [None] * len(tasks)
         labeled = [LabeledPerson(_without_crop(t), p, f) for t, p, f in zip(tasks, predictions, flips, strict=True)]
         return PredictionResult(example=person_batch.batch_id, inference=labeled, model_id=model.model_id)

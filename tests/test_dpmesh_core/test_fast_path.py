@@ -78,7 +78,7 @@ def test_half_precision_close_to_fp32(tiny: DPMesh, dtype: str, mean_mm: float, 
     ref = run(tiny, inputs)
     fast = prepare_for_inference(tiny, FastPathConfig(dtype=dtype), copy_model=True)
     assert next(fast.backbone.parameters()).dtype == getattr(torch, dtype)
-    assert next(fast.parameters()).dtype == torch.float32  # io_dtype: the handler feeds fp32 keypoints/focal
+    assert fast.input_dtype == torch.float32  # the handler feeds fp32 keypoints/focal
     assert next(fast.vposer.parameters()).dtype == torch.float32
     out = run(fast, inputs)
     for name in ("vertices", "smpl_pose", "cam_trans", "joint_img", "joint_proj"):
