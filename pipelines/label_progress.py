@@ -57,17 +57,27 @@ class ProgressReporter:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        persons_by_shard: dict[str, int] = {}  # markers already read: each is read once, not every poll
         while not self._stop.wait(self._interval):
             try:
-                done = {k: v for k, v in read_markers(self._storage, self._output).items() if k in self._pending}
+                self._read_new_markers(persons_by_shard)
             except Exception as exc:  # progress is best effort; the run itself reports real failures
                 logger.debug("progress poll failed: %s", exc)
                 continue
-            persons = sum(m["counts"]["persons_in"] for m in done.values())
+            persons = sum(persons_by_shard.values())
             rate = persons / max(time.monotonic() - self._started, 1e-9)
             logger.info(
-                "progress: %d/%d shards done, %d persons, %.1f persons/s", len(done), len(self._pending), persons, rate
-            )
+                "progress: %d/%d shards done, %d persons, %.1f persons/s",
+                len(persons_by_shard), len(self._pending), persons, rate,
+            )  # fmt: skip
+
+    def _read_new_markers(self, persons_by_shard: dict[str, int]) -> None:
+        """Lists ``_done/`` and reads only the markers of pending shards not seen yet."""
+        for obj in self._storage.list(join(self._output, "_done") + "/"):
+            shard = obj.uri.rsplit("/", 1)[-1].removesuffix(".json")
+            if shard in self._pending and shard not in persons_by_shard:
+                marker = json.loads(self._storage.read_bytes(obj.uri))
+                persons_by_shard[shard] = marker["counts"]["persons_in"]
 
 
 def _versions() -> dict[str, str]:

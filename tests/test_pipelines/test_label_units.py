@@ -297,3 +297,33 @@ def test_flip_consistency_is_measured_per_person_in_the_handler_and_repeatable()
     # Deterministic: the mirrored pass gives the same PA-MPJPE when run again on the same inputs.
     again = flip_pa_mpjpe_mm(model, [t.inputs for t in tasks], [p.prediction for p in result.inference])
     assert again == pytest.approx(flips)
+
+
+def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
+    import json
+    import logging
+    import time
+
+    from pipelines.label_progress import ProgressReporter
+    from pipelines.storage import Storage
+
+    reads: list[str] = []
+
+    class CountingStorage(Storage):
+        def read_bytes(self, uri: str) -> bytes:
+            reads.append(uri)
+            return super().read_bytes(uri)
+
+    done = tmp_path / "_done"
+    done.mkdir()
+    for name, persons in (("shard-000000", 3), ("shard-000001", 4), ("shard-000009", 50)):
+        (done / f"{name}.json").write_text(json.dumps({"shard": name, "counts": {"persons_in": persons}}))
+    storage = CountingStorage(StorageConfig())
+    pending = ["shard-000000", "shard-000001"]
+    with (
+        caplog.at_level(logging.INFO, logger="pipelines.label_progress"),
+        ProgressReporter(storage, str(tmp_path), pending, interval_s=0.05),
+    ):
+        time.sleep(0.4)
+    assert "progress: 2/2 shards done, 7 persons" in caplog.text  # shard-000009 is not part of this run
+    assert sorted(reads) == sorted(str(done / f"shard-00000{i}.json") for i in (0, 1))
