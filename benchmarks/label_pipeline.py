@@ -46,7 +46,7 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import batch_inputs, to_full_image
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.config import LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.image_decode import decode_rgb
 from pipelines.label_inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
 from pipelines.label_meshes import run as label_run

@@ -24,7 +24,7 @@ from dpmesh_core.body_model import SMPLData
 from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
 from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, config_to_dict
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.label_inputs import PersonBatch, PersonTask
 from pipelines.weights import local_copy
 

@@ -4,7 +4,7 @@ import hashlib
 import os
 import shutil
 
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.storage import Storage, parse_uri
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.config_storage import AddressingStyle, StorageConfig
+from pipelines.config.storage import AddressingStyle, StorageConfig
 from tests.s3_server import S3ServerInfo, SeaweedS3Server, s3_client
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines.config import DetectorConfig, Device
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.detection.models import (
     LoadedDetector,
     LoadedPoseModel,

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from pipelines.config import ConfigError, DetectorConfig, Device, DType
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.storage import parse_uri
 from pipelines.weights import local_copy
 

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from pipelines.config import DetectorConfig, DetectorName
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.detection.handlers import (
     METRICS_NAMESPACE,
     ImageBatch,

@@ -4,7 +4,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.storage.base import ObjectInfo
 from pipelines.storage.local import LocalBackend
 from pipelines.storage.uri import as_directory, glob_regex, join, literal_prefix, parse_uri

@@ -12,7 +12,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import storage as gcs
 
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.storage.base import failed, not_found
 from pipelines.storage.retry import call_with_retry
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 
 
 logger = logging.getLogger(__name__)

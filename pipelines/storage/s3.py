@@ -23,7 +23,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.storage.base import ObjectNotFoundError, failed, not_found
 from pipelines.storage.retry import call_with_retry
 

@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 from dpmesh_core.confidence import FilterThresholds, score_person
 from pipelines.annotation_rows import annotation_row, annotation_sort_key
 from pipelines.config import DetectorName
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.detection.records import ImageDetections, ShardDetections
 from pipelines.detection.transforms import needs_detection
 from pipelines.error_rows import error_row, error_sort_key

@@ -12,7 +12,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_sort_key
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join

@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from pipelines.annotation_formats import parse_annotations
 from pipelines.coco_annotations import ImageAnnotations, join_name
 from pipelines.config import InputConfig, ShardConfig, ValidateMode
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.corpus import SourceFile, list_corpus
 from pipelines.error_rows import error_row
 from pipelines.image_probe import ImageRejectedError, probe_image

@@ -130,7 +130,7 @@ def test_auto_detects_unambiguous_formats_and_refuses_mixed_ones() -> None:
 
 
 def test_read_annotations_joins_by_base_name_in_any_format(tmp_path) -> None:
-    from pipelines.config_storage import StorageConfig
+    from pipelines.config.storage import StorageConfig
 
     path = tmp_path / "aic.json"
     path.write_text(json.dumps(_aic_doc()))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import ConfigError, DetectorConfig, DetectorName, LabelJobConfig, compose_config
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.detection.handlers import ImageBatch, KeypointHandler, PersonDetectorHandler, PoseBatch, PoseItem
 from pipelines.detection.models import box_center_scale, crop_person, decode_heatmaps
 from pipelines.detection.records import DetectedPerson, DetectionFailure, ImageDetections, ModelUsed, assemble

@@ -20,7 +20,7 @@ from pipelines.config import (
     ModelName,
     compose_config,
 )
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.image_decode import ImageDecodeError, decode_rgb
 from pipelines.label_inputs import (
     PersonBatch,

@@ -22,7 +22,7 @@ from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
 import pipelines.storage.s3 as s3_backend
-from pipelines.config_storage import StorageConfig
+from pipelines.config.storage import StorageConfig
 from pipelines.storage import ObjectInfo, ParsedUri, Storage, StorageError, join, parse_uri
 from pipelines.storage.local import TEMP_PREFIX
 from pipelines.storage.uri import glob_regex, literal_prefix

@@ -1,0 +1,245 @@
+"""The ``dpmesh-label`` and ``dpmesh-refilter`` app configs: model, filter, detector, and the jobs."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pipelines.config.errors import ConfigError
+from pipelines.config.runner import RunnerConfig
+from pipelines.config.storage import StorageConfig
+
+
+class ModelName(str, Enum):
+    """Which model labels persons."""
+
+    dpmesh = "dpmesh"  # the real DPMesh: official checkpoint or converted weights
+    tiny = "tiny"  # the same architecture at tiny widths with seeded random weights (tests, demo)
+
+
+class Device(str, Enum):
+    """Where the model runs. CPU runs are explicit: ``cuda`` never falls back to CPU."""
+
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    """Model weight and activation precision."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+@dataclass
+class ModelConfig:
+    """The labeling model.
+
+    Attributes:
+        name: ``dpmesh`` or ``tiny``.
+        checkpoint: An official ``*_best_ckpt.pth.tar`` (local path or object-store URI), for ``dpmesh``.
+        pretrained: A directory written by ``dpmesh-convert`` (safetensors + config.json), for ``dpmesh``;
+            loads faster and without pickle. Exactly one of ``checkpoint`` and ``pretrained``.
+        smpl_model: Optional SMPL neutral ``.npz`` (see ``dpmesh-convert-smpl``); by default the body
+            model comes from the checkpoint's own SMPL buffers.
+        device: ``cpu`` or ``cuda``; ``cuda`` without a visible GPU fails at launch.
+        dtype: Weight and activation precision.
+        batch_size: Persons per forward pass (the official evaluation uses 12). Batches are cut from each
+            shard's persons in shard order, so every run, on every runner, computes each person in the same
+            batch: results are then bit-identical across reruns (batch composition changes float rounding).
+        seed: Seed of the ``tiny`` model's random weights.
+        cache_dir: Where weights from object storage are copied before loading.
+        fast_path: Run ``dpmesh_core.fast_path`` (weights in ``dtype``; SDPA except the 10 map layers; fp32
+            heatmaps, attention maps, VPoser, SMPL and camera; fp32 outputs). Off: the plain model in ``dtype``.
+        channels_last: Fast path: NHWC convolutions and images.
+        compile: Fast path: ``torch.compile`` one graph per ``batch_size`` (the last partial batch is padded).
+        cuda_graphs: Fast path: replay a CUDA graph per ``batch_size`` (CUDA only; padded like ``compile``).
+    """
+
+    name: ModelName = ModelName.tiny
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    smpl_model: str | None = None
+    device: Device = Device.cpu
+    dtype: DType = DType.float32
+    batch_size: int = 12
+    seed: int = 0
+    cache_dir: str = "~/.cache/dpmesh-pseudolabel"
+    fast_path: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    cuda_graphs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"model.batch_size must be >= 1, got {self.batch_size}")
+        if (self.compile or self.cuda_graphs) and not self.fast_path:
+            raise ConfigError("model.compile / model.cuda_graphs need model.fast_path=true")
+
+    def validate(self) -> None:
+        """``dpmesh`` needs exactly one source of weights."""
+        if self.name == ModelName.dpmesh and (self.checkpoint is None) == (self.pretrained is None):
+            raise ConfigError(
+                "model=dpmesh needs exactly one of model.checkpoint=<official *_best_ckpt.pth.tar> and "
+                "model.pretrained=<directory written by dpmesh-convert>"
+            )
+
+
+class FilterPreset(str, Enum):
+    """Threshold presets of ``dpmesh_core.confidence`` (the one place their numbers live)."""
+
+    default = "default"
+    strict = "strict"
+    off = "off"
+
+
+@dataclass
+class FilterConfig:
+    """Confidence filtering: a preset, then any threshold overridden by name.
+
+    Every threshold left ``None`` takes the preset's value (see ``dpmesh_core.confidence.FilterThresholds``
+    for what each one means and its default); set one to override it, e.g. ``filter.max_betas_abs=2.5``.
+
+    Attributes:
+        preset: ``default`` (the anchors' recommended gates), ``strict``, or ``off`` (keeps every label,
+            still scores and tiers it).
+        flip_consistency: Also run every crop flipped and record ``flip_pa_mpjpe_mm`` (twice the GPU cost).
+    """
+
+    preset: FilterPreset = FilterPreset.default
+    flip_consistency: bool = False
+    kp_conf_threshold: float | None = None
+    min_kp_valid: int | None = None
+    min_box_px: float | None = None
+    max_betas_abs: float | None = None
+    max_reproj_norm: float | None = None
+    max_vposer_z_norm: float | None = None
+    max_joint_consistency_mm: float | None = None
+    max_truncation: float | None = None
+    max_flip_pa_mpjpe_mm: float | None = None
+    min_det_score: float | None = None
+    gold_min: float | None = None
+    silver_min: float | None = None
+    bronze_min: float | None = None
+
+    def overrides(self) -> dict[str, float]:
+        """The thresholds set explicitly."""
+        skip = ("preset", "flip_consistency")
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in skip and getattr(self, f.name) is not None
+        }
+
+
+class DetectorName(str, Enum):
+    """Where persons and their 2D keypoints come from."""
+
+    annotations = "annotations"  # the persons in each shard sample's JSON (from dpmesh-shard input.annotations)
+    vitpose = "vitpose"  # a person detector (RT-DETR) and a top-down keypoint model (ViTPose) on every image
+    auto = "auto"  # annotations for samples an annotation file covered (``annotated: true``), detection otherwise
+
+
+@dataclass
+class DetectorConfig:
+    """Person and keypoint source, and for ``vitpose``/``auto`` the two models that find people.
+
+    Weights (``detector_model``, ``pose_model``) are a local directory, an object-store prefix (copied once into
+    ``cache_dir``) or a Hugging Face hub id (``from_pretrained``; cached, so runs work offline with
+    ``HF_HUB_OFFLINE=1`` once downloaded). Both are ``transformers`` checkpoints: an object detector with a
+    ``person`` label (RT-DETR, RT-DETRv2) and ``VitPoseForPoseEstimation`` (COCO-17 keypoints).
+
+    Attributes:
+        name: ``annotations``, ``vitpose`` or ``auto``.
+        detector_model, detector_revision: Detector weights and, for a hub id, the revision (tag or commit).
+        pose_model, pose_revision: Keypoint model weights and revision.
+        device, dtype: Where and in which precision both models run (``cuda`` never falls back to CPU).
+        batch_size: Images per detector forward pass; pose_batch_size: persons per keypoint forward pass. Both are
+            cut in shard order, so reruns compute every image and person in the same batch.
+        min_score: Detections of the person class below this score are not persons (detector candidates). The
+            filter's ``min_det_score`` (0.5) then rejects, with ``low_det_score``, persons between the two.
+        max_persons: At most this many persons per image, highest scores first.
+        cache_dir: Where weights from object storage are copied before loading.
+    """
+
+    name: DetectorName = DetectorName.annotations
+    detector_model: str = "PekingU/rtdetr_r50vd_coco_o365"
+    detector_revision: str | None = None
+    pose_model: str = "usyd-community/vitpose-base-simple"
+    pose_revision: str | None = None
+    device: Device = Device.cpu
+    dtype: DType = DType.float32
+    batch_size: int = 8
+    pose_batch_size: int = 32
+    min_score: float = 0.3
+    max_persons: int = 50
+    cache_dir: str = "~/.cache/dpmesh-pseudolabel"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "pose_batch_size", "max_persons"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.min_score <= 1.0:
+            raise ConfigError(f"detector.min_score must be in [0, 1], got {self.min_score}")
+
+    @property
+    def detects(self) -> bool:
+        """Whether any image goes through the detector."""
+        return self.name != DetectorName.annotations
+
+
+@dataclass
+class LabelInputConfig:
+    """Attributes:
+    shards: A directory, prefix or glob of ``shard-*.tar`` written by ``dpmesh-shard``.
+    max_image_pixels: Images with more pixels are errors (``decompression_bomb``), not decoded.
+    """
+
+    shards: str = "???"
+    max_image_pixels: int = 100_000_000
+
+
+@dataclass
+class LabelJobConfig:
+    """The ``dpmesh-label`` app: shards in, per-shard annotations / rejected / errors Parquet out.
+
+    Attributes:
+        wave_size: Shards per Beam pipeline run. A batch pipeline only writes a shard's outputs once all its
+            upstream work is done, so shards are labeled in waves: every wave's shards are committed (markers
+            written) before the next wave starts, and a crash loses at most one wave. 0 = one wave.
+    """
+
+    input: LabelInputConfig = field(default_factory=LabelInputConfig)
+    output: str = "???"
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    wave_size: int = 16
+    progress_interval_s: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.wave_size < 0:
+            raise ConfigError(f"wave_size must be >= 0 (0 = every shard in one pipeline), got {self.wave_size}")
+
+
+@dataclass
+class RefilterJobConfig:
+    """The ``dpmesh-refilter`` app.
+
+    Attributes:
+        input: The output folder of a ``dpmesh-label`` run (its ``annotations/``, ``rejected/``, ``errors/``,
+            ``_done/``).
+        output: Where the re-split labels go (a new folder; the input is never modified).
+    """
+
+    input: str = "???"
+    output: str = "???"
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    log_level: str = "INFO"

@@ -1,0 +1,94 @@
+"""The ``dpmesh-shard`` app config: input, shard sizing, and the job."""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pipelines.annotation_formats import AnnotationFormat
+from pipelines.config.errors import ConfigError
+from pipelines.config.runner import RunnerConfig
+from pipelines.config.storage import StorageConfig
+
+
+@dataclass
+class InputConfig:
+    """What to shard: exactly one of ``images`` and ``manifest``.
+
+    Attributes:
+        images: A directory, a glob (``*`` within a path segment, ``**`` across) or an object-store prefix.
+        manifest: A text file (one URI per line; relative lines resolve against the manifest's folder) or a
+            Parquet file with a ``uri`` or ``source_uri`` column.
+        annotations: Optional person keypoint file, joined to images by file name.
+        annotation_format: Its format: ``coco`` (COCO, OCHuman), ``crowdpose`` (14 joints) or ``aic`` (AI
+            Challenger, 14 joints), each mapped to COCO-17; ``auto`` tells them apart from the file and fails
+            at launch when it cannot (see ``pipelines.annotation_formats``).
+        extensions: If set, only files with these extensions (lower case, no dot) are inputs; by default
+            every listed file is an input, and non-images are reported, not skipped silently.
+    """
+
+    images: str | None = None
+    manifest: str | None = None
+    annotations: str | None = None
+    annotation_format: AnnotationFormat = AnnotationFormat.auto
+    extensions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.extensions = [ext.lower().lstrip(".") for ext in self.extensions]
+
+    def validate(self) -> None:
+        """Cross-field checks (run after composition: defaults alone are incomplete on purpose)."""
+        if (self.images is None) == (self.manifest is None):
+            raise ConfigError("set exactly one of input.images=<dir|glob|prefix> and input.manifest=<txt|parquet>")
+
+
+class ValidateMode(str, Enum):
+    """How much of each image ``dpmesh-shard`` checks before sharding it."""
+
+    decode = "decode"  # decode the pixels (JPEG at 1/8 scale): truncated or corrupt data is caught here
+    header = "header"  # header, size and EXIF only: faster, for corpora already known to decode
+
+
+@dataclass
+class ShardConfig:
+    """Shard sizing and per-image limits of ``dpmesh-shard``.
+
+    Attributes:
+        max_samples: Most samples (images) in one shard.
+        max_bytes: Most image bytes in one shard.
+        fill_target: Fraction of the caps an average shard is planned at. Keys are spread over shards by a
+            digest, so shards vary in size; the headroom keeps almost all under the caps, and a shard that
+            would still exceed one spills its tail into an overflow shard (see README, "Output layout").
+        max_file_bytes: Larger files are reported as ``file_too_large`` instead of being read whole.
+        max_image_pixels: Images with more pixels are reported as ``decompression_bomb``.
+        drop_duplicates: Keep one of each set of byte-identical files (the smallest key); the others are
+            reported with reason ``duplicate``. Off by default: duplicates are sharded and reported.
+        validate: ``decode`` (default) decodes every image so that only decodable images are sharded;
+            ``header`` trusts the pixel data and checks header, size and EXIF only.
+    """
+
+    max_samples: int = 1000
+    max_bytes: int = 256 * 1024 * 1024
+    fill_target: float = 0.8
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 100_000_000
+    drop_duplicates: bool = False
+    validate: ValidateMode = ValidateMode.decode
+
+    def __post_init__(self) -> None:
+        for name in ("max_samples", "max_bytes", "max_file_bytes", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"shard.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.1 <= self.fill_target <= 1.0:
+            raise ConfigError(f"shard.fill_target must be in [0.1, 1.0], got {self.fill_target}")
+
+
+@dataclass
+class ShardJobConfig:
+    """The ``dpmesh-shard`` app: corpus in, WebDataset shards + indexes + manifest out."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    output: str = "???"
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    log_level: str = "INFO"
