@@ -59,6 +59,23 @@ def _counter(name: str) -> Any:
     return Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def batch_persons(shard: str, outputs: Iterable[Any], batch_size: int) -> Iterator[Any]:
+    """Passes ``outputs`` through, except :class:`PersonTask` s, which leave as :class:`PersonBatch` es of
+    ``batch_size`` consecutive persons (the last one possibly smaller), ids ``<shard>/<index:06d>``."""
+    pending: list[PersonTask] = []
+    index = 0
+    for out in outputs:
+        if not isinstance(out, PersonTask):
+            yield out
+            continue
+        pending.append(out)
+        if len(pending) == batch_size:
+            yield PersonBatch(f"{shard}/{index:06d}", tuple(pending))
+            pending, index = [], index + 1
+    if pending:
+        yield PersonBatch(f"{shard}/{index:06d}", tuple(pending))
+
+
 def shard_name_of(uri: str) -> str:
     """``shard-000003`` for ``.../shard-000003.tar``."""
     return uri.rstrip("/").rsplit("/", 1)[-1].removesuffix(".tar")
@@ -102,32 +119,34 @@ class ReadShardFn(beam.DoFn):
             report_extra["detector_models"] = detections.models
         expected = self._index(shard_uri)
         seen: set[str] = set()
-        pending: list[PersonTask] = []
-        batches = 0
+        samples = self._read(shard, shard_uri, report, report_extra, seen, detections)
+        yield from batch_persons(shard, samples, self._batch_size)
+        yield from self._missing_samples(shard, shard_uri, expected, seen, report)
+        self._images.inc(report["images_in"])
+        self._persons.inc(report["persons_in"])
+        yield beam.pvalue.TaggedOutput(REPORTS, (shard, {**report, **report_extra}))
+
+    def _read(
+        self,
+        shard: str,
+        shard_uri: str,
+        report: Counter[str],
+        report_extra: dict[str, Any],
+        seen: set[str],
+        detections: ShardDetections | None,
+    ) -> Iterator[Any]:
+        """Every output of every sample in tar order; a read failure ends the stream with one error row."""
         try:
             with self._storage.open_read(shard_uri) as stream:
                 for sample in iter_shard_samples(stream):
                     seen.add(sample.key)
-                    for out in self._sample(shard, sample, report, detections):
-                        if not isinstance(out, PersonTask):
-                            yield out
-                            continue
-                        pending.append(out)
-                        if len(pending) == self._batch_size:
-                            yield PersonBatch(f"{shard}/{batches:06d}", tuple(pending))
-                            pending, batches = [], batches + 1
+                    yield from self._sample(shard, sample, report, detections)
         except (ShardReadError, OSError) as exc:
             report_extra["read_error"] = str(exc)
             row = error_row(
                 ErrorStage.LABEL_READ, ErrorReason.READ_FAILED, str(exc), source_uri=shard_uri, shard=shard
             )
             yield beam.pvalue.TaggedOutput(ERRORS, (shard, row))
-        if pending:
-            yield PersonBatch(f"{shard}/{batches:06d}", tuple(pending))
-        yield from self._missing_samples(shard, shard_uri, expected, seen, report)
-        self._images.inc(report["images_in"])
-        self._persons.inc(report["persons_in"])
-        yield beam.pvalue.TaggedOutput(REPORTS, (shard, {**report, **report_extra}))
 
     def _index(self, shard_uri: str) -> dict[str, dict[str, Any]]:
         """The shard's index rows by key (written by dpmesh-shard next to the tar); empty if there is none."""

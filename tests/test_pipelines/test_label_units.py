@@ -327,3 +327,24 @@ def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
         time.sleep(0.4)
     assert "progress: 2/2 shards done, 7 persons" in caplog.text  # shard-000009 is not part of this run
     assert sorted(reads) == sorted(str(done / f"shard-00000{i}.json") for i in (0, 1))
+
+
+def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_through() -> None:
+    import apache_beam as beam
+
+    from pipelines.transforms.labeling import batch_persons
+
+    image, people = draw_scene(np.random.default_rng(3), 320, 240, 5)
+    persons = [(i, person_from_json({"keypoints": p["keypoints"]})) for i, p in enumerate(people)]
+    tasks = [
+        t
+        for _, t in prepare_tasks(
+            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations"
+        )
+    ]
+    error = beam.pvalue.TaggedOutput("errors", ("s", {"reason": "x"}))
+    out = list(batch_persons("s", [tasks[0], error, *tasks[1:]], batch_size=2))
+    batches = [o for o in out if isinstance(o, PersonBatch)]
+    assert [b.batch_id for b in batches] == ["s/000000", "s/000001", "s/000002"]
+    assert [[t.sample_id for t in b.tasks] for b in batches] == [["k_p0", "k_p1"], ["k_p2", "k_p3"], ["k_p4"]]
+    assert error in out
