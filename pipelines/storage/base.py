@@ -1,7 +1,11 @@
-"""Types shared by the storage backends: listing entries and the two error classes."""
+"""Types shared by the storage backends: listing entries, the two error classes, the lazy client."""
 
 import errno
+import threading
 from dataclasses import dataclass
+from typing import Any
+
+from pipelines.config.storage import StorageConfig
 
 
 @dataclass(frozen=True)
@@ -33,3 +37,26 @@ def not_found(uri: str) -> ObjectNotFoundError:
 def failed(op: str, uri: str, exc: BaseException) -> StorageError:
     """Builds the error for a failed operation, naming the operation, the URI and the cause."""
     return StorageError(f"storage {op} failed for {uri}: {type(exc).__name__}: {exc}")
+
+
+class LazyClientBackend:
+    """A backend whose SDK client is created on first use, once, even with many threads asking at once.
+
+    Creating clients lazily keeps them out of pickles: `Storage` objects travel to Beam workers, sockets do not.
+    """
+
+    def __init__(self, cfg: StorageConfig) -> None:
+        self._cfg = cfg
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _make_client(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def client(self) -> Any:
+        """The SDK client, created on first use (never pickled)."""
+        with self._lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client

@@ -4,7 +4,6 @@ Credentials come only from google-auth's default chain (``GOOGLE_APPLICATION_CRE
 """
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -12,8 +11,7 @@ import requests
 from google.api_core import exceptions as gexc
 from google.cloud import storage as gcs
 
-from pipelines.config.storage import StorageConfig
-from pipelines.storage.base import failed, not_found
+from pipelines.storage.base import LazyClientBackend, failed, not_found
 from pipelines.storage.retry import call_with_retry
 
 
@@ -37,21 +35,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT_ERRORS)
 
 
-class GcsBackend:
+class GcsBackend(LazyClientBackend):
     """GCS operations on ``(bucket, key)``; ``uri`` is used in errors and log lines."""
 
-    def __init__(self, cfg: StorageConfig) -> None:
-        self._cfg = cfg
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> Any:
-        """The GCS client, created on first use (never pickled)."""
-        with self._lock:
-            if self._client is None:
-                self._client = gcs.Client(project=self._cfg.gcs_project)
-            return self._client
+    def _make_client(self) -> Any:
+        return gcs.Client(project=self._cfg.gcs_project)
 
     def _blob(self, bucket: str, key: str) -> Any:
         return self.client.bucket(bucket).blob(key)

@@ -5,7 +5,6 @@ Credentials come only from boto3's default chain (environment, shared profiles, 
 
 import contextlib
 import io
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -24,7 +23,7 @@ from botocore.exceptions import (
 )
 
 from pipelines.config.storage import StorageConfig
-from pipelines.storage.base import ObjectNotFoundError, failed, not_found
+from pipelines.storage.base import LazyClientBackend, ObjectNotFoundError, failed, not_found
 from pipelines.storage.retry import call_with_retry
 
 
@@ -126,21 +125,11 @@ class _BodyReader(io.RawIOBase):
         super().close()
 
 
-class S3Backend:
+class S3Backend(LazyClientBackend):
     """S3 operations on ``(bucket, key)``; ``uri`` is used in errors and log lines."""
 
-    def __init__(self, cfg: StorageConfig) -> None:
-        self._cfg = cfg
-        self._client: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> Any:
-        """The boto3 client, created on first use (never pickled)."""
-        with self._lock:
-            if self._client is None:
-                self._client = make_s3_client(self._cfg)
-            return self._client
+    def _make_client(self) -> Any:
+        return make_s3_client(self._cfg)
 
     def _call(self, op: str, uri: str, fn: Callable[[], T]) -> T:
         """Runs ``fn`` with retries; maps missing objects to ObjectNotFoundError and AWS errors to StorageError."""
