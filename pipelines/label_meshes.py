@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -16,7 +17,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines
-from dpmesh_core.confidence import FilterThresholds
+from dpmesh_core.confidence import FilterThresholds, default_thresholds, no_thresholds, strict_thresholds
 from pipelines.cli import hydra_app
 from pipelines.config import (
     ConfigError,
@@ -57,10 +58,6 @@ def filter_thresholds(cfg: FilterConfig) -> FilterThresholds:
     Raises:
         ConfigError: if an override is out of range (the message names it).
     """
-    from dataclasses import replace
-
-    from dpmesh_core.confidence import default_thresholds, no_thresholds, strict_thresholds
-
     presets = {
         FilterPreset.default: default_thresholds,
         FilterPreset.strict: strict_thresholds,

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,10 +21,12 @@ import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from dpmesh_core.body_model import SMPLData
+from dpmesh_core.fast_path import FastPathConfig, prepare_for_inference
 from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
 from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, config_to_dict
 from pipelines.config.storage import StorageConfig
+from pipelines.flip_consistency import flip_pa_mpjpe_mm
 from pipelines.label_inputs import PersonBatch, PersonTask
 from pipelines.weights import local_copy
 
@@ -62,8 +64,6 @@ def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
     model = _load_network(cfg, storage_cfg, device, dtype)
     if not cfg.fast_path:
         return model
-    from dpmesh_core.fast_path import FastPathConfig, prepare_for_inference
-
     fast_cfg = FastPathConfig(
         dtype=_TORCH_DTYPES[cfg.dtype], channels_last=cfg.channels_last, compile=cfg.compile,
         cuda_graphs=cfg.cuda_graphs, batch_size=cfg.batch_size,
@@ -142,8 +142,6 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
     def _flip_errors(
         self, model: DPMesh, tasks: list[PersonTask], preds: list[PersonPrediction]
     ) -> list[float | None]:
-        from pipelines.flip_consistency import flip_pa_mpjpe_mm
-
         return flip_pa_mpjpe_mm(model, [t.inputs for t in tasks], preds)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
@@ -166,7 +164,5 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
 
 def _without_crop(task: PersonTask) -> PersonTask:
     """The task minus its 786 kB float crop, which nothing after inference needs."""
-    from dataclasses import replace
-
     empty = np.zeros((0,), dtype=np.float32)
     return replace(task, inputs=replace(task.inputs, image=empty))
