@@ -2,7 +2,7 @@
 
 Per image batch (``--batch-size`` images, as ``detector.batch_size``): RT-DETR on the batch, the top-down crops of
 its persons (at most ``--max-persons`` each), ViTPose on them in batches of ``--pose-batch-size``: the code of the
-detection stage (:mod:`pipelines.detection.models`), without Beam. Images are seeded synthetic 640x480 scenes,
+detection stage (:mod:`pipelines.label.detection.models`), without Beam. Images are seeded synthetic 640x480 scenes,
 decoded beforehand (decode cost is measured by ``benchmarks/shard_throughput.py``). One warm-up batch is not timed.
 
 Default: the tiny random RT-DETR and ViTPose of the tests (same classes, tiny widths) on CPU: it measures the
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config import DetectorConfig, DetectorName, Device, DType
 from pipelines.config.storage import StorageConfig
-from pipelines.detection.models import (
+from pipelines.label.detection.models import (
     box_center_scale,
     crop_person,
     detect_persons,

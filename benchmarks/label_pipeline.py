@@ -8,7 +8,7 @@ one run measures, on the 1x corpus:
                        the crops are prepared once beforehand and not timed (one warm-up batch is not timed either),
   crop preparation   - streaming the shards, decoding each JPEG and ``prepare_tasks`` (crop + model inputs), in
                        this one process: how many crops/s one CPU core prepares for the GPU,
-  pipeline           - ``pipelines.label_meshes.run(cfg)`` wall time, everything included (Beam start-up, model
+  pipeline           - ``pipelines.label.job.run(cfg)`` wall time, everything included (Beam start-up, model
                        load, reading, decoding, crops, inference, scoring, Parquet writing), per runner mode,
 (``--workers N`` adds a ``multi_processing`` row), and prints wall seconds, CPU seconds (user + system, this process
 and its waited-for children: on a shared machine they drift less than wall time), persons/s and the ratio to the
@@ -48,10 +48,10 @@ from dpmesh_core.preprocessing import PersonInputs
 from pipelines.config import LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
 from pipelines.image_decode import decode_rgb
-from pipelines.label_inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
-from pipelines.label_meshes import run as label_run
+from pipelines.label.inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
+from pipelines.label.job import run as label_run
 from pipelines.logging_setup import configure_logging
-from pipelines.model_handler import DPMeshModelHandler, load_model
+from pipelines.label.model_handler import DPMeshModelHandler, load_model
 from pipelines.shard_images import run as shard_run
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 

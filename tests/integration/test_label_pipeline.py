@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
-from pipelines.label_meshes import run
-from pipelines.model_handler import DPMeshModelHandler
-from pipelines.refilter import run as refilter
+from pipelines.label.job import run
+from pipelines.label.model_handler import DPMeshModelHandler
+from pipelines.label.refilter import run as refilter
 from pipelines.shard_images import run as shard
 from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA
@@ -288,7 +288,7 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
     command = [
         sys.executable,
         "-m",
-        "pipelines.label_meshes",
+        "pipelines.label.job",
         f"input.shards={shards['shards']}",
         f"output={output}",
         "wave_size=1",
@@ -372,7 +372,7 @@ def test_s3_shards_to_s3_labels(shards: dict, s3_bucket: str, s3_server) -> None
 
 
 def test_cli_fails_fast_on_a_missing_gpu_and_missing_weights(shards: dict, tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "pipelines.label_meshes", f"input.shards={shards['shards']}", f"output={tmp_path}/o"]
+    cli = [sys.executable, "-m", "pipelines.label.job", f"input.shards={shards['shards']}", f"output={tmp_path}/o"]
     no_weights = subprocess.run([*cli, "model=dpmesh"], capture_output=True, text=True)
     assert no_weights.returncode == 2
     assert "model.checkpoint" in no_weights.stderr

@@ -7,11 +7,11 @@ import pytest
 
 from pipelines.config import ConfigError, DetectorConfig, DetectorName, LabelJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
-from pipelines.detection.handlers import ImageBatch, KeypointHandler, PersonDetectorHandler, PoseBatch, PoseItem
-from pipelines.detection.models import box_center_scale, crop_person, decode_heatmaps
-from pipelines.detection.records import DetectedPerson, DetectionFailure, ImageDetections, ModelUsed, assemble
-from pipelines.detection.transforms import needs_detection
-from pipelines.label_inputs import AnnotatedPerson
+from pipelines.label.detection.handlers import ImageBatch, KeypointHandler, PersonDetectorHandler, PoseBatch, PoseItem
+from pipelines.label.detection.models import box_center_scale, crop_person, decode_heatmaps
+from pipelines.label.detection.records import DetectedPerson, DetectionFailure, ImageDetections, ModelUsed, assemble
+from pipelines.label.detection.transforms import needs_detection
+from pipelines.label.inputs import AnnotatedPerson
 from tests.fakes.tiny_detectors import POSE_INPUT_HW, save_tiny_detector, save_tiny_pose
 
 

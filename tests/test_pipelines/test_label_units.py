@@ -22,7 +22,7 @@ from pipelines.config import (
 )
 from pipelines.config.storage import StorageConfig
 from pipelines.image_decode import ImageDecodeError, decode_rgb
-from pipelines.label_inputs import (
+from pipelines.label.inputs import (
     PersonBatch,
     PersonTask,
     ShardReadError,
@@ -30,10 +30,10 @@ from pipelines.label_inputs import (
     person_from_json,
     prepare_tasks,
 )
-from pipelines.label_meshes import filter_thresholds
-from pipelines.model_handler import DPMeshModelHandler, LabeledPerson, check_device, load_model
-from pipelines.refilter import rescore_row
-from pipelines.transforms.labeling import shard_marker
+from pipelines.label.job import filter_thresholds
+from pipelines.label.model_handler import DPMeshModelHandler, LabeledPerson, check_device, load_model
+from pipelines.label.refilter import rescore_row
+from pipelines.label.shard_steps import shard_marker
 from tests.fakes.corpus import draw_scene
 
 
@@ -279,7 +279,7 @@ def test_cuda_without_a_gpu_fails_instead_of_falling_back() -> None:
 
 
 def test_flip_consistency_is_measured_per_person_in_the_handler_and_repeatable() -> None:
-    from pipelines.flip_consistency import flip_pa_mpjpe_mm
+    from pipelines.label.flip_consistency import flip_pa_mpjpe_mm
 
     image, people = draw_scene(np.random.default_rng(2), 320, 240, 2)
     persons = [(i, person_from_json({"keypoints": p["keypoints"]})) for i, p in enumerate(people)]
@@ -304,7 +304,7 @@ def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
     import logging
     import time
 
-    from pipelines.label_progress import ProgressReporter
+    from pipelines.label.progress import ProgressReporter
     from pipelines.storage import Storage
 
     reads: list[str] = []
@@ -321,7 +321,7 @@ def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
     storage = CountingStorage(StorageConfig())
     pending = ["shard-000000", "shard-000001"]
     with (
-        caplog.at_level(logging.INFO, logger="pipelines.label_progress"),
+        caplog.at_level(logging.INFO, logger="pipelines.label.progress"),
         ProgressReporter(storage, str(tmp_path), pending, interval_s=0.05),
     ):
         time.sleep(0.4)
@@ -332,7 +332,7 @@ def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
 def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_through() -> None:
     import apache_beam as beam
 
-    from pipelines.transforms.labeling import batch_persons
+    from pipelines.label.shard_steps import batch_persons
 
     image, people = draw_scene(np.random.default_rng(3), 320, 240, 5)
     persons = [(i, person_from_json({"keypoints": p["keypoints"]})) for i, p in enumerate(people)]

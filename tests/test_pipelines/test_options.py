@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineRunner
 
 from pipelines.config import ConfigError, LabelJobConfig, ShardJobConfig, compose_config
-from pipelines.label_meshes import run as label
+from pipelines.label.job import run as label
 from pipelines.options import beam_flags, inference_resource_hints, pipeline_options
 from pipelines.shard_images import run as shard
 
@@ -220,7 +220,7 @@ def test_dataflow_dry_run_plan_for_labeling(no_submit: None, capsys: pytest.Capt
 def test_right_fitting_dry_run_shows_which_step_gets_the_gpu(no_submit: None) -> None:
     from apache_beam.ml.inference.base import ModelHandler
 
-    from pipelines.model_handler import DPMeshModelHandler
+    from pipelines.label.model_handler import DPMeshModelHandler
 
     cfg = _label(
         "runner=dataflow_gpu",

@@ -15,15 +15,15 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines.config import DetectorConfig, Device
 from pipelines.config.storage import StorageConfig
-from pipelines.detection.models import (
+from pipelines.label.detection.models import (
     LoadedDetector,
     LoadedPoseModel,
     cached,
     detect_persons,
     estimate_keypoints,
 )
-from pipelines.detection.records import DetectedPerson
-from pipelines.label_inputs import AnnotatedPerson
+from pipelines.label.detection.records import DetectedPerson
+from pipelines.label.inputs import AnnotatedPerson
 
 
 METRICS_NAMESPACE = "dpmesh_detection"

@@ -15,14 +15,14 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from dpmesh_core.confidence import FilterThresholds, score_person
-from pipelines.annotation_rows import annotation_row, annotation_sort_key
+from pipelines.label.annotation_rows import annotation_row, annotation_sort_key
 from pipelines.config import DetectorName
 from pipelines.config.storage import StorageConfig
-from pipelines.detection.records import ImageDetections, ShardDetections
-from pipelines.detection.transforms import needs_detection
+from pipelines.label.detection.records import ImageDetections, ShardDetections
+from pipelines.label.detection.transforms import needs_detection
 from pipelines.error_rows import error_row, error_sort_key
 from pipelines.image_decode import ImageDecodeError, decode_rgb
-from pipelines.label_inputs import (
+from pipelines.label.inputs import (
     AnnotatedPerson,
     PersonBatch,
     PersonTask,
@@ -32,7 +32,7 @@ from pipelines.label_inputs import (
     prepare_tasks,
     sample_metadata,
 )
-from pipelines.model_handler import LabeledPerson
+from pipelines.label.model_handler import LabeledPerson
 from pipelines.parquet_io import parquet_bytes, read_parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import (

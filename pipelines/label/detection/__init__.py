@@ -2,5 +2,5 @@
 
 ``records`` holds the small, torch-free values that leave the GPU steps; ``models`` loads and runs the two
 ``transformers`` models; ``handlers`` wraps them as Beam ``ModelHandler`` s; ``transforms`` is the detection
-stage of ``dpmesh-label`` (see :class:`pipelines.detection.transforms.DetectPersons`).
+stage of ``dpmesh-label`` (see :class:`pipelines.label.detection.transforms.DetectPersons`).
 """

@@ -7,7 +7,7 @@ import numpy as np
 
 from dpmesh_core.confidence import ConfidenceSignals
 from dpmesh_core.postprocessing import PersonPrediction
-from pipelines.label_inputs import PersonTask
+from pipelines.label.inputs import PersonTask
 from schemas import SCHEMA_VERSION
 
 

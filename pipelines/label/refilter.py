@@ -27,12 +27,12 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label_meshes import SUMMARY_NAME, filter_thresholds
-from pipelines.label_progress import build_summary, format_summary, read_markers
+from pipelines.label.job import SUMMARY_NAME, filter_thresholds
+from pipelines.label.progress import build_summary, format_summary, read_markers
 from pipelines.options import pipeline_options
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
-from pipelines.transforms.labeling import shard_marker
+from pipelines.label.shard_steps import shard_marker
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_metadata
 
 

@@ -28,11 +28,11 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label_progress import ProgressReporter, build_summary, format_summary, read_markers
-from pipelines.model_handler import DPMeshModelHandler, check_device
+from pipelines.label.progress import ProgressReporter, build_summary, format_summary, read_markers
+from pipelines.label.model_handler import DPMeshModelHandler, check_device
 from pipelines.options import inference_resource_hints, pipeline_options
 from pipelines.storage import Storage, join
-from pipelines.transforms.labeling import (
+from pipelines.label.shard_steps import (
     ERROR,
     ERRORS,
     REPORT,
@@ -115,7 +115,7 @@ def build_pipeline(
     shard_uris = p | "ListShards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
     if cfg.detector.detects:
         # detector=vitpose|auto: find people first; the reader then takes (shard URI, its detections).
-        from pipelines.detection.transforms import DetectPersons
+        from pipelines.label.detection.transforms import DetectPersons
 
         shard_uris = shard_uris | "FindPeople" >> DetectPersons(
             cfg.storage, cfg.detector, cfg.input.max_image_pixels, resource_hints=hints

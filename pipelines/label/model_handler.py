@@ -26,8 +26,8 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
 from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, config_to_dict
 from pipelines.config.storage import StorageConfig
-from pipelines.flip_consistency import flip_pa_mpjpe_mm
-from pipelines.label_inputs import PersonBatch, PersonTask
+from pipelines.label.flip_consistency import flip_pa_mpjpe_mm
+from pipelines.label.inputs import PersonBatch, PersonTask
 from pipelines.weights import local_copy
 
 

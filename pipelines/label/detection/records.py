@@ -6,7 +6,7 @@ shuffle that brings a shard's detections back together, never the decoded images
 
 from dataclasses import dataclass, field
 
-from pipelines.label_inputs import AnnotatedPerson
+from pipelines.label.inputs import AnnotatedPerson
 
 
 @dataclass(frozen=True)

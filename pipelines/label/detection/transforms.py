@@ -9,7 +9,7 @@
                -> per-person records (box, 17 keypoints, scores: small)
                -> CoGroupByKey(shard) with the shard URIs -> (shard URI, ShardDetections)
 
-The shard reader of the labeling steps (:class:`pipelines.transforms.labeling.ReadShardFn`) then re-reads each
+The shard reader of the labeling steps (:class:`pipelines.label.shard_steps.ReadShardFn`) then re-reads each
 shard with its detections as the persons of the images that had none, so DPMesh batches are cut exactly as for
 annotated shards. Decoded images never cross a shuffle: they live from the reader through the detector to the
 crop step, which Beam fuses into one stage after the shard spread.
@@ -25,7 +25,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from pipelines.config import DetectorConfig, DetectorName
 from pipelines.config.storage import StorageConfig
-from pipelines.detection.handlers import (
+from pipelines.label.detection.handlers import (
     METRICS_NAMESPACE,
     ImageBatch,
     KeypointHandler,
@@ -33,10 +33,10 @@ from pipelines.detection.handlers import (
     PoseBatch,
     PoseItem,
 )
-from pipelines.detection.models import box_center_scale, crop_person, pose_input_size
-from pipelines.detection.records import DetectionFailure, ImageDetections, ModelUsed, assemble
+from pipelines.label.detection.models import box_center_scale, crop_person, pose_input_size
+from pipelines.label.detection.records import DetectionFailure, ImageDetections, ModelUsed, assemble
 from pipelines.image_decode import ImageDecodeError, decode_rgb
-from pipelines.label_inputs import ShardReadError, iter_shard_samples, sample_metadata
+from pipelines.label.inputs import ShardReadError, iter_shard_samples, sample_metadata
 from pipelines.storage import Storage
 
 
