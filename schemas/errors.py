@@ -37,7 +37,15 @@ class ErrorReason(str, Enum):
     """Short machine-readable failure codes (the ``reason`` column)."""
 
     READ_FAILED = "read_failed"
-    """The bytes could not be read from storage (after retries)."""
+    """The bytes could not be read from storage (after retries). Labeling never writes it: a storage fault there
+    fails the work item, which the runner retries."""
+    TRUNCATED_SHARD = "truncated_shard"
+    """The shard tar ends early or is damaged: samples its index lists are missing from it."""
+    NOT_IN_INDEX = "not_in_index"
+    """A shard member whose key the shard's index does not list (the tar was changed after sharding)."""
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    """The bytes differ from the sha1 recorded when they were sharded (an image against its index row, or a
+    whole tar against the manifest)."""
     FILE_TOO_LARGE = "file_too_large"
     """The file is larger than the configured per-file byte limit (checked before reading it)."""
     CHANGED_DURING_RUN = "changed_during_run"

@@ -24,6 +24,7 @@ from pipelines.config.label import (
     ModelConfig,
     ModelName,
     RefilterJobConfig,
+    ShareMode,
 )
 from pipelines.config.runner import DataflowConfig, EnvironmentType, RunnerConfig, RunnerName, RunningMode
 from pipelines.config.shard import InputConfig, ShardConfig, ShardJobConfig, ValidateMode
@@ -53,6 +54,7 @@ __all__ = [
     "RunningMode",
     "ShardConfig",
     "ShardJobConfig",
+    "ShareMode",
     "StorageConfig",
     "ValidateMode",
     "compose_config",

@@ -86,7 +86,18 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return result
 
 
-_NOT_CONTENT = ("output", "runner", "storage", "log_level", "overwrite", "progress_interval_s", "wave_size")
+_NOT_CONTENT = (
+    "output",
+    "runner",
+    "storage",
+    "log_level",
+    "overwrite",
+    "progress_interval_s",
+    # How a model is hosted and which inputs are admitted change no row: sharing is tested to give the same bytes.
+    "model.share_across_processes",
+    "detector.share_across_processes",
+    "input.allow_incomplete",
+)
 
 
 def config_hash(cfg: Any, *, exclude: tuple[str, ...] = _NOT_CONTENT) -> str:
@@ -96,6 +107,13 @@ def config_hash(cfg: Any, *, exclude: tuple[str, ...] = _NOT_CONTENT) -> str:
     it writes, so those are left out by default: the same corpus sharded locally or on Dataflow, into any
     folder, hashes alike and gives identical files.
     """
-    content = {k: v for k, v in config_to_dict(cfg).items() if k not in exclude}
+    content = config_to_dict(cfg)
+    for dotted in exclude:  # "a" or "a.b": drop the key wherever the config has it
+        *parents, leaf = dotted.split(".")
+        node: Any = content
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()[:16]

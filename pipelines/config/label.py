@@ -31,6 +31,36 @@ class DType(str, Enum):
     bfloat16 = "bfloat16"
 
 
+class ShareMode(str, Enum):
+    """Whether one model copy serves every SDK process of a machine (Beam's ``MultiProcessShared``).
+
+    Dataflow starts one SDK process per vCPU; a model copy in each would not fit on the GPU, so on ``cuda`` the
+    model lives in one process and the others call it through a proxy. ``auto`` shares on ``cuda`` only; ``true``
+    forces the proxied path on CPU too (it is how the tests exercise the GPU workers' code path).
+    """
+
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+    @classmethod
+    def parse(cls, value: object, key: str) -> "ShareMode":
+        """``auto``/``true``/``false``. Config fields hold the plain string: hydra turns ``=true`` into a bool,
+        which an enum field would refuse.
+
+        Raises:
+            ConfigError: naming ``key`` for any other value.
+        """
+        text = str(value).lower()
+        if text not in {mode.value for mode in cls}:
+            raise ConfigError(f"{key} must be auto, true or false, got {value!r}")
+        return cls(text)
+
+    def enabled(self, device: Device) -> bool:
+        """Whether to share for a model on ``device``."""
+        return self == ShareMode.true or (self == ShareMode.auto and device == Device.cuda)
+
+
 @dataclass
 class ModelConfig:
     """The labeling model.
@@ -54,6 +84,11 @@ class ModelConfig:
         channels_last: Fast path: NHWC convolutions and images.
         compile: Fast path: ``torch.compile`` one graph per ``batch_size`` (the last partial batch is padded).
         cuda_graphs: Fast path: replay a CUDA graph per ``batch_size`` (CUDA only; padded like ``compile``).
+        share_across_processes: ``auto`` (share on ``cuda``), ``true`` or ``false``; see :class:`ShareMode`.
+        threads: torch intra-op CPU threads of the process that runs the model (``torch.set_num_threads``).
+            Pinned rather than left to the machine because CPU kernels split work by thread count and round
+            differently: with the same value, direct, multi-process and Dask runs give byte-identical Parquet.
+            One per process suits Beam, which already runs one SDK process (or thread) per core.
     """
 
     name: ModelName = ModelName.tiny
@@ -69,8 +104,13 @@ class ModelConfig:
     channels_last: bool = True
     compile: bool = False
     cuda_graphs: bool = False
+    share_across_processes: str = ShareMode.auto.value
+    threads: int = 1
 
     def __post_init__(self) -> None:
+        self.share_across_processes = ShareMode.parse(self.share_across_processes, "model.share_across_processes").value
+        if self.threads < 1:
+            raise ConfigError(f"model.threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:
             raise ConfigError(f"model.batch_size must be >= 1, got {self.batch_size}")
         if (self.compile or self.cuda_graphs) and not self.fast_path:
@@ -160,6 +200,7 @@ class DetectorConfig:
             filter's ``min_det_score`` (0.5) then rejects, with ``low_det_score``, persons between the two.
         max_persons: At most this many persons per image, highest scores first.
         cache_dir: Where weights from object storage are copied before loading.
+        share_across_processes: ``auto`` (share on ``cuda``), ``true`` or ``false``; see :class:`ShareMode`.
     """
 
     name: DetectorName = DetectorName.annotations
@@ -174,8 +215,12 @@ class DetectorConfig:
     min_score: float = 0.3
     max_persons: int = 50
     cache_dir: str = "~/.cache/dpmesh-pseudolabel"
+    share_across_processes: str = ShareMode.auto.value
 
     def __post_init__(self) -> None:
+        self.share_across_processes = ShareMode.parse(
+            self.share_across_processes, "detector.share_across_processes"
+        ).value
         for name in ("batch_size", "pose_batch_size", "max_persons"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")
@@ -193,20 +238,26 @@ class LabelInputConfig:
     """Attributes:
     shards: A directory, prefix or glob of ``shard-*.tar`` written by ``dpmesh-shard``.
     max_image_pixels: Images with more pixels are errors (``decompression_bomb``), not decoded.
+    allow_incomplete: Label a shard set without its ``_manifest.json`` (a ``dpmesh-shard`` run that did not
+        finish) or with tars the manifest does not list. Off by default: such a set is refused at launch,
+        because labels of a partial set look complete. Shards labeled this way are identified by size only.
     """
 
     shards: str = "???"
     max_image_pixels: int = 100_000_000
+    allow_incomplete: bool = False
 
 
 @dataclass
 class LabelJobConfig:
     """The ``dpmesh-label`` app: shards in, per-shard annotations / rejected / errors Parquet out.
 
+    One pipeline run labels every pending shard; each shard is committed (its Parquet, then its marker) as soon
+    as it is done, so a crash loses at most the shards in flight.
+
     Attributes:
-        wave_size: Shards per Beam pipeline run. A batch pipeline only writes a shard's outputs once all its
-            upstream work is done, so shards are labeled in waves: every wave's shards are committed (markers
-            written) before the next wave starts, and a crash loses at most one wave. 0 = one wave.
+        prefetch_batches: Person batches prepared ahead of the model per shard (decoded, cropped, queued) while
+            it runs; bounds a worker's memory at about ``(prefetch_batches + 1) * batch_size`` crops per thread.
     """
 
     input: LabelInputConfig = field(default_factory=LabelInputConfig)
@@ -217,13 +268,13 @@ class LabelJobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
-    wave_size: int = 16
+    prefetch_batches: int = 2
     progress_interval_s: float = 10.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if self.wave_size < 0:
-            raise ConfigError(f"wave_size must be >= 0 (0 = every shard in one pipeline), got {self.wave_size}")
+        if self.prefetch_batches < 1:
+            raise ConfigError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 from dpmesh_core.errors import InvalidPersonInput
 from dpmesh_core.joints import coco17_to_smpl30
 from dpmesh_core.preprocessing import CONF_THRESHOLD, PersonInputs, prepare_person
+from pipelines.storage import StorageError
 
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
@@ -47,6 +48,7 @@ def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
 
     Raises:
         ShardReadError: if the tar is corrupt or truncated; samples before the damage are yielded first.
+        StorageError: if the storage read failed (a fault, not damaged content), unchanged.
     """
     current: ShardSampleData | None = None
     count = 0
@@ -66,6 +68,8 @@ def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
                         yield current
                     current = ShardSampleData(key=key, members={})
                 current.members[ext] = data
+    except StorageError:
+        raise  # the store failed, not the tar: the caller must not mistake it for damaged content
     except (tarfile.TarError, EOFError, OSError) as exc:
         if current is not None:
             yield current  # its members may be incomplete; the caller checks what it needs

@@ -1,19 +1,23 @@
 """``dpmesh-label``: label every person in WebDataset shards with DPMesh, score, filter, write Parquet.
 
 Per input shard ``shard-NNNNNN`` it writes ``annotations/``, ``rejected/`` and ``errors/`` Parquet, then
-``_done/shard-NNNNNN.json`` last; a rerun skips shards with a marker of the same config. The run ends
-with ``_summary.json``. See README "Labeling".
+``_done/shard-NNNNNN.json`` last; a rerun skips shards whose marker records the same shard and config. The graph
+is one job, whatever the size of the input::
+
+    Create(shard tasks) -> Reshuffle -> LabelShards (read, detect, batch, infer, score, write, marker; per shard)
+                                     -> CollectLabeled (names only) -> WriteSummary (_summary.json)
+
+Nothing waits for other shards before a shard is committed: the only barrier feeds the summary. See README
+"Labeling".
 """
 
 import json
 import logging
-import re
 import time
 from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines
@@ -28,28 +32,18 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label.progress import ProgressReporter, build_summary, format_summary, read_markers
+from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+from pipelines.label.label_shard import LabelSettings, LabelShardFn
 from pipelines.label.model_handler import DPMeshModelHandler, check_device
+from pipelines.label.plan import LabelPlan, plan_shards
+from pipelines.label.progress import ProgressReporter, format_summary
+from pipelines.label.read import ShardTask
+from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
 from pipelines.options import inference_resource_hints, pipeline_options
 from pipelines.storage import Storage, join
-from pipelines.label.shard_steps import (
-    ERROR,
-    ERRORS,
-    REPORT,
-    REPORTS,
-    ReadShardFn,
-    ScorePersonFn,
-    WriteShardLabelsFn,
-    failed_batch_to_errors,
-    shard_name_of,
-)
-from schemas import KeypointSource
 
 
 logger = logging.getLogger(__name__)
-
-SHARD_FILE = re.compile(r"shard-\d{6}\.tar$")
-SUMMARY_NAME = "_summary.json"
 
 
 def filter_thresholds(cfg: FilterConfig) -> FilterThresholds:
@@ -74,120 +68,100 @@ def run_info(cfg: LabelJobConfig) -> dict[str, Any]:
     return {"pipeline_version": pipelines.__version__, "config_hash": config_hash(cfg)}
 
 
-def list_shards(storage: Storage, shards: str) -> list[str]:
-    """Every ``shard-NNNNNN.tar`` under a directory/prefix, or matching a glob, sorted; or the one shard named."""
-    if SHARD_FILE.search(shards) and storage.exists(shards):
-        return [shards]
-    objects = storage.glob(shards) if any(c in shards for c in "*?[") else storage.list(shards.rstrip("/") + "/")
-    return sorted(o.uri for o in objects if SHARD_FILE.search(o.uri))
-
-
-def plan_shards(cfg: LabelJobConfig, storage: Storage) -> tuple[list[str], list[str]]:
-    """``(all shards, shards to label)``: shards with a marker of this config are skipped unless ``overwrite``.
-
-    Raises:
-        ConfigError: no shards; or markers of a different config in the output without ``overwrite``.
-    """
-    shards = list_shards(storage, cfg.input.shards)
-    if not shards:
-        raise ConfigError(f"input.shards={cfg.input.shards!r} holds no shard-NNNNNN.tar files")
-    if cfg.overwrite:
-        return shards, shards
-    markers = read_markers(storage, cfg.output)
-    current = config_hash(cfg)
-    foreign = sorted(name for name, m in markers.items() if m.get("config_hash") != current)
-    if foreign:
-        raise ConfigError(
-            f"output={cfg.output!r} holds labels made with another config (e.g. {foreign[0]}); "
-            "use another output, or overwrite=true to relabel"
-        )
-    return shards, [s for s in shards if shard_name_of(s) not in markers]
-
-
 def build_pipeline(
-    p: beam.Pipeline, cfg: LabelJobConfig, shards: list[str], *, handler: ModelHandler | None = None
+    p: beam.Pipeline,
+    cfg: LabelJobConfig,
+    plan: LabelPlan,
+    *,
+    handler: DPMeshModelHandler | None = None,
+    detector_handlers: tuple[PersonDetectorHandler, KeypointHandler] | None = None,
+    started_at: float | None = None,
 ) -> None:
-    """Adds the labeling steps for ``shards`` to ``p``; ``handler`` replaces the DPMesh handler (tests)."""
-    hints = inference_resource_hints(cfg.runner)  # right fitting on Dataflow: model steps on GPU workers only
+    """Adds the labeling steps for ``plan.pending`` to ``p``; the handlers replace the real ones (tests)."""
+    hints = inference_resource_hints(cfg.runner)  # right fitting on Dataflow: the labeling step on GPU workers
     handler = handler or DPMeshModelHandler(
         cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency, resource_hints=hints
     )
-    shard_uris = p | "ListShards" >> beam.Create(shards) | "SpreadShards" >> beam.Reshuffle()
+    detect = None
     if cfg.detector.detects:
-        # detector=vitpose|auto: find people first; the reader then takes (shard URI, its detections).
-        from pipelines.label.detection.transforms import DetectPersons
-
-        shard_uris = shard_uris | "FindPeople" >> DetectPersons(
-            cfg.storage, cfg.detector, cfg.input.max_image_pixels, resource_hints=hints
+        detect = detector_handlers or (
+            PersonDetectorHandler(cfg.detector, cfg.storage, hints),
+            KeypointHandler(cfg.detector, cfg.storage, hints),
         )
-    read = shard_uris | "ReadShards" >> beam.ParDo(
-        ReadShardFn(
-            cfg.storage,
-            cfg.input.max_image_pixels,
-            KeypointSource.ANNOTATIONS.value,
-            cfg.model.batch_size,
-            detector=cfg.detector.name.value,
-        )
-    ).with_outputs(ERRORS, REPORTS, main="batches")
-    results, failures = (
-        read.batches
-        | "KeyByBatchId" >> beam.Map(lambda person_batch: (person_batch.batch_id, person_batch))
-        | "DPMesh" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+    settings = LabelSettings(
+        storage=cfg.storage,
+        output=cfg.output,
+        run_info=run_info(cfg),
+        thresholds=filter_thresholds(cfg.filter),
+        max_image_pixels=cfg.input.max_image_pixels,
+        batch_size=cfg.model.batch_size,
+        prefetch_batches=cfg.prefetch_batches,
+        threads=cfg.model.threads,
+        detector=cfg.detector,
     )
-    scored = results | "ScoreAndFilter" >> beam.ParDo(ScorePersonFn(filter_thresholds(cfg.filter)))
-    failed = failures.failed_inferences | "FailedBatches" >> beam.FlatMap(failed_batch_to_errors)
-    errors = read[ERRORS] | "TagErrors" >> beam.MapTuple(lambda shard, row: (shard, (ERROR, row)))
-    reports = read[REPORTS] | "TagReports" >> beam.MapTuple(lambda shard, report: (shard, (REPORT, report)))
+    label = beam.ParDo(LabelShardFn(settings, handler, *(detect or ())))
+    if hints:
+        label = label.with_resource_hints(**hints)
+    labeled = (
+        p
+        | "ListShards" >> beam.Create(plan.pending)
+        # Spreads shards over workers (Create puts them in one bundle); a barrier before any work, not after.
+        | "SpreadShards" >> beam.Reshuffle()
+        | "LabelShards" >> label
+    )
     _ = (
-        (scored, failed, errors, reports)
-        | "AllByShard" >> beam.Flatten()
-        | "GroupByShard" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShardLabelsFn(cfg.storage, cfg.output, run_info(cfg)))
+        labeled
+        | "CollectLabeled" >> beam.combiners.ToList()
+        | "WriteSummary"
+        >> beam.ParDo(
+            WriteSummaryFn(
+                cfg.storage,
+                cfg.output,
+                [t.name for t in plan.shards],
+                summary_run_info(cfg),
+                settings.thresholds,
+                time.time() if started_at is None else started_at,
+            )
+        )
     )
+
+
+def summary_run_info(cfg: LabelJobConfig) -> dict[str, Any]:
+    """What the summary records about the run besides counts: lineage, runner and the content config."""
+    config = {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "model", "filter", "detector")}
+    return {**run_info(cfg), "runner": cfg.runner.name.value, "config": config}
 
 
 def run(
-    cfg: LabelJobConfig, *, options: PipelineOptions | None = None, handler: ModelHandler | None = None
+    cfg: LabelJobConfig,
+    *,
+    options: PipelineOptions | None = None,
+    handler: DPMeshModelHandler | None = None,
+    detector_handlers: tuple[PersonDetectorHandler, KeypointHandler] | None = None,
 ) -> dict[str, Any]:
-    """Labels every pending shard, writes and returns the run summary (the launch plan on a dry run)."""
+    """Labels every pending shard in one pipeline run; returns the run summary (the launch plan on a dry run)."""
     if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
         from pipelines.launch_plan import print_launch_plan
 
+        stand_in = [ShardTask(cfg.input.shards, "shard-000000", {"tar_bytes": 0, "tar_sha1": None})]
         return print_launch_plan(
-            "dpmesh-label", cfg, lambda p: build_pipeline(p, cfg, [cfg.input.shards], handler=handler)
+            "dpmesh-label", cfg, lambda p: build_pipeline(p, cfg, LabelPlan(stand_in, stand_in), handler=handler)
         )
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         check_device(cfg.model)  # a local run must see its GPU; remote drivers usually have none
-    thresholds = filter_thresholds(cfg.filter)
+    filter_thresholds(cfg.filter)  # bad overrides fail here, before anything runs
     storage = Storage(cfg.storage)
-    shards, pending = plan_shards(cfg, storage)
-    logger.info("%d shards, %d to label, %d already done", len(shards), len(pending), len(shards) - len(pending))
-    started = time.monotonic()
-    waves = _waves(pending, cfg.wave_size)
-    with ProgressReporter(storage, cfg.output, [shard_name_of(s) for s in pending], cfg.progress_interval_s):
-        for number, wave in enumerate(waves, start=1):
-            with beam.Pipeline(options=options or pipeline_options(cfg.runner, job_name="dpmesh-label")) as p:
-                build_pipeline(p, cfg, wave, handler=handler)
-            logger.info("wave %d/%d done (%d shards)", number, len(waves), len(wave))
-    elapsed = time.monotonic() - started
-    markers = read_markers(storage, cfg.output)
-    config = {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "model", "filter", "detector")}
-    summary = build_summary(
-        markers=markers,
-        shards_total=[shard_name_of(s) for s in shards],
-        processed=[shard_name_of(s) for s in pending],
-        elapsed_s=elapsed,
-        run_info={**run_info(cfg), "runner": cfg.runner.name.value, "config": config},
-        thresholds=thresholds,
-    )
-    storage.write_bytes(join(cfg.output, SUMMARY_NAME), json.dumps(summary, indent=1, sort_keys=True).encode())
+    plan = plan_shards(cfg, storage)
+    done = len(plan.shards) - len(plan.pending)
+    logger.info("%d shards, %d to label, %d already done", len(plan.shards), len(plan.pending), done)
+    started_at = time.time()
+    pending_names = [t.name for t in plan.pending]
+    options = options or pipeline_options(cfg.runner, job_name="dpmesh-label")
+    progress = ProgressReporter(storage, cfg.output, pending_names, cfg.progress_interval_s)
+    with progress, beam.Pipeline(options=options) as p:
+        build_pipeline(p, cfg, plan, handler=handler, detector_handlers=detector_handlers, started_at=started_at)
+    summary: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, SUMMARY_NAME)))
     return summary
-
-
-def _waves(shards: list[str], wave_size: int) -> list[list[str]]:
-    """``shards`` in consecutive waves of ``wave_size`` (all in one wave for 0)."""
-    size = wave_size or max(1, len(shards))
-    return [shards[i : i + size] for i in range(0, len(shards), size)]
 
 
 main = hydra_app(

@@ -1,17 +1,14 @@
 """The Beam ModelHandler that runs DPMesh on batches of persons.
 
-``RunInference(KeyedModelHandler(DPMeshModelHandler(cfg)))`` receives :class:`PersonBatch` elements,
-already cut by the shard reader to ``model.batch_size`` persons in shard order, so each element is one
-forward pass (``BatchElements`` passes them one by one). It loads one model per process, or one per
-machine on GPU (``share_model_across_processes``: Dataflow starts one SDK process per vCPU, and a copy
-each would not fit on the GPU), and runs under ``torch.inference_mode()``.
+It receives :class:`PersonBatch` elements, already cut by the shard reader to ``model.batch_size`` persons in
+shard order, so each element is one forward pass. The model is one per process, or one per machine on GPU
+(``share_model_across_processes``: Dataflow starts one SDK process per vCPU, and a copy each would not fit on
+the GPU; see :mod:`pipelines.common.shared_model`), and runs under ``torch.inference_mode()``.
 """
 
 import io
-import json
 import logging
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +21,9 @@ from dpmesh_core.body_model import SMPLData
 from dpmesh_core.fast_path import FastPathConfig, prepare_for_inference
 from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
-from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, config_to_dict
+from dpmesh_core.preprocessing import PersonInputs
+from pipelines.common.shared_model import model_tag
+from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, ShareMode, config_to_dict
 from pipelines.config.storage import StorageConfig
 from pipelines.label.flip_consistency import flip_pa_mpjpe_mm
 from pipelines.label.inputs import PersonBatch, PersonTask
@@ -85,28 +84,52 @@ def _load_network(cfg: ModelConfig, storage_cfg: StorageConfig, device: torch.de
     return DPMesh.from_official_checkpoint(checkpoint, device=device, dtype=dtype, smpl=smpl)
 
 
-_MODEL_CACHE: dict[str, DPMesh] = {}
-_MODEL_CACHE_LOCK = threading.Lock()
+class DPMeshPredictor:
+    """A loaded DPMesh behind methods only: what a handler loads and what crosses a process boundary.
 
-
-def cached_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
-    """The model for ``cfg``, loaded once per process and kept for later pipelines (``dpmesh-label`` waves).
-
-    Beam's own sharing lives as long as one pipeline; a real checkpoint takes tens of seconds to load, so
-    the one most recent model stays cached in the process (a new config replaces it).
+    With a model shared across processes, callers hold a proxy to this object; every argument and result of its
+    methods is pickled (numpy arrays and dataclasses of them), and nothing is read as an attribute.
     """
-    key = json.dumps(config_to_dict(cfg), sort_keys=True)
-    with _MODEL_CACHE_LOCK:
-        if key not in _MODEL_CACHE:
-            _MODEL_CACHE.clear()
-            model = load_model(cfg, storage_cfg)
-            logger.info("loaded model %s on %s (%s)", model.model_id, cfg.device.value, cfg.dtype.value)
-            _MODEL_CACHE[key] = model
-        return _MODEL_CACHE[key]
+
+    def __init__(self, model: DPMesh) -> None:
+        self._model = model
+
+    def model_id(self) -> str:
+        """The checkpoint's content hash (``model_id`` column)."""
+        return self._model.model_id
+
+    def predict(
+        self, persons: Sequence[PersonInputs], flip_consistency: bool = False
+    ) -> tuple[list[PersonPrediction], list[float | None]]:
+        """One forward pass over ``persons`` (one model batch) in full-image coordinates, and per person the flip
+        PA-MPJPE in mm (None without ``flip_consistency``).
+
+        The predictions leave without vertices (`(6890, 3)` each, which no column needs): they would be most of
+        what a shared model pickles back to its callers. A mesh with non-finite values leaves as one NaN vertex,
+        so the scorer still rejects it (``non_finite_output``).
+        """
+        model = self._model
+        with torch.inference_mode():
+            predictions = to_full_image(model(**batch_inputs(persons, model.device, model.input_dtype)), persons)
+            flips: list[float | None] = [None] * len(persons)
+            if flip_consistency:
+                flips = list(flip_pa_mpjpe_mm(model, persons, predictions))
+        return [replace(p, vertices=_vertices_stand_in(p.vertices)) for p in predictions], flips
 
 
-class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh]):
-    """Runs DPMesh on :class:`PersonBatch` es; holds only picklable configs until ``load_model``."""
+def _vertices_stand_in(vertices: np.ndarray) -> np.ndarray:
+    """`(0, 3)` for a finite mesh, `(1, 3)` NaN for one that is not."""
+    finite = bool(np.isfinite(vertices).all())
+    return np.zeros((0, 3), np.float32) if finite else np.full((1, 3), np.nan, np.float32)
+
+
+class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPredictor]):
+    """Runs DPMesh on :class:`PersonBatch` es; holds only picklable configs until ``load_model``.
+
+    ``dpmesh-label`` calls it from its per-shard step (:mod:`pipelines.label.label_shard`); it also runs under
+    ``RunInference(KeyedModelHandler(...))``. Either way the model is a :class:`DPMeshPredictor`, possibly a proxy
+    to one in another process, and is used through its methods only.
+    """
 
     def __init__(
         self,
@@ -121,28 +144,28 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
         self._flip = flip_consistency
         self._resource_hints = dict(resource_hints or {})
 
-    def load_model(self) -> DPMesh:
-        return cached_model(self._cfg, self._storage_cfg)
+    def load_model(self) -> DPMeshPredictor:
+        torch.set_num_threads(self._cfg.threads)  # the process that runs the model (see ModelConfig.threads)
+        model = load_model(self._cfg, self._storage_cfg)
+        logger.info("loaded model %s on %s (%s)", model.model_id, self._cfg.device.value, self._cfg.dtype.value)
+        return DPMeshPredictor(model)
 
     def run_inference(
-        self, batch: Sequence[PersonBatch], model: DPMesh, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[PersonBatch], model: DPMeshPredictor, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         """One forward pass per :class:`PersonBatch`; the result's inference is one LabeledPerson per person."""
-        return [self._run_batch(person_batch, model) for person_batch in batch]
+        model_id = model.model_id()
+        return [self._run_batch(person_batch, model, model_id) for person_batch in batch]
 
-    def _run_batch(self, person_batch: PersonBatch, model: DPMesh) -> PredictionResult:
+    def _run_batch(self, person_batch: PersonBatch, model: DPMeshPredictor, model_id: str) -> PredictionResult:
         tasks = list(person_batch.tasks)
-        inputs = [t.inputs for t in tasks]
-        with torch.inference_mode():
-            predictions = to_full_image(model(**batch_inputs(inputs, model.device, model.input_dtype)), inputs)
-            flips = self._flip_errors(model, tasks, predictions) if self._flip else [None] * len(tasks)
+        predictions, flips = model.predict([t.inputs for t in tasks], self._flip)
         labeled = [LabeledPerson(_without_crop(t), p, f) for t, p, f in zip(tasks, predictions, flips, strict=True)]
-        return PredictionResult(example=person_batch.batch_id, inference=labeled, model_id=model.model_id)
+        return PredictionResult(example=person_batch.batch_id, inference=labeled, model_id=model_id)
 
-    def _flip_errors(
-        self, model: DPMesh, tasks: list[PersonTask], preds: list[PersonPrediction]
-    ) -> list[float | None]:
-        return flip_pa_mpjpe_mm(model, [t.inputs for t in tasks], preds)
+    def model_tag(self) -> str:
+        """Names this model configuration among the processes of a machine (see ``acquire_model``)."""
+        return model_tag("dpmesh", config_to_dict(self._cfg))
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         # Each element already is a model batch of model.batch_size persons (see PersonBatch).
@@ -153,7 +176,7 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMesh])
         return dict(self._resource_hints)
 
     def share_model_across_processes(self) -> bool:
-        return self._cfg.device == Device.cuda
+        return ShareMode(self._cfg.share_across_processes).enabled(self._cfg.device)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE

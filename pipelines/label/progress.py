@@ -12,6 +12,7 @@ import platform
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from types import TracebackType
 from typing import Any
@@ -21,17 +22,33 @@ from pipelines.storage import Storage, join
 
 logger = logging.getLogger(__name__)
 
+# Concurrent marker GETs: object stores serve many small requests in parallel; 32 matches the S3 client's pool.
+MARKER_READERS = 32
 _VERSIONED = ("apache-beam", "torch", "diffusers", "smplx", "pyarrow", "numpy", "webdataset")
 
 
-def read_markers(storage: Storage, output: str) -> dict[str, dict[str, Any]]:
-    """Every ``_done/<shard>.json`` under ``output``, by shard name."""
+def read_markers(storage: Storage, output: str, *, names: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Every ``_done/<shard>.json`` under ``output`` (or only those of ``names``), by shard name.
+
+    The listing is one paged request stream; the markers are fetched by :data:`MARKER_READERS` threads at once,
+    so 100k markers take a minute rather than an hour of sequential GETs.
+    """
+    uris = [
+        obj.uri
+        for obj in storage.list(join(output, "_done") + "/")
+        if obj.uri.endswith(".json") and (names is None or _shard_of(obj.uri) in names)
+    ]
+    with ThreadPoolExecutor(MARKER_READERS) as pool:
+        documents = list(pool.map(storage.read_bytes, uris))
     markers = {}
-    for obj in storage.list(join(output, "_done") + "/"):
-        if obj.uri.endswith(".json"):
-            marker = json.loads(storage.read_bytes(obj.uri))
-            markers[marker["shard"]] = marker
+    for data in documents:
+        marker = json.loads(data)
+        markers[marker["shard"]] = marker
     return markers
+
+
+def _shard_of(marker_uri: str) -> str:
+    return marker_uri.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 class ProgressReporter:
@@ -72,12 +89,10 @@ class ProgressReporter:
             )  # fmt: skip
 
     def _read_new_markers(self, persons_by_shard: dict[str, int]) -> None:
-        """Lists ``_done/`` and reads only the markers of pending shards not seen yet."""
-        for obj in self._storage.list(join(self._output, "_done") + "/"):
-            shard = obj.uri.rsplit("/", 1)[-1].removesuffix(".json")
-            if shard in self._pending and shard not in persons_by_shard:
-                marker = json.loads(self._storage.read_bytes(obj.uri))
-                persons_by_shard[shard] = marker["counts"]["persons_in"]
+        """Reads only the markers of pending shards not seen yet."""
+        wanted = self._pending - set(persons_by_shard)
+        for shard, marker in read_markers(self._storage, self._output, names=wanted).items():
+            persons_by_shard[shard] = marker["counts"]["persons_in"]
 
 
 def _versions() -> dict[str, str]:

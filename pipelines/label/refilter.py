@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,12 +28,14 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label.job import SUMMARY_NAME, filter_thresholds
+from pipelines.label.job import filter_thresholds
 from pipelines.label.progress import build_summary, format_summary, read_markers
+from pipelines.label.read import ShardReport, ShardTask
+from pipelines.label.summary import SUMMARY_NAME
+from pipelines.label.write import shard_marker
 from pipelines.options import pipeline_options
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
-from pipelines.label.shard_steps import shard_marker
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_metadata
 
 
@@ -88,12 +91,13 @@ class RefilterShardFn(beam.DoFn):
         ):
             table = table_from_rows(folder_rows, with_file_metadata(schema, **meta))
             self._storage.write_bytes(join(self._cfg.output, folder, f"{shard}.parquet"), parquet_bytes(table))
-        report = {
-            **source_marker["counts"],
-            "shard_uri": source_marker.get("shard_uri"),
-            "read_error": source_marker.get("read_error"),
-        }
-        marker = shard_marker(shard, [report], accepted, rejected, errors, self._run_info)
+        # The labeled shard's lineage carries over: what it was (identity), what was read, and the input counts.
+        task = ShardTask(source_marker.get("shard_uri") or "", shard, source_marker.get("shard_identity") or {})
+        read = source_marker.get("tar_read") or {}
+        counts = Counter({k: source_marker["counts"][k] for k in ("images_in", "images_ok", "images_errored")})
+        counts["persons_in"] = source_marker["counts"]["persons_in"]
+        report = ShardReport(counts, read.get("tar_bytes", 0), read.get("tar_sha1", ""))
+        marker = shard_marker(task, report, accepted, rejected, errors, self._run_info)
         self._storage.write_bytes(
             join(self._cfg.output, "_done", f"{shard}.json"), json.dumps(marker, indent=1).encode()
         )

@@ -92,6 +92,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (out / "shard-000901.tar").write_bytes(data[:boundary])
     index = pq.read_table(out / f"{first}.parquet")
     pq.write_table(index, out / "shard-000901.parquet")
+    _add_to_manifest(out, ["shard-000900", "shard-000901"])
     persons = sum(s["persons"] for s in manifest["shards"])
     return {
         "shards": str(out),
@@ -100,6 +101,16 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "truncated_from": first,
         "truncated_persons": str(sum(index.column("n_persons").to_pylist())),
     }
+
+
+def _add_to_manifest(folder: Path, shards: list[str]) -> None:
+    """Lists hand-made tars in the shard set's manifest, as if dpmesh-shard had written them."""
+    manifest = json.loads((folder / "_manifest.json").read_text())
+    for name in shards:
+        data = (folder / f"{name}.tar").read_bytes()
+        entry = {"shard": name, "tar_bytes": len(data), "tar_sha1": hashlib.sha1(data).hexdigest()}
+        manifest["shards"] = [s for s in manifest["shards"] if s["shard"] != name] + [entry]
+    (folder / "_manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _digests(output: str) -> dict[str, str]:
@@ -258,14 +269,14 @@ class NaNInjectingHandler(DPMeshModelHandler):
         super().__init__(*args, **kwargs)
         self._poisoned = poisoned
 
-    def _run_batch(self, person_batch, model):
+    def _run_batch(self, person_batch, model, model_id):
         tasks = tuple(
             dataclasses.replace(t, inputs=dataclasses.replace(t.inputs, image=np.full_like(t.inputs.image, np.nan)))
             if t.image_key == self._poisoned
             else t
             for t in person_batch.tasks
         )
-        return super()._run_batch(dataclasses.replace(person_batch, tasks=tasks), model)
+        return super()._run_batch(dataclasses.replace(person_batch, tasks=tasks), model, model_id)
 
 
 def test_model_nan_outputs_are_rejected_not_written_as_labels(shards: dict, tmp_path: Path) -> None:
@@ -291,7 +302,6 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
         "pipelines.label.job",
         f"input.shards={shards['shards']}",
         f"output={output}",
-        "wave_size=1",
         "log_level=WARNING",
         "progress_interval_s=0",
     ]
@@ -359,9 +369,10 @@ def test_s3_shards_to_s3_labels(shards: dict, s3_bucket: str, s3_server) -> None
         "storage.s3_region=us-east-1",
         "storage.s3_addressing_style=path",
     ]
-    cfg = _label_config(f"input.shards={s3_bucket}/shards", f"output={s3_bucket}/labels", *storage_overrides)
+    shard_glob = f"input.shards={s3_bucket}/shards/shard-00000*.tar"
+    cfg = _label_config(shard_glob, f"output={s3_bucket}/labels", *storage_overrides)
     storage = Storage(cfg.storage)
-    for path in sorted(Path(shards["shards"]).glob("shard-00000*")):
+    for path in [*sorted(Path(shards["shards"]).glob("shard-00000*")), Path(shards["shards"], "_manifest.json")]:
         storage.write_bytes(f"{s3_bucket}/shards/{path.name}", path.read_bytes())
     summary = run(cfg)
     assert summary["reconciled"]

@@ -10,7 +10,7 @@ from pipelines.config.storage import StorageConfig
 from pipelines.label.detection.handlers import ImageBatch, KeypointHandler, PersonDetectorHandler, PoseBatch, PoseItem
 from pipelines.label.detection.models import box_center_scale, crop_person, decode_heatmaps
 from pipelines.label.detection.records import DetectedPerson, DetectionFailure, ImageDetections, ModelUsed, assemble
-from pipelines.label.detection.transforms import needs_detection
+from pipelines.label.detection.shard_detector import needs_detection
 from pipelines.label.inputs import AnnotatedPerson
 from tests.fakes.tiny_detectors import POSE_INPUT_HW, save_tiny_detector, save_tiny_pose
 
@@ -71,7 +71,7 @@ def test_handlers_run_every_method_on_tiny_models(tiny_cfg: DetectorConfig) -> N
 
     pose = KeypointHandler(tiny_cfg, StorageConfig())
     pose_model = pose.load_model()
-    assert pose_model.input_hw == POSE_INPUT_HW
+    assert pose_model.input_hw() == POSE_INPUT_HW
     items = []
     for idx, (box, score) in enumerate(zip(first.boxes, first.scores, strict=True)):
         center, scale = box_center_scale(box, POSE_INPUT_HW)

@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import tarfile
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -32,8 +33,9 @@ from pipelines.label.inputs import (
 )
 from pipelines.label.job import filter_thresholds
 from pipelines.label.model_handler import DPMeshModelHandler, LabeledPerson, check_device, load_model
+from pipelines.label.read import ShardReport, ShardTask
 from pipelines.label.refilter import rescore_row
-from pipelines.label.shard_steps import shard_marker
+from pipelines.label.write import shard_marker
 from tests.fakes.corpus import draw_scene
 
 
@@ -160,8 +162,9 @@ def test_prepare_tasks_turns_invalid_persons_into_errors_and_records_neighbours(
     assert getattr(results[6], "reason", None) == "nonfinite_keypoints"
 
 
-def test_shard_marker_reconciles() -> None:
-    report = {"images_in": 3, "images_ok": 2, "images_errored": 1, "persons_in": 4}
+def test_shard_marker_reconciles_and_records_the_shard_identity() -> None:
+    report = ShardReport(Counter({"images_in": 3, "images_ok": 2, "images_errored": 1, "persons_in": 4}), 10, "ab")
+    task = ShardTask("/s/shard-000001.tar", "shard-000001", {"tar_bytes": 10, "tar_sha1": "ab"})
     rows = [{"reasons": [], "quality_tier": "gold"}]
     rejected = [{"reasons": ["small_box"], "quality_tier": "reject"}]
     errors = [
@@ -169,11 +172,13 @@ def test_shard_marker_reconciles() -> None:
         {"person_idx": 2, "stage": "label.decode", "reason": "corrupt_image"},
         {"person_idx": None, "stage": "label.decode", "reason": "invalid_annotation"},
     ]
-    marker = shard_marker("shard-000001", [report], rows, rejected, errors, {"config_hash": "h"})
+    marker = shard_marker(task, report, rows, rejected, errors, {"config_hash": "h"})
     assert marker["reconciled"] is True
     assert marker["counts"]["persons_errored"] == 2
     assert marker["rejected_by_reason"] == {"small_box": 1}
-    assert not shard_marker("s", [report], rows, [], errors, {})["reconciled"]
+    assert marker["shard_identity"] == {"tar_bytes": 10, "tar_sha1": "ab"}
+    assert marker["tar_read"] == {"tar_bytes": 10, "tar_sha1": "ab"}
+    assert not shard_marker(task, report, rows, [], errors, {})["reconciled"]
 
 
 # --- filter configuration ----------------------------------------------------------------------------
@@ -279,8 +284,6 @@ def test_cuda_without_a_gpu_fails_instead_of_falling_back() -> None:
 
 
 def test_flip_consistency_is_measured_per_person_in_the_handler_and_repeatable() -> None:
-    from pipelines.label.flip_consistency import flip_pa_mpjpe_mm
-
     image, people = draw_scene(np.random.default_rng(2), 320, 240, 2)
     persons = [(i, person_from_json({"keypoints": p["keypoints"]})) for i, p in enumerate(people)]
     tasks = [
@@ -295,7 +298,7 @@ def test_flip_consistency_is_measured_per_person_in_the_handler_and_repeatable()
     flips = [p.flip_pa_mpjpe_mm for p in result.inference]
     assert all(f is not None and np.isfinite(f) and f > 0 for f in flips)  # random weights are not mirror-symmetric
     # Deterministic: the mirrored pass gives the same PA-MPJPE when run again on the same inputs.
-    again = flip_pa_mpjpe_mm(model, [t.inputs for t in tasks], [p.prediction for p in result.inference])
+    _, again = model.predict([t.inputs for t in tasks], True)
     assert again == pytest.approx(flips)
 
 
@@ -332,7 +335,7 @@ def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
 def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_through() -> None:
     import apache_beam as beam
 
-    from pipelines.label.shard_steps import batch_persons
+    from pipelines.label.label_shard import batch_persons
 
     image, people = draw_scene(np.random.default_rng(3), 320, 240, 5)
     persons = [(i, person_from_json({"keypoints": p["keypoints"]})) for i, p in enumerate(people)]

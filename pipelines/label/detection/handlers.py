@@ -13,14 +13,16 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipelines.config import DetectorConfig, Device
+from pipelines.common.shared_model import model_tag
+from pipelines.config import DetectorConfig, ShareMode, config_to_dict
 from pipelines.config.storage import StorageConfig
 from pipelines.label.detection.models import (
     LoadedDetector,
     LoadedPoseModel,
-    cached,
     detect_persons,
     estimate_keypoints,
+    load_detector,
+    load_pose_model,
 )
 from pipelines.label.detection.records import DetectedPerson
 from pipelines.label.inputs import AnnotatedPerson
@@ -71,7 +73,43 @@ class PoseBatch:
     items: tuple[PoseItem, ...]
 
 
+class DetectorService:
+    """A loaded person detector behind methods only (what a shared model's proxy can forward)."""
+
+    def __init__(self, loaded: LoadedDetector) -> None:
+        self._loaded = loaded
+
+    def model_id(self) -> str:
+        return self._loaded.model_id
+
+    def detect(
+        self, images: list[np.ndarray], min_score: float, max_persons: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image ``(boxes (N, 4) xyxy px, scores (N,))``; see :func:`detect_persons`."""
+        return detect_persons(self._loaded, images, min_score=min_score, max_persons=max_persons)
+
+
+class PoseService:
+    """A loaded ViTPose model behind methods only."""
+
+    def __init__(self, loaded: LoadedPoseModel) -> None:
+        self._loaded = loaded
+
+    def model_id(self) -> str:
+        return self._loaded.model_id
+
+    def input_hw(self) -> tuple[int, int]:
+        """The model's input `(h, w)` in px, the size of the top-down crops it takes."""
+        return self._loaded.input_hw
+
+    def estimate(self, crops: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        """`(N, 17, 3)` COCO-17 keypoints in image px; see :func:`estimate_keypoints`."""
+        return estimate_keypoints(self._loaded, crops, centers, scales)
+
+
 class _Handler(ModelHandler):  # type: ignore[type-arg]
+    _KIND = ""  # names the model in shared-model tags
+
     def __init__(
         self, cfg: DetectorConfig, storage_cfg: StorageConfig, resource_hints: dict[str, str] | None = None
     ) -> None:
@@ -86,7 +124,11 @@ class _Handler(ModelHandler):  # type: ignore[type-arg]
         return {"min_batch_size": 1, "max_batch_size": 1}  # each element is a model batch already
 
     def share_model_across_processes(self) -> bool:
-        return self._cfg.device == Device.cuda
+        return ShareMode(self._cfg.share_across_processes).enabled(self._cfg.device)
+
+    def model_tag(self) -> str:
+        """Names this model configuration among the processes of a machine (see ``acquire_model``)."""
+        return model_tag(self._KIND, config_to_dict(self._cfg))
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
@@ -99,22 +141,22 @@ class PersonDetectorHandler(_Handler):
     nothing after that step holds pixels.
     """
 
-    def load_model(self) -> LoadedDetector:
-        model: LoadedDetector = cached("detector", self._cfg, self._storage_cfg)
-        return model
+    _KIND = "detector"
+
+    def load_model(self) -> DetectorService:
+        return DetectorService(load_detector(self._cfg, self._storage_cfg))
 
     def run_inference(
-        self, batch: Sequence[ImageBatch], model: LoadedDetector, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[ImageBatch], model: DetectorService, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         results = []
+        model_id = model.model_id()
         for image_batch in batch:
-            found = detect_persons(
-                model, list(image_batch.images), min_score=self._cfg.min_score, max_persons=self._cfg.max_persons
-            )
+            found = model.detect(list(image_batch.images), self._cfg.min_score, self._cfg.max_persons)
             inference = [
                 Detections(key, boxes, scores) for key, (boxes, scores) in zip(image_batch.keys, found, strict=True)
             ]
-            results.append(PredictionResult(example=image_batch, inference=inference, model_id=model.model_id))
+            results.append(PredictionResult(example=image_batch, inference=inference, model_id=model_id))
         return results
 
     def get_num_bytes(self, batch: Sequence[ImageBatch]) -> int:
@@ -124,18 +166,19 @@ class PersonDetectorHandler(_Handler):
 class KeypointHandler(_Handler):
     """:class:`PoseBatch` -> ``PredictionResult(example=batch id, inference=[DetectedPerson per item])``."""
 
-    def load_model(self) -> LoadedPoseModel:
-        model: LoadedPoseModel = cached("pose", self._cfg, self._storage_cfg)
-        return model
+    _KIND = "pose"
+
+    def load_model(self) -> PoseService:
+        return PoseService(load_pose_model(self._cfg, self._storage_cfg))
 
     def run_inference(
-        self, batch: Sequence[PoseBatch], model: LoadedPoseModel, inference_args: dict[str, Any] | None = None
+        self, batch: Sequence[PoseBatch], model: PoseService, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
         results = []
+        model_id = model.model_id()
         for pose_batch in batch:
             items = pose_batch.items
-            keypoints = estimate_keypoints(
-                model,
+            keypoints = model.estimate(
                 np.stack([item.crop for item in items]),
                 np.stack([item.center for item in items]),
                 np.stack([item.scale for item in items]),
@@ -146,7 +189,7 @@ class KeypointHandler(_Handler):
                 )
                 for item, kp in zip(items, keypoints, strict=True)
             ]
-            results.append(PredictionResult(example=pose_batch.batch_id, inference=persons, model_id=model.model_id))
+            results.append(PredictionResult(example=pose_batch.batch_id, inference=persons, model_id=model_id))
         return results
 
     def get_num_bytes(self, batch: Sequence[PoseBatch]) -> int:

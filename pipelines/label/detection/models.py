@@ -16,7 +16,6 @@ or a hub id (``from_pretrained``; the hub cache makes later runs work offline).
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,23 +145,6 @@ def pose_input_size(cfg: DetectorConfig, storage_cfg: StorageConfig) -> tuple[in
 
     source = resolve_weights(cfg.pose_model, cfg.cache_dir, storage_cfg)
     return _input_hw(AutoImageProcessor.from_pretrained(source, **_pretrained_kwargs(source, cfg.pose_revision)))
-
-
-_CACHE: dict[tuple[str, str], Any] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def cached(kind: str, cfg: DetectorConfig, storage_cfg: StorageConfig) -> Any:
-    """The ``detector`` or ``pose`` model for ``cfg``, loaded once per process (kept across pipeline waves)."""
-    key = (kind, repr(cfg))
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            for old in [k for k in _CACHE if k[0] == kind]:
-                del _CACHE[old]
-            loader = load_detector if kind == "detector" else load_pose_model
-            _CACHE[key] = loader(cfg, storage_cfg)
-            logger.info("loaded %s model %s on %s", kind, _CACHE[key].model_id, cfg.device.value)
-        return _CACHE[key]
 
 
 def detect_persons(

@@ -1,0 +1,1 @@
+"""Job-agnostic pieces every Beam job uses; imports no job package."""

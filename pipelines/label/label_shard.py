@@ -1,0 +1,214 @@
+"""The one step of ``dpmesh-label`` that does the work: a whole shard, read to committed, per element.
+
+``LabelShardFn`` takes a :class:`ShardTask` and, inside one ``process`` call, reads the shard, finds its persons
+(annotations, or detection), cuts person batches in shard order, runs DPMesh on each, scores every label and
+writes the shard's Parquet and then its marker. No GroupByKey stands between a shard's inference and its write,
+so on every runner a shard is committed as soon as it is done, and decoded crops never cross a shuffle.
+
+Overlap: a producer thread reads, decodes, detects and crops the next batches while the model runs on the
+current one; the queue between them holds at most ``prefetch_batches`` items, which bounds the worker's memory.
+The model (and the detector) come from their Beam model handlers through
+:func:`pipelines.common.shared_model.acquire_model`, shared across the machine's processes on GPU workers.
+"""
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+import torch
+from apache_beam.metrics import Metrics
+
+from dpmesh_core.confidence import FilterThresholds
+from pipelines.common.shared_model import acquire_model
+from pipelines.config import DetectorConfig
+from pipelines.config.storage import StorageConfig
+from pipelines.error_rows import error_row
+from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+from pipelines.label.detection.shard_detector import ShardDetector
+from pipelines.label.inputs import PersonBatch, PersonTask
+from pipelines.label.model_handler import METRICS_NAMESPACE, DPMeshModelHandler
+from pipelines.label.read import ShardReader, ShardReport, ShardTask
+from pipelines.label.score import ACCEPTED, score_labeled
+from pipelines.label.write import ShardWriter
+from pipelines.storage import Storage
+from schemas import ErrorReason, ErrorStage
+
+
+logger = logging.getLogger(__name__)
+
+# A shared model's proxy raises these when its server process is gone: the worker is broken, not the input.
+_MODEL_HOST_FAULTS = (ConnectionError, EOFError, BrokenPipeError)
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """Everything the step needs besides its handlers: plain, picklable values resolved on the driver.
+
+    Attributes:
+        storage: Storage options; output: where labels go.
+        run_info: Lineage recorded in every file and marker (pipeline version, config hash).
+        thresholds: The filter's thresholds.
+        max_image_pixels: Larger images are ``decompression_bomb`` errors.
+        batch_size: Persons per DPMesh forward pass, cut in shard order.
+        prefetch_batches: Person batches prepared ahead of the model.
+        threads: torch intra-op threads of the worker process.
+        detector: The detector config (its ``name`` says whether detection runs).
+    """
+
+    storage: StorageConfig
+    output: str
+    run_info: dict[str, str]
+    thresholds: FilterThresholds
+    max_image_pixels: int
+    batch_size: int
+    prefetch_batches: int
+    threads: int
+    detector: DetectorConfig
+
+
+def batch_persons(shard: str, outputs: Any, batch_size: int) -> Iterator[Any]:
+    """Passes ``outputs`` through, except :class:`PersonTask` s, which leave as :class:`PersonBatch` es of
+    ``batch_size`` consecutive persons (the last one possibly smaller), ids ``<shard>/<index:06d>``."""
+    pending: list[PersonTask] = []
+    index = 0
+    for out in outputs:
+        if not isinstance(out, PersonTask):
+            yield out
+            continue
+        pending.append(out)
+        if len(pending) == batch_size:
+            yield PersonBatch(f"{shard}/{index:06d}", tuple(pending))
+            pending, index = [], index + 1
+    if pending:
+        yield PersonBatch(f"{shard}/{index:06d}", tuple(pending))
+
+
+class _End:
+    """The producer is done (``error`` holds what stopped it, if anything did)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class LabelShardFn(beam.DoFn):
+    """Input: a :class:`ShardTask`. Labels and commits the shard; outputs its marker (a small dict)."""
+
+    def __init__(
+        self,
+        settings: LabelSettings,
+        handler: DPMeshModelHandler,
+        detector_handler: PersonDetectorHandler | None = None,
+        pose_handler: KeypointHandler | None = None,
+    ) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._detector_handler = detector_handler
+        self._pose_handler = pose_handler
+        self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_done")
+        self._images = Metrics.counter(METRICS_NAMESPACE, "images_in")
+        self._persons = Metrics.counter(METRICS_NAMESPACE, "persons_in")
+        self._accepted = Metrics.counter(METRICS_NAMESPACE, "persons_accepted")
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, "persons_rejected")
+        self._errored = Metrics.counter(METRICS_NAMESPACE, "persons_errored")
+        self._batch_sizes = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
+
+    def setup(self) -> None:
+        settings = self._settings
+        torch.set_num_threads(settings.threads)  # see ModelConfig.threads: pinned for reproducible bits
+        storage = Storage(settings.storage)
+        self._model = acquire_model(self._handler, self._handler.model_tag())
+        shard_detector = None
+        if self._detector_handler is not None and self._pose_handler is not None:
+            shard_detector = ShardDetector(
+                settings.detector,
+                self._detector_handler,
+                self._pose_handler,
+                acquire_model(self._detector_handler, self._detector_handler.model_tag()),
+                acquire_model(self._pose_handler, self._pose_handler.model_tag()),
+            )
+        self._reader = ShardReader(storage, settings.max_image_pixels, settings.detector.name, shard_detector)
+        self._writer = ShardWriter(storage, settings.output, settings.run_info)
+
+    def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
+        report = ShardReport()
+        rows: dict[str, list[dict[str, Any]]] = {"accepted": [], "rejected": [], "errors": []}
+        for item in self._prefetched(task, report):
+            if isinstance(item, PersonBatch):
+                self._label_batch(item, rows)
+            else:
+                rows["errors"].append(item)
+        marker = self._writer.write(task, report, rows["accepted"], rows["rejected"], rows["errors"])
+        counts = marker["counts"]
+        self._shards.inc()
+        self._images.inc(counts["images_in"])
+        self._persons.inc(counts["persons_in"])
+        self._errored.inc(counts["persons_errored"])
+        yield {"shard": task.name, "persons_in": counts["persons_in"]}
+
+    def _prefetched(self, task: ShardTask, report: ShardReport) -> Iterator[Any]:
+        """The reader's batches and error rows, produced by a thread that stays ``prefetch_batches`` ahead.
+
+        Whatever stops the producer (a storage fault, a bug) is raised here, in the caller's thread, so it fails
+        the work item instead of a thread dying quietly.
+        """
+        items: queue.Queue[Any] = queue.Queue(maxsize=self._settings.prefetch_batches)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in batch_persons(task.name, self._reader.read(task, report), self._settings.batch_size):
+                    while not stop.is_set():
+                        try:
+                            items.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                items.put(_End())
+            except BaseException as exc:  # handed to the consumer, which raises it
+                items.put(_End(exc))
+
+        producer = threading.Thread(target=produce, name=f"read-{task.name}", daemon=True)
+        producer.start()
+        try:
+            while not isinstance(item := items.get(), _End):
+                yield item
+            if item.error is not None:
+                raise item.error
+        finally:
+            stop.set()
+            producer.join()
+
+    def _label_batch(self, person_batch: PersonBatch, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Runs the model on one batch and scores each person; a batch the model fails on becomes error rows."""
+        self._batch_sizes.update(len(person_batch.tasks))
+        try:
+            (result,) = self._handler.run_inference([person_batch], self._model)
+        except _MODEL_HOST_FAULTS:
+            raise  # the shared model's process is gone: let the runner retry the shard on a healthy worker
+        except Exception as exc:  # the model failed on this input (e.g. out of memory on this batch)
+            message = f"{type(exc).__name__}: {exc}"
+            for task in person_batch.tasks:
+                rows["errors"].append(
+                    error_row(
+                        ErrorStage.LABEL_INFERENCE,
+                        ErrorReason.INFERENCE_FAILED,
+                        message,
+                        key=task.image_key,
+                        source_uri=task.source_uri,
+                        shard=task.shard,
+                        person_idx=task.person_idx,
+                    )
+                )
+            return
+        for labeled in result.inference:
+            kind, row, reasons = score_labeled(labeled, result.model_id or "", self._settings.thresholds)
+            rows["accepted" if kind == ACCEPTED else "rejected"].append(row)
+            (self._accepted if kind == ACCEPTED else self._rejected).inc()
+            for reason in reasons:
+                Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()

@@ -1,0 +1,121 @@
+"""Planning a labeling run on the driver: which shards exist, what each one is, which still need labels.
+
+A shard set is labeled only when it is complete (its ``_manifest.json`` exists and lists the tars found) unless
+``input.allow_incomplete=true``; each shard's identity (tar size and sha1) comes from the manifest. A shard is
+pending when it has no marker, or its marker records another identity (the shard was rebuilt since), or with
+``overwrite=true``. Markers are read in parallel: a driver planning 100k shards must not spend an hour on GETs.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, shard_name_of
+from pipelines.config import ConfigError, LabelJobConfig, config_hash
+from pipelines.label.progress import read_markers
+from pipelines.label.read import ShardTask
+from pipelines.storage import ObjectInfo, Storage, join
+
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """Every shard of the input (``shards``) and those this run labels (``pending``), in name order."""
+
+    shards: list[ShardTask]
+    pending: list[ShardTask]
+
+
+def list_shard_objects(storage: Storage, shards: str) -> list[ObjectInfo]:
+    """Every ``shard-NNNNNN.tar`` under a directory/prefix, or matching a glob, or the one shard named."""
+    if SHARD_TAR.search(shards) and not _is_glob(shards):
+        return [ObjectInfo(shards, storage.size(shards))] if storage.exists(shards) else []
+    objects = storage.glob(shards) if _is_glob(shards) else storage.list(shards.rstrip("/") + "/")
+    return sorted((o for o in objects if SHARD_TAR.search(o.uri)), key=lambda o: o.uri)
+
+
+def _is_glob(uri: str) -> bool:
+    return any(c in uri for c in "*?[")
+
+
+def shard_tasks(cfg: LabelJobConfig, storage: Storage) -> list[ShardTask]:
+    """The input's shards with their identities from the manifest(s).
+
+    Raises:
+        ConfigError: no shards; a folder without ``_manifest.json``, tars the manifest does not list, or listed
+            shards that are missing, unless ``input.allow_incomplete=true``.
+    """
+    listed = list_shard_objects(storage, cfg.input.shards)
+    if not listed:
+        raise ConfigError(f"input.shards={cfg.input.shards!r} holds no shard-NNNNNN.tar files")
+    whole_folder = not _is_glob(cfg.input.shards) and not SHARD_TAR.search(cfg.input.shards)
+    allow = cfg.input.allow_incomplete
+    tasks = []
+    for folder in sorted({folder_of(o.uri) for o in listed}):
+        recorded = _manifest_shards(storage, folder, allow)
+        here = [o for o in listed if folder_of(o.uri) == folder]
+        unlisted = [o.uri for o in here if recorded is not None and shard_name_of(o.uri) not in recorded]
+        if unlisted and not allow:
+            raise ConfigError(
+                f"{unlisted[0]} (and {len(unlisted) - 1} more) is not in {join(folder, MANIFEST_NAME)}: the shard "
+                "set changed after dpmesh-shard wrote it. Reshard it, or pass input.allow_incomplete=true"
+            )
+        missing = sorted(set(recorded or ()) - {shard_name_of(o.uri) for o in here}) if whole_folder else []
+        if missing and not allow:
+            raise ConfigError(
+                f"{join(folder, MANIFEST_NAME)} lists {len(missing)} shards that are not there (e.g. {missing[0]}); "
+                "pass input.allow_incomplete=true to label the rest"
+            )
+        for obj in here:
+            name = shard_name_of(obj.uri)
+            identity = (recorded or {}).get(name) or {"tar_bytes": obj.size, "tar_sha1": None}
+            tasks.append(ShardTask(obj.uri, name, identity))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"input.shards={cfg.input.shards!r} matches shards of the same name in several folders")
+    return sorted(tasks, key=lambda t: t.name)
+
+
+def _manifest_shards(storage: Storage, folder: str, allow_incomplete: bool) -> dict[str, dict[str, Any]] | None:
+    """``{shard name: {"tar_bytes", "tar_sha1"}}`` from the folder's manifest; None without one (if allowed)."""
+    try:
+        manifest = json.loads(storage.read_bytes(join(folder, MANIFEST_NAME)))
+    except FileNotFoundError:
+        if allow_incomplete:
+            logger.warning("%s has no %s: labeling it as allowed (input.allow_incomplete)", folder, MANIFEST_NAME)
+            return None
+        raise ConfigError(
+            f"{folder} has no {MANIFEST_NAME}: its dpmesh-shard run did not finish, so the shard set may be "
+            "incomplete. Rerun dpmesh-shard, or pass input.allow_incomplete=true to label what is there"
+        ) from None
+    return {
+        entry["shard"]: {"tar_bytes": int(entry["tar_bytes"]), "tar_sha1": entry.get("tar_sha1")}
+        for entry in manifest.get("shards", [])
+    }
+
+
+def plan_shards(cfg: LabelJobConfig, storage: Storage) -> LabelPlan:
+    """Every shard and those to label now.
+
+    Raises:
+        ConfigError: see :func:`shard_tasks`; or markers of a different config in the output without ``overwrite``.
+    """
+    tasks = shard_tasks(cfg, storage)
+    if cfg.overwrite:
+        return LabelPlan(tasks, tasks)
+    markers = read_markers(storage, cfg.output)
+    current = config_hash(cfg)
+    foreign = sorted(name for name, m in markers.items() if m.get("config_hash") != current)
+    if foreign:
+        raise ConfigError(
+            f"output={cfg.output!r} holds labels made with another config (e.g. {foreign[0]}); "
+            "use another output, or overwrite=true to relabel"
+        )
+    pending = [t for t in tasks if markers.get(t.name, {}).get("shard_identity") != t.identity]
+    changed = sum(1 for t in pending if t.name in markers)
+    if changed:
+        logger.info("%d labeled shards changed since (their identity differs from the marker): relabeling", changed)
+    return LabelPlan(tasks, pending)

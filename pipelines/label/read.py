@@ -1,0 +1,318 @@
+"""Reading one shard for labeling: stream its tar, check each sample against the index, decode, find persons.
+
+:meth:`ShardReader.read` yields, in shard order, a :class:`PersonTask` per person ready for the model and an
+error row (a ``dict`` of :data:`schemas.ERROR_SCHEMA`) per element that cannot be labeled, and fills a
+:class:`ShardReport` with the counts that make the shard reconcile.
+
+What is content and what is a fault decides what becomes a row:
+
+* Content problems become error rows: a member whose key the index does not list (``not_in_index``), a key seen
+  twice (``duplicate``: the first one is labeled, never both), image bytes whose sha1 differs from the index
+  (``checksum_mismatch``), a tar that ends early or is damaged (``truncated_shard``, plus one row per sample
+  the index lists but the tar did not yield), undecodable images, malformed annotations.
+* Storage faults are not content: :class:`~pipelines.storage.StorageError` propagates out of the reader, so the
+  work item fails and the runner retries it; no row and no marker is written for that shard.
+"""
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from pipelines.common.shard_set import index_uri_of
+from pipelines.config import DetectorName
+from pipelines.error_rows import error_row
+from pipelines.image_decode import ImageDecodeError, decode_rgb
+from pipelines.label.detection.records import ImageDetections
+from pipelines.label.detection.shard_detector import ShardDetector, needs_detection
+from pipelines.label.inputs import (
+    AnnotatedPerson,
+    PersonTask,
+    ShardReadError,
+    ShardSampleData,
+    iter_shard_samples,
+    person_from_json,
+    prepare_tasks,
+    sample_metadata,
+)
+from pipelines.parquet_io import read_parquet_bytes
+from pipelines.storage import Storage, StorageError
+from schemas import ErrorReason, ErrorStage, KeypointSource
+
+
+logger = logging.getLogger(__name__)
+
+_READ_CHUNK = 1 << 20
+# With detection, images wait for their detection batch to fill; at most this many detection batches' worth of
+# decoded images (annotated ones included) are held before a partial batch is detected anyway.
+_MAX_PENDING_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to label: the unit of work, of commit and of resume.
+
+    Attributes:
+        uri: The shard tar.
+        name: ``shard-NNNNNN``.
+        identity: What the shard is: ``{"tar_bytes": int, "tar_sha1": str | None}`` from the shard set's manifest
+            (``tar_sha1`` None when labeled without one). The marker records it, so a changed shard is relabeled.
+    """
+
+    uri: str
+    name: str
+    identity: dict[str, Any]
+
+
+@dataclass
+class ShardReport:
+    """The per-shard counts the reader keeps (``images_in = images_ok + images_errored``) and what it read."""
+
+    counts: Counter[str] = field(
+        default_factory=lambda: Counter({"images_in": 0, "images_ok": 0, "images_errored": 0, "persons_in": 0})
+    )
+    tar_bytes: int = 0
+    tar_sha1: str = ""
+    detector_models: dict[str, str] = field(default_factory=dict)
+
+
+class _HashingStream:
+    """A read-only stream that hashes and counts every byte read through it (the tar's identity, in one pass)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.sha1 = hashlib.sha1()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.sha1.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Reads what tarfile left (end-of-archive blocks), so the digest covers the whole object."""
+        while self.read(_READ_CHUNK):
+            pass
+
+
+@dataclass
+class _Pending:
+    """A sample waiting for its detection batch: its persons are unknown until the batch is detected."""
+
+    sample: ShardSampleData
+    meta: dict[str, Any]
+    image: Any
+    detect: bool
+
+
+class ShardReader:
+    """Streams shards and turns their samples into person tasks and error rows.
+
+    Args:
+        storage: Where shards are read from.
+        max_image_pixels: Larger images are ``decompression_bomb`` errors.
+        detector: Where persons come from; with ``vitpose``/``auto``, ``shard_detector`` finds them.
+        shard_detector: Runs detection on batches of images (None with ``detector=annotations``).
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        max_image_pixels: int,
+        detector: DetectorName = DetectorName.annotations,
+        shard_detector: ShardDetector | None = None,
+    ) -> None:
+        if detector != DetectorName.annotations and shard_detector is None:
+            raise ValueError(f"detector={detector.value} needs a ShardDetector")
+        self._storage = storage
+        self._max_pixels = max_image_pixels
+        self._detector = detector
+        self._shard_detector = shard_detector
+
+    def read(self, task: ShardTask, report: ShardReport) -> Iterator[PersonTask | dict[str, Any]]:
+        """Every person task and error row of the shard, in shard order.
+
+        Raises:
+            StorageError: the shard or its index could not be read (after retries): not a content problem.
+        """
+        index = self._index(task.uri)
+        seen: set[str] = set()
+        pending: list[_Pending] = []
+        with self._storage.open_read(task.uri) as raw:
+            stream = _HashingStream(raw)
+            try:
+                for sample in iter_shard_samples(stream):  # type: ignore[arg-type]
+                    yield from self._sample(task, sample, index, seen, pending, report)
+                stream.drain()
+            except ShardReadError as exc:
+                yield from self._flush(task, pending, report)
+                yield self._error(task, ErrorStage.LABEL_READ, ErrorReason.TRUNCATED_SHARD, str(exc))
+            report.tar_bytes, report.tar_sha1 = stream.size, stream.sha1.hexdigest()
+        yield from self._flush(task, pending, report)
+        yield from self._missing_samples(task, index, seen, report)
+        yield from self._check_identity(task, report)
+
+    def _index(self, shard_uri: str) -> dict[str, dict[str, Any]] | None:
+        """The shard's index rows by key, or None when the shard has no index (labeled with weaker checks)."""
+        try:
+            data = self._storage.read_bytes(index_uri_of(shard_uri))
+        except FileNotFoundError:
+            logger.warning("%s has no index: members are not checked against it", shard_uri)
+            return None
+        columns = ["key", "sha1", "n_persons", "source_uri"]
+        return {row["key"]: row for row in read_parquet_bytes(data).select(columns).to_pylist()}
+
+    def _sample(
+        self,
+        task: ShardTask,
+        sample: ShardSampleData,
+        index: dict[str, dict[str, Any]] | None,
+        seen: set[str],
+        pending: list[_Pending],
+        report: ShardReport,
+    ) -> Iterator[PersonTask | dict[str, Any]]:
+        """Checks a sample against the index, decodes it, and emits it or queues it for detection."""
+        counts = report.counts
+        counts["images_in"] += 1
+        problem = self._member_problem(sample, index, seen)
+        seen.add(sample.key)
+        if problem is not None:
+            counts["images_errored"] += 1
+            reason, message = problem
+            yield self._error(task, ErrorStage.LABEL_READ, reason, message, key=sample.key)
+            return
+        try:
+            meta = sample_metadata(sample)
+        except ValueError as exc:
+            counts["images_errored"] += 1
+            yield self._error(task, ErrorStage.LABEL_DECODE, ErrorReason.INVALID_ANNOTATION, str(exc), key=sample.key)
+            return
+        detect = self._shard_detector is not None and needs_detection(self._detector, meta)
+        try:
+            image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=self._max_pixels)
+        except ImageDecodeError as exc:
+            counts["images_errored"] += 1
+            persons = [] if detect else list(meta.get("persons") or [])
+            counts["persons_in"] += len(persons)
+            where = {"key": sample.key, "source_uri": meta.get("source_uri")}
+            for idx in range(len(persons)) or [None]:
+                yield self._error(task, ErrorStage.LABEL_DECODE, exc.reason, str(exc), person_idx=idx, **where)
+            return
+        pending.append(_Pending(sample, meta, image, detect))
+        detector = self._shard_detector
+        waiting = sum(p.detect for p in pending)
+        if (
+            detector is None
+            or waiting == 0
+            or waiting >= detector.batch_size
+            or len(pending) >= _MAX_PENDING_BATCHES * detector.batch_size
+        ):
+            yield from self._flush(task, pending, report)
+
+    def _member_problem(
+        self, sample: ShardSampleData, index: dict[str, dict[str, Any]] | None, seen: set[str]
+    ) -> tuple[ErrorReason, str] | None:
+        """Why a member must not be labeled: a repeated key, a key the index lacks, bytes that changed."""
+        if sample.key in seen:
+            return ErrorReason.DUPLICATE, "the key appears again in the shard tar; only its first sample is labeled"
+        if index is None:
+            return None
+        row = index.get(sample.key)
+        if row is None:
+            return ErrorReason.NOT_IN_INDEX, "the shard index does not list this member (tar changed after sharding)"
+        digest = hashlib.sha1(sample.image_bytes() or b"").hexdigest()
+        if row["sha1"] and digest != row["sha1"]:
+            return ErrorReason.CHECKSUM_MISMATCH, f"image sha1 {digest} differs from the index's {row['sha1']}"
+        return None
+
+    def _flush(
+        self, task: ShardTask, pending: list[_Pending], report: ShardReport
+    ) -> Iterator[PersonTask | dict[str, Any]]:
+        """Detects the waiting images (one batch), then emits every pending sample's persons in shard order."""
+        if not pending:
+            return
+        detections: dict[str, ImageDetections] = {}
+        waiting = [p for p in pending if p.detect]
+        if waiting and self._shard_detector is not None:
+            batch_id = f"{task.name}/{waiting[0].sample.key}"
+            found = self._shard_detector.detect(batch_id, [p.sample.key for p in waiting], [p.image for p in waiting])
+            detections = found.images
+            report.detector_models.update(found.models)
+        for item in pending:
+            detected = detections.get(item.sample.key) if item.detect else None
+            yield from self._persons(task, item, detected, report)
+        pending.clear()
+
+    def _persons(
+        self, task: ShardTask, item: _Pending, detected: ImageDetections | None, report: ShardReport
+    ) -> Iterator[PersonTask | dict[str, Any]]:
+        counts = report.counts
+        sample, meta = item.sample, item.meta
+        where = {"key": sample.key, "source_uri": meta.get("source_uri")}
+        if item.detect and (detected is None or detected.error is not None):
+            counts["images_errored"] += 1  # detection failed: no persons are known for the image
+            message = detected.error if detected is not None else "no detection result for the image"
+            yield self._error(task, ErrorStage.LABEL_INFERENCE, ErrorReason.INFERENCE_FAILED, message, **where)
+            return
+        counts["images_ok"] += 1
+        persons: list[tuple[int, AnnotatedPerson]] = []
+        if detected is not None:
+            persons = list(enumerate(detected.persons))
+            counts["persons_in"] += len(persons)
+        else:
+            raw_persons = list(meta.get("persons") or [])
+            counts["persons_in"] += len(raw_persons)
+            for idx, raw in enumerate(raw_persons):
+                try:
+                    persons.append((idx, person_from_json(raw)))
+                except (ValueError, TypeError) as exc:
+                    reason = ErrorReason.INVALID_ANNOTATION
+                    yield self._error(task, ErrorStage.LABEL_PREPROCESS, reason, str(exc), person_idx=idx, **where)
+        source = (KeypointSource.VITPOSE if detected is not None else KeypointSource.ANNOTATIONS).value
+        for idx, prepared in prepare_tasks(
+            item.image, persons, shard=task.name, image_key=sample.key, source_uri=str(meta.get("source_uri", "")),
+            source=source,
+        ):  # fmt: skip
+            if isinstance(prepared, PersonTask):
+                yield prepared
+            else:
+                reason = getattr(prepared, "reason", ErrorReason.INVALID_ANNOTATION.value)
+                yield self._error(task, ErrorStage.LABEL_PREPROCESS, reason, str(prepared), person_idx=idx, **where)
+
+    def _missing_samples(
+        self, task: ShardTask, index: dict[str, dict[str, Any]] | None, seen: set[str], report: ShardReport
+    ) -> Iterator[dict[str, Any]]:
+        """Samples the index lists but the tar did not yield (a truncated shard): their persons become errors."""
+        counts = report.counts
+        for key in sorted(set(index or {}) - seen):
+            row = (index or {})[key]
+            counts["images_in"] += 1
+            counts["images_errored"] += 1
+            counts["persons_in"] += row["n_persons"]
+            message = f"sample listed in the shard index but missing from {task.uri} (truncated shard?)"
+            where = {"key": key, "source_uri": row["source_uri"]}
+            for idx in range(row["n_persons"]) or [None]:
+                yield self._error(
+                    task, ErrorStage.LABEL_READ, ErrorReason.TRUNCATED_SHARD, message, person_idx=idx, **where
+                )
+
+    def _check_identity(self, task: ShardTask, report: ShardReport) -> Iterator[dict[str, Any]]:
+        """One shard-level row when the tar read differs from the manifest's record of it."""
+        expected = task.identity.get("tar_sha1")
+        if expected and expected != report.tar_sha1:
+            message = (
+                f"shard tar sha1 {report.tar_sha1} ({report.tar_bytes} bytes) differs from the manifest's "
+                f"{expected} ({task.identity.get('tar_bytes')} bytes): it changed after sharding"
+            )
+            yield self._error(task, ErrorStage.LABEL_READ, ErrorReason.CHECKSUM_MISMATCH, message)
+
+    @staticmethod
+    def _error(task: ShardTask, stage: ErrorStage, reason: Any, message: str, **where: Any) -> dict[str, Any]:
+        where.setdefault("source_uri", task.uri)
+        return error_row(stage, reason, message, shard=task.name, **where)
+
+
+__all__ = ["ShardReader", "ShardReport", "ShardTask", "StorageError"]

@@ -1,0 +1,61 @@
+"""The run's ``_summary.json``, written by the pipeline's own last step (not by the launcher).
+
+The launching machine may not survive a long Dataflow or Spark job; the summary therefore comes from a step after
+every shard: it gathers the names of the shards this run labeled (small records, the only thing that step waits
+for), reads every marker of the output in parallel and writes the summary. Shards themselves never wait for it.
+"""
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from dpmesh_core.confidence import FilterThresholds
+from pipelines.config.storage import StorageConfig
+from pipelines.label.progress import build_summary, read_markers
+from pipelines.storage import Storage, join
+
+
+SUMMARY_NAME = "_summary.json"
+
+
+class WriteSummaryFn(beam.DoFn):
+    """Input: the list of ``{"shard", "persons_in"}`` records of the shards this run labeled (once, possibly empty).
+
+    Args:
+        shards_total: Names of every shard of the input (labeled earlier or now).
+        run_info: Lineage and config recorded in the summary.
+        started_at: Wall-clock time (s since the epoch) the driver launched the run, for the throughput.
+    """
+
+    def __init__(
+        self,
+        storage_cfg: StorageConfig,
+        output: str,
+        shards_total: list[str],
+        run_info: dict[str, Any],
+        thresholds: FilterThresholds,
+        started_at: float,
+    ) -> None:
+        self._storage_cfg = storage_cfg
+        self._output = output
+        self._shards_total = shards_total
+        self._run_info = run_info
+        self._thresholds = thresholds
+        self._started_at = started_at
+
+    def process(self, labeled: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        storage = Storage(self._storage_cfg)
+        summary = build_summary(
+            markers=read_markers(storage, self._output),
+            shards_total=self._shards_total,
+            processed=sorted(record["shard"] for record in labeled),
+            elapsed_s=max(time.time() - self._started_at, 0.0),
+            run_info=self._run_info,
+            thresholds=self._thresholds,
+        )
+        document = json.dumps(summary, indent=1, sort_keys=True).encode()
+        storage.write_bytes(join(self._output, SUMMARY_NAME), document)
+        yield summary

@@ -1,0 +1,111 @@
+"""Committing one labeled shard: its three Parquet files, then its ``_done/`` marker, written last.
+
+Each file is published atomically (see :class:`~pipelines.storage.Storage`), and the marker only after all three:
+a shard with a marker is complete, a shard without one is relabeled by the next run.
+"""
+
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from pipelines.error_rows import error_sort_key
+from pipelines.label.annotation_rows import annotation_sort_key
+from pipelines.label.read import ShardReport, ShardTask
+from pipelines.parquet_io import parquet_bytes
+from pipelines.storage import Storage, join
+from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_metadata
+
+
+logger = logging.getLogger(__name__)
+
+DONE_FOLDER = "_done"
+
+
+def marker_uri(output: str, shard: str) -> str:
+    """``<output>/_done/<shard>.json``."""
+    return join(output, DONE_FOLDER, f"{shard}.json")
+
+
+class ShardWriter:
+    """Writes labeled shards under ``output`` with the run's lineage in every file's metadata."""
+
+    def __init__(self, storage: Storage, output: str, run_info: dict[str, str]) -> None:
+        self._storage = storage
+        self._output = output
+        self._run_info = run_info
+        meta = {"pipeline_version": run_info["pipeline_version"], "config_hash": run_info["config_hash"]}
+        self._annotation_schema = with_file_metadata(ANNOTATION_SCHEMA, **meta)
+        self._error_schema = with_file_metadata(ERROR_SCHEMA, **meta)
+
+    def write(
+        self,
+        task: ShardTask,
+        report: ShardReport,
+        accepted: list[dict[str, Any]],
+        rejected: list[dict[str, Any]],
+        errors: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Sorts and writes the shard's rows, then its marker; returns the marker."""
+        accepted = sorted(accepted, key=annotation_sort_key)
+        rejected = sorted(rejected, key=annotation_sort_key)
+        errors = sorted(errors, key=error_sort_key)
+        marker = shard_marker(task, report, accepted, rejected, errors, self._run_info)
+        annotation_schema = self._annotation_schema
+        if report.detector_models:  # detector=vitpose|auto: the weights that found the persons
+            models = json.dumps(report.detector_models, sort_keys=True).encode()
+            annotation_schema = annotation_schema.with_metadata(
+                {**annotation_schema.metadata, b"detector_models": models}
+            )
+        tables: list[tuple[str, list[dict[str, Any]], pa.Schema]] = [
+            ("annotations", accepted, annotation_schema),
+            ("rejected", rejected, annotation_schema),
+            ("errors", errors, self._error_schema),
+        ]
+        for folder, rows, schema in tables:
+            data = parquet_bytes(table_from_rows(rows, schema))
+            self._storage.write_bytes(join(self._output, folder, f"{task.name}.parquet"), data)
+        self._storage.write_bytes(marker_uri(self._output, task.name), json.dumps(marker, indent=1).encode())
+        if not marker["reconciled"]:
+            logger.error("shard %s does not reconcile: %s", task.name, marker["counts"])
+        return marker
+
+
+def shard_marker(
+    task: ShardTask,
+    report: ShardReport,
+    accepted: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    run_info: dict[str, str],
+) -> dict[str, Any]:
+    """The ``_done/<shard>.json`` document: what the shard was, and per-shard counts that reconcile.
+
+    ``shard_identity`` is the manifest's record of the tar the run planned to label (what the next run compares
+    to decide whether the shard changed); ``tar_read`` is what was actually read.
+    """
+    person_errors = [e for e in errors if e["person_idx"] is not None]
+    counts = {
+        **{k: report.counts[k] for k in ("images_in", "images_ok", "images_errored", "persons_in")},
+        "persons_accepted": len(accepted),
+        "persons_rejected": len(rejected),
+        "persons_errored": len(person_errors),
+    }
+    persons_ok = counts["persons_in"] == len(accepted) + len(rejected) + len(person_errors)
+    images_ok = counts["images_in"] == counts["images_ok"] + counts["images_errored"]
+    return {
+        "shard": task.name,
+        "shard_uri": task.uri,
+        "shard_identity": task.identity,
+        "tar_read": {"tar_bytes": report.tar_bytes, "tar_sha1": report.tar_sha1},
+        **({"detector_models": dict(sorted(report.detector_models.items()))} if report.detector_models else {}),
+        **run_info,
+        "counts": counts,
+        "reconciled": persons_ok and images_ok,
+        "rejected_by_reason": dict(sorted(Counter(r for row in rejected for r in row["reasons"]).items())),
+        "errors_by_stage": dict(sorted(Counter(e["stage"] for e in errors).items())),
+        "errors_by_reason": dict(sorted(Counter(e["reason"] for e in errors).items())),
+        "tiers": dict(sorted(Counter(row["quality_tier"] for row in accepted + rejected).items())),
+    }
