@@ -56,7 +56,9 @@ def batch_inputs(persons: Sequence[PersonInputs], device: torch.device, dtype: t
     """Stack `PersonInputs` into the model's `(images, joints, joints_mask, focal)` tensors."""
 
     def stack(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([getattr(p, name) for p in persons])).to(device=device, dtype=dtype)
+        # Always C-contiguous: the layout (not only the values) decides which kernels run, hence the rounding.
+        stacked = np.ascontiguousarray(np.stack([getattr(p, name) for p in persons]))
+        return torch.from_numpy(stacked).to(device=device, dtype=dtype)
 
     focal = torch.tensor([p.focal for p in persons], device=device, dtype=dtype)
     return {"images": stack("image"), "joints": stack("joints"), "joints_mask": stack("joints_mask"), "focal": focal}

@@ -164,7 +164,9 @@ def prepare_person(image: np.ndarray, joints30: np.ndarray) -> PersonInputs:
     joints[:, :2] = joints[:, :2] / CROP_SIZE * HEATMAP_SIZE
     inside = (joints[:, 0] >= 0) & (joints[:, 0] < HEATMAP_SIZE) & (joints[:, 1] >= 0) & (joints[:, 1] < HEATMAP_SIZE)
     return PersonInputs(
-        image=(crop / 255.0).transpose(2, 0, 1).astype(np.float32),
+        # C-contiguous CHW: a strided view would keep its HWC layout through np.stack and pickling would not,
+        # and the convolutions pick different kernels (different rounding) for the two layouts.
+        image=np.ascontiguousarray((crop / 255.0).transpose(2, 0, 1), dtype=np.float32),
         joints=joints,
         joints_mask=(valid & inside).astype(np.float32)[:, None],
         focal=float(np.sqrt(float(height) ** 2 + float(width) ** 2)),

@@ -1,5 +1,8 @@
-"""Shared fixtures: an offline environment for every test, and a real S3 server (SeaweedFS) for ``s3`` tests."""
+"""Shared fixtures: an offline environment for every test, a real S3 server (SeaweedFS) for ``s3`` tests and a GCS
+emulator (gcp-storage-emulator) for ``gcs`` tests, and a fault-injecting proxy in front of the S3 server
+(``fault_proxy``, ``fault_storage_config``)."""
 
+import dataclasses
 import logging
 import os
 import uuid
@@ -7,7 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.config.storage import AddressingStyle, StorageConfig
+from pipelines.config.storage import AddressingStyle, RetryMode, StorageConfig
+from tests.fault_proxy import FaultProxy
+from tests.gcs_server import GcsEmulator, GcsServerInfo, delete_bucket, gcs_client
 from tests.s3_server import S3ServerInfo, SeaweedS3Server, s3_client
 
 
@@ -76,4 +81,66 @@ def s3_storage_config(s3_server: S3ServerInfo) -> StorageConfig:
     """Storage config that points ``s3://`` at the test server (credentials come from ``s3_env``)."""
     return StorageConfig(
         s3_endpoint_url=s3_server.endpoint_url, s3_region=s3_server.region, s3_addressing_style=AddressingStyle.path
+    )
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServerInfo]:
+    """A GCS emulator (gcp-storage-emulator, data in memory) for the whole session; one that cannot start is a
+    test error, not a skip. ``finally`` stops it at session end, and also one that failed to start."""
+    server = GcsEmulator(tmp_path_factory.mktemp("gcs-emulator"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: GcsServerInfo) -> Iterator[str]:
+    """A fresh, uniquely named bucket on the emulator as ``gs://<bucket>``; emptied and deleted afterwards."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    gcs_client(gcs_server).create_bucket(name)
+    yield f"gs://{name}"
+    try:
+        delete_bucket(gcs_server, name)
+    except Exception as exc:  # cleanup only; the emulator keeps its data in memory and stops with the session
+        logger.warning("could not delete test bucket %s: %s", name, exc)
+
+
+@pytest.fixture
+def gcs_storage_config(monkeypatch: pytest.MonkeyPatch, gcs_server: GcsServerInfo) -> StorageConfig:
+    """Storage config that points ``gs://`` at the emulator through the config alone: no STORAGE_EMULATOR_HOST,
+    and no developer credentials, which the backend must not need (or send) with an endpoint override."""
+    for name in ("STORAGE_EMULATOR_HOST", "API_ENDPOINT_OVERRIDE", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    return StorageConfig(gcs_endpoint_url=gcs_server.endpoint_url)  # no project: object operations need none
+
+
+@pytest.fixture
+def fault_proxy(s3_server: S3ServerInfo) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's S3 server (see tests/fault_proxy.py), stopped afterwards.
+
+    It injects nothing until the test sets a plan: ``fault_proxy.set_plan(FaultPlan(rate=0.2, stall_s=2.0))``;
+    ``fault_proxy.injected`` counts the faults done per kind, ``fault_proxy.requests`` the requests seen.
+    """
+    with FaultProxy(s3_server.endpoint_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def fault_storage_config(fault_proxy: FaultProxy, s3_storage_config: StorageConfig) -> StorageConfig:
+    """``s3_storage_config`` pointed at ``fault_proxy``, with 1 s timeouts and fast retries so faults cost little.
+
+    ``max_attempts=6`` makes a run of 6 failed attempts in a row (1e-6 at 10% faults) the only way to fail;
+    ``standard`` retries keep botocore from slowing the client down after injected throttling.
+    """
+    return dataclasses.replace(
+        s3_storage_config,
+        s3_endpoint_url=fault_proxy.endpoint_url,
+        connect_timeout_s=1.0,
+        read_timeout_s=1.0,
+        retry_mode=RetryMode.standard,
+        max_attempts=6,
+        backoff_base_s=0.01,
+        backoff_max_s=0.1,
     )

@@ -201,6 +201,8 @@ class DetectorConfig:
         max_persons: At most this many persons per image, highest scores first.
         cache_dir: Where weights from object storage are copied before loading.
         share_across_processes: ``auto`` (share on ``cuda``), ``true`` or ``false``; see :class:`ShareMode`.
+        threads: torch intra-op CPU threads of both models' calls (pinned for reproducible bits, as
+            ``model.threads``).
     """
 
     name: DetectorName = DetectorName.annotations
@@ -216,12 +218,13 @@ class DetectorConfig:
     max_persons: int = 50
     cache_dir: str = "~/.cache/dpmesh-pseudolabel"
     share_across_processes: str = ShareMode.auto.value
+    threads: int = 1
 
     def __post_init__(self) -> None:
         self.share_across_processes = ShareMode.parse(
             self.share_across_processes, "detector.share_across_processes"
         ).value
-        for name in ("batch_size", "pose_batch_size", "max_persons"):
+        for name in ("batch_size", "pose_batch_size", "max_persons", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.min_score <= 1.0:

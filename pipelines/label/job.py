@@ -33,6 +33,7 @@ from pipelines.config import (
     config_to_dict,
 )
 from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+from pipelines.label.detection.models import check_detector_device
 from pipelines.label.label_shard import LabelSettings, LabelShardFn
 from pipelines.label.model_handler import DPMeshModelHandler, check_device
 from pipelines.label.plan import LabelPlan, plan_shards
@@ -149,6 +150,8 @@ def run(
         )
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         check_device(cfg.model)  # a local run must see its GPU; remote drivers usually have none
+        if cfg.detector.detects:
+            check_detector_device(cfg.detector)
     filter_thresholds(cfg.filter)  # bad overrides fail here, before anything runs
     storage = Storage(cfg.storage)
     plan = plan_shards(cfg, storage)

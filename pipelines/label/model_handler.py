@@ -91,8 +91,9 @@ class DPMeshPredictor:
     methods is pickled (numpy arrays and dataclasses of them), and nothing is read as an attribute.
     """
 
-    def __init__(self, model: DPMesh) -> None:
+    def __init__(self, model: DPMesh, threads: int) -> None:
         self._model = model
+        self._threads = threads
 
     def model_id(self) -> str:
         """The checkpoint's content hash (``model_id`` column)."""
@@ -109,6 +110,9 @@ class DPMeshPredictor:
         so the scorer still rejects it (``non_finite_output``).
         """
         model = self._model
+        # Per call, in the calling thread: a shared model runs in its host's server threads, and OpenMP's thread
+        # count is per thread, so a count set once elsewhere would not reach them (and the bits would differ).
+        torch.set_num_threads(self._threads)
         with torch.inference_mode():
             predictions = to_full_image(model(**batch_inputs(persons, model.device, model.input_dtype)), persons)
             flips: list[float | None] = [None] * len(persons)
@@ -148,7 +152,7 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPr
         torch.set_num_threads(self._cfg.threads)  # the process that runs the model (see ModelConfig.threads)
         model = load_model(self._cfg, self._storage_cfg)
         logger.info("loaded model %s on %s (%s)", model.model_id, self._cfg.device.value, self._cfg.dtype.value)
-        return DPMeshPredictor(model)
+        return DPMeshPredictor(model, self._cfg.threads)
 
     def run_inference(
         self, batch: Sequence[PersonBatch], model: DPMeshPredictor, inference_args: dict[str, Any] | None = None

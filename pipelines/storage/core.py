@@ -18,9 +18,11 @@ class Storage:
 
     Writes are atomic: a reader sees the old object, the new one, or nothing, never a partial one (local: temp
     file + ``os.replace``; object stores: a single PUT or a completed multipart upload). Missing objects raise
-    ``FileNotFoundError`` (``ObjectNotFoundError``); other failures raise ``StorageError``; transient errors are
-    retried (see ``pipelines.storage.retry``). Clients are created on first use, shared by threads, and dropped
-    when pickled, so a ``Storage`` can be shipped to Beam workers.
+    ``FileNotFoundError`` (``ObjectNotFoundError``); other failures raise ``StorageError``. Transient errors are
+    retried (see ``pipelines.storage.retry``) and streamed reads resume where they broke; a transient fault that
+    outlasts ``cfg.max_attempts`` raises ``TransientStorageError`` (``StorageError.transient`` is True), which jobs
+    must let fail the work item rather than record as bad input. Clients are created on first use, shared by
+    threads, and dropped when pickled, so a ``Storage`` can be shipped to Beam workers.
 
     Args:
         cfg: Endpoints, region, addressing style and retry bounds. Holds no credentials.
@@ -71,7 +73,10 @@ class Storage:
         return data
 
     def open_read(self, uri: str) -> BinaryIO:
-        """Opens the object for streaming reads (a buffered binary file; usable by ``tarfile`` mode ``r|``)."""
+        """Opens the object for streaming reads (a buffered binary file; usable by ``tarfile`` mode ``r|``).
+
+        On object stores the reader resumes with a ranged request after a transient fault mid-stream.
+        """
         backend, args = self._dispatch(uri)
         stream: BinaryIO = backend.open_read(*args)
         return stream

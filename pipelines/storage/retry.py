@@ -14,8 +14,13 @@ Policy (style anchor G13, tier 3):
   such as a connection reset while a GET body is streamed, nor errors that s3transfer re-wraps. Our loop retries
   the whole operation (request + body read, or a full managed upload). Operations are idempotent (GET, HEAD, PUT of
   the full object, DELETE), so repeating them is safe.
-* After ``max_attempts`` the last error is raised and Beam's bundle retry takes over, which is safe because outputs
-  are deterministic and published atomically.
+* Streamed reads are not repeated from the start: ``pipelines.storage.resumable`` reopens a broken stream with a
+  ranged GET at the byte where it broke, and a reader that keeps making progress never runs out of attempts.
+* When the attempts run out on a transient error, ``TransientStorageError`` (``StorageError.transient`` is True) is
+  raised, chained to the last error. It means "the store is failing", never "this object is bad": jobs let it
+  propagate so Beam retries the work item (safe: outputs are deterministic and published atomically), and they
+  do not write it down as an error row. A non-transient error is raised on its first occurrence, unchanged, for
+  the backend to map to ``ObjectNotFoundError`` or ``StorageError``.
 """
 
 import logging
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pipelines.config.storage import StorageConfig
+from pipelines.storage.base import transient_failed
 
 
 logger = logging.getLogger(__name__)
@@ -54,15 +60,18 @@ def call_with_retry(
         What ``fn`` returns.
 
     Raises:
-        Exception: The error of the last attempt, or the first non-transient error, unchanged.
+        TransientStorageError: ``max_attempts`` attempts all failed with transient errors (chained to the last).
+        Exception: The first non-transient error, unchanged.
     """
     attempt = 0
     while True:
         try:
             return fn()
         except Exception as exc:
-            if attempt + 1 >= cfg.max_attempts or not is_transient(exc):
+            if not is_transient(exc):
                 raise
+            if attempt + 1 >= cfg.max_attempts:
+                raise transient_failed(op, uri, cfg.max_attempts, exc) from exc
             delay = backoff_delay(cfg, attempt)
             logger.warning(
                 "storage %s %s: transient %s (attempt %d/%d), retrying in %.2f s: %s",

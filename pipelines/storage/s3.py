@@ -1,12 +1,16 @@
 """S3 backend (boto3), also for S3-compatible servers through ``StorageConfig.s3_endpoint_url``.
 
 Credentials come only from boto3's default chain (environment, shared profiles, instance or task role).
+
+Faults are handled in two layers (see ``pipelines.storage.retry``): botocore retries each request, our loop the whole
+operation; streamed reads (``open_read``, ``read_bytes``) resume with ranged GETs at the byte where a body broke
+(``pipelines.storage.resumable``), and check with the ETag that every range comes from the same object. When the
+retries on a transient fault run out, ``TransientStorageError`` is raised for every operation.
 """
 
 import contextlib
-import io
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar
 
 import boto3
 from boto3.exceptions import Boto3Error
@@ -23,7 +27,14 @@ from botocore.exceptions import (
 )
 
 from pipelines.config.storage import StorageConfig
-from pipelines.storage.base import LazyClientBackend, ObjectNotFoundError, failed, not_found
+from pipelines.storage.base import (
+    LazyClientBackend,
+    ObjectNotFoundError,
+    StorageError,
+    failed,
+    not_found,
+)
+from pipelines.storage.resumable import open_resumable
 from pipelines.storage.retry import call_with_retry
 
 
@@ -65,11 +76,12 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
 def make_s3_client(cfg: StorageConfig) -> Any:
     """Creates a thread-safe boto3 S3 client from ``cfg``; credentials from boto3's default chain only."""
     config = Config(
-        retries={"max_attempts": cfg.max_attempts, "mode": cfg.retry_mode.value},
+        # total_max_attempts counts the first try, as StorageConfig.max_attempts does (botocore's max_attempts not)
+        retries={"total_max_attempts": cfg.max_attempts, "mode": cfg.retry_mode.value},
         max_pool_connections=MAX_POOL_CONNECTIONS,
         s3={"addressing_style": cfg.s3_addressing_style.value},
-        connect_timeout=10,
-        read_timeout=60,
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
         tcp_keepalive=True,
     )
     session = boto3.session.Session()  # sessions are not thread-safe, clients are: one session per client
@@ -105,24 +117,31 @@ def _is_missing(exc: BaseException) -> bool:
     return error.response.get("Error", {}).get("Code") in _MISSING_CODES or status == 404
 
 
-class _BodyReader(io.RawIOBase):
-    """A botocore StreamingBody as a raw binary file, so it can be buffered and read by tarfile ``r|``."""
+def _map_error(op: str, uri: str, exc: Exception) -> Exception:
+    """The exception to raise for a non-transient SDK error: ``ObjectNotFoundError`` or ``StorageError``."""
+    if _is_missing(exc):
+        return not_found(uri)
+    return failed(op, uri, exc)
 
-    def __init__(self, body: Any) -> None:
+
+class _RangeStream:
+    """One GetObject body for the resumable reader: non-transient errors mapped, transient ones left raw."""
+
+    def __init__(self, body: Any, uri: str) -> None:
         self._body = body
+        self._uri = uri
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._body.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
+    def read(self, n: int) -> bytes:
+        try:
+            data: bytes = self._body.read(n)
+        except (BotoCoreError, ClientError) as exc:
+            if is_transient(exc):
+                raise  # resumed by the reader
+            raise failed("read", self._uri, exc) from exc
+        return data
 
     def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
+        self._body.close()
 
 
 class S3Backend(LazyClientBackend):
@@ -136,17 +155,42 @@ class S3Backend(LazyClientBackend):
         try:
             return call_with_retry(fn, cfg=self._cfg, is_transient=is_transient, op=op, uri=uri)
         except (ClientError, BotoCoreError, Boto3Error) as exc:
-            if _is_missing(exc):
-                raise not_found(uri) from exc
-            raise failed(op, uri, exc) from exc
+            raise _map_error(op, uri, exc) from exc
 
     def read_bytes(self, bucket: str, key: str, uri: str) -> bytes:
-        data: bytes = self._call("read", uri, lambda: self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
-        return data
+        """The whole object; a body that breaks is resumed where it broke, not fetched again from byte 0."""
+        with self.open_read(bucket, key, uri, op="read") as stream:
+            return stream.read()
 
-    def open_read(self, bucket: str, key: str, uri: str) -> BinaryIO:
-        response = self._call("open", uri, lambda: self.client.get_object(Bucket=bucket, Key=key))
-        return cast(BinaryIO, io.BufferedReader(_BodyReader(response["Body"]), buffer_size=MIB))
+    def open_read(self, bucket: str, key: str, uri: str, op: str = "open") -> BinaryIO:
+        """A buffered reader over the object that survives transient faults (see ``pipelines.storage.resumable``).
+
+        The first GetObject runs here (a missing object raises at once); its size and ETag pin the object, and
+        every resumed range must carry the same ETag, else ``StorageError`` (the object changed mid-read).
+        """
+        first = self._call(op, uri, lambda: self.client.get_object(Bucket=bucket, Key=key))
+        etag = first.get("ETag")
+        unread = [first["Body"]]
+
+        def open_at(offset: int) -> _RangeStream:
+            if offset == 0 and unread:  # the reader's first call: the body of the GET above
+                return _RangeStream(unread.pop(), uri)
+            try:
+                response = self.client.get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-")
+            except (ClientError, BotoCoreError) as exc:
+                if is_transient(exc):
+                    raise  # the reader backs off and calls again
+                raise _map_error("read", uri, exc) from exc
+            stream = _RangeStream(response["Body"], uri)
+            problem = _resume_problem(response, offset, etag)
+            if problem:
+                stream.close()
+                raise StorageError(f"storage read failed for {uri}: {problem}")
+            return stream
+
+        return open_resumable(
+            open_at, size=int(first["ContentLength"]), uri=uri, cfg=self._cfg, is_transient=is_transient
+        )
 
     def write_bytes(self, bucket: str, key: str, uri: str, data: bytes) -> None:
         self._call("write", uri, lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data))
@@ -181,3 +225,13 @@ class S3Backend(LazyClientBackend):
             if not page.get("IsTruncated"):
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
+
+
+def _resume_problem(response: dict[str, Any], offset: int, etag: str | None) -> str:
+    """Why a ranged response cannot continue a read at ``offset`` of the object with ``etag`` ("" if it can)."""
+    if etag is not None and response.get("ETag") != etag:
+        return f"the object changed while it was read (ETag {etag} became {response.get('ETag')})"
+    content_range = str(response.get("ContentRange", ""))
+    if not content_range.startswith(f"bytes {offset}-"):
+        return f"asked for bytes from {offset}, the server sent range {content_range!r}"
+    return ""

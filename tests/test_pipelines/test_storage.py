@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutE
 import pipelines.storage.s3 as s3_backend
 from pipelines.config.storage import StorageConfig
 from pipelines.storage import ObjectInfo, ParsedUri, Storage, StorageError, join, parse_uri
+from pipelines.storage.base import TransientStorageError
 from pipelines.storage.local import TEMP_PREFIX
 from pipelines.storage.uri import glob_regex, literal_prefix
 
@@ -265,7 +266,9 @@ def test_retries_are_bounded(
 ) -> None:
     calls: list[int] = []
     _patch_client(monkeypatch, "put_object", _failing([_client_error("InternalError", 500)] * 10, calls))
-    with pytest.raises(StorageError, match=r"write.*InternalError"):
+    with pytest.raises(
+        TransientStorageError, match=r"write.*transient error persisted after 4 attempts.*InternalError"
+    ):
         Storage(fast_retry_config).write_bytes(join(s3_bucket, "k"), b"v")
     assert len(calls) == fast_retry_config.max_attempts
 
@@ -281,6 +284,7 @@ def test_non_transient_errors_are_raised_at_once(
     with pytest.raises(StorageError, match="AccessDenied") as info:
         storage.write_bytes(uri, b"v")
     assert uri in str(info.value)
+    assert not info.value.transient, "a content or permission problem, not a failing store"
     assert len(calls) == 1
     # A real NoSuchBucket from the server: one request, no retry, reported as a missing object.
     requests: list[int] = []

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipelines.common.shared_model import model_tag
@@ -76,8 +77,9 @@ class PoseBatch:
 class DetectorService:
     """A loaded person detector behind methods only (what a shared model's proxy can forward)."""
 
-    def __init__(self, loaded: LoadedDetector) -> None:
+    def __init__(self, loaded: LoadedDetector, threads: int) -> None:
         self._loaded = loaded
+        self._threads = threads
 
     def model_id(self) -> str:
         return self._loaded.model_id
@@ -86,14 +88,16 @@ class DetectorService:
         self, images: list[np.ndarray], min_score: float, max_persons: int
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per image ``(boxes (N, 4) xyxy px, scores (N,))``; see :func:`detect_persons`."""
+        torch.set_num_threads(self._threads)  # per call: see DPMeshPredictor.predict
         return detect_persons(self._loaded, images, min_score=min_score, max_persons=max_persons)
 
 
 class PoseService:
     """A loaded ViTPose model behind methods only."""
 
-    def __init__(self, loaded: LoadedPoseModel) -> None:
+    def __init__(self, loaded: LoadedPoseModel, threads: int) -> None:
         self._loaded = loaded
+        self._threads = threads
 
     def model_id(self) -> str:
         return self._loaded.model_id
@@ -104,6 +108,7 @@ class PoseService:
 
     def estimate(self, crops: np.ndarray, centers: np.ndarray, scales: np.ndarray) -> np.ndarray:
         """`(N, 17, 3)` COCO-17 keypoints in image px; see :func:`estimate_keypoints`."""
+        torch.set_num_threads(self._threads)  # per call: see DPMeshPredictor.predict
         return estimate_keypoints(self._loaded, crops, centers, scales)
 
 
@@ -144,7 +149,7 @@ class PersonDetectorHandler(_Handler):
     _KIND = "detector"
 
     def load_model(self) -> DetectorService:
-        return DetectorService(load_detector(self._cfg, self._storage_cfg))
+        return DetectorService(load_detector(self._cfg, self._storage_cfg), self._cfg.threads)
 
     def run_inference(
         self, batch: Sequence[ImageBatch], model: DetectorService, inference_args: dict[str, Any] | None = None
@@ -169,7 +174,7 @@ class KeypointHandler(_Handler):
     _KIND = "pose"
 
     def load_model(self) -> PoseService:
-        return PoseService(load_pose_model(self._cfg, self._storage_cfg))
+        return PoseService(load_pose_model(self._cfg, self._storage_cfg), self._cfg.threads)
 
     def run_inference(
         self, batch: Sequence[PoseBatch], model: PoseService, inference_args: dict[str, Any] | None = None

@@ -55,7 +55,8 @@ def weights_id(model: Any, source: str, revision: str | None) -> str:
     return f"{source}@{commit}" if commit else source
 
 
-def _device(cfg: DetectorConfig) -> torch.device:
+def check_detector_device(cfg: DetectorConfig) -> torch.device:
+    """The detector's device; ``cuda`` without a visible GPU fails (never falls back to CPU silently)."""
     if cfg.device == Device.cuda and not torch.cuda.is_available():
         raise ConfigError("detector.device=cuda but no CUDA GPU is visible; pass detector.device=cpu to run on CPU")
     return torch.device(cfg.device.value)
@@ -99,7 +100,7 @@ def load_detector(cfg: DetectorConfig, storage_cfg: StorageConfig) -> LoadedDete
     labels = {str(name).lower(): int(idx) for idx, name in model.config.id2label.items()}
     if PERSON_LABEL not in labels:
         raise ConfigError(f"detector.detector_model={cfg.detector_model!r} has no 'person' label in id2label")
-    model = model.to(device=_device(cfg), dtype=_TORCH_DTYPES[cfg.dtype]).eval()
+    model = model.to(device=check_detector_device(cfg), dtype=_TORCH_DTYPES[cfg.dtype]).eval()
     return LoadedDetector(
         model=model,
         processor=processor,
@@ -122,7 +123,7 @@ def load_pose_model(cfg: DetectorConfig, storage_cfg: StorageConfig) -> LoadedPo
             f"detector.pose_model={cfg.pose_model!r} predicts {model.config.num_labels} keypoints, not COCO-17"
         )
     height, width = _input_hw(processor)
-    model = model.to(device=_device(cfg), dtype=_TORCH_DTYPES[cfg.dtype]).eval()
+    model = model.to(device=check_detector_device(cfg), dtype=_TORCH_DTYPES[cfg.dtype]).eval()
     return LoadedPoseModel(
         model=model,
         input_hw=(int(height), int(width)),

@@ -1,0 +1,152 @@
+"""dpmesh-shard and dpmesh-label on ``gs://`` against the GCS emulator (tests/gcs_server.py).
+
+Each job runs twice on the same ``gs://`` input: once writing to ``gs://``, once writing to a local folder. The
+outputs must be the same bytes, so whatever the GCS backend does on the way (resumable uploads, ranged streamed
+reads, listings) changes nothing. The emulator is reached through ``storage.gcs_endpoint_url`` alone, which is also
+how the Beam workers of the multi-processing run find it.
+"""
+
+import hashlib
+import json
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.config.storage import StorageConfig
+from pipelines.label.job import run as label
+from pipelines.shard_images import run as shard
+from pipelines.storage import Storage
+from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.gcs_server import GcsServerInfo, delete_bucket, gcs_client
+
+
+pytestmark = pytest.mark.gcs
+
+N_IMAGES = 10
+MAX_SAMPLES = 4
+
+
+def _gcs(server: GcsServerInfo) -> list[str]:
+    """Overrides that send ``gs://`` to the emulator; nothing in the environment is needed, not even a project."""
+    return ["storage=gcs", f"storage.gcs_endpoint_url={server.endpoint_url}"]
+
+
+def _digests(storage: Storage, root: str, pattern: str) -> dict[str, str]:
+    """sha1 of every object matching ``root/pattern``, by path relative to ``root``."""
+    prefix = root.rstrip("/") + "/"
+    return {
+        o.uri[len(prefix) :]: hashlib.sha1(storage.read_bytes(o.uri)).hexdigest()
+        for o in storage.glob(prefix + pattern)
+    }
+
+
+def _names(storage: Storage, root: str) -> list[str]:
+    """Every object below ``root``, by path relative to it."""
+    return [o.uri[len(root.rstrip("/")) + 1 :] for o in storage.list(root)]
+
+
+@pytest.fixture(scope="module")
+def bucket(gcs_server: GcsServerInfo) -> Iterator[str]:
+    """One bucket for the module: the label test reads the shards the shard test wrote."""
+    name = f"pipe-{uuid.uuid4().hex[:12]}"
+    gcs_client(gcs_server).create_bucket(name)
+    yield f"gs://{name}"
+    delete_bucket(gcs_server, name)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, gcs_server: GcsServerInfo, bucket: str) -> dict[str, str]:
+    """10 annotated images (jpg/png/webp) and 4 broken files, uploaded to ``gs://<bucket>/corpus``."""
+    root = tmp_path_factory.mktemp("gcs-corpus")
+    images = make_images(N_IMAGES, seed=5, width=200, height=150, formats=("JPEG", "PNG", "WEBP"), persons=(1, 2))
+    write_corpus(str(root / "images"), images, extra=broken_files(images[0].data), subdir="people")
+    write_coco(str(root / "coco.json"), images)
+    storage = Storage(StorageConfig(gcs_endpoint_url=gcs_server.endpoint_url))
+    for path in sorted(p for p in (root / "images").rglob("*") if p.is_file()):
+        storage.upload_file(str(path), f"{bucket}/corpus/{path.relative_to(root / 'images')}")
+    storage.upload_file(str(root / "coco.json"), f"{bucket}/coco.json")
+    return {"images": f"{bucket}/corpus", "annotations": f"{bucket}/coco.json"}
+
+
+@pytest.fixture(scope="module")
+def gcs_shards(corpus: dict[str, str], gcs_server: GcsServerInfo, bucket: str) -> tuple[str, dict[str, Any]]:
+    """dpmesh-shard from ``gs://`` to ``gs://``, on two multi-processing workers that know only the config."""
+    output = f"{bucket}/shards"
+    manifest = shard(
+        compose_config(
+            "dpmesh_shard",
+            [
+                f"input.images={corpus['images']}",
+                f"input.annotations={corpus['annotations']}",
+                f"output={output}",
+                f"shard.max_samples={MAX_SAMPLES}",
+                "log_level=WARNING",
+                "runner.running_mode=multi_processing",
+                "runner.num_workers=2",
+                *_gcs(gcs_server),
+            ],
+            ShardJobConfig,
+        )
+    )
+    return output, manifest
+
+
+def test_shard_gcs_to_gcs_equals_gcs_to_local(
+    gcs_shards: tuple[str, dict[str, Any]], corpus: dict[str, str], gcs_server: GcsServerInfo, tmp_path: Path
+) -> None:
+    output, manifest = gcs_shards
+    assert manifest["counts"]["reconciled"]
+    assert manifest["counts"]["images_sharded"] == N_IMAGES
+    assert sum(manifest["counts"]["errors_by_reason"].values()) == 4
+    local = str(tmp_path / "shards")
+    cfg = compose_config(
+        "dpmesh_shard",
+        [
+            f"input.images={corpus['images']}",
+            f"input.annotations={corpus['annotations']}",
+            f"output={local}",
+            f"shard.max_samples={MAX_SAMPLES}",
+            "log_level=WARNING",
+            *_gcs(gcs_server),
+        ],
+        ShardJobConfig,
+    )
+    shard(cfg)
+    storage = Storage(cfg.storage)
+    remote = _digests(storage, output, "*.*")
+    assert len(remote) == 2 * len(manifest["shards"]) + 2  # tar + index per shard, _errors.parquet, _manifest.json
+    written = {name: digest for name, digest in remote.items() if name != "_manifest.json"}
+    assert written == {k: v for k, v in _digests(storage, local, "*.*").items() if k != "_manifest.json"}
+    manifests = [json.loads(storage.read_bytes(f"{root}/_manifest.json")) for root in (output, local)]
+    for m in manifests:
+        m["config"].pop("output")
+    assert manifests[0] == manifests[1]
+    first = manifest["shards"][0]
+    with tarfile.open(fileobj=storage.open_read(f"{output}/{first['shard']}.tar"), mode="r|") as tar:
+        assert len([m.name for m in tar]) == 2 * first["samples"]
+
+
+def test_label_gcs_shards_to_gcs_equals_gcs_to_local(
+    gcs_shards: tuple[str, dict[str, Any]], gcs_server: GcsServerInfo, bucket: str, tmp_path: Path
+) -> None:
+    shards, _ = gcs_shards
+    common = [f"input.shards={shards}", "log_level=WARNING", "progress_interval_s=0", *_gcs(gcs_server)]
+    remote = f"{bucket}/labels"
+    summary = label(compose_config("dpmesh_label", [*common, f"output={remote}"], LabelJobConfig))
+    assert summary["reconciled"]
+    assert summary["shards"]["done"] == summary["shards"]["total"] > 0
+    assert summary["counts"]["persons_in"] > 0
+    local = str(tmp_path / "labels")
+    cfg = compose_config("dpmesh_label", [*common, f"output={local}"], LabelJobConfig)
+    label(cfg)
+    storage = Storage(cfg.storage)
+    parquet = _digests(storage, remote, "*/*.parquet")
+    assert parquet, "labels, rejections and errors are written per shard"
+    assert parquet == _digests(storage, local, "*/*.parquet")
+    assert _names(storage, remote) == _names(storage, local), "the same markers, summary and progress files"
+    assert json.loads(storage.read_bytes(f"{remote}/_summary.json"))["reconciled"]

@@ -1,0 +1,272 @@
+"""dpmesh-label on the production path, forced on CPU: per-shard commits, shared models, shard identity.
+
+* Commit without barriers: with a slow model, the first shard's marker exists before the last shard's inference
+  has finished, in one pipeline run (also with detection).
+* The model shared across processes (``MultiProcessShared`` proxy, as on GPU workers) labels with zero errors and
+  the same bytes as an unshared model; the detector too.
+* Markers are tied to the shard they label: a resharded folder is relabeled, a shard set without its manifest is
+  refused, and a tampered tar gives error rows, never duplicate labels.
+"""
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import ConfigError, LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+from pipelines.label.job import run
+from pipelines.label.model_handler import DPMeshModelHandler
+from pipelines.shard_images import run as shard
+from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
+
+
+SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "pipelines" / "sample_corpus"
+BATCH_DELAY_S = 0.3
+
+
+def _label_config(*overrides: str) -> LabelJobConfig:
+    return compose_config("dpmesh_label", ["log_level=WARNING", "progress_interval_s=0", *overrides], LabelJobConfig)
+
+
+def _shard(images: str, output: Path, *extra: str) -> dict:
+    cfg = compose_config(
+        "dpmesh_shard", [f"input.images={images}", f"output={output}", "log_level=WARNING", *extra], ShardJobConfig
+    )
+    return shard(cfg)
+
+
+def _digests(output: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(output)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(output.glob("*/shard-*.parquet"))
+    }
+
+
+def _rows(output: Path, folder: str) -> list[dict]:
+    return [r for p in sorted((output / folder).glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample corpus (the demo's), sharded 4 images per shard."""
+    out = tmp_path_factory.mktemp("demo") / "shards"
+    _shard(
+        str(SAMPLE_CORPUS / "images"),
+        out,
+        f"input.annotations={SAMPLE_CORPUS / 'person_keypoints.json'}",
+        "shard.max_samples=4",
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight annotated synthetic images in shards of two, and the folder they came from."""
+    root = tmp_path_factory.mktemp("corpus")
+    images = make_images(8, seed=21, width=160, height=120, persons=(1, 2))
+    write_corpus(str(root / "images"), images)
+    write_coco(str(root / "coco.json"), images)
+    _shard(str(root / "images"), root / "shards", f"input.annotations={root / 'coco.json'}", "shard.max_samples=2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("detectors")
+    return save_tiny_detector(root / "rtdetr"), save_tiny_pose(root / "vitpose")
+
+
+# --- commit without barriers ------------------------------------------------------------------------------
+
+
+class SlowHandler(DPMeshModelHandler):
+    """Takes ``BATCH_DELAY_S`` per batch and logs when each batch's inference ended (wall clock)."""
+
+    def __init__(self, *args, log: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._log = log
+
+    def run_inference(self, batch, model, inference_args=None):
+        results = super().run_inference(batch, model, inference_args)
+        time.sleep(BATCH_DELAY_S)
+        with open(self._log, "a") as f:
+            for person_batch in batch:
+                f.write(f"{person_batch.batch_id.split('/')[0]} {time.time()}\n")
+        return results
+
+
+def _commit_timeline(output: Path, log: Path) -> tuple[float, float, int]:
+    """(first marker written, last inference ended, shards) in wall-clock seconds."""
+    ends = [float(line.split()[1]) for line in log.read_text().splitlines()]
+    markers = [p.stat().st_mtime for p in (output / "_done").glob("*.json")]
+    return min(markers), max(ends), len(markers)
+
+
+def test_each_shard_is_committed_before_the_last_shard_is_inferred(corpus: Path, tmp_path: Path) -> None:
+    cfg = _label_config(f"input.shards={corpus / 'shards'}", f"output={tmp_path / 'o'}", "model.batch_size=1")
+    log = tmp_path / "inference.log"
+    summary = run(cfg, handler=SlowHandler(cfg.model, cfg.storage, log=str(log)))
+    first_marker, last_inference, shards = _commit_timeline(tmp_path / "o", log)
+    assert shards == summary["shards"]["total"] >= 4
+    assert first_marker < last_inference - BATCH_DELAY_S, (
+        f"first marker at {first_marker:.2f}, last inference ended {last_inference:.2f}: a barrier held commits"
+    )
+    assert summary["reconciled"] and summary["shards"]["labeled_this_run"] == shards
+
+
+def test_with_detection_shards_are_committed_one_by_one_too(
+    corpus: Path, detectors: tuple[str, str], tmp_path: Path
+) -> None:
+    cfg = _label_config(
+        f"input.shards={corpus / 'shards'}",
+        f"output={tmp_path / 'o'}",
+        "detector=auto",
+        f"detector.detector_model={detectors[0]}",
+        f"detector.pose_model={detectors[1]}",
+        "detector.device=cpu",
+        "model.batch_size=1",
+    )
+    log = tmp_path / "inference.log"
+    summary = run(cfg, handler=SlowHandler(cfg.model, cfg.storage, log=str(log)))
+    first_marker, last_inference, shards = _commit_timeline(tmp_path / "o", log)
+    assert shards == summary["shards"]["total"]
+    assert first_marker < last_inference - BATCH_DELAY_S
+    assert summary["reconciled"]
+
+
+# --- models shared across processes -----------------------------------------------------------------------
+
+
+def test_a_model_shared_across_processes_labels_like_an_unshared_one(demo_shards: Path, tmp_path: Path) -> None:
+    outputs = {}
+    for share in ("false", "true"):
+        output = tmp_path / share
+        cfg = _label_config(f"input.shards={demo_shards}", f"output={output}", f"model.share_across_processes={share}")
+        assert DPMeshModelHandler(cfg.model, cfg.storage).share_model_across_processes() is (share == "true")
+        summary = run(cfg)
+        assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
+        assert summary["counts"]["persons_in"] > 0 and summary["reconciled"]
+        outputs[share] = _digests(output)
+    assert outputs["true"] == outputs["false"]
+
+
+def test_shared_detectors_label_like_unshared_ones(corpus: Path, detectors: tuple[str, str], tmp_path: Path) -> None:
+    outputs = {}
+    for share in ("false", "true"):
+        cfg = _label_config(
+            f"input.shards={corpus / 'shards'}",
+            f"output={tmp_path / share}",
+            "detector=vitpose",
+            f"detector.detector_model={detectors[0]}",
+            f"detector.pose_model={detectors[1]}",
+            "detector.device=cpu",
+            f"detector.share_across_processes={share}",
+            f"model.share_across_processes={share}",
+            "filter=off",
+        )
+        assert PersonDetectorHandler(cfg.detector, cfg.storage).share_model_across_processes() is (share == "true")
+        assert KeypointHandler(cfg.detector, cfg.storage).share_model_across_processes() is (share == "true")
+        summary = run(cfg)
+        assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
+        assert summary["counts"]["persons_in"] > 0
+        outputs[share] = _digests(tmp_path / share)
+    assert outputs["true"] == outputs["false"]
+
+
+# --- markers tied to the shards they label ----------------------------------------------------------------
+
+
+def test_a_resharded_folder_is_relabeled(tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    for seed, name in ((1, "a"), (2, "b")):
+        images = make_images(4, seed=seed, width=160, height=120, persons=(1, 1))
+        write_corpus(str(tmp_path / name), images)
+        write_coco(str(tmp_path / f"{name}.json"), images)
+    _shard(str(tmp_path / "a"), shards, f"input.annotations={tmp_path / 'a.json'}")
+    cfg = _label_config(f"input.shards={shards}", f"output={tmp_path / 'labels'}")
+    first = run(cfg)
+    assert first["shards"]["labeled_this_run"] == first["shards"]["total"]
+    assert run(cfg)["shards"]["labeled_this_run"] == 0, "an unchanged shard set is not relabeled"
+    _shard(str(tmp_path / "b"), shards, f"input.annotations={tmp_path / 'b.json'}", "overwrite=true")
+    second = run(cfg)
+    assert second["shards"]["labeled_this_run"] == second["shards"]["total"], "changed shards must be relabeled"
+    labeled = {r["source_uri"].rsplit("/", 2)[-2] for r in _rows(tmp_path / "labels", "annotations")}
+    labeled |= {r["source_uri"].rsplit("/", 2)[-2] for r in _rows(tmp_path / "labels", "rejected")}
+    assert labeled == {"b"}, "the labels describe the new images only"
+
+
+def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(corpus: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for path in sorted((corpus / "shards").glob("shard-*"))[:4]:  # two shards of a run killed before its manifest
+        (partial / path.name).write_bytes(path.read_bytes())
+    cfg = _label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}")
+    with pytest.raises(ConfigError, match=r"no _manifest\.json.*input\.allow_incomplete=true"):
+        run(cfg)
+    summary = run(_label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}", "input.allow_incomplete=true"))
+    assert summary["shards"]["done"] == 2 and summary["reconciled"]
+    marker = json.loads(next((tmp_path / "o" / "_done").glob("*.json")).read_text())
+    assert marker["shard_identity"]["tar_sha1"] is None and marker["shard_identity"]["tar_bytes"] > 0
+
+
+def test_tars_missing_from_the_manifest_are_refused(corpus: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for path in (corpus / "shards").iterdir():
+        (shards / path.name).write_bytes(path.read_bytes())
+    next(shards.glob("shard-*.tar")).unlink()
+    with pytest.raises(ConfigError, match="lists 1 shards that are not there"):
+        run(_label_config(f"input.shards={shards}", f"output={tmp_path / 'o'}"))
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for path in (corpus / "shards").iterdir():
+        (shards / path.name).write_bytes(path.read_bytes())
+    def members_of(path: Path) -> list[tuple[str, bytes]]:
+        with tarfile.open(path) as tar:
+            return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+
+    # a shard of two samples: the first is duplicated, the second's bytes are replaced
+    target = next(p for p in sorted(shards.glob("shard-*.tar")) if len(members_of(p)) == 4)
+    members = members_of(target)
+    keys = sorted({name.split(".", 1)[0] for name, _ in members})
+    other_jpeg = make_images(1, seed=99, width=160, height=120, persons=(1, 1))[0].data
+    with tarfile.open(target, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            changed = name == f"{keys[1]}.jpg"
+            _member(tar, name, other_jpeg if changed else data)  # the second image's bytes are replaced
+        for name, data in members:
+            if name.startswith(keys[0]):
+                _member(tar, name, data)  # the first sample appended again
+                _member(tar, name.replace(keys[0], "zz_extra-000000000000"), data)  # a member the index lacks
+    output = tmp_path / "o"
+    summary = run(_label_config(f"input.shards={shards}", f"output={output}"))
+    assert summary["reconciled"]
+    shard = target.stem
+    errors = pq.read_table(output / "errors" / f"{shard}.parquet").to_pylist()
+    reasons = {(e["key"], e["reason"]) for e in errors}
+    assert (keys[0], "duplicate") in reasons
+    assert ("zz_extra-000000000000", "not_in_index") in reasons
+    assert (keys[1], "checksum_mismatch") in reasons
+    assert (None, "checksum_mismatch") in reasons, "the tar differs from the manifest's record"
+    labels = pq.read_table(output / "annotations" / f"{shard}.parquet").to_pylist()
+    labels += pq.read_table(output / "rejected" / f"{shard}.parquet").to_pylist()
+    sample_ids = [r["sample_id"] for r in labels]
+    assert sample_ids and len(sample_ids) == len(set(sample_ids))
+    assert {r["image_key"] for r in labels} == {keys[0]}
+    assert "read_failed" not in summary["errors_by_reason"]
