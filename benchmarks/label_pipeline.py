@@ -50,8 +50,8 @@ from pipelines.config.storage import StorageConfig
 from pipelines.image_decode import decode_rgb
 from pipelines.label.inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
 from pipelines.label.job import run as label_run
+from pipelines.label.model_handler import DPMeshModelHandler, DPMeshPredictor, load_model
 from pipelines.logging_setup import configure_logging
-from pipelines.label.model_handler import DPMeshModelHandler, load_model
 from pipelines.shard_images import run as shard_run
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 
@@ -154,8 +154,8 @@ def full_size_model(cfg: ModelConfig) -> DPMesh:
 class FullSizeHandler(DPMeshModelHandler):
     """The pipeline's handler with :func:`full_size_model` instead of a checkpoint."""
 
-    def load_model(self) -> DPMesh:
-        return full_size_model(self._cfg)
+    def load_model(self) -> DPMeshPredictor:
+        return DPMeshPredictor(full_size_model(self._cfg), self._cfg.threads)
 
 
 def bench_model(cfg: LabelJobConfig, full_size: bool) -> DPMesh:

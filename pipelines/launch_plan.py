@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     FlinkRunnerOptions,
     GoogleCloudOptions,
+    PipelineOptions,
     PortableOptions,
     SetupOptions,
     StandardOptions,
@@ -24,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineRunner
 
 from pipelines.config import EnvironmentType, RunnerConfig, RunnerName
-from pipelines.options import accelerator_spec, beam_flags, inference_resource_hints, pipeline_options
+from pipelines.options import accelerator_spec, beam_flags, inference_resource_hints
 
 
 _VIEWS: dict[RunnerName, tuple[type, ...]] = {
@@ -34,6 +35,14 @@ _VIEWS: dict[RunnerName, tuple[type, ...]] = {
     RunnerName.flink: (StandardOptions, PortableOptions, FlinkRunnerOptions),
     RunnerName.dataflow: (StandardOptions, GoogleCloudOptions, WorkerOptions, DebugOptions, SetupOptions),
 }
+
+
+def _views(runner: RunnerName) -> tuple[type, ...]:
+    if runner == RunnerName.dask:  # imported here: it loads dask.distributed, which only dask runs need
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        return (StandardOptions, DaskOptions)
+    return _VIEWS[runner]
 
 
 class _NoSubmitRunner(PipelineRunner):  # type: ignore[misc]
@@ -67,6 +76,8 @@ def _steps(pipeline: beam.Pipeline) -> list[dict[str, Any]]:
 def _model_copies(runner: RunnerConfig, device: str | None) -> str:
     if device is None:
         return "no model (CPU-only job)"
+    if runner.name == RunnerName.dask:
+        return "loaded by each dask task that runs the model step (the DaskRunner sets DoFns up per partition)"
     if device != "cuda":
         return "one copy per SDK worker process (CPU)"
     if runner.name == RunnerName.dataflow:
@@ -76,6 +87,75 @@ def _model_copies(runner: RunnerConfig, device: str | None) -> str:
             "one copy per SDK harness (container/process) on each node: keep runner.sdk_worker_parallelism=1 per GPU"
         )
     return "one copy per machine (share_model_across_processes)"
+
+
+def _dask_cluster(runner: RunnerConfig) -> str | None:
+    if runner.name != RunnerName.dask:
+        return None
+    if runner.address:
+        return f"dask scheduler at {runner.address} (its workers need this project installed)"
+    return "a dask LocalCluster started on this machine for the run"
+
+
+def _leaves(pipeline: beam.Pipeline) -> list[Any]:
+    """The primitive transforms in the order they were applied (the order the DaskRunner visits them)."""
+    found: list[Any] = []
+
+    def walk(node: Any) -> None:
+        if not node.parts and node is not pipeline.transforms_stack[0]:
+            found.append(node)
+        for part in node.parts:
+            walk(part)
+
+    walk(pipeline.transforms_stack[0])
+    return found
+
+
+def _runs_user_code(leaf: Any) -> bool:
+    """A ParDo whose DoFn (or the callable given to Map/FlatMap) is ours, not one of Beam's own no-op pieces."""
+    fn = getattr(leaf.transform, "fn", None)
+    if fn is None:
+        return False
+    target = getattr(fn, "_fn", fn)  # FlatMap wraps its callable in one of Beam's DoFns,
+    target = getattr(target, "_argspec_fn", target)  # and Map/Filter wrap theirs in a lambda first
+    module = getattr(target, "__module__", None) or type(target).__module__
+    return not str(module).startswith("apache_beam")
+
+
+def _upstream_of_last(leaves: list[Any]) -> set[int]:
+    """Ids of the last transform and of all it reads, through inputs and side inputs: what the DaskRunner computes
+    (it hands dask only the last transform's result, ``apache_beam/runners/dask/dask_runner.py``, ``run_pipeline``)."""
+    reached: set[int] = set()
+    pending = leaves[-1:]
+    while pending:
+        node = pending.pop()
+        if id(node) not in reached:
+            reached.add(id(node))
+            sources = [*node.inputs, *(side.pvalue for side in node.side_inputs)]
+            pending += [pc.producer for pc in sources if getattr(pc, "producer", None) is not None]
+    return reached
+
+
+def _dask_problems(pipeline: beam.Pipeline) -> list[str]:
+    """What Beam's DaskRunner would get wrong in this graph (see README "Dask")."""
+    leaves = _leaves(pipeline)
+    problems = []
+    tagged = [leaf.full_label for leaf in leaves if len(leaf.outputs) > 1]
+    if tagged:
+        problems.append(
+            "Beam's DaskRunner merges tagged outputs into the main output, so these steps would feed wrong "
+            f"elements downstream: {', '.join(tagged)}"
+        )
+    reached = _upstream_of_last(leaves)
+    skipped = dict.fromkeys(
+        leaf.full_label.split("/")[0] for leaf in leaves if id(leaf) not in reached and _runs_user_code(leaf)
+    )
+    if skipped:
+        problems.append(
+            "Beam's DaskRunner computes only the last step and what it reads, so these steps would never run: "
+            + ", ".join(skipped)
+        )
+    return problems
 
 
 def _problems(runner: RunnerConfig, device: str | None, steps: list[dict[str, Any]]) -> list[str]:
@@ -99,8 +179,8 @@ def _problems(runner: RunnerConfig, device: str | None, steps: list[dict[str, An
 def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> dict[str, Any]:
     """Builds the pipeline of ``app`` for ``cfg.runner`` without running it and returns the launch plan."""
     runner: RunnerConfig = cfg.runner
-    flags = beam_flags(runner, job_name=app)
-    options = pipeline_options(runner, job_name=app)
+    flags = beam_flags(runner, app=app)
+    options = PipelineOptions(flags)  # from the same flags: one generated job name in both
     pipeline = beam.Pipeline(runner=_NoSubmitRunner(), options=options)
     build(pipeline)
     proto = pipeline.to_runner_api()  # pickles every DoFn, as a launch does
@@ -127,14 +207,16 @@ def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> d
         "runner": runner.name.value,
         "beam_runner": options.view_as(StandardOptions).runner,
         "flags": flags,
-        "options": _own_options(options, _VIEWS[runner.name]),
+        "options": _own_options(options, _views(runner.name)),
         "image": image,
+        "cluster": _dask_cluster(runner),
         "accelerator": accelerator,
         "inference_resource_hints": inference_resource_hints(runner),
         "model_copies": _model_copies(runner, device),
         "steps": steps,
         "n_transforms": len(proto.components.transforms),
-        "problems": _problems(runner, device, steps),
+        "problems": _problems(runner, device, steps)
+        + (_dask_problems(pipeline) if runner.name == RunnerName.dask else []),
     }
 
 
@@ -156,6 +238,7 @@ def format_launch_plan(plan: dict[str, Any]) -> str:
         f"{plan['app']} launch plan (dry run: nothing submitted)",
         f"  runner       {plan['runner']} -> {plan['beam_runner']}",
         f"  worker image {plan['image'] or '(none: workers run in this Python environment)'}",
+        *([f"  cluster      {plan['cluster']}"] if plan.get("cluster") else []),
         f"  GPUs         {plan['accelerator'] or 'none'}",
         f"  model copies {plan['model_copies']}",
         "  beam flags",

@@ -9,11 +9,21 @@ the flags back into its views). What each runner gets:
   workers in the worker image (``DOCKER``) by default.
 * ``dataflow``: the DataflowRunner on Runner v2 with the worker image; GPUs either on every worker
   (``worker_accelerator``) or, with right fitting, only on the inference step (:func:`inference_resource_hints`).
+* ``dask``: Beam's DaskRunner on dask.distributed, against the scheduler at ``runner.address``, or, without one,
+  a ``LocalCluster`` the runner starts itself (``distributed.Client()`` with no address does that).
+
+Every launch gets its own job name (:func:`resolve_job_name`), so two launches never collide in one Dataflow project.
 """
 
+import re
+import secrets
+from datetime import datetime, timezone
+
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
 
 from pipelines.config import DataflowConfig, EnvironmentType, RunnerConfig, RunnerName
+from pipelines.config.runner import JOB_NAME_MAX_LENGTH
 
 
 BEAM_RUNNERS = {
@@ -22,6 +32,8 @@ BEAM_RUNNERS = {
     RunnerName.spark: "PortableRunner",
     RunnerName.flink: "PortableRunner",
     RunnerName.dataflow: "DataflowRunner",
+    # Not among Beam's known runner names (StandardOptions.ALL_KNOWN_RUNNERS), so only its full path resolves.
+    RunnerName.dask: "apache_beam.runners.dask.dask_runner.DaskRunner",
 }
 
 
@@ -95,13 +107,55 @@ def _job_server_flags(runner: RunnerConfig) -> list[str]:
     return flags
 
 
-def beam_flags(runner: RunnerConfig, *, job_name: str) -> list[str]:
-    """Command-line style Beam flags for ``runner``.
+def _dask_flags(runner: RunnerConfig, name: str) -> list[str]:
+    # The client name shows up in the scheduler's logs and dashboard: it tells whose job a task belongs to.
+    flags = [f"--dask_client_name={name}"]
+    if runner.address:
+        flags.append(f"--dask_client_address={runner.address}")
+    if runner.partitions is not None:
+        flags.append(f"--dask_npartitions={runner.partitions}")
+    return flags
+
+
+def unique_job_name(app: str, *, now: datetime | None = None) -> str:
+    """``<app>-<UTC yyyymmdd-hhmmss>-<6 random hex>``, a valid Dataflow job name of at most 63 characters.
+
+    ``app`` is lower-cased, characters Dataflow refuses become dashes and it is shortened to fit; the time
+    orders launches in listings, the random part keeps two launches in the same second apart.
+    """
+    stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    suffix = f"-{stamp}-{secrets.token_hex(3)}"
+    prefix = re.sub(r"[^a-z0-9]+", "-", app.lower()).strip("-")
+    if not prefix[:1].isalpha():
+        prefix = "job-" + prefix if prefix else "job"
+    prefix = prefix[: JOB_NAME_MAX_LENGTH - len(suffix)].rstrip("-")
+    return prefix + suffix
+
+
+def resolve_job_name(runner: RunnerConfig, app: str) -> str:
+    """``runner.job_name`` when set (validated with the config), else a new :func:`unique_job_name` for ``app``."""
+    return runner.job_name or unique_job_name(app)
+
+
+def _app_name(app: str | None, job_name: str | None) -> str:
+    # ``job_name=`` is the keyword these functions had when it was the job's literal name; callers passed
+    # their app name there, which is now the prefix of a unique name. Both keywords mean the app.
+    if (app is None) == (job_name is None):
+        raise TypeError("pass the app name as app=... (job_name=... is its older spelling), exactly once")
+    return app or job_name or ""
+
+
+def beam_flags(runner: RunnerConfig, *, app: str | None = None, job_name: str | None = None) -> list[str]:
+    """Command-line style Beam flags for ``runner``, launching app ``app`` (e.g. ``dpmesh-shard``).
+
+    The job name is ``runner.job_name``, or a new unique name with ``app`` as its prefix: call this once per
+    launch, and build the options from the flags it returns. ``job_name=`` is an older spelling of ``app=``.
 
     ``direct`` maps to Beam's FnApiRunner: it is what the DirectRunner runs batch pipelines on, and
     naming it directly keeps the DirectRunner from first trying to download the Prism runner binary.
     """
-    flags = [f"--job_name={job_name}", f"--runner={BEAM_RUNNERS[runner.name]}"]
+    name = resolve_job_name(runner, _app_name(app, job_name))
+    flags = [f"--job_name={name}", f"--runner={BEAM_RUNNERS[runner.name]}"]
     if runner.name == RunnerName.direct:
         flags += [
             f"--direct_running_mode={runner.running_mode.value}",
@@ -109,11 +163,25 @@ def beam_flags(runner: RunnerConfig, *, job_name: str) -> list[str]:
         ]
     elif runner.name == RunnerName.dataflow:
         flags += _dataflow_flags(runner)
+    elif runner.name == RunnerName.dask:
+        flags += _dask_flags(runner, name)
     else:
         flags += _job_server_flags(runner)
     return flags + list(runner.extra_options)
 
 
-def pipeline_options(runner: RunnerConfig, *, job_name: str) -> PipelineOptions:
-    """:func:`beam_flags` as :class:`PipelineOptions`."""
-    return PipelineOptions(beam_flags(runner, job_name=job_name))
+def pipeline_options(runner: RunnerConfig, *, app: str | None = None, job_name: str | None = None) -> PipelineOptions:
+    """:func:`beam_flags` as :class:`PipelineOptions` (a new unique job name per call unless ``runner.job_name``)."""
+    return PipelineOptions(beam_flags(runner, app=app, job_name=job_name))
+
+
+def release_runner(result: PipelineResult | None) -> None:
+    """Closes what a finished run leaves open: call it after the ``with beam.Pipeline(...)`` block, on ``p.result``.
+
+    Beam's DaskRunner never closes its dask ``Client``, so the ``LocalCluster`` it started (or the connection to
+    ``runner.address``) would live as long as the process: a notebook or test session would pile them up. Other
+    runners' results hold nothing to close.
+    """
+    client = getattr(result, "client", None)  # DaskRunnerResult.client, a distributed.Client
+    if client is not None:
+        client.close()  # also stops a LocalCluster that this client started

@@ -13,18 +13,25 @@ import time
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.combiners import ToList
 
 import pipelines
 from pipelines.cli import hydra_app
 from pipelines.coco_annotations import join_name
 from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
-from pipelines.corpus import list_corpus
+from pipelines.corpus import SourceFile, list_corpus
 from pipelines.keys import stable_bucket
-from pipelines.options import pipeline_options
+from pipelines.options import pipeline_options, release_runner
+from pipelines.shard_format import ShardSample
 from pipelines.storage import Storage, join
-from pipelines.transforms.shard_manifest import ERRORS_NAME, MANIFEST_NAME, WriteManifestFn
+from pipelines.transforms.shard_manifest import (
+    BUCKETS_KIND,
+    ERRORS_NAME,
+    MANIFEST_NAME,
+    ManifestRecord,
+    WriteManifestFn,
+)
 from pipelines.transforms.sharding import (
-    ERRORS,
     AttachAnnotationsFn,
     ListCorpusFn,
     ProbeFileFn,
@@ -50,78 +57,73 @@ def run_info(cfg: ShardJobConfig) -> dict[str, Any]:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: ShardJobConfig) -> None:
-    """Adds the sharding steps to ``p``."""
+    """Adds the sharding steps to ``p``.
+
+    Every step has one output, the records it passes on mixed with the :class:`ManifestRecord` reports it
+    makes; the next step keeps its records with ``Filter(isinstance, ...)``, and the reports of all steps meet
+    in one list that the manifest step writes. That shape (no tagged outputs, no side input but the bucket
+    count) is what gives the same bytes on Beam's DaskRunner as on the others: see README "Dask".
+    """
     info = run_info(cfg)
     file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
-    sources = (
-        p
-        | "Start" >> beam.Create([None])
-        | "ListCorpus" >> beam.ParDo(ListCorpusFn(cfg.storage, cfg.input))
-        | "SpreadFiles" >> beam.Reshuffle()
-    )
-    probed = sources | "ProbeImages" >> beam.ParDo(ProbeFileFn(cfg.storage, cfg.shard)).with_outputs(ERRORS, main="ok")
+    listed = p | "Start" >> beam.Create([None]) | "ListCorpus" >> beam.ParDo(ListCorpusFn(cfg.storage, cfg.input))
+    sources = listed | "SpreadFiles" >> beam.Reshuffle() | "SourceFiles" >> _only(SourceFile)
+    probed = sources | "ProbeImages" >> beam.ParDo(ProbeFileFn(cfg.storage, cfg.shard))
     deduped = (
-        probed.ok
+        probed
+        | "ProbedSamples" >> _only(ShardSample)
         | "KeyBySha1" >> beam.Map(lambda s: (s.sha1, s))
         | "GroupBySha1" >> beam.GroupByKey()
-        | "ResolveDuplicates"
-        >> beam.ParDo(ResolveDuplicatesFn(cfg.shard.drop_duplicates)).with_outputs(
-            ERRORS, ResolveDuplicatesFn.DUPLICATE_GROUPS, main="ok"
-        )
+        | "ResolveDuplicates" >> beam.ParDo(ResolveDuplicatesFn(cfg.shard.drop_duplicates))
     )
-    samples, join_errors, join_report = _attach_annotations(p, cfg, deduped.ok)
-    totals = (
+    reports = [listed, probed, deduped]
+    samples = deduped | "UniqueSamples" >> _only(ShardSample)
+    if cfg.input.annotations:
+        joined = _attach_annotations(p, cfg, samples)
+        reports.append(joined)
+        samples = joined | "AnnotatedSamples" >> _only(ShardSample)
+    buckets = (
         samples
         | "CountAndBytes" >> beam.Map(lambda s: (1, s.bytes))
-        | "SumTotals" >> beam.CombineGlobally(count_and_bytes)
+        | "SumTotals" >> beam.CombineGlobally(count_and_bytes).without_defaults()  # a default needs a side input
+        | "NumBuckets" >> beam.Map(num_buckets, cfg.shard)
     )
-    buckets = totals | "NumBuckets" >> beam.Map(num_buckets, cfg.shard)
     written = (
         samples
-        | "AssignBucket" >> beam.Map(lambda s, n: (stable_bucket(s.key, n), s), n=beam.pvalue.AsSingleton(buckets))
+        | "AssignBucket"
+        >> beam.Map(lambda s, n: ((stable_bucket(s.key, n), n), s), n=beam.pvalue.AsSingleton(buckets))
         | "GroupByBucket" >> beam.GroupByKey()
-        | "WriteShards"
-        >> beam.ParDo(
-            WriteBucketFn(cfg.storage, cfg.shard, cfg.output, file_metadata), buckets=beam.pvalue.AsSingleton(buckets)
-        ).with_outputs(ERRORS, main="summaries")
+        | "WriteShards" >> beam.ParDo(WriteBucketFn(cfg.storage, cfg.shard, cfg.output, file_metadata))
     )
-    errors = (probed[ERRORS], deduped[ERRORS], join_errors, written[ERRORS]) | "AllErrors" >> beam.Flatten()
-    files_listed = sources | "CountFiles" >> beam.combiners.Count.Globally()
+    reports += [written, buckets | "BucketsRecord" >> beam.Map(lambda n: ManifestRecord(BUCKETS_KIND, n))]
     _ = (
-        p
-        | "Finish" >> beam.Create([None])
-        | "WriteManifest"
-        >> beam.ParDo(
-            WriteManifestFn(cfg.storage, cfg.output, info),
-            summaries=beam.pvalue.AsList(written.summaries),
-            errors=beam.pvalue.AsList(errors),
-            duplicates=beam.pvalue.AsList(deduped[ResolveDuplicatesFn.DUPLICATE_GROUPS]),
-            join_report=beam.pvalue.AsList(join_report),
-            files_listed=beam.pvalue.AsSingleton(files_listed),
-            buckets=beam.pvalue.AsSingleton(buckets),
-        )
+        reports
+        | "AllOutputs" >> beam.Flatten()
+        | "ManifestRecords" >> _only(ManifestRecord)
+        | "CollectRecords" >> ToList().without_defaults()  # ListCorpus always reports, so never empty
+        | "WriteManifest" >> beam.ParDo(WriteManifestFn(cfg.storage, cfg.output, info))
     )
 
 
-def _attach_annotations(p: beam.Pipeline, cfg: ShardJobConfig, samples: Any) -> tuple[Any, Any, Any]:
-    """Joins COCO persons to images by file name; without an annotation file, passes samples through."""
-    if not cfg.input.annotations:
-        empty_errors = p | "NoAnnotationErrors" >> beam.Create([])
-        empty_report = p | "NoJoinReport" >> beam.Create([])
-        return samples, empty_errors, empty_report
+def _only(kind: type) -> "beam.PTransform[Any, Any]":
+    """Keeps the elements of type ``kind``, the records a step passes on, and tells Beam's type checks so."""
+    keep: beam.PTransform[Any, Any] = beam.Filter(isinstance, kind).with_output_types(kind)
+    return keep
+
+
+def _attach_annotations(p: beam.Pipeline, cfg: ShardJobConfig, samples: Any) -> Any:
+    """Joins COCO persons to images by file name: samples (some now annotated) and join/annotation reports."""
     annotations = (
         p
         | "AnnotationFile" >> beam.Create([cfg.input.annotations])
         | "ReadAnnotations" >> beam.FlatMap(read_annotations, cfg.storage, cfg.input.annotation_format.value)
     )
     images_by_name = samples | "KeyByFileName" >> beam.Map(lambda s: (join_name(s.relpath), s))
-    joined = (
+    return (
         {"images": images_by_name, "annotations": annotations}
         | "JoinAnnotations" >> beam.CoGroupByKey()
-        | "AttachAnnotations"
-        >> beam.ParDo(AttachAnnotationsFn()).with_outputs(ERRORS, AttachAnnotationsFn.JOIN_REPORT, main="ok")
+        | "AttachAnnotations" >> beam.ParDo(AttachAnnotationsFn())
     )
-    return joined.ok, joined[ERRORS], joined[AttachAnnotationsFn.JOIN_REPORT]
 
 
 def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
@@ -154,8 +156,9 @@ def run(
     storage = Storage(cfg.storage)
     prepare_output(cfg, storage)
     started = time.monotonic()
-    with beam.Pipeline(options=options or pipeline_options(cfg.runner, job_name="dpmesh-shard")) as p:
+    with beam.Pipeline(options=options or pipeline_options(cfg.runner, app="dpmesh-shard")) as p:
         build_pipeline(p, cfg)
+    release_runner(p.result)
     manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
     manifest["elapsed_s"] = round(time.monotonic() - started, 3)
     return manifest

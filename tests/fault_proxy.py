@@ -72,6 +72,7 @@ class FaultPlan:
         stall_s: Seconds a ``stall`` fault stays silent; make it longer than the client's read timeout.
         max_stalls: Most ``stall`` faults in the proxy's life; ``None`` for no limit.
         methods: Only requests with these HTTP methods get faults; empty means all methods.
+        path_suffixes: Only requests whose path (without query) ends with one of these get faults; empty means all.
     """
 
     rate: float = 0.0
@@ -81,6 +82,7 @@ class FaultPlan:
     stall_s: float = 3.0
     max_stalls: int | None = 1
     methods: frozenset[str] = field(default_factory=frozenset)
+    path_suffixes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(FAULT_KINDS)
@@ -342,6 +344,8 @@ class FaultProxy:
             self._requests[(method, path.split("?")[0])] += 1
             plan = self.plan
             if self._rng.random() >= plan.rate or (plan.methods and method not in plan.methods):
+                return None
+            if plan.path_suffixes and not path.split("?")[0].endswith(plan.path_suffixes):
                 return None
             for _ in range(len(plan.kinds)):
                 kind = plan.kinds[self._turn % len(plan.kinds)]

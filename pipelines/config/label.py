@@ -108,7 +108,8 @@ class ModelConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        self.share_across_processes = ShareMode.parse(self.share_across_processes, "model.share_across_processes").value
+        share = ShareMode.parse(self.share_across_processes, "model.share_across_processes")
+        self.share_across_processes = share.value
         if self.threads < 1:
             raise ConfigError(f"model.threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:

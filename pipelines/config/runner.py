@@ -1,9 +1,18 @@
 """Where the Beam pipeline runs: the ``runner`` group (read only by :mod:`pipelines.options`)."""
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
 from pipelines.config.errors import ConfigError
+
+
+# What Dataflow accepts as a job name (and what every other runner takes too): lower case letters, digits and
+# dashes, starting with a letter and not ending with a dash; 63 characters at most.
+JOB_NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+JOB_NAME_MAX_LENGTH = 63
+# A dask scheduler address: ``host:port`` or ``<protocol>://host:port`` (``tcp://``, ``tls://``, ``ucx://``).
+_DASK_ADDRESS = re.compile(r"([a-z]+://)?[^\s/]+:\d+")
 
 
 class RunnerName(str, Enum):
@@ -14,6 +23,7 @@ class RunnerName(str, Enum):
     dataflow = "dataflow"
     spark = "spark"
     flink = "flink"
+    dask = "dask"
 
 
 class RunningMode(str, Enum):
@@ -113,8 +123,12 @@ class RunnerConfig:
     """Beam runner selection and its options; :mod:`pipelines.options` is the only reader.
 
     Attributes:
-        name: Which runner: ``direct``, ``portable``, ``dataflow``, ``spark`` or ``flink``. ``spark`` and
-            ``flink`` are the portable runner against the Beam job server of a Spark or Flink cluster.
+        name: Which runner: ``direct``, ``portable``, ``dataflow``, ``spark``, ``flink`` or ``dask``. ``spark`` and
+            ``flink`` are the portable runner against the Beam job server of a Spark or Flink cluster; ``dask`` is
+            Beam's DaskRunner on dask.distributed.
+        job_name: The job's name; ``None`` (the default) gives every launch a unique one,
+            ``<app>-<UTC yyyymmdd-hhmmss>-<6 hex>``, so that launches into one Dataflow project never collide.
+            An explicit name must match ``[a-z]([-a-z0-9]*[a-z0-9])?`` and have at most 63 characters.
         running_mode: Local execution mode (``direct`` only).
         num_workers: Local worker count for ``multi_threading``/``multi_processing`` (``direct`` only).
         job_endpoint: ``host:port`` of a Beam job service (``portable``, ``spark``, ``flink``).
@@ -126,12 +140,18 @@ class RunnerConfig:
             0 lets the runner choose. Each process holds its own model copy there.
         parallelism: Flink job parallelism (``flink`` only; Spark takes it from the cluster's configuration).
         max_parallelism: Flink maximum parallelism (``flink`` only).
+        address: ``host:port`` (or ``tcp://host:port``) of a running dask scheduler (``dask`` only); ``None`` lets
+            the DaskRunner start a ``LocalCluster`` on this machine for the run.
+        partitions: How many dask partitions (tasks) the DaskRunner splits each ``beam.Create`` into (``dask``
+            only). It is the DaskRunner's only source of parallelism, as it ignores Reshuffle: set it to the number
+            of shards to label them in parallel. ``None`` = Beam's default of 128 elements per partition.
         dataflow: Dataflow options (``dataflow`` only).
         dry_run: Build the pipeline and print the launch plan (options, steps, image); submit nothing.
         extra_options: Raw Beam flags appended last, for options this config does not model.
     """
 
     name: RunnerName = RunnerName.direct
+    job_name: str | None = None
     running_mode: RunningMode = RunningMode.in_memory
     num_workers: int = 1
     job_endpoint: str | None = None
@@ -141,6 +161,8 @@ class RunnerConfig:
     sdk_worker_parallelism: int | None = None
     parallelism: int | None = None
     max_parallelism: int | None = None
+    address: str | None = None
+    partitions: int | None = None
     dataflow: DataflowConfig = field(default_factory=DataflowConfig)
     dry_run: bool = False
     extra_options: list[str] = field(default_factory=list)
@@ -173,6 +195,8 @@ class RunnerConfig:
                 )
             if value is not None and value < 1:
                 raise ConfigError(f"runner.{name} must be >= 1, got {value}")
+        self._check_job_name()
+        self._check_dask()
         if self.name == RunnerName.dataflow:
             self.dataflow.check()
             if not self.image:
@@ -180,6 +204,37 @@ class RunnerConfig:
                     "runner=dataflow needs runner.image=<worker image>: workers need this project installed "
                     "(see infra/README.md)"
                 )
+
+    def _check_job_name(self) -> None:
+        name = self.job_name
+        if name is None:
+            return
+        if not JOB_NAME_PATTERN.fullmatch(name) or len(name) > JOB_NAME_MAX_LENGTH:
+            raise ConfigError(
+                f"runner.job_name={name!r} is not a valid job name: use lower case letters, digits and dashes, "
+                f"start with a letter, end with a letter or digit, at most {JOB_NAME_MAX_LENGTH} characters "
+                "(or leave runner.job_name unset for a unique generated name)"
+            )
+
+    def _check_dask(self) -> None:
+        if self.partitions is not None and self.name != RunnerName.dask:
+            raise ConfigError(f"runner.partitions is a runner=dask option: drop it for runner={self.name.value}")
+        if self.partitions is not None and self.partitions < 1:
+            raise ConfigError(f"runner.partitions must be >= 1, got {self.partitions}")
+        if self.address is None:
+            return
+        if self.name != RunnerName.dask:
+            raise ConfigError(
+                f"runner.address is the dask scheduler of runner=dask, not an option of runner={self.name.value}: "
+                "drop runner.address"
+                + (" (a Beam job service goes in runner.job_endpoint)" if self.name in _JOB_SERVER_RUNNERS else "")
+                + ", or set runner=dask"
+            )
+        if not _DASK_ADDRESS.fullmatch(self.address):
+            raise ConfigError(
+                f"runner.address={self.address!r} is not a dask scheduler address: use host:port or "
+                "tcp://host:port (leave it unset for a LocalCluster on this machine)"
+            )
 
 
 _JOB_SERVER_RUNNERS = (RunnerName.portable, RunnerName.spark, RunnerName.flink)

@@ -40,7 +40,7 @@ from pipelines.label.plan import LabelPlan, plan_shards
 from pipelines.label.progress import ProgressReporter, format_summary
 from pipelines.label.read import ShardTask
 from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
-from pipelines.options import inference_resource_hints, pipeline_options
+from pipelines.options import inference_resource_hints, pipeline_options, release_runner
 from pipelines.storage import Storage, join
 
 
@@ -159,10 +159,15 @@ def run(
     logger.info("%d shards, %d to label, %d already done", len(plan.shards), len(plan.pending), done)
     started_at = time.time()
     pending_names = [t.name for t in plan.pending]
-    options = options or pipeline_options(cfg.runner, job_name="dpmesh-label")
+    runner = cfg.runner
+    if runner.name == RunnerName.dask and runner.partitions is None:
+        # The DaskRunner ignores Reshuffle: its only parallelism is how Create is split, so one shard per partition.
+        runner = replace(runner, partitions=max(1, len(plan.pending)))
+    options = options or pipeline_options(runner, job_name="dpmesh-label")
     progress = ProgressReporter(storage, cfg.output, pending_names, cfg.progress_interval_s)
     with progress, beam.Pipeline(options=options) as p:
         build_pipeline(p, cfg, plan, handler=handler, detector_handlers=detector_handlers, started_at=started_at)
+    release_runner(p.result)
     summary: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, SUMMARY_NAME)))
     return summary
 

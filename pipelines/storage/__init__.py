@@ -10,9 +10,18 @@ exponential backoff and full jitter, only for an explicit allow-list; the policy
 ``pipelines.storage.retry``.
 """
 
-from pipelines.storage.base import ObjectInfo, ObjectNotFoundError, StorageError
+from pipelines.storage.base import ObjectInfo, ObjectNotFoundError, StorageError, TransientStorageError
 from pipelines.storage.core import Storage
 from pipelines.storage.uri import ParsedUri, join, parse_uri
 
 
-__all__ = ["ObjectInfo", "ObjectNotFoundError", "ParsedUri", "Storage", "StorageError", "join", "parse_uri"]
+__all__ = [
+    "ObjectInfo",
+    "ObjectNotFoundError",
+    "ParsedUri",
+    "Storage",
+    "StorageError",
+    "TransientStorageError",
+    "join",
+    "parse_uri",
+]

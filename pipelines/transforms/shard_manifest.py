@@ -3,11 +3,18 @@
 The manifest is the shard set's table of contents and its completion marker: it lists every
 shard with its sample count and tar digest, and reconciles the input count against what was
 sharded and what was reported.
+
+The steps before it report to it with :class:`ManifestRecord` elements in their one main output, next
+to the samples they pass on, rather than through tagged outputs and side inputs: Beam's DaskRunner
+(2.77) mixes tagged outputs into the main output and recomputes a side input's whole upstream for
+every consumer, which would redo the shard writes. The records of every step are flattened and
+collected into one list, the single input of :class:`WriteManifestFn`.
 """
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -29,6 +36,46 @@ _FILE_STAGES = {
     ErrorStage.SHARD_WRITE.value,
 }
 _MAX_LISTED_DUPLICATE_GROUPS = 10_000
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """One fact for the manifest: ``kind`` is one of the ``*_KIND`` names below, ``value`` its payload."""
+
+    kind: str
+    value: Any
+
+
+ERROR_KIND = "error"  # an errors-table row (dict)
+DUPLICATE_GROUP_KIND = "duplicate_group"  # {"sha1", "keys"} of byte-identical files
+JOIN_KIND = "join"  # {"name", "status", "images"}: an annotation name that matched no or several images
+SUMMARY_KIND = "summary"  # one written shard (dict)
+FILES_LISTED_KIND = "files_listed"  # how many files the listing gave (int; summed)
+BUCKETS_KIND = "buckets"  # the planned bucket count (int)
+# Kinds collected into a list, by the build_manifest argument they fill.
+_LIST_KINDS = {
+    SUMMARY_KIND: "summaries",
+    ERROR_KIND: "errors",
+    DUPLICATE_GROUP_KIND: "duplicate_groups",
+    JOIN_KIND: "join_report",
+}
+
+
+def manifest_inputs(records: Iterable[ManifestRecord]) -> dict[str, Any]:
+    """Sorts the records by kind into the keyword arguments of :func:`build_manifest` (less ``run_info``)."""
+    inputs: dict[str, Any] = {name: [] for name in _LIST_KINDS.values()}
+    inputs["files_listed"] = 0
+    inputs["buckets"] = 1  # what an empty corpus plans (num_buckets of nothing): no bucket record then
+    for record in records:
+        if record.kind in _LIST_KINDS:
+            inputs[_LIST_KINDS[record.kind]].append(record.value)
+        elif record.kind == FILES_LISTED_KIND:
+            inputs["files_listed"] += record.value
+        elif record.kind == BUCKETS_KIND:
+            inputs["buckets"] = record.value
+        else:
+            raise ValueError(f"unknown manifest record kind {record.kind!r}")
+    return inputs
 
 
 def build_manifest(
@@ -75,33 +122,24 @@ def build_manifest(
 
 
 class WriteManifestFn(beam.DoFn):
-    """Runs once, after every shard is written (its side inputs depend on all of them)."""
+    """Input: the list of every :class:`ManifestRecord` of the run, so it runs once, after every shard is written."""
 
     def __init__(self, storage_cfg: StorageConfig, output: str, run_info: dict[str, Any]) -> None:
         self._storage_cfg = storage_cfg
         self._output = output
         self._run_info = run_info
 
-    def process(
-        self, _: Any, summaries: Any, errors: Any, duplicates: Any, join_report: Any, files_listed: int, buckets: int
-    ) -> Iterator[dict[str, Any]]:
+    def process(self, records: list[ManifestRecord]) -> Iterator[dict[str, Any]]:
         storage = Storage(self._storage_cfg)
-        error_list = sorted(errors, key=error_sort_key)
+        inputs = manifest_inputs(records)
+        error_list = sorted(inputs.pop("errors"), key=error_sort_key)
         schema = with_file_metadata(
             ERROR_SCHEMA,
             pipeline_version=self._run_info["pipeline_version"],
             config_hash=self._run_info["config_hash"],
         )
         storage.write_bytes(join(self._output, ERRORS_NAME), parquet_bytes(table_from_rows(error_list, schema)))
-        manifest = build_manifest(
-            summaries=list(summaries),
-            errors=error_list,
-            duplicate_groups=list(duplicates),
-            join_report=list(join_report),
-            files_listed=files_listed,
-            buckets=buckets,
-            run_info=self._run_info,
-        )
+        manifest = build_manifest(errors=error_list, run_info=self._run_info, **inputs)
         document = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
         storage.write_bytes(join(self._output, MANIFEST_NAME), document)
         yield manifest

@@ -4,6 +4,11 @@ Only metadata travels through the shuffles; the image bytes are read twice (once
 check them, once when their shard is written, with the hash verified again). That keeps every
 worker's memory bounded by one shard in flight, whatever the corpus size, at the price of a
 second read.
+
+Each step has one output: the records it passes on (:class:`SourceFile`, :class:`ShardSample`) mixed
+with :class:`~pipelines.transforms.shard_manifest.ManifestRecord` reports (errors, duplicates, join
+problems, shard summaries); the next step selects its records by type. No tagged outputs, because
+Beam's DaskRunner merges them into the main output.
 """
 
 import hashlib
@@ -36,14 +41,21 @@ from pipelines.shard_format import (
     index_rows,
     shard_id_of_part,
 )
-from pipelines.storage import Storage, join
+from pipelines.storage import Storage, TransientStorageError, join
+from pipelines.transforms.shard_manifest import (
+    DUPLICATE_GROUP_KIND,
+    ERROR_KIND,
+    FILES_LISTED_KIND,
+    JOIN_KIND,
+    SUMMARY_KIND,
+    ManifestRecord,
+)
 from schemas import SHARD_INDEX_SCHEMA, ErrorReason, ErrorStage, table_from_rows, with_file_metadata
 
 
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "dpmesh_shard"
-ERRORS = "errors"
 _READ_AHEAD = 8
 
 
@@ -52,21 +64,24 @@ def _counter(name: str) -> Any:
 
 
 class ListCorpusFn(beam.DoFn):
-    """Lists the corpus on a worker, lazily, so the driver never holds the listing."""
+    """Lists the corpus on a worker, lazily, so the driver never holds the listing; then reports the count."""
 
     def __init__(self, storage_cfg: StorageConfig, input_cfg: InputConfig) -> None:
         self._storage_cfg = storage_cfg
         self._input_cfg = input_cfg
         self._listed = _counter("files_listed")
 
-    def process(self, _: Any) -> Iterator[SourceFile]:
+    def process(self, _: Any) -> Iterator[SourceFile | ManifestRecord]:
+        listed = 0
         for source in list_corpus(Storage(self._storage_cfg), self._input_cfg):
             self._listed.inc()
+            listed += 1
             yield source
+        yield ManifestRecord(FILES_LISTED_KIND, listed)
 
 
 class ProbeFileFn(beam.DoFn):
-    """Reads, hashes and decodes one file; emits a :class:`ShardSample` or an error row."""
+    """Reads, hashes and decodes one file; emits a :class:`ShardSample` or an error record."""
 
     def __init__(self, storage_cfg: StorageConfig, shard_cfg: ShardConfig) -> None:
         self._storage_cfg = storage_cfg
@@ -86,9 +101,7 @@ class ProbeFileFn(beam.DoFn):
         except ImageRejectedError as exc:
             self._errored.inc()
             stage = ErrorStage.SHARD_READ if exc.reason in _READ_REASONS else ErrorStage.SHARD_DECODE
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, error_row(stage, exc.reason, str(exc), key=key, source_uri=source.uri)
-            )
+            yield ManifestRecord(ERROR_KIND, error_row(stage, exc.reason, str(exc), key=key, source_uri=source.uri))
             return
         self._ok.inc()
         yield ShardSample(
@@ -111,6 +124,8 @@ class ProbeFileFn(beam.DoFn):
             raise too_large
         try:
             data = self._storage.read_bytes(source.uri)
+        except TransientStorageError:
+            raise  # the store is failing, not the file: fail the work item so the runner retries it
         except OSError as exc:
             raise ImageRejectedError(ErrorReason.READ_FAILED.value, f"{type(exc).__name__}: {exc}") from None
         if len(data) > limit:
@@ -124,8 +139,6 @@ _READ_REASONS = {ErrorReason.READ_FAILED.value, ErrorReason.FILE_TOO_LARGE.value
 class ResolveDuplicatesFn(beam.DoFn):
     """Input: ``(sha1, samples)``. Reports byte-identical files; optionally keeps only the smallest key."""
 
-    DUPLICATE_GROUPS = "duplicate_groups"
-
     def __init__(self, drop_duplicates: bool) -> None:
         self._drop = drop_duplicates
         self._duplicates = _counter("duplicate_files")
@@ -135,7 +148,7 @@ class ResolveDuplicatesFn(beam.DoFn):
         samples = sorted(group, key=lambda s: s.key)
         if len(samples) > 1:
             self._duplicates.inc(len(samples) - 1)
-            yield beam.pvalue.TaggedOutput(self.DUPLICATE_GROUPS, {"sha1": sha1, "keys": [s.key for s in samples]})
+            yield ManifestRecord(DUPLICATE_GROUP_KIND, {"sha1": sha1, "keys": [s.key for s in samples]})
         if not self._drop:
             yield from samples
             return
@@ -145,7 +158,7 @@ class ResolveDuplicatesFn(beam.DoFn):
             row = error_row(
                 ErrorStage.SHARD_DEDUP, ErrorReason.DUPLICATE, message, key=dup.key, source_uri=dup.source_uri
             )
-            yield beam.pvalue.TaggedOutput(ERRORS, row)
+            yield ManifestRecord(ERROR_KIND, row)
 
 
 def read_annotations(
@@ -167,8 +180,6 @@ class AttachAnnotationsFn(beam.DoFn):
     are sharded without persons and reported in the manifest rather than guessing.
     """
 
-    JOIN_REPORT = "join_report"
-
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
         name, grouped = element
         images = sorted(grouped["images"], key=lambda s: s.key)
@@ -178,7 +189,7 @@ class AttachAnnotationsFn(beam.DoFn):
             return
         if len(images) != 1 or len(annotations) != 1:
             status = "unmatched" if not images else "ambiguous"
-            yield beam.pvalue.TaggedOutput(self.JOIN_REPORT, {"name": name, "status": status, "images": len(images)})
+            yield ManifestRecord(JOIN_KIND, {"name": name, "status": status, "images": len(images)})
             yield from images
             return
         image, ann = images[0], annotations[0]
@@ -187,7 +198,7 @@ class AttachAnnotationsFn(beam.DoFn):
             row = error_row(
                 ErrorStage.SHARD_ANNOTATIONS, problem.reason, message, key=image.key, source_uri=image.source_uri
             )
-            yield beam.pvalue.TaggedOutput(ERRORS, row)
+            yield ManifestRecord(ERROR_KIND, row)
         yield replace(image, annotated=True, persons=ann.persons)
 
 
@@ -213,7 +224,10 @@ def num_buckets(totals: tuple[int, int], cfg: ShardConfig) -> int:
 
 
 class WriteBucketFn(beam.DoFn):
-    """Input: ``(bucket, samples)``. Cuts the bucket into shards and writes each tar and index.
+    """Input: ``((bucket, buckets), samples)``. Cuts the bucket into shards and writes each tar and index.
+
+    The bucket count rides in the key rather than in a side input: the DaskRunner would recompute a side
+    input (here: probe the whole corpus again) for every bundle that reads it.
 
     Each shard is built in a local temporary file, then published with one upload, then its index
     Parquet is written: an index present means its tar is complete.
@@ -236,13 +250,13 @@ class WriteBucketFn(beam.DoFn):
     def teardown(self) -> None:
         self._pool.shutdown(wait=False)
 
-    def process(self, element: tuple[int, Iterable[ShardSample]], buckets: int) -> Iterator[Any]:
-        bucket, samples = element
+    def process(self, element: tuple[tuple[int, int], Iterable[ShardSample]]) -> Iterator[ManifestRecord]:
+        (bucket, buckets), samples = element
         parts = cut_into_shards(samples, max_samples=self._shard_cfg.max_samples, max_bytes=self._shard_cfg.max_bytes)
         for part_index, part in enumerate(parts):
             yield from self._write_shard(shard_id_of_part(bucket, part_index, buckets), part)
 
-    def _write_shard(self, shard_id: int, samples: list[ShardSample]) -> Iterator[Any]:
+    def _write_shard(self, shard_id: int, samples: list[ShardSample]) -> Iterator[ManifestRecord]:
         name = shard_name(shard_id)
         with tempfile.TemporaryDirectory(prefix="dpmesh-shard-") as tmpdir:
             tar_path = os.path.join(tmpdir, f"{name}.tar")
@@ -250,7 +264,7 @@ class WriteBucketFn(beam.DoFn):
                 writer = ShardTarWriter(tar_file)
                 for sample, data, problem in self._read_verified(samples, name):
                     if problem is not None:
-                        yield beam.pvalue.TaggedOutput(ERRORS, problem)
+                        yield ManifestRecord(ERROR_KIND, problem)
                     else:
                         writer.add(sample, data)
                 writer.close()
@@ -272,7 +286,7 @@ class WriteBucketFn(beam.DoFn):
             }
         self._shards.inc()
         self._samples.inc(len(rows))
-        yield summary
+        yield ManifestRecord(SUMMARY_KIND, summary)
 
     def _read_verified(self, samples: list[ShardSample], shard: str) -> Iterator[tuple[ShardSample, bytes, Any]]:
         """Reads samples a few ahead (object stores reward concurrency), in order, checking each hash."""
@@ -288,6 +302,8 @@ class WriteBucketFn(beam.DoFn):
     def _verify(self, sample: ShardSample, future: "Future[bytes]", shard: str) -> tuple[ShardSample, bytes, Any]:
         try:
             data = future.result()
+        except TransientStorageError:
+            raise  # as in probing: a persisting store fault is not a property of the file
         except OSError as exc:
             message = f"{type(exc).__name__}: {exc}"
             return sample, b"", self._error(sample, shard, ErrorReason.READ_FAILED, message)

@@ -1,6 +1,7 @@
 """Fixtures for pipeline runs: Beam's local job service (portable runner) and an SDK worker pool (EXTERNAL)."""
 
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
@@ -84,3 +85,82 @@ def beam_worker_pool(tmp_path: Path) -> Iterator[str]:
 
     with background_service("Beam worker pool", command, tmp_path / "worker_pool.log", endpoint, env) as address:
         yield address
+
+
+@dataclasses.dataclass(frozen=True)
+class DaskCluster:
+    """A dask scheduler and its worker processes started by :func:`dask_cluster`."""
+
+    address: str  # 127.0.0.1:<port>, what runner.address takes
+    scheduler_log: Path
+    worker_logs: tuple[Path, ...]
+
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Run the block in ``path`` (the processes it starts keep it); ``contextlib.chdir`` needs Python 3.11."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A real dask cluster on 127.0.0.1: ``dask scheduler`` and two ``dask worker`` processes, one thread each.
+
+    Every process is this interpreter started at the repository root with the root on ``PYTHONPATH``, so workers
+    import this checkout's ``pipelines``, as a cluster's workers import the project installed on them. Workers run
+    without a nanny, so stopping the fixture stops the very process that runs tasks. A worker counts as up once
+    its log says it registered with the scheduler.
+    """
+    folder = Path(tmp_path_factory.mktemp("dask"))
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    path = os.pathsep.join(p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    scheduler = [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+
+    def listening() -> str | None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return address
+        except OSError:
+            return None
+
+    def registered(log: Path) -> Callable[[], str | None]:
+        return lambda: address if log.exists() and "Registered to:" in log.read_text(errors="replace") else None
+
+    worker_logs = tuple(folder / f"worker-{i}.log" for i in range(2))
+    scheduler_log = folder / "scheduler.log"
+    with contextlib.ExitStack() as stack:
+        with _working_directory(_REPO_ROOT):  # only while starting them: the tests keep their own cwd
+            stack.enter_context(
+                background_service("dask scheduler", [*scheduler, "--no-dashboard"], scheduler_log, listening, env)
+            )
+            for i, log in enumerate(worker_logs):
+                worker = [sys.executable, "-m", "dask", "worker", f"tcp://{address}", "--host", "127.0.0.1"]
+                worker += ["--nthreads", "1", "--nworkers", "1", "--no-nanny", "--no-dashboard"]
+                worker += ["--name", f"worker-{i}", "--local-directory", str(folder / f"worker-{i}")]
+                stack.enter_context(background_service(f"dask worker {i}", worker, log, registered(log), env))
+        try:
+            yield DaskCluster(address, scheduler_log, worker_logs)
+        finally:
+            _close_leftover_dask_clients()
+
+
+def _close_leftover_dask_clients() -> None:
+    """Closes dask clients a job left open (Beam's DaskRunner does unless the job calls ``release_runner``), so that
+    none keeps reconnecting to a scheduler this fixture is about to stop."""
+    import distributed  # here: only dask tests need it
+
+    for _ in range(100):  # default_client() gives the newest open client until none is left
+        try:
+            distributed.default_client().close()
+        except ValueError:
+            return

@@ -118,7 +118,8 @@ def test_each_shard_is_committed_before_the_last_shard_is_inferred(corpus: Path,
     assert first_marker < last_inference - BATCH_DELAY_S, (
         f"first marker at {first_marker:.2f}, last inference ended {last_inference:.2f}: a barrier held commits"
     )
-    assert summary["reconciled"] and summary["shards"]["labeled_this_run"] == shards
+    assert summary["reconciled"]
+    assert summary["shards"]["labeled_this_run"] == shards
 
 
 def test_with_detection_shards_are_committed_one_by_one_too(
@@ -152,7 +153,8 @@ def test_a_model_shared_across_processes_labels_like_an_unshared_one(demo_shards
         assert DPMeshModelHandler(cfg.model, cfg.storage).share_model_across_processes() is (share == "true")
         summary = run(cfg)
         assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
-        assert summary["counts"]["persons_in"] > 0 and summary["reconciled"]
+        assert summary["counts"]["persons_in"] > 0
+        assert summary["reconciled"]
         outputs[share] = _digests(output)
     assert outputs["true"] == outputs["false"]
 
@@ -211,9 +213,11 @@ def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(corpus: Path
     with pytest.raises(ConfigError, match=r"no _manifest\.json.*input\.allow_incomplete=true"):
         run(cfg)
     summary = run(_label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}", "input.allow_incomplete=true"))
-    assert summary["shards"]["done"] == 2 and summary["reconciled"]
+    assert summary["shards"]["done"] == 2
+    assert summary["reconciled"]
     marker = json.loads(next((tmp_path / "o" / "_done").glob("*.json")).read_text())
-    assert marker["shard_identity"]["tar_sha1"] is None and marker["shard_identity"]["tar_bytes"] > 0
+    assert marker["shard_identity"]["tar_sha1"] is None
+    assert marker["shard_identity"]["tar_bytes"] > 0
 
 
 def test_tars_missing_from_the_manifest_are_refused(corpus: Path, tmp_path: Path) -> None:
@@ -237,6 +241,7 @@ def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, t
     shards.mkdir()
     for path in (corpus / "shards").iterdir():
         (shards / path.name).write_bytes(path.read_bytes())
+
     def members_of(path: Path) -> list[tuple[str, bytes]]:
         with tarfile.open(path) as tar:
             return [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
@@ -267,6 +272,7 @@ def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, t
     labels = pq.read_table(output / "annotations" / f"{shard}.parquet").to_pylist()
     labels += pq.read_table(output / "rejected" / f"{shard}.parquet").to_pylist()
     sample_ids = [r["sample_id"] for r in labels]
-    assert sample_ids and len(sample_ids) == len(set(sample_ids))
+    assert sample_ids
+    assert len(sample_ids) == len(set(sample_ids))
     assert {r["image_key"] for r in labels} == {keys[0]}
     assert "read_failed" not in summary["errors_by_reason"]

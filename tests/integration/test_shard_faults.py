@@ -77,3 +77,21 @@ def test_shards_through_a_flaky_store_are_byte_identical(
     assert sorted(faulty_objects) == sorted(clean_objects)
     assert [name for name in clean_objects if faulty_objects[name] != clean_objects[name]] == []
     assert any(name.endswith(".tar") for name in clean_objects)
+
+
+@pytest.mark.s3
+def test_a_persisting_fault_fails_the_run_instead_of_becoming_read_failed_rows(
+    fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    images = make_images(4, seed=4, width=160, height=120)
+    write_corpus(str(tmp_path / "corpus"), images)
+    cfg = _config(fault_proxy, f"input.images={s3_bucket}/corpus", f"output={s3_bucket}/out", "storage.max_attempts=2")
+    storage = Storage(cfg.storage)
+    for path in sorted((tmp_path / "corpus").rglob("*.jpg")):
+        storage.write_bytes(join(s3_bucket, "corpus", path.name), path.read_bytes())
+    # Listing works; every image GET fails for good.
+    fault_proxy.set_plan(FaultPlan(rate=1.0, kinds=("503",), methods=frozenset({"GET"}), path_suffixes=(".jpg",)))
+    with pytest.raises(Exception, match="transient error persisted"):
+        run(cfg)
+    fault_proxy.with_rate(0.0)
+    assert not storage.exists(join(s3_bucket, "out", "_manifest.json")), "a failed run must not look complete"

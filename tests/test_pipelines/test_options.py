@@ -1,6 +1,8 @@
 """Beam options per runner config, parsed back into apache_beam's own views, dry-run launch plans, worker images."""
 
 import re
+from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import apache_beam as beam
@@ -11,16 +13,19 @@ from apache_beam.options.pipeline_options import (
     DirectOptions,
     FlinkRunnerOptions,
     GoogleCloudOptions,
+    PipelineOptions,
     PortableOptions,
     SetupOptions,
     StandardOptions,
     WorkerOptions,
 )
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
+from apache_beam.runners.runner import PipelineRunner, create_runner
 
-from pipelines.config import ConfigError, LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.config import ConfigError, LabelJobConfig, RunnerConfig, RunnerName, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
-from pipelines.options import beam_flags, inference_resource_hints, pipeline_options
+from pipelines.launch_plan import launch_plan
+from pipelines.options import beam_flags, inference_resource_hints, pipeline_options, unique_job_name
 from pipelines.shard_images import run as shard
 
 
@@ -32,6 +37,7 @@ DATAFLOW = [
     f"runner.image={IMAGE}",
 ]
 L4 = "type:nvidia-l4;count:1;install-nvidia-driver"
+JOB_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # Dataflow's rule, written out again to check ours
 
 
 def _shard(*overrides: str) -> ShardJobConfig:
@@ -74,7 +80,7 @@ def test_dataflow_gpu_options_parse_into_beams_views() -> None:
     gcp = options.view_as(GoogleCloudOptions)
     assert (gcp.project, gcp.region, gcp.temp_location) == ("my-project", "us-central1", "gs://my-project-dpmesh/tmp")
     assert gcp.staging_location is None
-    assert gcp.job_name == "dpmesh-label"
+    assert re.fullmatch(r"dpmesh-label-\d{8}-\d{6}-[0-9a-f]{6}", gcp.job_name)
     assert gcp.labels == ["team=ml"]
     assert gcp.dataflow_service_options == [f"worker_accelerator={L4}"]
     worker = options.view_as(WorkerOptions)
@@ -207,21 +213,15 @@ def test_dataflow_dry_run_plan_for_labeling(no_submit: None, capsys: pytest.Capt
         "GoogleCloudOptions",
         "WorkerOptions",
         "sdk_container_image",
-        "DPMesh",
-        "RunInference",
-        "ReadShards",
+        "LabelShards",
     ):
         assert text in out
-    assert [s["name"] for s in plan["steps"]][:3] == ["ListShards", "SpreadShards", "ReadShards"]
+    assert [s["name"] for s in plan["steps"]][:3] == ["ListShards", "SpreadShards", "LabelShards"]
     assert plan["options"]["WorkerOptions"]["sdk_container_image"] == IMAGE
     assert plan["problems"] == []
 
 
 def test_right_fitting_dry_run_shows_which_step_gets_the_gpu(no_submit: None) -> None:
-    from apache_beam.ml.inference.base import ModelHandler
-
-    from pipelines.label.model_handler import DPMeshModelHandler
-
     cfg = _label(
         "runner=dataflow_gpu",
         *DATAFLOW,
@@ -229,15 +229,9 @@ def test_right_fitting_dry_run_shows_which_step_gets_the_gpu(no_submit: None) ->
         "runner.dry_run=true",
         "model.device=cuda",
     )
-
-    class Hinted(DPMeshModelHandler):
-        def get_resource_hints(self) -> dict:
-            return inference_resource_hints(cfg.runner)
-
-    handler: ModelHandler = Hinted(cfg.model, cfg.storage)
-    plan = label(cfg, handler=handler)
+    plan = label(cfg)
     gpu_steps = {s["name"]: s["resource_hints"] for s in plan["steps"] if s["resource_hints"]}
-    assert gpu_steps == {"DPMesh": {"accelerator": L4}}  # min_ram unset; only inference is on GPU workers
+    assert gpu_steps == {"LabelShards": {"accelerator": L4}}  # min_ram unset; only labeling is on GPU workers
     assert "right fitting" in plan["accelerator"]
     assert not any("worker_accelerator" in f for f in plan["flags"])
 
@@ -266,9 +260,144 @@ def test_spark_and_flink_dry_run_plans(name: str, no_submit: None, capsys: pytes
     assert plan["image"] == IMAGE
     assert plan["options"]["PortableOptions"]["environment_type"] == "DOCKER"
     assert "--job_endpoint=jobserver:8099" in out
-    assert "DPMesh" in out
+    assert "LabelShards" in out
     if name == "flink":
         assert "FlinkRunnerOptions" in plan["options"]
+
+
+def test_dask_options_parse_into_beams_views() -> None:
+    cfg = _shard("runner=dask", "runner.address=tcp://10.0.0.5:8786", "runner.partitions=12")
+    flags = beam_flags(cfg.runner, app="dpmesh-shard")
+    options = PipelineOptions(flags)
+    runner = options.view_as(StandardOptions).runner
+    assert isinstance(create_runner(runner), DaskRunner)  # Beam resolves the name (it does not know "DaskRunner")
+    dask = options.view_as(DaskOptions)
+    assert (dask.address, dask.npartitions) == ("tcp://10.0.0.5:8786", 12)
+    job_name = options.view_as(GoogleCloudOptions).job_name
+    assert dask.name == job_name  # the scheduler's logs name the client after the job
+    assert f"--job_name={job_name}" in flags
+
+
+def test_dask_without_an_address_leaves_the_local_cluster_to_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DPMESH_DASK_ADDRESS", raising=False)
+    cfg = _label("runner=dask")
+    assert (cfg.runner.name, cfg.runner.address, cfg.runner.partitions) == (RunnerName.dask, None, None)
+    flags = beam_flags(cfg.runner, app="dpmesh-label")
+    assert not any(f.startswith(("--dask_client_address", "--dask_npartitions")) for f in flags)
+    # What the DaskRunner hands to distributed.Client(**...): no address, so Client() starts a LocalCluster.
+    given = PipelineOptions(flags).view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+    assert set(given) == {"name"}
+
+
+def test_dask_address_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DPMESH_DASK_ADDRESS", "scheduler:8786")
+    assert _shard("runner=dask").runner.address == "scheduler:8786"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["runner.address=127.0.0.1:8786"], "runner.address is the dask scheduler of runner=dask"),
+        (["runner=portable", "runner.address=h:8786"], "runner.job_endpoint"),
+        (["runner=dask", "runner.address=scheduler"], "host:port"),
+        (["runner=dask", "runner.address=http://h:8786/status"], "host:port"),
+        (["runner.partitions=4"], "runner.partitions is a runner=dask option"),
+        (["runner=dask", "runner.partitions=0"], "runner.partitions must be >= 1"),
+        (["runner.job_name=Label-Run"], "runner.job_name='Label-Run'"),
+        (["runner.job_name=label_run"], "lower case letters, digits and dashes"),
+        (["runner.job_name=7-label"], "start with a letter"),
+        (["runner.job_name=label-"], "end with a letter or digit"),
+        ([f"runner.job_name=a{'b' * 63}"], "at most 63 characters"),
+    ],
+)
+def test_dask_and_job_name_mistakes_fail_at_launch(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _shard(*overrides)
+
+
+def test_every_launch_gets_its_own_valid_job_name() -> None:
+    runner = _shard().runner
+    names = {PipelineOptions(beam_flags(runner, app="dpmesh-shard")).view_as(GoogleCloudOptions).job_name}
+    names |= {pipeline_options(runner, app="dpmesh-shard").view_as(GoogleCloudOptions).job_name for _ in range(20)}
+    assert len(names) == 21
+    for name in names:
+        assert JOB_NAME.fullmatch(name)
+        assert len(name) <= 63
+        assert re.fullmatch(r"dpmesh-shard-\d{8}-\d{6}-[0-9a-f]{6}", name)
+
+
+def test_unique_job_name_is_utc_time_and_fits_dataflow_for_any_app_name() -> None:
+    now = datetime(2026, 3, 4, 23, 59, 58, tzinfo=timezone.utc)
+    assert unique_job_name("dpmesh-label", now=now).startswith("dpmesh-label-20260304-235958-")
+    for app in ("dpmesh-label", "DPMesh_Label v2", "9lives", "", "--", "x" * 200, "a" * 39 + "-" + "b" * 30):
+        name = unique_job_name(app, now=now)
+        assert JOB_NAME.fullmatch(name), name
+        assert len(name) <= 63, name
+    assert unique_job_name("DPMesh_Label v2", now=now).startswith("dpmesh-label-v2-2026")
+    assert unique_job_name("9lives", now=now).startswith("job-9lives-")
+
+
+def test_an_explicit_job_name_is_used_as_given() -> None:
+    cfg = _label("runner=dataflow_gpu", *DATAFLOW, "runner.job_name=nightly-label-42")
+    flags = beam_flags(cfg.runner, app="dpmesh-label")
+    assert "--job_name=nightly-label-42" in flags
+    assert pipeline_options(cfg.runner, app="dpmesh-label").view_as(GoogleCloudOptions).job_name == "nightly-label-42"
+
+
+def test_job_name_keyword_is_the_older_spelling_of_app() -> None:
+    runner = RunnerConfig()
+    old = pipeline_options(runner, job_name="dpmesh-refilter").view_as(GoogleCloudOptions).job_name
+    assert old.startswith("dpmesh-refilter-")
+    with pytest.raises(TypeError, match="app="):
+        beam_flags(runner)
+    with pytest.raises(TypeError, match="app="):
+        beam_flags(runner, app="a", job_name="b")
+
+
+def test_dask_dry_run_plan(no_submit: None, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = shard(_shard("runner=dask", "runner.address=10.0.0.5:8786", "runner.dry_run=true"))
+    out = capsys.readouterr().out
+    assert plan["beam_runner"] == "apache_beam.runners.dask.dask_runner.DaskRunner"
+    assert plan["options"]["DaskOptions"]["address"] == "10.0.0.5:8786"
+    job_name = next(f.split("=", 1)[1] for f in plan["flags"] if f.startswith("--job_name="))
+    assert plan["options"]["DaskOptions"]["name"] == job_name  # flags and options share one generated name
+    assert "dask scheduler at 10.0.0.5:8786" in out
+    assert plan["problems"] == []  # the shard graph has no tagged outputs
+    local = shard(_shard("runner=dask", "runner.dry_run=true"))
+    assert "LocalCluster" in local["cluster"]
+    assert "address" not in local["options"]["DaskOptions"]
+
+
+def test_dask_dry_run_names_steps_with_tagged_outputs(no_submit: None) -> None:
+    """Beam's DaskRunner merges tagged outputs into the main output: the plan says which steps have them."""
+
+    class Split(beam.DoFn):
+        def process(self, x: int) -> Iterator[object]:
+            yield x if x % 2 else beam.pvalue.TaggedOutput("odd", x)
+
+    def build(p: beam.Pipeline) -> None:
+        _ = p | beam.Create([1, 2]) | "Split" >> beam.ParDo(Split()).with_outputs("odd", main="even")
+
+    cfg = _shard("runner=dask", "runner.dry_run=true")
+    plan = launch_plan("tagged", cfg, build)
+    assert len(plan["problems"]) == 1
+    assert "Split" in plan["problems"][0]
+    assert launch_plan("tagged", _shard("runner.dry_run=true"), build)["problems"] == []  # other runners: fine
+
+
+def test_dask_dry_run_names_steps_that_would_never_run(no_submit: None) -> None:
+    """Beam's DaskRunner computes only the last step and what it reads: an earlier sink is silently skipped."""
+
+    def build(p: beam.Pipeline) -> None:
+        numbers = p | "Numbers" >> beam.Create([1, 2])
+        _ = numbers | "FirstSink" >> beam.Map(print)
+        total = numbers | "Total" >> beam.CombineGlobally(sum)  # a side input, so reached
+        _ = numbers | "LastSink" >> beam.Map(lambda x, t: x / t, t=beam.pvalue.AsSingleton(total))
+
+    plan = launch_plan("two-sinks", _shard("runner=dask", "runner.dry_run=true"), build)
+    assert plan["problems"] == [
+        "Beam's DaskRunner computes only the last step and what it reads, so these steps would never run: FirstSink"
+    ]
 
 
 def _dockerfile(kind: str) -> str:

@@ -1,0 +1,131 @@
+"""Both jobs on Beam's DaskRunner (dask.distributed), compared byte for byte with DirectRunner runs.
+
+``dask_cluster`` (tests/integration/conftest.py) is a real ``dask scheduler`` with two ``dask worker`` processes;
+one test lets the DaskRunner start its own LocalCluster instead. What Beam's DaskRunner does and does not do, and
+why the shard graph is shaped the way it is, is in README "Dask".
+"""
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import distributed
+import pytest
+
+from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.label.job import run as label
+from pipelines.shard_images import run as shard
+from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.integration.conftest import DaskCluster
+
+
+N_IMAGES = 12
+MAX_SAMPLES = 4
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """12 images (jpg/png/webp, people annotated on 8), 4 broken files and one exact duplicate: every report kind."""
+    root = tmp_path_factory.mktemp("dask-corpus")
+    images = make_images(N_IMAGES, seed=3, width=160, height=120, formats=("JPEG", "PNG", "WEBP"), persons=(1, 2))
+    extra = broken_files(images[0].data) | {"copies/again.jpg": images[0].data}
+    write_corpus(str(root / "images"), images, extra=extra, subdir="people")
+    write_coco(str(root / "coco.json"), images[:8])
+    return {"images": str(root / "images"), "annotations": str(root / "coco.json")}
+
+
+def _shard_config(corpus: dict[str, str], output: Path, *runner: str) -> ShardJobConfig:
+    overrides = [f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}"]
+    return compose_config(
+        "dpmesh_shard", [*overrides, f"shard.max_samples={MAX_SAMPLES}", "log_level=WARNING", *runner], ShardJobConfig
+    )
+
+
+def _shard_digests(output: Path) -> dict[str, str]:
+    """sha1 of every tar and Parquet file; the manifest without the output path it records and the run time."""
+    names = sorted(p for p in os.listdir(output) if p.endswith((".tar", ".parquet")))
+    digests = {n: hashlib.sha1(Path(output, n).read_bytes()).hexdigest() for n in names}
+    manifest = json.loads(Path(output, "_manifest.json").read_text())
+    manifest["config"].pop("output")
+    digests["_manifest.json"] = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="module")
+def direct_shards(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The DirectRunner run every Dask run is compared with."""
+    output = tmp_path_factory.mktemp("direct") / "shards"
+    return output, shard(_shard_config(corpus, output))
+
+
+def _tasks_run_by_workers(address: str) -> int:
+    """How many tasks the cluster's workers have executed so far."""
+    with distributed.Client(address, timeout=30) as client:
+        counts = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    return sum(counts.values())
+
+
+def test_shard_on_a_dask_cluster_gives_the_direct_runners_bytes(
+    dask_cluster: DaskCluster, corpus: dict[str, str], direct_shards: tuple[Path, dict], tmp_path: Path
+) -> None:
+    reference, expected = direct_shards
+    assert expected["counts"]["files_in"] == N_IMAGES + 5
+    assert expected["counts"]["errors_by_reason"]
+    assert expected["counts"]["duplicate_groups"] == 1
+    assert expected["counts"]["shards"] > 1
+    before = _tasks_run_by_workers(dask_cluster.address)
+    output = tmp_path / "shards"
+    manifest = shard(_shard_config(corpus, output, "runner=dask", f"runner.address={dask_cluster.address}"))
+    assert manifest["counts"] == expected["counts"]
+    assert _shard_digests(output) == _shard_digests(reference)
+    assert _tasks_run_by_workers(dask_cluster.address) > before  # the work ran on the cluster's workers
+    # The job connected as a client named after its unique job name (distributed names it Client-<name>-<uuid>).
+    log = dask_cluster.scheduler_log.read_text()
+    assert re.search(r"Receive client connection: Client-dpmesh-shard-\d{8}-\d{6}-[0-9a-f]{6}-", log)
+
+
+# Its dashboard moves to a free port when 8787 is taken (by another LocalCluster on this machine): not our concern.
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
+def test_shard_on_the_runners_own_local_cluster_gives_the_same_bytes(
+    corpus: dict[str, str], direct_shards: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DPMESH_DASK_ADDRESS", raising=False)  # runner.address would default to it
+    output = tmp_path / "shards"
+    cfg = _shard_config(corpus, output, "runner=dask")
+    assert cfg.runner.address is None  # so the DaskRunner starts a LocalCluster for the run
+    shard(cfg)
+    assert _shard_digests(output) == _shard_digests(direct_shards[0])
+
+
+# --- dpmesh-label on the same cluster -------------------------------------------------------------------------------
+
+
+def _label_config(shards: Path, output: Path, *runner: str) -> LabelJobConfig:
+    overrides = [f"input.shards={shards}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
+    return compose_config("dpmesh_label", [*overrides, *runner], LabelJobConfig)
+
+
+def _label_digests(output: Path) -> dict[str, str]:
+    files = sorted(output.glob("*/shard-*.parquet"))
+    return {str(p.relative_to(output)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_label_on_a_dask_cluster_gives_the_direct_runners_bytes(
+    dask_cluster: DaskCluster, direct_shards: tuple[Path, dict], tmp_path: Path
+) -> None:
+    shards, manifest = direct_shards
+    n_shards = len(manifest["shards"])
+    expected = label(_label_config(shards, tmp_path / "direct"))
+    assert expected["reconciled"]
+    assert expected["counts"]["persons_in"] > 0
+    # One dask partition per shard: the DaskRunner ignores Reshuffle, so this is what spreads shards over workers.
+    dask_run = ("runner=dask", f"runner.address={dask_cluster.address}", f"runner.partitions={n_shards}")
+    summary = label(_label_config(shards, tmp_path / "dask", *dask_run))
+    assert summary["reconciled"]
+    assert summary["counts"] == expected["counts"]
+    assert summary["shards"]["done"] == summary["shards"]["total"] == n_shards
+    ours = _label_digests(tmp_path / "dask")
+    assert {name.split("/")[0] for name in ours} >= {"annotations", "rejected"}
+    assert ours == _label_digests(tmp_path / "direct")

@@ -1,0 +1,107 @@
+"""dpmesh-label on a flaky object store: shards read from S3 and labels written to S3 through the fault proxy
+(tests/fault_proxy.py) give the same Parquet bytes as a run without faults, with no ``read_failed`` row.
+
+Shards are multi-MB tars streamed with ranged resumes, so truncated bodies and the one stall past the read timeout
+land in the middle of a shard. A fault that persists must fail the run (the runner retries the work item), never
+write a marker: the next run then labels that shard.
+"""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.label.job import run
+from pipelines.shard_images import run as shard
+from pipelines.storage import Storage, StorageError, join
+from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, wait_for
+
+
+FAULT_RATE = 0.25
+
+
+def _storage_overrides(proxy: FaultProxy) -> list[str]:
+    """Through the proxy: 2 s timeouts (one stall of 3 s), 6 attempts, fast backoff, no client rate limiting."""
+    return [
+        "storage=s3",
+        f"storage.s3_endpoint_url={proxy.endpoint_url}",
+        "storage.s3_region=us-east-1",
+        "storage.s3_addressing_style=path",
+        "storage.retry_mode=standard",
+        "storage.max_attempts=6",
+        "storage.backoff_base_s=0.01",
+        "storage.backoff_max_s=0.1",
+        "storage.connect_timeout_s=2",
+        "storage.read_timeout_s=2",
+    ]
+
+
+def _label_config(proxy: FaultProxy, shards: str, output: str, *extra: str) -> LabelJobConfig:
+    overrides = [f"input.shards={shards}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
+    return compose_config("dpmesh_label", [*overrides, *_storage_overrides(proxy), *extra], LabelJobConfig)
+
+
+def _parquet_digests(storage: Storage, prefix: str) -> dict[str, str]:
+    return {
+        o.uri[len(prefix) + 1 :]: hashlib.sha1(storage.read_bytes(o.uri)).hexdigest()
+        for o in storage.list(prefix)
+        if o.uri.endswith(".parquet")
+    }
+
+
+@pytest.fixture
+def s3_shards(fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path) -> str:
+    """Annotated shards of about 0.8 MB each on S3 (PNG images, so a truncated body lands mid-shard)."""
+    images = make_images(12, seed=8, width=640, height=480, persons=(1, 2), formats=("PNG",))
+    write_corpus(str(tmp_path / "images"), images)
+    write_coco(str(tmp_path / "coco.json"), images)
+    overrides = [
+        f"input.images={tmp_path / 'images'}",
+        f"input.annotations={tmp_path / 'coco.json'}",
+        f"output={s3_bucket}/shards",
+        "shard.max_samples=2",
+        "log_level=WARNING",
+        *_storage_overrides(fault_proxy),
+    ]
+    shard(compose_config("dpmesh_shard", overrides, ShardJobConfig))
+    return f"{s3_bucket}/shards"
+
+
+@pytest.mark.s3
+def test_labels_through_a_flaky_store_are_byte_identical(
+    fault_proxy: FaultProxy, s3_shards: str, s3_bucket: str
+) -> None:
+    clean_cfg = _label_config(fault_proxy, s3_shards, f"{s3_bucket}/clean")
+    clean = run(clean_cfg)
+    fault_proxy.set_plan(FaultPlan(rate=FAULT_RATE, seed=11, stall_s=3.0, max_stalls=1))
+    faulty = run(_label_config(fault_proxy, s3_shards, f"{s3_bucket}/faulty"))
+    assert wait_for(lambda: all(fault_proxy.injected[k] >= 1 for k in FAULT_KINDS)), fault_proxy.injected
+    fault_proxy.with_rate(0.0)
+
+    assert faulty["counts"] == clean["counts"]
+    assert faulty["reconciled"]
+    assert "read_failed" not in faulty["errors_by_reason"], "a transient fault became an error row"
+    storage = Storage(clean_cfg.storage)
+    clean_files = _parquet_digests(storage, f"{s3_bucket}/clean")
+    assert clean_files
+    assert _parquet_digests(storage, f"{s3_bucket}/faulty") == clean_files
+
+
+@pytest.mark.s3
+def test_a_persisting_fault_fails_the_run_and_writes_no_marker(
+    fault_proxy: FaultProxy, s3_shards: str, s3_bucket: str
+) -> None:
+    output = f"{s3_bucket}/down"
+    storage = Storage(_label_config(fault_proxy, s3_shards, output).storage)
+    # Planning reads the manifest and lists markers; then every shard GET fails for good.
+    fault_proxy.set_plan(FaultPlan(rate=1.0, kinds=("503",), methods=frozenset({"GET"}), path_suffixes=(".tar",)))
+    with pytest.raises(Exception, match="transient error persisted") as failure:
+        run(_label_config(fault_proxy, s3_shards, output, "storage.max_attempts=2"))  # give up soon
+    assert isinstance(failure.value, StorageError) or "TransientStorageError" in str(failure.value)
+    fault_proxy.with_rate(0.0)
+    assert list(storage.list(join(output, "_done"))) == [], "no shard may be marked done after a storage fault"
+    resumed = run(_label_config(fault_proxy, s3_shards, output))
+    assert resumed["shards"]["labeled_this_run"] == resumed["shards"]["total"]
+    assert resumed["reconciled"]
