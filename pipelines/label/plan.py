@@ -3,7 +3,8 @@
 A shard set is labeled only when it is complete (its ``_manifest.json`` exists and lists the tars found) unless
 ``input.allow_incomplete=true``; each shard's identity (tar size and sha1) comes from the manifest. A shard is
 pending when it has no marker, or its marker records another identity (the shard was rebuilt since), or with
-``overwrite=true``. Markers are read in parallel: a driver planning 100k shards must not spend an hour on GETs.
+``overwrite=true``. Markers come from the output's marker index, the rest read in parallel (see
+:mod:`pipelines.label.markers`): a driver planning 100k shards must not spend an hour on GETs.
 """
 
 import json
@@ -13,7 +14,7 @@ from typing import Any
 
 from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, shard_name_of
 from pipelines.config import ConfigError, LabelJobConfig, config_hash
-from pipelines.label.progress import read_markers
+from pipelines.label.markers import read_markers
 from pipelines.label.read import ShardTask
 from pipelines.storage import ObjectInfo, Storage, join
 

@@ -6,49 +6,22 @@ those of earlier (resumed) runs.
 """
 
 import dataclasses
-import json
 import logging
 import platform
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from types import TracebackType
 from typing import Any
 
-from pipelines.storage import Storage, join
+from pipelines.label.markers import fetch_markers, listed_markers
+from pipelines.storage import Storage
 
 
 logger = logging.getLogger(__name__)
 
-# Concurrent marker GETs: object stores serve many small requests in parallel; 32 matches the S3 client's pool.
-MARKER_READERS = 32
 _VERSIONED = ("apache-beam", "torch", "diffusers", "smplx", "pyarrow", "numpy", "webdataset")
-
-
-def read_markers(storage: Storage, output: str, *, names: set[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Every ``_done/<shard>.json`` under ``output`` (or only those of ``names``), by shard name.
-
-    The listing is one paged request stream; the markers are fetched by :data:`MARKER_READERS` threads at once,
-    so 100k markers take a minute rather than an hour of sequential GETs.
-    """
-    uris = [
-        obj.uri
-        for obj in storage.list(join(output, "_done") + "/")
-        if obj.uri.endswith(".json") and (names is None or _shard_of(obj.uri) in names)
-    ]
-    with ThreadPoolExecutor(MARKER_READERS) as pool:
-        documents = list(pool.map(storage.read_bytes, uris))
-    markers = {}
-    for data in documents:
-        marker = json.loads(data)
-        markers[marker["shard"]] = marker
-    return markers
-
-
-def _shard_of(marker_uri: str) -> str:
-    return marker_uri.rsplit("/", 1)[-1].removesuffix(".json")
 
 
 class ProgressReporter:
@@ -89,9 +62,10 @@ class ProgressReporter:
             )  # fmt: skip
 
     def _read_new_markers(self, persons_by_shard: dict[str, int]) -> None:
-        """Reads only the markers of pending shards not seen yet."""
-        wanted = self._pending - set(persons_by_shard)
-        for shard, marker in read_markers(self._storage, self._output, names=wanted).items():
+        """Reads only the markers of pending shards not seen yet (this run's: never from the index)."""
+        listed = listed_markers(self._storage, self._output)
+        new = [uri for shard, uri in listed.items() if shard in self._pending and shard not in persons_by_shard]
+        for shard, marker in fetch_markers(self._storage, new).items():
             persons_by_shard[shard] = marker["counts"]["persons_in"]
 
 

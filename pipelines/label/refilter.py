@@ -29,7 +29,8 @@ from pipelines.config import (
     config_to_dict,
 )
 from pipelines.label.job import filter_thresholds
-from pipelines.label.progress import build_summary, format_summary, read_markers
+from pipelines.label.markers import read_markers
+from pipelines.label.progress import build_summary, format_summary
 from pipelines.label.read import ShardReport, ShardTask
 from pipelines.label.summary import SUMMARY_NAME
 from pipelines.label.write import shard_marker

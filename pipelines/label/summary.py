@@ -2,7 +2,8 @@
 
 The launching machine may not survive a long Dataflow or Spark job; the summary therefore comes from a step after
 every shard: it gathers the names of the shards this run labeled (small records, the only thing that step waits
-for), reads every marker of the output in parallel and writes the summary. Shards themselves never wait for it.
+for), reads their markers (the others come from the marker index), rewrites the index and writes the summary.
+Shards themselves never wait for it.
 """
 
 import json
@@ -14,7 +15,8 @@ import apache_beam as beam
 
 from dpmesh_core.confidence import FilterThresholds
 from pipelines.config.storage import StorageConfig
-from pipelines.label.progress import build_summary, read_markers
+from pipelines.label.markers import read_markers, write_index
+from pipelines.label.progress import build_summary
 from pipelines.storage import Storage, join
 
 
@@ -48,10 +50,13 @@ class WriteSummaryFn(beam.DoFn):
 
     def process(self, labeled: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         storage = Storage(self._storage_cfg)
+        processed = sorted(record["shard"] for record in labeled)
+        markers = read_markers(storage, self._output, fresh=set(processed))  # this run's markers: read, not indexed
+        write_index(storage, self._output, markers)
         summary = build_summary(
-            markers=read_markers(storage, self._output),
+            markers=markers,
             shards_total=self._shards_total,
-            processed=sorted(record["shard"] for record in labeled),
+            processed=processed,
             elapsed_s=max(time.time() - self._started_at, 0.0),
             run_info=self._run_info,
             thresholds=self._thresholds,

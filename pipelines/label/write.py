@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from pipelines.error_rows import error_sort_key
 from pipelines.label.annotation_rows import annotation_sort_key
+from pipelines.label.markers import marker_uri
 from pipelines.label.read import ShardReport, ShardTask
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
@@ -20,13 +21,6 @@ from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_
 
 
 logger = logging.getLogger(__name__)
-
-DONE_FOLDER = "_done"
-
-
-def marker_uri(output: str, shard: str) -> str:
-    """``<output>/_done/<shard>.json``."""
-    return join(output, DONE_FOLDER, f"{shard}.json")
 
 
 class ShardWriter:

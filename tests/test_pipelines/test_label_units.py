@@ -351,3 +351,30 @@ def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_thro
     assert [b.batch_id for b in batches] == ["s/000000", "s/000001", "s/000002"]
     assert [[t.sample_id for t in b.tasks] for b in batches] == [["k_p0", "k_p1"], ["k_p2", "k_p3"], ["k_p4"]]
     assert error in out
+
+
+def test_markers_come_from_the_index_where_it_has_them_and_are_read_otherwise(tmp_path, monkeypatch) -> None:
+    import json
+
+    from pipelines.label.markers import read_markers, write_index
+    from pipelines.storage import Storage
+
+    storage = Storage()
+    done = tmp_path / "_done"
+    done.mkdir()
+    for i in range(3):
+        marker = {"shard": f"shard-00000{i}", "shard_identity": {"tar_bytes": i}, "counts": {"persons_in": i}}
+        (done / f"shard-00000{i}.json").write_text(json.dumps({**marker, "unindexed": True}))
+    write_index(storage, str(tmp_path), read_markers(storage, str(tmp_path)))
+    (done / "shard-000003.json").write_text(json.dumps({"shard": "shard-000003", "counts": {"persons_in": 3}}))
+    (done / "shard-000000.json").unlink()  # deleted by hand: its index entry must not resurrect it
+    reads: list[str] = []
+    original = Storage.read_bytes
+    monkeypatch.setattr(Storage, "read_bytes", lambda self, uri: reads.append(uri) or original(self, uri))
+    markers = read_markers(storage, str(tmp_path))
+    assert sorted(markers) == ["shard-000001", "shard-000002", "shard-000003"]
+    assert [uri.rsplit("/", 1)[-1] for uri in reads] == ["_done_index.json.gz", "shard-000003.json"]
+    assert "unindexed" not in markers["shard-000001"]  # the index keeps the fields planning and summaries use
+    reads.clear()
+    fresh = read_markers(storage, str(tmp_path), fresh={"shard-000001"})
+    assert fresh["shard-000001"]["unindexed"] is True, "a shard this run wrote is read, not taken from the index"
