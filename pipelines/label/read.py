@@ -38,7 +38,7 @@ from pipelines.label.inputs import (
     sample_metadata,
 )
 from pipelines.parquet_io import read_parquet_bytes
-from pipelines.storage import Storage, StorageError
+from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage, KeypointSource
 
 
@@ -313,6 +313,3 @@ class ShardReader:
     def _error(task: ShardTask, stage: ErrorStage, reason: Any, message: str, **where: Any) -> dict[str, Any]:
         where.setdefault("source_uri", task.uri)
         return error_row(stage, reason, message, shard=task.name, **where)
-
-
-__all__ = ["ShardReader", "ShardReport", "ShardTask", "StorageError"]
