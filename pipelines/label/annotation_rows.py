@@ -1,14 +1,19 @@
 """Building rows of the annotations table (:data:`schemas.ANNOTATION_SCHEMA`) from scored predictions."""
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dpmesh_core.confidence import ConfidenceSignals
-from dpmesh_core.postprocessing import PersonPrediction
-from pipelines.label.inputs import PersonTask
 from schemas import SCHEMA_VERSION
+
+
+if TYPE_CHECKING:  # types only: writers and dpmesh-refilter import this module without loading torch
+    from dpmesh_core.confidence import ConfidenceSignals
+    from dpmesh_core.postprocessing import PersonPrediction
+    from pipelines.label.inputs import PersonTask
 
 
 def _floats(array: np.ndarray) -> list[Any]:

@@ -21,12 +21,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines
-from dpmesh_core.confidence import FilterThresholds, default_thresholds, no_thresholds, strict_thresholds
 from pipelines.cli import hydra_app
 from pipelines.config import (
-    ConfigError,
-    FilterConfig,
-    FilterPreset,
     LabelJobConfig,
     RunnerName,
     config_hash,
@@ -38,30 +34,14 @@ from pipelines.label.label_shard import LabelSettings, LabelShardFn
 from pipelines.label.model_handler import DPMeshModelHandler, check_device
 from pipelines.label.plan import LabelPlan, plan_shards
 from pipelines.label.progress import ProgressReporter, format_summary
-from pipelines.label.read import ShardTask
+from pipelines.label.records import ShardTask
 from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
+from pipelines.label.thresholds import filter_thresholds
 from pipelines.options import inference_resource_hints, pipeline_options, release_runner
 from pipelines.storage import Storage, join
 
 
 logger = logging.getLogger(__name__)
-
-
-def filter_thresholds(cfg: FilterConfig) -> FilterThresholds:
-    """The preset's thresholds with the explicitly set ones replaced.
-
-    Raises:
-        ConfigError: if an override is out of range (the message names it).
-    """
-    presets = {
-        FilterPreset.default: default_thresholds,
-        FilterPreset.strict: strict_thresholds,
-        FilterPreset.off: no_thresholds,
-    }
-    try:
-        return replace(presets[cfg.preset](), **cfg.overrides())
-    except ValueError as exc:
-        raise ConfigError(str(exc).replace("FilterThresholds.", "filter.")) from exc
 
 
 def run_info(cfg: LabelJobConfig) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHa
 from pipelines.label.detection.shard_detector import ShardDetector
 from pipelines.label.inputs import PersonBatch, PersonTask
 from pipelines.label.model_handler import METRICS_NAMESPACE, DPMeshModelHandler
-from pipelines.label.read import ShardReader, ShardReport, ShardTask
+from pipelines.label.read import ShardReader
+from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.score import ACCEPTED, score_labeled
 from pipelines.label.write import ShardWriter
 from pipelines.storage import Storage

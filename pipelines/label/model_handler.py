@@ -23,7 +23,8 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.shared_model import model_tag
-from pipelines.config import ConfigError, Device, DType, ModelConfig, ModelName, ShareMode, config_to_dict
+from pipelines.common.torch_device import TORCH_DTYPES, checked_device
+from pipelines.config import ModelConfig, ModelName, ShareMode, config_to_dict
 from pipelines.config.storage import StorageConfig
 from pipelines.label.flip_consistency import flip_pa_mpjpe_mm
 from pipelines.label.inputs import PersonBatch, PersonTask
@@ -33,7 +34,6 @@ from pipelines.weights import local_copy
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "dpmesh"
-_TORCH_DTYPES = {DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,9 @@ class LabeledPerson:
     flip_pa_mpjpe_mm: float | None = None
 
 
-def check_device(cfg: ModelConfig) -> None:
-    """Fail at launch when ``model.device=cuda`` and no GPU is visible (never fall back to CPU silently)."""
-    if cfg.device == Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("model.device=cuda but no CUDA GPU is visible; pass model.device=cpu to run on CPU")
+def check_device(cfg: ModelConfig) -> torch.device:
+    """The model's device; fails at launch when ``model.device=cuda`` and no GPU is visible."""
+    return checked_device(cfg.device, "model.device")
 
 
 def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
@@ -57,14 +56,13 @@ def load_model(cfg: ModelConfig, storage_cfg: StorageConfig) -> DPMesh:
     With ``model.fast_path`` the weights are loaded in fp32 and converted once by
     ``dpmesh_core.fast_path.prepare_for_inference`` (compute dtype ``model.dtype``, fixed batch ``model.batch_size``).
     """
-    check_device(cfg)
-    device = torch.device(cfg.device.value)
-    dtype = torch.float32 if cfg.fast_path else _TORCH_DTYPES[cfg.dtype]
+    device = check_device(cfg)
+    dtype = torch.float32 if cfg.fast_path else TORCH_DTYPES[cfg.dtype]
     model = _load_network(cfg, storage_cfg, device, dtype)
     if not cfg.fast_path:
         return model
     fast_cfg = FastPathConfig(
-        dtype=_TORCH_DTYPES[cfg.dtype], channels_last=cfg.channels_last, compile=cfg.compile,
+        dtype=TORCH_DTYPES[cfg.dtype], channels_last=cfg.channels_last, compile=cfg.compile,
         cuda_graphs=cfg.cuda_graphs, batch_size=cfg.batch_size,
     )  # fmt: skip
     return prepare_for_inference(model, fast_cfg)

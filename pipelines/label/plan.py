@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, shard_name_of
 from pipelines.config import ConfigError, LabelJobConfig, config_hash
 from pipelines.label.markers import read_markers
-from pipelines.label.read import ShardTask
+from pipelines.label.records import ShardTask
 from pipelines.storage import ObjectInfo, Storage, join
 
 

@@ -16,15 +16,14 @@ What is content and what is a fault decides what becomes a row:
 
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pipelines.common.image_decode import ImageDecodeError, decode_rgb
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DetectorName
 from pipelines.error_rows import error_row
-from pipelines.image_decode import ImageDecodeError, decode_rgb
 from pipelines.label.detection.records import ImageDetections
 from pipelines.label.detection.shard_detector import ShardDetector, needs_detection
 from pipelines.label.inputs import (
@@ -37,6 +36,7 @@ from pipelines.label.inputs import (
     prepare_tasks,
     sample_metadata,
 )
+from pipelines.label.records import ShardReport, ShardTask
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage, KeypointSource
@@ -48,34 +48,6 @@ _READ_CHUNK = 1 << 20
 # With detection, images wait for their detection batch to fill; at most this many detection batches' worth of
 # decoded images (annotated ones included) are held before a partial batch is detected anyway.
 _MAX_PENDING_BATCHES = 4
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    """One shard to label: the unit of work, of commit and of resume.
-
-    Attributes:
-        uri: The shard tar.
-        name: ``shard-NNNNNN``.
-        identity: What the shard is: ``{"tar_bytes": int, "tar_sha1": str | None}`` from the shard set's manifest
-            (``tar_sha1`` None when labeled without one). The marker records it, so a changed shard is relabeled.
-    """
-
-    uri: str
-    name: str
-    identity: dict[str, Any]
-
-
-@dataclass
-class ShardReport:
-    """The per-shard counts the reader keeps (``images_in = images_ok + images_errored``) and what it read."""
-
-    counts: Counter[str] = field(
-        default_factory=lambda: Counter({"images_in": 0, "images_ok": 0, "images_errored": 0, "persons_in": 0})
-    )
-    tar_bytes: int = 0
-    tar_sha1: str = ""
-    detector_models: dict[str, str] = field(default_factory=dict)
 
 
 class _HashingStream:

@@ -28,11 +28,11 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label.job import filter_thresholds
 from pipelines.label.markers import read_markers
 from pipelines.label.progress import build_summary, format_summary
-from pipelines.label.read import ShardReport, ShardTask
+from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.summary import SUMMARY_NAME
+from pipelines.label.thresholds import filter_thresholds
 from pipelines.label.write import shard_marker
 from pipelines.options import pipeline_options
 from pipelines.parquet_io import parquet_bytes

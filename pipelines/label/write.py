@@ -14,7 +14,7 @@ import pyarrow as pa
 from pipelines.error_rows import error_sort_key
 from pipelines.label.annotation_rows import annotation_sort_key
 from pipelines.label.markers import marker_uri
-from pipelines.label.read import ShardReport, ShardTask
+from pipelines.label.records import ShardReport, ShardTask
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_metadata

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from dpmesh_core.confidence import FilterThresholds, default_thresholds, strict_thresholds
+from pipelines.common.image_decode import ImageDecodeError, decode_rgb
 from pipelines.config import (
     ConfigError,
     Device,
@@ -22,7 +23,6 @@ from pipelines.config import (
     compose_config,
 )
 from pipelines.config.storage import StorageConfig
-from pipelines.image_decode import ImageDecodeError, decode_rgb
 from pipelines.label.inputs import (
     PersonBatch,
     PersonTask,
@@ -31,10 +31,10 @@ from pipelines.label.inputs import (
     person_from_json,
     prepare_tasks,
 )
-from pipelines.label.job import filter_thresholds
 from pipelines.label.model_handler import DPMeshModelHandler, LabeledPerson, check_device, load_model
-from pipelines.label.read import ShardReport, ShardTask
+from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.refilter import rescore_row
+from pipelines.label.thresholds import filter_thresholds
 from pipelines.label.write import shard_marker
 from tests.fakes.corpus import draw_scene
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.config import ConfigError, DetectorConfig, Device, DType
+from pipelines.common.torch_device import TORCH_DTYPES, checked_device
+from pipelines.config import ConfigError, DetectorConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.storage import parse_uri
 from pipelines.weights import local_copy
@@ -31,7 +32,6 @@ from pipelines.weights import local_copy
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {DType.float32: torch.float32, DType.float16: torch.float16, DType.bfloat16: torch.bfloat16}
 PERSON_LABEL = "person"
 BOX_PADDING = 1.25  # ViTPose / mmpose top-down box padding
 NORMALIZE_FACTOR = 200.0  # mmpose's box scale unit (pixels / 200)
@@ -56,10 +56,8 @@ def weights_id(model: Any, source: str, revision: str | None) -> str:
 
 
 def check_detector_device(cfg: DetectorConfig) -> torch.device:
-    """The detector's device; ``cuda`` without a visible GPU fails (never falls back to CPU silently)."""
-    if cfg.device == Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("detector.device=cuda but no CUDA GPU is visible; pass detector.device=cpu to run on CPU")
-    return torch.device(cfg.device.value)
+    """The detector's device; fails at launch when ``detector.device=cuda`` and no GPU is visible."""
+    return checked_device(cfg.device, "detector.device")
 
 
 @dataclass
@@ -100,7 +98,7 @@ def load_detector(cfg: DetectorConfig, storage_cfg: StorageConfig) -> LoadedDete
     labels = {str(name).lower(): int(idx) for idx, name in model.config.id2label.items()}
     if PERSON_LABEL not in labels:
         raise ConfigError(f"detector.detector_model={cfg.detector_model!r} has no 'person' label in id2label")
-    model = model.to(device=check_detector_device(cfg), dtype=_TORCH_DTYPES[cfg.dtype]).eval()
+    model = model.to(device=check_detector_device(cfg), dtype=TORCH_DTYPES[cfg.dtype]).eval()
     return LoadedDetector(
         model=model,
         processor=processor,
@@ -123,7 +121,7 @@ def load_pose_model(cfg: DetectorConfig, storage_cfg: StorageConfig) -> LoadedPo
             f"detector.pose_model={cfg.pose_model!r} predicts {model.config.num_labels} keypoints, not COCO-17"
         )
     height, width = _input_hw(processor)
-    model = model.to(device=check_detector_device(cfg), dtype=_TORCH_DTYPES[cfg.dtype]).eval()
+    model = model.to(device=check_detector_device(cfg), dtype=TORCH_DTYPES[cfg.dtype]).eval()
     return LoadedPoseModel(
         model=model,
         input_hw=(int(height), int(width)),
