@@ -45,14 +45,14 @@ import torch
 from dpmesh_core.model import DPMesh
 from dpmesh_core.postprocessing import batch_inputs, to_full_image
 from dpmesh_core.preprocessing import PersonInputs
+from pipelines.common.image_decode import decode_rgb
 from pipelines.config import LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
-from pipelines.image_decode import decode_rgb
 from pipelines.label.inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
 from pipelines.label.job import run as label_run
 from pipelines.label.model_handler import DPMeshModelHandler, DPMeshPredictor, load_model
 from pipelines.logging_setup import configure_logging
-from pipelines.shard_images import run as shard_run
+from pipelines.shard.job import run as shard_run
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 
 
@@ -159,7 +159,9 @@ class FullSizeHandler(DPMeshModelHandler):
 
 
 def bench_model(cfg: LabelJobConfig, full_size: bool) -> DPMesh:
-    """The model the benchmark measures (the configured one, or the random full-size one)."""
+    """The model the benchmark measures (the configured one, or the random full-size one), with the pipeline's
+    thread count (``model.threads``), so both sides of the ratio compute on the same number of threads."""
+    torch.set_num_threads(cfg.model.threads)
     return full_size_model(cfg.model) if full_size else load_model(cfg.model, StorageConfig())
 
 

@@ -2,10 +2,12 @@
 
 Configuration errors print ``<command>: configuration error: <what and how to fix it>`` and exit 2;
 a dry run (``runner.dry_run=true``) has already printed its launch plan, so nothing more is reported.
+Unknown keys fail too, including those added with Hydra's ``+key=value`` (which bypasses the schema).
 """
 
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import hydra
@@ -32,6 +34,12 @@ def hydra_app(
     def _main(dict_cfg: DictConfig) -> None:
         try:
             cfg = to_job_config(dict_cfg, config_type)
+            unknown = sorted(unknown_keys(dict_cfg, cfg))
+            if unknown:
+                raise ConfigError(
+                    f"unknown key {', '.join(unknown)}: not an option of {command}; check the spelling "
+                    '(see README "Configuration")'
+                )
             configure_logging(getattr(cfg, "log_level", "INFO"))
             result = run(cfg)
         except ConfigError as exc:
@@ -46,3 +54,16 @@ def hydra_app(
 
     main.__doc__ = f"Console entry point ``{command}``."
     return main
+
+
+def unknown_keys(node: Any, cfg: Any, prefix: str = "") -> Iterator[str]:
+    """Dotted keys of the composed ``node`` that no field of the config dataclass ``cfg`` holds (``+key=`` typos)."""
+    if not dataclasses.is_dataclass(cfg) or not isinstance(node, DictConfig):
+        return
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    for key in node:
+        name = str(key)
+        if name not in fields:
+            yield prefix + name
+        else:
+            yield from unknown_keys(node.get(name), getattr(cfg, name), f"{prefix}{name}.")

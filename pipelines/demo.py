@@ -17,7 +17,7 @@ from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.label.progress import format_summary as format_label_summary
 from pipelines.logging_setup import configure_logging
-from pipelines.shard_images import format_summary, run
+from pipelines.shard.job import format_summary, run
 
 
 SAMPLE_CORPUS = Path(__file__).parent / "sample_corpus"

@@ -108,7 +108,8 @@ assert "torch" not in sys.modules, "importing {module} imported torch"
 @pytest.mark.parametrize(
     ("module", "module_file"),
     [
-        ("pipelines.shard_images", "pipelines/shard_images.py"),
+        ("pipelines.shard.job", "pipelines/shard/job.py"),
+        ("pipelines.label.refilter", "pipelines/label/refilter.py"),
         ("dpmesh_core", "dpmesh_core/__init__.py"),
         ("schemas", "schemas/__init__.py"),
     ],
@@ -125,3 +126,19 @@ def test_cpu_entry_points_do_not_import_torch(module: str, module_file: str) -> 
         check=False,
     )
     assert result.returncode == 0, f"`import {module}` must not import torch:\n{result.stderr}"
+
+
+@pytest.mark.parametrize(("job", "other"), [("shard", "label"), ("label", "shard")])
+def test_jobs_do_not_import_each_other(job: str, other: str) -> None:
+    """DESIGN.md section 2: the shard and label jobs share only ``common/``, ``dpmesh_core`` and ``schemas``."""
+    forbidden = f"pipelines.{other}"
+    violations = []
+    for path in sorted((REPO_ROOT / "pipelines" / job).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(n == forbidden or n.startswith(forbidden + ".") for n in names):
+                violations.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
+    assert not violations, f"pipelines.{job} must not import {forbidden}: " + ", ".join(violations)

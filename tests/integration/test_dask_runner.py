@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
 from tests.integration.conftest import DaskCluster
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
 

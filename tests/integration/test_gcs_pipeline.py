@@ -19,7 +19,7 @@ import pytest
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
 from pipelines.label.job import run as label
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
 from tests.gcs_server import GcsServerInfo, delete_bucket, gcs_client

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from pipelines.storage import Storage, StorageError, join
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, wait_for

@@ -20,7 +20,7 @@ from pipelines.config import LabelJobConfig, RefilterJobConfig, ShardJobConfig, 
 from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
 from pipelines.label.refilter import run as refilter
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA
 from tests.fakes.corpus import make_images, write_coco, write_corpus

@@ -22,7 +22,7 @@ from pipelines.config import ConfigError, LabelJobConfig, ShardJobConfig, compos
 from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
 from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
 

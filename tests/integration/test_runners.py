@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import make_images, write_coco
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import ShardJobConfig, compose_config
-from pipelines.shard_images import run
+from pipelines.shard.job import run
 from pipelines.storage import Storage, join
 from tests.fakes.corpus import broken_files, make_images, write_corpus
 from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, wait_for

@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 
 from pipelines.config import ConfigError, ShardJobConfig, compose_config
-from pipelines.shard_images import run
+from pipelines.shard.job import run
 from pipelines.storage import Storage
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
 
@@ -219,7 +219,7 @@ def test_s3_multi_processing_workers_authenticate_from_the_environment(
 
 
 def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: dict, tmp_path: Path) -> None:
-    cli = [sys.executable, "-m", "pipelines.shard_images"]
+    cli = [sys.executable, "-m", "pipelines.shard.job"]
     bad = subprocess.run(
         [*cli, f"input.images={corpus['images']}", f"output={tmp_path}/o", "shard.max_samples=0"],
         capture_output=True,
@@ -252,7 +252,7 @@ def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: dict, tmp
 def test_crowdpose_annotations_shard_with_coco17_joints(tmp_path: Path) -> None:
     """A hand-written CrowdPose file (14 joints) named with input.annotation_format: joints land at their COCO-17
     places, and the COCO joints CrowdPose lacks (face) are unlabelled."""
-    from pipelines.annotation_formats import CROWDPOSE_JOINTS
+    from pipelines.shard.annotation_formats import CROWDPOSE_JOINTS
 
     images = make_images(2, seed=5, width=160, height=120, persons=(0, 0))
     write_corpus(str(tmp_path / "images"), images)
@@ -295,3 +295,17 @@ def test_crowdpose_annotations_shard_with_coco17_joints(tmp_path: Path) -> None:
     assert person["keypoints"][5] == [10.0 + left_shoulder, 20.0 + left_shoulder, 2]  # COCO 5 = left_shoulder
     right_ankle = CROWDPOSE_JOINTS.index("right_ankle")
     assert person["keypoints"][16] == [10.0 + right_ankle, 20.0 + right_ankle, 2]  # COCO 16 = right_ankle
+
+
+def test_drop_duplicates_keeps_the_smallest_key_and_reports_the_rest(corpus: dict, tmp_path: Path) -> None:
+    output = tmp_path / "dedup"
+    manifest = run(_config(f"input.images={corpus['images']}", f"output={output}", "shard.drop_duplicates=true"))
+    counts = manifest["counts"]
+    assert counts["reconciled"] is True
+    assert counts["images_sharded"] == N_IMAGES  # the copy is left out
+    assert counts["errors_by_reason"]["duplicate"] == 1
+    assert (counts["duplicate_groups"], counts["duplicate_files"]) == (1, 1)
+    (group,) = manifest["duplicates"]
+    (row,) = [r for r in pq.read_table(output / "_errors.parquet").to_pylist() if r["reason"] == "duplicate"]
+    assert row["key"] == group["keys"][1]
+    assert f"kept as {group['keys'][0]}" in row["error"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pipelines.annotation_formats import (
+from pipelines.shard.annotation_formats import (
     AIC_JOINTS,
     COCO17_INDEX,
     CROWDPOSE_JOINTS,
@@ -12,7 +12,7 @@ from pipelines.annotation_formats import (
     detect_format,
     parse_annotations,
 )
-from pipelines.transforms.sharding import read_annotations
+from pipelines.shard.steps import read_annotations
 
 
 def _by_joint(person: dict) -> dict[str, list[float]]:

@@ -26,7 +26,7 @@ from pipelines.config import ConfigError, LabelJobConfig, RunnerConfig, RunnerNa
 from pipelines.label.job import run as label
 from pipelines.launch_plan import launch_plan
 from pipelines.options import beam_flags, inference_resource_hints, pipeline_options, unique_job_name
-from pipelines.shard_images import run as shard
+from pipelines.shard.job import run as shard
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -245,7 +245,7 @@ def test_shard_dry_run_on_dataflow_touches_no_storage(no_submit: None, capsys: p
     plan = shard(_shard("runner=dataflow", *DATAFLOW, "runner.dry_run=true", "storage=gcs"))
     assert plan["model_copies"] == "no model (CPU-only job)"
     names = [s["name"] for s in plan["steps"]]
-    assert names[:3] == ["Start", "ListCorpus", "SpreadFiles"]
+    assert names[:3] == ["ListingTasks", "SpreadListing", "List"]
     assert "WriteShards" in names
     assert "--sdk_container_image=" + IMAGE in capsys.readouterr().out
 

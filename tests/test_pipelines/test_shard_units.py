@@ -1,5 +1,6 @@
 """Unit tests of the sharding building blocks: keys, image probing, COCO parsing, shard cutting, tar format."""
 
+import hashlib
 import io
 import json
 import os
@@ -11,13 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.coco_annotations import join_name, parse_coco
 from pipelines.config import ShardConfig
-from pipelines.image_probe import ImageRejectedError, probe_image
-from pipelines.keys import make_key, shard_name, stable_bucket, validate_key
-from pipelines.shard_format import ShardSample, ShardTarWriter, cut_into_shards, index_rows, shard_id_of_part
-from pipelines.transforms.shard_manifest import build_manifest
-from pipelines.transforms.sharding import num_buckets
+from pipelines.shard.coco import join_name, parse_coco
+from pipelines.shard.keys import make_key, shard_name, stable_bucket, validate_key
+from pipelines.shard.listing import SourceFile
+from pipelines.shard.manifest import build_manifest
+from pipelines.shard.plan import PlannedFile, num_buckets, plan_bucket
+from pipelines.shard.probe import ImageRejectedError, probe_image
+from pipelines.shard.tar_format import ShardSample, ShardTarWriter, index_rows
+from pipelines.shard.write import ShardDone
 from tests.fakes.corpus import coco_document, make_images
 
 
@@ -60,7 +63,7 @@ def test_validate_key_rejects(bad: str) -> None:
 
 
 def test_stable_bucket_does_not_depend_on_the_process_hash_seed() -> None:
-    code = "from pipelines.keys import stable_bucket; print([stable_bucket(f'k{i}', 97) for i in range(20)])"
+    code = "from pipelines.shard.keys import stable_bucket; print([stable_bucket(f'k{i}', 97) for i in range(20)])"
     outputs = set()
     for seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=seed)
@@ -172,20 +175,28 @@ def _sample(key: str, size: int) -> ShardSample:
     )
 
 
-def test_cut_into_shards_respects_both_caps_and_key_order() -> None:
-    samples = [_sample(f"k{i:02d}", 10 + i) for i in reversed(range(20))]
-    parts = cut_into_shards(samples, max_samples=4, max_bytes=60)
-    flat = [s.key for part in parts for s in part]
+def _planned(key: str, size: int) -> PlannedFile:
+    return PlannedFile(key=key, source=SourceFile(uri=f"/src/{key}.jpg", relpath=f"{key}.jpg", size=size))
+
+
+def test_plan_cuts_a_bucket_by_listed_sizes_within_both_caps_in_key_order() -> None:
+    cfg = ShardConfig(max_samples=4, max_bytes=60)
+    shards = plan_bucket(2, 7, [_planned(f"k{i:02d}", 10 + i) for i in reversed(range(20))], cfg)
+    flat = [f.key for s in shards for f in s.files]
     assert flat == sorted(flat)
-    assert all(len(p) <= 4 and sum(s.bytes for s in p) <= 60 for p in parts)
-    huge = cut_into_shards([_sample("big", 1000), _sample("a", 1)], max_samples=10, max_bytes=60)
-    assert [[s.key for s in p] for p in huge] == [["a"], ["big"]]
+    assert all(len(s.files) <= 4 and sum(f.planned_bytes for f in s.files) <= 60 for s in shards)
+    assert [s.shard_id for s in shards] == [2 + 7 * k for k in range(len(shards))]  # overflow ids never collide
+    huge = plan_bucket(0, 1, [_planned("big", 1000), _planned("a", 1)], ShardConfig(max_samples=10, max_bytes=60))
+    assert [[f.key for f in s.files] for s in huge] == [["a"], ["big"]]
 
 
-def test_overflow_shard_ids_never_collide_with_buckets() -> None:
-    ids = {shard_id_of_part(b, p, 7) for b in range(7) for p in range(3)}
-    assert len(ids) == 21
-    assert {shard_id_of_part(b, 0, 7) for b in range(7)} == set(range(7))
+def test_plan_identity_changes_with_the_files_it_covers() -> None:
+    cfg = ShardConfig(max_samples=10)
+    files = [_planned("a", 5), _planned("b", 6)]
+    (first,) = plan_bucket(0, 3, files, cfg)
+    assert plan_bucket(0, 3, list(reversed(files)), cfg)[0].identity == first.identity
+    assert plan_bucket(0, 3, [_planned("a", 5), _planned("b", 7)], cfg)[0].identity != first.identity
+    assert plan_bucket(0, 4, files, cfg)[0].identity != first.identity
 
 
 def test_num_buckets_plans_shards_below_the_caps() -> None:
@@ -203,8 +214,10 @@ def test_tar_is_reproducible_and_offsets_point_at_the_image_data() -> None:
         writer = ShardTarWriter(buffer)
         for key, data in payloads.items():
             writer.add(_sample(key, len(data)), data)
-        writer.close()
-        return buffer.getvalue(), index_rows(writer.members, 3)
+        sha1 = writer.close()
+        assert hashlib.sha1(buffer.getvalue()).hexdigest() == sha1
+        assert writer.size == len(buffer.getvalue())
+        return buffer.getvalue(), index_rows(writer.members, "shard-000003")
 
     first, rows = write()
     second, _ = write()
@@ -220,39 +233,74 @@ def test_tar_is_reproducible_and_offsets_point_at_the_image_data() -> None:
         assert row["shard"] == "shard-000003"
 
 
+def _done(shard: str, files: int, samples: int, errors: dict[str, int], annotation_problems: int = 0) -> ShardDone:
+    summary = {"shard": shard, "samples": samples, "image_bytes": 10 * samples, "persons": samples, "annotated": 1}
+    file_errors = sum(errors.values())
+    return ShardDone(shard, files, samples, file_errors + annotation_problems, file_errors, summary, errors, False)
+
+
 def test_manifest_reconciles_counts() -> None:
-    summaries = [
-        {"shard": "shard-000001", "samples": 3, "image_bytes": 30, "persons": 4, "annotated": 2},
-        {"shard": "shard-000000", "samples": 2, "image_bytes": 20, "persons": 0, "annotated": 0},
+    shards = [
+        _done("shard-000001", 4, 3, {"corrupt_image": 1}, annotation_problems=1),
+        _done("shard-000000", 2, 2, {}),
     ]
-    errors = [{"stage": "shard.decode", "reason": "corrupt_image"}, {"stage": "shard.annotations", "reason": "x"}]
+    duplicates = {"groups": 0, "files": 0, "listed": []}
     manifest = build_manifest(
-        summaries=summaries,
-        errors=errors,
-        duplicate_groups=[],
-        join_report=[],
-        files_listed=6,
-        buckets=2,
-        run_info={"config_hash": "h"},
+        shards=shards, duplicates=duplicates, join_report=[], files_listed=6, buckets=2, run_info={"config_hash": "h"}
     )
     counts = manifest["counts"]
     assert counts["reconciled"] is True
     assert (counts["images_sharded"], counts["files_errored"], counts["annotation_problems"]) == (5, 1, 1)
+    assert counts["errors_by_reason"] == {"corrupt_image": 1}
     assert [s["shard"] for s in manifest["shards"]] == ["shard-000000", "shard-000001"]
     short = build_manifest(
-        summaries=summaries, errors=errors, duplicate_groups=[], join_report=[], files_listed=7, buckets=2, run_info={}
+        shards=shards, duplicates=duplicates, join_report=[], files_listed=7, buckets=2, run_info={}
     )
     assert short["counts"]["reconciled"] is False
 
 
-def test_header_validation_trusts_pixel_data_but_still_checks_headers() -> None:
-    full = _image_bytes("JPEG")
-    truncated = full[: len(full) // 2]
-    assert probe_image(truncated, max_image_pixels=10**6, decode=False).width == 64
-    with pytest.raises(ImageRejectedError, match="cannot decode pixels"):
-        probe_image(truncated, max_image_pixels=10**6)
+def test_header_validation_catches_truncation_and_non_images_without_decoding() -> None:
+    full = {fmt: _image_bytes(fmt) for fmt in ("JPEG", "PNG", "WEBP")}
+    for fmt, data in full.items():
+        assert probe_image(data, max_image_pixels=10**6, decode=False).width == 64
+        with pytest.raises(ImageRejectedError, match=r"truncated|cannot read image header") as caught:
+            probe_image(data[: len(data) // 2], max_image_pixels=10**6, decode=False)
+        assert caught.value.reason == "corrupt_image", fmt
     with pytest.raises(ImageRejectedError, match="not a recognised"):
         probe_image(b"text", max_image_pixels=10**6, decode=False)
+
+
+def test_header_validation_leaves_corrupt_pixels_of_a_complete_file_to_decode_mode() -> None:
+    data = bytearray(_image_bytes("JPEG", size=(256, 256)))
+    sos = data.find(b"\xff\xda")
+    data[sos + 40 : sos + 400] = b"\xff\x00" * 180  # garbage entropy data, still stuffed, still ends with EOI
+    assert probe_image(bytes(data), max_image_pixels=10**6, decode=False).width == 256
+
+
+def test_pillows_own_pixel_limit_does_not_preempt_ours() -> None:
+    """A 95 MP PNG (under shard.max_image_pixels = 100 M, over Pillow's 89 M) is an image; at 10 M it is a bomb."""
+    buffer = io.BytesIO()
+    Image.new("1", (9500, 10000)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    assert probe_image(data, max_image_pixels=100_000_000, decode=False).width == 9500
+    with pytest.raises(ImageRejectedError) as caught:
+        probe_image(data, max_image_pixels=10_000_000, decode=False)
+    assert caught.value.reason == "decompression_bomb"
+    huge = io.BytesIO()
+    Image.new("1", (20000, 10000)).save(huge, "PNG")  # 200 MP: Pillow alone would raise its own error
+    with pytest.raises(ImageRejectedError) as caught:
+        probe_image(huge.getvalue(), max_image_pixels=100_000_000, decode=False)
+    assert caught.value.reason == "decompression_bomb"
+
+
+def test_label_decoding_follows_the_same_pixel_limit() -> None:
+    from pipelines.common.image_decode import ImageDecodeError, decode_rgb
+
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 10000)).save(buffer, "PNG")
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_rgb(buffer.getvalue(), max_image_pixels=100_000_000)
+    assert caught.value.reason == "decompression_bomb"
 
 
 def test_error_rows_are_deterministic() -> None:
@@ -260,3 +308,45 @@ def test_error_rows_are_deterministic() -> None:
 
     row = error_row("label.decode", "corrupt_image", "cannot identify image file <_io.BytesIO object at 0x7f3a2b1c>")
     assert row["error"] == "cannot identify image file <_io.BytesIO object>"
+
+
+def test_ustar_headers_are_byte_identical_to_tarfiles() -> None:
+    from pipelines.shard.tar_format import ustar_header
+
+    for name, size in (("abc-1.jpg", 5), ("x" * 96 + ".jpg", 123_456_789), ("k.json", 0), ("é-1.jpg", 7)):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = size, 0, 0o444, 0, 0, "", ""
+        assert ustar_header(name, size) == info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict")
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        ustar_header("x" * 96 + ".webp", 1)
+
+
+@pytest.mark.parametrize("orientation", [None, 1, 3, 6, 8])
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_header_fast_path_agrees_with_pillow(orientation: int | None, mode: str, progressive: bool) -> None:
+    """Header mode reads JPEG headers itself; Pillow's reading of the same file is the reference."""
+    from pipelines.shard.probe import _check
+
+    pixels = np.random.default_rng(1).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    kwargs: dict = {"progressive": progressive}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, "JPEG", **kwargs)
+    data = buffer.getvalue()
+    for variant in (data, data + b"trailing bytes", data[: len(data) // 2], data[:120]):
+        try:
+            with Image.open(io.BytesIO(variant)) as image:
+                expected: object = _check(image, variant, 10**6, False)
+        except ImageRejectedError as exc:
+            expected = exc.reason
+        except Exception:  # Pillow cannot read the header: corrupt_image
+            expected = "corrupt_image"
+        try:
+            got: object = probe_image(variant, max_image_pixels=10**6, decode=False)
+        except ImageRejectedError as exc:
+            got = exc.reason
+        assert got == expected, len(variant)

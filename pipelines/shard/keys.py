@@ -24,7 +24,8 @@ def make_key(relpath: str) -> str:
     """
     stem = relpath.rsplit(".", 1)[0] if "." in relpath.rsplit("/", 1)[-1] else relpath
     slug = _UNSAFE.sub("_", stem).strip("_")[-_SLUG_CHARS:].lstrip("_-") or "x"
-    digest = hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
+    # surrogateescape: a file name that is not UTF-8 (listed by Python with escaped bytes) still gets its own key.
+    digest = hashlib.sha1(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:_DIGEST_CHARS]
     return f"{slug}-{digest}"
 
 

@@ -1,6 +1,6 @@
 """Person keypoint annotation files in other skeletons, mapped to COCO-17 at shard time.
 
-Three formats are read, all joined to images by base file name (:func:`pipelines.coco_annotations.join_name`):
+Three formats are read, all joined to images by base file name (:func:`pipelines.shard.coco.join_name`):
 
 * ``coco``: COCO person keypoints (COCO itself, OCHuman, anything in the COCO layout with 17 joints).
 * ``crowdpose``: CrowdPose, COCO layout with 14 joints per person.
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import Any
 
-from pipelines.coco_annotations import (
+from pipelines.shard.coco import (
     COCO_NUM_KEYPOINTS,
     AnnotationProblem,
     ImageAnnotations,

@@ -6,13 +6,26 @@ records. Every storage mode PIL can produce (grayscale, CMYK, 16-bit, palette, a
 """
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def use_own_pixel_limit() -> None:
+    """Turn off Pillow's process-wide pixel limit: the jobs check their own (``max_image_pixels``) on the header.
+
+    Pillow warns above 89 M pixels and raises above twice that, inside ``Image.open``, before any caller can
+    look at the size: with it on, a 95 MP image under a configured limit of 100 M would be reported as
+    ``corrupt_image`` and a real bomb never as ``decompression_bomb``. Every decode in these jobs compares the
+    header's size with the configured limit before decoding a pixel, so the check is kept, only moved.
+    """
+    Image.MAX_IMAGE_PIXELS = None
+
+
+use_own_pixel_limit()
 
 
 class ImageDecodeError(Exception):
@@ -31,15 +44,13 @@ def decode_rgb(data: bytes, *, max_image_pixels: int) -> np.ndarray:
             ``corrupt_image`` if it cannot be decoded.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > max_image_pixels:
-                raise ImageDecodeError(
-                    "decompression_bomb", f"{image.width}x{image.height} exceeds max_image_pixels={max_image_pixels}"
-                )
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > max_image_pixels:
+            raise ImageDecodeError(
+                "decompression_bomb", f"{image.width}x{image.height} exceeds max_image_pixels={max_image_pixels}"
+            )
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types for broken data

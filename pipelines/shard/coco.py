@@ -1,6 +1,6 @@
 """Reading COCO-format person keypoint annotations and joining them to images by file name.
 
-Other skeletons (CrowdPose, AI Challenger) are mapped to COCO-17 by :mod:`pipelines.annotation_formats`.
+Other skeletons (CrowdPose, AI Challenger) are mapped to COCO-17 by :mod:`pipelines.shard.annotation_formats`.
 
 A COCO file holds ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``, ``bbox`` as
 x, y, w, h in pixels, ``keypoints`` as 17 x (x, y, v) flattened, ``iscrowd``) and ``categories``.
@@ -66,7 +66,7 @@ def parse_coco_document(
     """Per-image annotations of a parsed COCO-layout document whose persons have ``num_keypoints`` joints.
 
     ``mapping`` gives each source joint's COCO-17 index (None: dropped), for skeletons other than COCO-17
-    in the COCO layout (CrowdPose, see :mod:`pipelines.annotation_formats`).
+    in the COCO layout (CrowdPose, see :mod:`pipelines.shard.annotation_formats`).
 
     Raises:
         ValueError: if ``doc`` is not in the COCO layout.
@@ -150,7 +150,14 @@ def person_record(
     }
 
 
+# Coordinates beyond this are not pixels of any image the jobs accept (max_image_pixels), and would overflow the
+# float32 columns downstream (1e300 becomes inf there).
+MAX_COORDINATE = 1e7
+
+
 def _finite(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{what} holds a non-finite or non-numeric value {value!r}")
+    if abs(value) > MAX_COORDINATE:
+        raise ValueError(f"{what} holds {value!r}, out of range (|value| <= {MAX_COORDINATE:g} px)")
     return float(value)

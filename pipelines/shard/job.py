@@ -1,0 +1,297 @@
+"""``dpmesh-shard``: turn an image corpus into WebDataset shards with Beam.
+
+Writes ``<output>/shard-NNNNNN.tar`` + ``shard-NNNNNN.parquet`` (index) per shard, a commit marker per
+shard under ``_shards/``, then ``_errors.parquet`` and ``_manifest.json`` last. See README "Output layout".
+
+The graph::
+
+    Create(listing tasks) -> Reshuffle -> List (per top-level folder) -> [join annotations by file name]
+      -> bucket count from the listing's count and sizes -> GroupByKey(bucket): one element per planned bucket
+      -> WriteShards (read once, check, hash, tar to its final name, index, marker; per shard)
+      -> duplicates from the index files (shuffle on sha1) -> manifest (one small record per shard)
+
+Only metadata crosses the shuffles; each image is read once. A rerun over an output a killed run left keeps
+every shard whose marker matches the plan and writes the others (see :mod:`pipelines.shard.write`).
+
+Run it as ``dpmesh-shard input.images=<dir|glob|prefix> output=<uri> [key=value ...]``, or from
+Python with :func:`run` and a :class:`~pipelines.config.ShardJobConfig`.
+"""
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.combiners import ToList
+
+import pipelines
+from pipelines.cli import hydra_app
+from pipelines.common.shard_set import MANIFEST_NAME
+from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
+from pipelines.options import pipeline_options, release_runner
+from pipelines.shard.annotation_check import check_annotation_file
+from pipelines.shard.coco import join_name
+from pipelines.shard.listing import list_corpus, listing_tasks
+from pipelines.shard.manifest import (
+    BUCKETS_KIND,
+    DUPLICATES_KIND,
+    ERRORS_NAME,
+    SHARD_KIND,
+    DuplicateGroupsFn,
+    ManifestRecord,
+    WriteManifestFn,
+    index_sha1s,
+    repeated_sha1s,
+)
+from pipelines.shard.plan import PlannedFile, bucket_of, count_and_bytes, num_buckets
+from pipelines.shard.publish import remove_stale_temporaries
+from pipelines.shard.steps import (
+    AttachAnnotationsFn,
+    HashFileFn,
+    ListTaskFn,
+    drops_of_group,
+    mark_dropped,
+    read_annotations,
+)
+from pipelines.shard.write import MARKERS_FOLDER, ShardDone, WriteShardsFn
+from pipelines.storage import ObjectNotFoundError, Storage, join, parse_uri
+
+
+logger = logging.getLogger(__name__)
+
+
+def run_info(cfg: ShardJobConfig, annotation_report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the manifest and file metadata record about this run (no secrets: storage holds none)."""
+    info = {
+        "created_by": "dpmesh-shard",
+        "pipeline_version": pipelines.__version__,
+        "config_hash": config_hash(cfg),
+        "config": {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "shard")},
+    }
+    if annotation_report is not None:
+        info["annotation_file"] = annotation_report
+    return info
+
+
+def build_pipeline(p: beam.Pipeline, cfg: ShardJobConfig, annotation_report: dict[str, Any] | None = None) -> None:
+    """Adds the sharding steps to ``p``.
+
+    Every step has one output, the records it passes on mixed with the :class:`ManifestRecord` reports it
+    makes; the next step keeps its records with ``Filter(isinstance, ...)``. The only side input is the
+    bucket count (one integer). That shape (no tagged outputs) is what gives the same bytes on Beam's
+    DaskRunner as on the others: see README "Dask".
+    """
+    info = run_info(cfg, annotation_report)
+    file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
+    listed = (
+        p
+        | "ListingTasks" >> beam.Create(listing_tasks(cfg.input))
+        | "SpreadListing" >> beam.Reshuffle()
+        | "List" >> beam.ParDo(ListTaskFn(cfg.storage, cfg.input))
+    )
+    reports = [listed]
+    files = listed | "ListedFiles" >> _only(PlannedFile)
+    if cfg.input.annotations:
+        joined = _attach_annotations(p, cfg, files)
+        reports.append(joined)
+        files = joined | "AnnotatedFiles" >> _only(PlannedFile)
+    duplicate_groups = None
+    if cfg.shard.drop_duplicates:
+        files, duplicate_groups = _drop_duplicates(cfg, files)
+    buckets = (
+        files
+        | "CountAndBytes" >> beam.Map(lambda f: (1, f.planned_bytes))
+        | "SumTotals" >> beam.CombineGlobally(count_and_bytes).without_defaults()  # a default needs a side input
+        | "NumBuckets" >> beam.Map(num_buckets, cfg.shard)
+    )
+    done = (
+        files
+        | "AssignBucket" >> beam.Map(lambda f, n: ((bucket_of(f.key, n), n), f), n=beam.pvalue.AsSingleton(buckets))
+        | "GroupByBucket" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShardsFn(cfg.storage, cfg.shard, cfg.output, file_metadata))
+    )
+    if duplicate_groups is None:
+        duplicate_groups = (
+            done
+            | "IndexSha1s" >> beam.FlatMap(index_sha1s, cfg.storage, cfg.output)
+            | "GroupBySha1Partition" >> beam.GroupByKey()
+            | "RepeatedSha1s" >> beam.FlatMap(repeated_sha1s)
+        )
+    duplicates = (
+        duplicate_groups
+        | "CombineDuplicates" >> beam.CombineGlobally(DuplicateGroupsFn()).without_defaults()
+        | "DuplicatesRecord" >> beam.Map(lambda d: ManifestRecord(DUPLICATES_KIND, d))
+    )
+    reports += [
+        done | "ShardRecords" >> beam.Map(lambda d: ManifestRecord(SHARD_KIND, d)),
+        buckets | "BucketsRecord" >> beam.Map(lambda n: ManifestRecord(BUCKETS_KIND, n)),
+        duplicates,
+    ]
+    _ = (
+        reports
+        | "AllOutputs" >> beam.Flatten()
+        | "ManifestRecords" >> _only(ManifestRecord)
+        | "CollectRecords" >> ToList().without_defaults()  # List always reports, so never empty
+        | "WriteManifest" >> beam.ParDo(WriteManifestFn(cfg.storage, cfg.output, info))
+    )
+
+
+def _only(kind: type) -> "beam.PTransform[Any, Any]":
+    """Keeps the elements of type ``kind``, the records a step passes on, and tells Beam's type checks so."""
+    keep: beam.PTransform[Any, Any] = beam.Filter(isinstance, kind).with_output_types(kind)
+    return keep
+
+
+def _attach_annotations(p: beam.Pipeline, cfg: ShardJobConfig, files: Any) -> Any:
+    """Joins persons to listed files by file name: files (some now annotated) and join reports."""
+    annotations = (
+        p
+        | "AnnotationFile" >> beam.Create([cfg.input.annotations])
+        | "ReadAnnotations" >> beam.FlatMap(read_annotations, cfg.storage, cfg.input.annotation_format.value)
+    )
+    images_by_name = files | "KeyByFileName" >> beam.Map(lambda f: (join_name(f.source.relpath), f))
+    return (
+        {"images": images_by_name, "annotations": annotations}
+        | "JoinAnnotations" >> beam.CoGroupByKey()
+        | "AttachAnnotations" >> beam.ParDo(AttachAnnotationsFn())
+    )
+
+
+def _drop_duplicates(cfg: ShardJobConfig, files: Any) -> tuple[Any, Any]:
+    """``shard.drop_duplicates``: hash every file first (one extra read each) and mark all but the smallest key
+    of each byte-identical group as dropped; returns the marked files and the ``(sha1, keys)`` groups."""
+    found = (
+        files
+        | "HashFiles" >> beam.ParDo(HashFileFn(cfg.storage, cfg.shard))
+        | "GroupHashes" >> beam.GroupByKey()
+        | "DropsOfGroups" >> beam.FlatMap(drops_of_group)
+    )
+    groups = found | "GroupsOnly" >> beam.Filter(lambda kv: kv[0] == "") | "Group" >> beam.Map(lambda kv: kv[1])
+    drops = found | "DropsOnly" >> beam.Filter(lambda kv: kv[0] != "")
+    marked = (
+        {"files": files | "KeyByKey" >> beam.Map(lambda f: (f.key, f)), "drops": drops}
+        | "JoinDrops" >> beam.CoGroupByKey()
+        | "MarkDropped" >> beam.FlatMap(mark_dropped)
+    )
+    return marked, groups
+
+
+def check_annotations(cfg: ShardJobConfig, storage: Storage) -> dict[str, Any] | None:
+    """Launch-time check of ``input.annotations``: the manifest's report on it, or None without one.
+
+    Raises:
+        ConfigError: one line naming the file, the field and the fix.
+    """
+    uri = cfg.input.annotations
+    if not uri:
+        return None
+    try:
+        content = storage.read_bytes(uri)
+    except ObjectNotFoundError:
+        raise ConfigError(f"input.annotations={uri!r} does not exist") from None
+    try:
+        report = check_annotation_file(content, cfg.input.annotation_format)
+    except ValueError as exc:
+        raise ConfigError(
+            f"input.annotations={uri!r}: {exc}; fix the file, or set input.annotation_format=coco|crowdpose|aic"
+        ) from None
+    if report["annotations_without_image"]:
+        logger.warning(
+            "%s: %d annotations name an image_id that no image lists (e.g. %s); they are left out",
+            uri,
+            report["annotations_without_image"],
+            ", ".join(report["image_ids_without_image"]),
+        )
+    return report
+
+
+def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
+    """Launch-time checks of input and output; removes what ``overwrite=true`` replaces and what killed runs left.
+
+    An output holding a complete shard set (``_manifest.json``) is refused unless ``overwrite=true``. One holding
+    the shards of a killed run with the same config is resumed: finished shards are kept (see
+    :mod:`pipelines.shard.write`). Shards of another config, or without markers, are refused.
+
+    Raises:
+        ConfigError: naming the value to change.
+    """
+    local_output = parse_uri(cfg.output).key if parse_uri(cfg.output).scheme == "file" else None
+    if local_output is not None and os.path.exists(local_output) and not os.path.isdir(local_output):
+        raise ConfigError(f"output={cfg.output!r} is a file, not a folder; choose a folder for the shards")
+    if next(iter(list_corpus(storage, cfg.input)), None) is None:
+        where = cfg.input.images or cfg.input.manifest
+        raise ConfigError(f"the input {where!r} lists no files; check input.images / input.manifest")
+    previous = [o.uri for o in storage.glob(join(cfg.output, "shard-*")) if o.uri.endswith((".tar", ".parquet"))]
+    markers = [o.uri for o in storage.list(join(cfg.output, MARKERS_FOLDER)) if o.uri.endswith(".json")]
+    if storage.exists(join(cfg.output, MANIFEST_NAME)) and not cfg.overwrite:
+        raise ConfigError(
+            f"output={cfg.output!r} already holds a complete shard set; choose another output or pass overwrite=true"
+        )
+    if (previous or markers) and not cfg.overwrite:
+        earlier = json.loads(storage.read_bytes(markers[0])).get("config_hash") if markers else None
+        if earlier != config_hash(cfg):
+            raise ConfigError(
+                f"output={cfg.output!r} holds shards of another run (a different config or input); "
+                "choose another output or pass overwrite=true"
+            )
+        logger.info("dpmesh-shard: resuming into %s: %d shards finished earlier are kept", cfg.output, len(markers))
+    if cfg.overwrite:
+        for uri in [*previous, *markers, join(cfg.output, MANIFEST_NAME), join(cfg.output, ERRORS_NAME)]:
+            storage.delete(uri)
+    remove_stale_temporaries(cfg.output, folders=("", MARKERS_FOLDER))
+
+
+def run(
+    cfg: ShardJobConfig, *, options: beam.options.pipeline_options.PipelineOptions | None = None
+) -> dict[str, Any]:
+    """Runs the sharding job to completion and returns the manifest it wrote (the launch plan on a dry run)."""
+    if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
+        from pipelines.launch_plan import print_launch_plan
+
+        return print_launch_plan("dpmesh-shard", cfg, lambda p: build_pipeline(p, cfg))
+    storage = Storage(cfg.storage)
+    annotation_report = check_annotations(cfg, storage)
+    prepare_output(cfg, storage)
+    started = time.monotonic()
+    with beam.Pipeline(options=options or pipeline_options(cfg.runner, app="dpmesh-shard")) as p:
+        build_pipeline(p, cfg, annotation_report)
+    release_runner(p.result)
+    manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
+    manifest["elapsed_s"] = round(time.monotonic() - started, 3)
+    return manifest
+
+
+def format_summary(manifest: dict[str, Any], output: str) -> str:
+    """A short human-readable report of a finished sharding run."""
+    c = manifest["counts"]
+    lines = [
+        f"dpmesh-shard: {c['images_sharded']} images in {c['shards']} shards under {output}",
+        f"  files in {c['files_in']} = sharded {c['images_sharded']} + reported {c['files_errored']}"
+        f"  ({'reconciled' if c['reconciled'] else 'NOT RECONCILED'})",
+        f"  persons {c['persons']} on {c['images_annotated']} annotated images; "
+        f"{c['duplicate_files']} duplicate files in {c['duplicate_groups']} groups",
+    ]
+    if c["errors_by_reason"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in c["errors_by_reason"].items())
+        lines.append(f"  reported: {reasons}  (rows in {join(output, ERRORS_NAME)})")
+    for shard in manifest["shards"][:8]:
+        lines.append(f"  {shard['shard']}.tar  {shard['samples']:6d} samples  {shard['tar_bytes'] / 1e6:8.2f} MB")
+    if len(manifest["shards"]) > 8:
+        lines.append(f"  ... {len(manifest['shards']) - 8} more shards, listed in {join(output, MANIFEST_NAME)}")
+    if "elapsed_s" in manifest:
+        rate = c["files_in"] / max(manifest["elapsed_s"], 1e-9)
+        lines.append(f"  {manifest['elapsed_s']:.1f} s, {rate:.1f} files/s")
+    return "\n".join(lines)
+
+
+__all__ = ["ShardDone", "build_pipeline", "format_summary", "main", "prepare_output", "run"]
+
+main = hydra_app(
+    "dpmesh-shard", "dpmesh_shard", ShardJobConfig, run, lambda manifest, cfg: format_summary(manifest, cfg.output)
+)
+
+
+if __name__ == "__main__":
+    main()
