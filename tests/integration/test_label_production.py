@@ -11,6 +11,7 @@
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -222,9 +223,7 @@ def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(corpus: Path
 
 def test_tars_missing_from_the_manifest_are_refused(corpus: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    shards.mkdir()
-    for path in (corpus / "shards").iterdir():
-        (shards / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(corpus / "shards", shards)
     next(shards.glob("shard-*.tar")).unlink()
     with pytest.raises(ConfigError, match="lists 1 shards that are not there"):
         run(_label_config(f"input.shards={shards}", f"output={tmp_path / 'o'}"))
@@ -238,9 +237,7 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    shards.mkdir()
-    for path in (corpus / "shards").iterdir():
-        (shards / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(corpus / "shards", shards)
 
     def members_of(path: Path) -> list[tuple[str, bytes]]:
         with tarfile.open(path) as tar:
