@@ -89,6 +89,7 @@ def test_labels_through_a_flaky_store_are_byte_identical(
     assert _parquet_digests(storage, f"{s3_bucket}/faulty") == clean_files
 
 
+@pytest.mark.slow  # ~16 s; the shard job's persisting-fault test covers the rule in the default run
 @pytest.mark.s3
 def test_a_persisting_fault_fails_the_run_and_writes_no_marker(
     fault_proxy: FaultProxy, s3_shards: str, s3_bucket: str

@@ -31,6 +31,7 @@ def _digests(storage: Storage, prefix: str, names: tuple[str, ...]) -> dict[str,
     return {uri[len(prefix) :]: hashlib.sha1(storage.read_bytes(uri)).hexdigest() for uri in sorted(objects)}
 
 
+@pytest.mark.slow  # ~40 s: starts an SDK worker pool; portable LOOPBACK and multi-process stay in the default run
 def test_shard_and_label_on_an_external_worker_pool_match_in_memory_runs(
     s3_bucket: str, s3_server, beam_job_endpoint: str, beam_worker_pool: str, tmp_path: Path
 ) -> None:

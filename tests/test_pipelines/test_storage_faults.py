@@ -339,6 +339,7 @@ def test_a_stream_cut_while_the_store_fails_raises_and_never_returns_wrong_bytes
     stream.close()
 
 
+@pytest.mark.slow  # ~10 s of deliberate stalls; the one-stall case runs in the default suite
 @pytest.mark.s3
 def test_stalled_server_raises_transient_error_after_the_read_timeouts(
     fault_proxy: FaultProxy, persisting_config: StorageConfig, s3_bucket: str
