@@ -60,6 +60,23 @@ _ERRORS = {
 }
 
 
+def proxied_storage_overrides(proxy: "FaultProxy") -> list[str]:
+    """Hydra overrides sending ``s3://`` through ``proxy``: 2 s timeouts (a 3 s stall outlasts one), 6 attempts,
+    fast backoff, ``standard`` retries (no client-side rate limiting after injected throttling)."""
+    return [
+        "storage=s3",
+        f"storage.s3_endpoint_url={proxy.endpoint_url}",
+        "storage.s3_region=us-east-1",
+        "storage.s3_addressing_style=path",
+        "storage.retry_mode=standard",
+        "storage.max_attempts=6",
+        "storage.backoff_base_s=0.01",
+        "storage.backoff_max_s=0.1",
+        "storage.connect_timeout_s=2",
+        "storage.read_timeout_s=2",
+    ]
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     """What the proxy does to requests.

@@ -30,6 +30,7 @@ from pipelines.error_rows import error_row
 from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
 from pipelines.label.detection.shard_detector import ShardDetector
 from pipelines.label.inputs import PersonBatch, PersonTask
+from pipelines.label.markers import index_entry
 from pipelines.label.model_handler import METRICS_NAMESPACE, DPMeshModelHandler
 from pipelines.label.read import ShardReader
 from pipelines.label.records import ShardReport, ShardTask
@@ -42,7 +43,7 @@ from schemas import ErrorReason, ErrorStage
 logger = logging.getLogger(__name__)
 
 # A shared model's proxy raises these when its server process is gone: the worker is broken, not the input.
-_MODEL_HOST_FAULTS = (ConnectionError, EOFError, BrokenPipeError)
+_MODEL_HOST_FAULTS = (ConnectionError, EOFError)  # BrokenPipeError is a ConnectionError
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class _End:
 
 
 class LabelShardFn(beam.DoFn):
-    """Input: a :class:`ShardTask`. Labels and commits the shard; outputs its marker (a small dict)."""
+    """Input: a :class:`ShardTask`. Labels and commits the shard; outputs its marker's indexed fields."""
 
     def __init__(
         self,
@@ -148,7 +149,7 @@ class LabelShardFn(beam.DoFn):
         self._images.inc(counts["images_in"])
         self._persons.inc(counts["persons_in"])
         self._errored.inc(counts["persons_errored"])
-        yield {"shard": task.name, "persons_in": counts["persons_in"]}
+        yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
 
     def _prefetched(self, task: ShardTask, report: ShardReport) -> Iterator[Any]:
         """The reader's batches and error rows, produced by a thread that stays ``prefetch_batches`` ahead.

@@ -65,18 +65,23 @@ def fetch_markers(storage: Storage, uris: list[str]) -> dict[str, dict[str, Any]
 
 
 def read_markers(
-    storage: Storage, output: str, *, names: set[str] | None = None, fresh: set[str] | frozenset[str] = frozenset()
+    storage: Storage,
+    output: str,
+    *,
+    names: set[str] | None = None,
+    known: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The markers under ``output`` (only those of ``names`` if given), by shard name.
 
-    Entries come from the index where it has them, except for ``fresh`` shards (e.g. those this run just wrote),
-    whose markers are always read; indexed entries hold :data:`INDEXED_FIELDS` only.
+    Entries come from ``known`` (what this run just wrote, handed over by the step that wrote it), then from the
+    index; only markers neither holds are read. Entries from either hold :data:`INDEXED_FIELDS` only.
     """
     listed = listed_markers(storage, output)
     if names is not None:
         listed = {shard: uri for shard, uri in listed.items() if shard in names}
     index = read_index(storage, output)
-    cached = {shard: index[shard] for shard in listed if shard in index and shard not in fresh}
+    known = known or {}
+    cached = {shard: known.get(shard) or index[shard] for shard in listed if shard in known or shard in index}
     missing = [uri for shard, uri in sorted(listed.items()) if shard not in cached]
     return {**cached, **fetch_markers(storage, missing)}
 
@@ -91,8 +96,13 @@ def read_index(storage: Storage, output: str) -> dict[str, dict[str, Any]]:
     return entries
 
 
+def index_entry(marker: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a marker the index keeps."""
+    return {k: marker[k] for k in INDEXED_FIELDS if k in marker}
+
+
 def write_index(storage: Storage, output: str, markers: dict[str, dict[str, Any]]) -> None:
     """Replaces the index with the indexed fields of ``markers`` (deterministic bytes: sorted, no timestamp)."""
-    entries = {shard: {k: m[k] for k in INDEXED_FIELDS if k in m} for shard, m in sorted(markers.items())}
+    entries = {shard: index_entry(m) for shard, m in sorted(markers.items())}
     document = json.dumps({"markers": entries}, sort_keys=True, separators=(",", ":")).encode()
     storage.write_bytes(join(output, INDEX_NAME), gzip.compress(document, mtime=0))

@@ -2,7 +2,8 @@
 
 The launching machine may not survive a long Dataflow or Spark job; the summary therefore comes from a step after
 every shard: it gathers the names of the shards this run labeled (small records, the only thing that step waits
-for), reads their markers (the others come from the marker index), rewrites the index and writes the summary.
+for), takes the other markers from the marker index (reading only those it lacks), rewrites the index and writes
+the summary.
 Shards themselves never wait for it.
 """
 
@@ -24,7 +25,7 @@ SUMMARY_NAME = "_summary.json"
 
 
 class WriteSummaryFn(beam.DoFn):
-    """Input: the list of ``{"shard", "persons_in"}`` records of the shards this run labeled (once, possibly empty).
+    """Input: the list of the indexed marker fields of the shards this run labeled (once, possibly empty).
 
     Args:
         shards_total: Names of every shard of the input (labeled earlier or now).
@@ -50,8 +51,9 @@ class WriteSummaryFn(beam.DoFn):
 
     def process(self, labeled: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         storage = Storage(self._storage_cfg)
-        processed = sorted(record["shard"] for record in labeled)
-        markers = read_markers(storage, self._output, fresh=set(processed))  # this run's markers: read, not indexed
+        known = {entry["shard"]: entry for entry in labeled}  # this run's markers, as the labeling step wrote them
+        processed = sorted(known)
+        markers = read_markers(storage, self._output, known=known)
         write_index(storage, self._output, markers)
         summary = build_summary(
             markers=markers,

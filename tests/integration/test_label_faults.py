@@ -16,31 +16,15 @@ from pipelines.label.job import run
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage, StorageError, join
 from tests.fakes.corpus import make_images, write_coco, write_corpus
-from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, wait_for
+from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, proxied_storage_overrides, wait_for
 
 
 FAULT_RATE = 0.25
 
 
-def _storage_overrides(proxy: FaultProxy) -> list[str]:
-    """Through the proxy: 2 s timeouts (one stall of 3 s), 6 attempts, fast backoff, no client rate limiting."""
-    return [
-        "storage=s3",
-        f"storage.s3_endpoint_url={proxy.endpoint_url}",
-        "storage.s3_region=us-east-1",
-        "storage.s3_addressing_style=path",
-        "storage.retry_mode=standard",
-        "storage.max_attempts=6",
-        "storage.backoff_base_s=0.01",
-        "storage.backoff_max_s=0.1",
-        "storage.connect_timeout_s=2",
-        "storage.read_timeout_s=2",
-    ]
-
-
 def _label_config(proxy: FaultProxy, shards: str, output: str, *extra: str) -> LabelJobConfig:
     overrides = [f"input.shards={shards}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
-    return compose_config("dpmesh_label", [*overrides, *_storage_overrides(proxy), *extra], LabelJobConfig)
+    return compose_config("dpmesh_label", [*overrides, *proxied_storage_overrides(proxy), *extra], LabelJobConfig)
 
 
 def _parquet_digests(storage: Storage, prefix: str) -> dict[str, str]:
@@ -63,7 +47,7 @@ def s3_shards(fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path) -> str:
         f"output={s3_bucket}/shards",
         "shard.max_samples=2",
         "log_level=WARNING",
-        *_storage_overrides(fault_proxy),
+        *proxied_storage_overrides(fault_proxy),
     ]
     shard(compose_config("dpmesh_shard", overrides, ShardJobConfig))
     return f"{s3_bucket}/shards"

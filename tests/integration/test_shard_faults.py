@@ -15,7 +15,7 @@ from pipelines.config import ShardJobConfig, compose_config
 from pipelines.shard.job import run
 from pipelines.storage import Storage, join
 from tests.fakes.corpus import broken_files, make_images, write_corpus
-from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, wait_for
+from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, proxied_storage_overrides, wait_for
 
 
 N_IMAGES = 16
@@ -24,18 +24,7 @@ FAULT_RATE = 0.2
 
 def _config(proxy: FaultProxy, *overrides: str) -> ShardJobConfig:
     """Storage through the proxy: 2 s timeouts (one stall of 3 s), 6 attempts, fast backoff, no rate limiting."""
-    storage = [
-        "storage=s3",
-        f"storage.s3_endpoint_url={proxy.endpoint_url}",
-        "storage.s3_region=us-east-1",
-        "storage.s3_addressing_style=path",
-        "storage.retry_mode=standard",
-        "storage.max_attempts=6",
-        "storage.backoff_base_s=0.01",
-        "storage.backoff_max_s=0.1",
-        "storage.connect_timeout_s=2",
-        "storage.read_timeout_s=2",
-    ]
+    storage = proxied_storage_overrides(proxy)
     return compose_config(
         "dpmesh_shard", ["shard.max_samples=4", "log_level=WARNING", *storage, *overrides], ShardJobConfig
     )

@@ -376,5 +376,7 @@ def test_markers_come_from_the_index_where_it_has_them_and_are_read_otherwise(tm
     assert [uri.rsplit("/", 1)[-1] for uri in reads] == ["_done_index.json.gz", "shard-000003.json"]
     assert "unindexed" not in markers["shard-000001"]  # the index keeps the fields planning and summaries use
     reads.clear()
-    fresh = read_markers(storage, str(tmp_path), fresh={"shard-000001"})
-    assert fresh["shard-000001"]["unindexed"] is True, "a shard this run wrote is read, not taken from the index"
+    just_written = {"shard": "shard-000001", "counts": {"persons_in": 9}}
+    fresh = read_markers(storage, str(tmp_path), known={"shard-000001": just_written})
+    assert fresh["shard-000001"] == just_written, "what this run wrote wins over the index"
+    assert [uri.rsplit("/", 1)[-1] for uri in reads] == ["_done_index.json.gz", "shard-000003.json"], "no GET"
