@@ -87,7 +87,7 @@ def build_pipeline(p: beam.Pipeline, cfg: ShardJobConfig, annotation_report: dic
     file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
     listed = (
         p
-        | "ListingTasks" >> beam.Create(listing_tasks(cfg.input))
+        | "ListingTasks" >> beam.Create(listing_tasks(Storage(cfg.storage), cfg.input))
         | "SpreadListing" >> beam.Reshuffle()
         | "List" >> beam.ParDo(ListTaskFn(cfg.storage, cfg.input))
     )

@@ -1,8 +1,9 @@
 """Listing the files of a corpus: a directory, glob or object-store prefix, or a manifest of URIs.
 
 Listing is lazy (the storage layer pages through object stores) so that a corpus of millions of objects
-never has to fit in one process's memory. A local folder is listed in parallel, one :class:`ListingTask`
-per top-level sub-folder; object-store prefixes and manifests are one task each.
+never has to fit in one process's memory. A local folder or an object-store prefix is listed in parallel,
+one :class:`ListingTask` per top-level sub-folder (object stores: one delimiter listing of the top level finds
+them); globs and manifests are one task each.
 
 Local folders are walked here rather than through the storage layer's listing, because what a folder may
 hold is decided here, and reported, never skipped silently: symbolic links (followed inside the input
@@ -49,17 +50,21 @@ class SourceFile:
 
 @dataclass(frozen=True)
 class ListingTask:
-    """One independently listable part of the input: ``under`` is a top-level sub-folder of a local input
-    folder, ``""`` that folder's own top-level entries, ``None`` the whole input (globs, prefixes, manifests)."""
+    """One independently listable part of the input: ``under`` is a top-level sub-folder of the input folder
+    or prefix, ``""`` its own top-level entries, ``None`` the whole input (globs, manifests)."""
 
     under: str | None
 
 
-def listing_tasks(cfg: InputConfig) -> list[ListingTask]:
-    """The parts the input is listed in, in parallel: one per top-level sub-folder of a local input folder."""
+def listing_tasks(storage: Storage, cfg: InputConfig) -> list[ListingTask]:
+    """The parts the input is listed in, in parallel: one per top-level sub-folder of the input folder or prefix."""
     images = cfg.images
-    if cfg.manifest or images is None or _is_glob(images) or parse_uri(images).scheme != "file":
+    if cfg.manifest or images is None or _is_glob(images):
         return [ListingTask(None)]
+    if parse_uri(images).scheme != "file":
+        root = images.rstrip("/") + "/"
+        names = (uri[len(root) :].rstrip("/") for uri in storage.subfolders(root))
+        return [ListingTask(""), *(ListingTask(name) for name in names if name)]
     path = parse_uri(images).key
     try:
         with os.scandir(path) as it:
@@ -71,7 +76,7 @@ def listing_tasks(cfg: InputConfig) -> list[ListingTask]:
 
 def list_corpus(storage: Storage, cfg: InputConfig) -> Iterator[SourceFile]:
     """Every input entry of the corpus described by ``cfg``, lazily (every task in turn)."""
-    for task in listing_tasks(cfg):
+    for task in listing_tasks(storage, cfg):
         yield from list_task(storage, cfg, task)
 
 
@@ -104,7 +109,15 @@ def _list_images(storage: Storage, images: str, task: ListingTask, follow: bool)
     else:
         root = images.rstrip("/") + "/"
     if parse_uri(images).scheme != "file":
-        for obj in storage.glob(images) if glob else storage.list(root):
+        if glob:
+            objects = storage.glob(images)
+        elif task.under is None:
+            objects = storage.list(root)
+        elif task.under == "":
+            objects = storage.list_top(root)
+        else:
+            objects = storage.list(root + task.under + "/")
+        for obj in objects:
             yield SourceFile(uri=obj.uri, relpath=obj.uri[len(root) :], size=obj.size)
         return
     walker = _LocalWalker(root, follow)

@@ -120,6 +120,29 @@ class Storage:
         regex = glob_regex(pattern_uri)
         return (info for info in self._list_raw(literal_prefix(pattern_uri)) if regex.match(info.uri))
 
+    def list_top(self, folder_uri: str) -> Iterator[ObjectInfo]:
+        """The objects directly in the folder ``folder_uri`` (not in its sub-folders), lazily, in key order."""
+        return (ObjectInfo(uri, size) for uri, size in self._list_level(folder_uri) if size is not None)
+
+    def subfolders(self, folder_uri: str) -> tuple[str, ...]:
+        """The sub-folders of ``folder_uri`` (URIs ending in ``/``), sorted. On object stores a folder is a common
+        key prefix: one delimiter listing of this level, never a listing of everything below it."""
+        return tuple(sorted(uri for uri, size in self._list_level(folder_uri) if size is None))
+
+    def _list_level(self, folder_uri: str) -> Iterator[tuple[str, int | None]]:
+        """``(uri, size)`` of the objects directly in ``folder_uri`` and ``(uri, None)`` of its sub-folders."""
+        folder_uri = as_directory(folder_uri)
+        parsed = parse_uri(folder_uri)
+        if parsed.scheme == "file":
+            head = _FILE_SCHEME if folder_uri.startswith(_FILE_SCHEME) else ""
+            for path, size in self._local.list_level(parsed.key):
+                yield head + path, size
+            return
+        backend = self._remote_backend(parsed.scheme)
+        root = f"{parsed.scheme}://{parsed.bucket}/"
+        for key, size in backend.list_level(parsed.bucket, parsed.key, folder_uri):
+            yield root + key, size
+
     def _list_raw(self, prefix_uri: str) -> Iterator[ObjectInfo]:
         """Objects whose URI starts with ``prefix_uri`` (a plain string prefix), as the caller spelled the scheme."""
         parsed = parse_uri(prefix_uri)

@@ -234,9 +234,36 @@ class GcsBackend(LazyClientBackend):
             if not token:
                 return
 
+    def list_level(self, bucket: str, prefix: str, uri: str) -> Iterator[tuple[str, int | None]]:
+        """One level below ``prefix`` (a folder, ending in ``/``): ``(key, size)`` of the objects directly in it and
+        ``(sub_prefix, None)`` of its sub-folders (``delimiter="/"``), page by page with resumable retries."""
+        token: str | None = None
+        while True:
+            page = functools.partial(self._level_page, bucket, prefix, token)  # binds the token: retries ask the same
+            (items, prefixes), token = self._call("list", uri, page)
+            for name, size in items:
+                if not name.endswith("/"):
+                    yield name, size
+            for sub_prefix in prefixes:
+                yield sub_prefix, None
+            if not token:
+                return
+
     def _page(self, bucket: str, prefix: str, token: str | None) -> tuple[tuple[tuple[str, int], ...], str | None]:
         """One page of a listing and the token of the next one (None after the last)."""
         iterator = self.client.list_blobs(bucket, prefix=prefix, page_token=token, timeout=self._timeout)
         page = next(iterator.pages)
         items = tuple((blob.name, int(blob.size)) for blob in page)
         return items, iterator.next_page_token
+
+    def _level_page(
+        self, bucket: str, prefix: str, token: str | None
+    ) -> tuple[tuple[tuple[tuple[str, int], ...], tuple[str, ...]], str | None]:
+        """One page of a one-level listing: its objects, its sub-prefixes (the API sends them per page, beside
+        the objects), and the token of the next page."""
+        iterator = self.client.list_blobs(
+            bucket, prefix=prefix, delimiter="/", page_token=token, timeout=self._timeout
+        )
+        page = next(iterator.pages)
+        items = tuple((blob.name, int(blob.size)) for blob in page)
+        return (items, tuple(sorted(page.prefixes))), iterator.next_page_token

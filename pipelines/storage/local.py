@@ -88,6 +88,21 @@ class LocalBackend:
         parent, name_prefix = os.path.split(path_prefix)
         yield from _walk(parent or ".", name_prefix, with_dir=bool(parent))
 
+    def list_level(self, folder: str) -> Iterator[tuple[str, int | None]]:
+        """``(path, size)`` of the files directly in ``folder`` and ``(path + "/", None)`` of its sub-folders."""
+        try:
+            with os.scandir(folder or ".") as it:
+                entries = sorted((e for e in it if not e.name.startswith(TEMP_PREFIX)), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            path = os.path.join(folder, entry.name)
+            if entry.is_dir():
+                yield path + "/", None
+            elif entry.is_file():
+                with contextlib.suppress(FileNotFoundError):  # deleted since the scan
+                    yield path, entry.stat().st_size
+
 
 def _walk(directory: str, name_prefix: str, *, with_dir: bool) -> Iterator[tuple[str, int]]:
     """Recursive, lazy per directory. Directories sort as ``name/`` so the order equals full-path string order."""

@@ -226,6 +226,22 @@ class S3Backend(LazyClientBackend):
                 return
             request["ContinuationToken"] = page["NextContinuationToken"]
 
+    def list_level(self, bucket: str, prefix: str, uri: str) -> Iterator[tuple[str, int | None]]:
+        """One level below ``prefix`` (a folder, ending in ``/``): ``(key, size)`` of the objects directly in it and
+        ``(sub_prefix, None)`` of its sub-folders, page by page (``Delimiter="/"``: the server groups each
+        sub-folder's keys into one common prefix, so the cost is one request per 1,000 entries of this level)."""
+        request: dict[str, str] = {"Bucket": bucket, "Prefix": prefix, "Delimiter": "/"}
+        while True:
+            page = self._call("list", uri, lambda: self.client.list_objects_v2(**request))
+            for obj in page.get("Contents", ()):
+                if not obj["Key"].endswith("/"):
+                    yield obj["Key"], int(obj["Size"])
+            for common in page.get("CommonPrefixes", ()):
+                yield common["Prefix"], None
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
+
 
 def _resume_problem(response: dict[str, Any], offset: int, etag: str | None) -> str:
     """Why a ranged response cannot continue a read at ``offset`` of the object with ``etag`` ("" if it can)."""

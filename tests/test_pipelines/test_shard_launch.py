@@ -13,6 +13,7 @@ from pipelines.config import InputConfig, LabelJobConfig, ShardJobConfig, regist
 from pipelines.config.compose import to_job_config
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
+from pipelines.shard.listing import list_task as list_corpus_task
 from pipelines.storage import Storage
 
 
@@ -60,12 +61,34 @@ def test_unknown_keys_are_found_at_every_level_and_real_apps_have_none() -> None
         assert list(unknown_keys(label, to_job_config(label, LabelJobConfig))) == []
 
 
+@pytest.mark.parametrize(
+    "backend", [pytest.param("s3", marks=pytest.mark.s3), pytest.param("gcs", marks=pytest.mark.gcs)]
+)
+def test_an_object_store_prefix_is_listed_in_parallel_tasks_that_together_list_it_once(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    config = request.getfixturevalue(f"{backend}_storage_config")
+    bucket = request.getfixturevalue(f"{backend}_bucket")
+    storage = Storage(config)
+    corpus = f"{bucket}/corpus"
+    rels = ("top.jpg", "a/1.jpg", "a/deep/2.jpg", "b/3.jpg", "b-c/4.jpg", ".hidden.jpg")
+    for rel in (*rels, "../corpus2/outside.jpg"):  # a sibling prefix sharing the name's start is not listed
+        storage.write_bytes(f"{corpus}/{rel}".replace("corpus/../corpus2", "corpus2"), b"x")
+    cfg = InputConfig(images=corpus)
+    tasks = listing_tasks(storage, cfg)
+    assert tasks == [ListingTask(""), ListingTask("a"), ListingTask("b-c"), ListingTask("b")]  # key order: "-" < "/"
+    per_task = [sorted(f.relpath for f in list_corpus_task(storage, cfg, task)) for task in tasks]
+    assert per_task == [[".hidden.jpg", "top.jpg"], ["a/1.jpg", "a/deep/2.jpg"], ["b-c/4.jpg"], ["b/3.jpg"]]
+    assert sorted(f.relpath for f in list_corpus(storage, cfg)) == sorted(rels)
+    assert {f.size for f in list_corpus(storage, cfg)} == {1}
+
+
 def test_a_local_folder_is_listed_in_parallel_tasks_that_together_list_it_once(tmp_path: Path) -> None:
     for rel in ("top.jpg", "a/1.jpg", "a/deep/2.jpg", "b/3.jpg", ".hidden.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     os.symlink(tmp_path / "a", tmp_path / "c")  # a linked folder inside the input: listed again under its own name
     cfg = InputConfig(images=str(tmp_path))
-    assert listing_tasks(cfg) == [ListingTask(""), ListingTask("a"), ListingTask("b")]
+    assert listing_tasks(Storage(), cfg) == [ListingTask(""), ListingTask("a"), ListingTask("b")]
     listed = sorted(f.relpath for f in list_corpus(Storage(), cfg))
     assert listed == [".hidden.jpg", "a/1.jpg", "a/deep/2.jpg", "b/3.jpg", "c/1.jpg", "c/deep/2.jpg", "top.jpg"]

@@ -115,6 +115,16 @@ def test_list_is_recursive_sorted_lazy_and_directory_scoped(store: tuple[Storage
     assert list(storage.list(join(root, "nothing-here"))) == []
 
 
+def test_one_level_lists_direct_objects_and_subfolders_only(store: tuple[Storage, str]) -> None:
+    storage, root = store
+    for key in ["d/b/2", "d/a", "d/c/x/y", "d2/z", "d/e"]:
+        storage.write_bytes(join(root, key), key.encode())
+    assert list(storage.list_top(join(root, "d"))) == [ObjectInfo(join(root, k), len(k)) for k in ["d/a", "d/e"]]
+    assert storage.subfolders(join(root, "d")) == (join(root, "d/b") + "/", join(root, "d/c") + "/")
+    assert storage.subfolders(join(root, "d/b")) == ()
+    assert list(storage.list_top(join(root, "nothing-here"))) == []
+
+
 def test_local_list_order_is_full_path_string_order(tmp_path: Path) -> None:
     # "a-c" < "a/b" as strings ('-' < '/'): a plain directory walk would yield a/b first. (SeaweedFS lists in
     # directory-walk order here, unlike AWS, so this case is only pinned for local paths.)
