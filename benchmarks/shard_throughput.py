@@ -1,23 +1,28 @@
 """Sharding throughput: ``dpmesh-shard`` against a raw loop doing the minimal work any sharder must do.
 
-On the same seeded corpus of 640x480 JPEGs (generated once, cached), in one run, it measures:
+On the same seeded corpora of 640x480 JPEGs (generated once, cached; ``--images`` of them, and 4x as many), in
+one run, it measures:
 
   raw     a plain Python loop, one core: read each file, sha1 it, parse its image header, append it to a tar
           on the same disk (a tar per ``shard.max_samples`` images, fsynced like the job's);
+  floor   the same loop plus the pixel check of ``shard.validate=decode`` (the job's own ``probe_image``): what
+          decode mode cannot go below;
   header  ``dpmesh-shard`` in_memory (one core), ``shard.validate=header`` (the default);
   decode  ``dpmesh-shard`` in_memory, ``shard.validate=decode``;
   mp      ``dpmesh-shard`` multi_processing with ``--workers`` processes, header mode (scaling);
-  rss     peak RSS of a fresh ``dpmesh-shard`` process on the 1x corpus and on a 4x corpus.
 
-Every ``dpmesh-shard`` figure is taken in a fresh process, best of ``--repeats``, and counts the whole run
-(launch checks, pipeline start, listing, writing, manifest). Its last line is machine-readable::
+and the peak RSS of a fresh ``dpmesh-shard`` process on both corpora. Every ``dpmesh-shard`` figure is taken in
+a fresh process, best of ``--repeats``, and counts the whole run (launch checks, pipeline start, listing,
+writing, manifest). A run has a fixed cost (building and starting the pipeline, about a second here) that a
+small corpus cannot amortise, so the table shows both corpora and the marginal cost per image between them.
+Its last line is machine-readable and is taken on the 4x corpus::
 
   ratio_header=<x> ratio_decode=<y> images_per_s_header=<a> images_per_s_decode=<b>
 
 with wall-clock images/s of the in_memory runs (one worker) and ratios against the raw loop's wall-clock
-images/s. The table above it also gives images per CPU-second of each process (user + system, all threads and
-child processes), which does not depend on what else the machine runs. Usage:
-  python benchmarks/shard_throughput.py [--images 2000] [--workers N] [--cache DIR] [--repeats 2] [--no-rss]
+images/s on the same files. The table also gives images per CPU-second of each process (user + system, all
+threads and child processes), which depends less on what else the machine runs. Usage:
+  python benchmarks/shard_throughput.py [--images 2000] [--workers N] [--cache DIR] [--repeats 2]
 """
 
 import argparse
@@ -58,9 +63,12 @@ def build_corpus(root: Path, n: int, seed_offset: int = 0) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.suffix == ".jpg")
 
 
-def raw_loop(files: list[Path], out_dir: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of the minimal sharder: read, sha1, parse the header, append to a tar on the same disk."""
+def raw_loop(files: list[Path], out_dir: Path, decode: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds of the minimal sharder: read, sha1, parse the header, append to a tar on the same disk;
+    with ``decode``, also the pixel check of ``shard.validate=decode``."""
     from PIL import Image
+
+    from pipelines.shard.probe import probe_image
 
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -74,8 +82,11 @@ def raw_loop(files: list[Path], out_dir: Path) -> tuple[float, float]:
             tar = tarfile.open(fileobj=tar_file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         data = path.read_bytes()
         digest = hashlib.sha1(data).hexdigest()
-        with Image.open(io.BytesIO(data)) as image:
-            _ = image.size, image.format
+        if decode:
+            probe_image(data, max_image_pixels=100_000_000, decode=True)
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                _ = image.size, image.format
         info = tarfile.TarInfo(f"{digest}.jpg")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
@@ -129,65 +140,81 @@ def shard_in_fresh_process(corpus: Path, output: Path, overrides: list[str]) -> 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def best_raw(files: list[Path], out_dir: Path, decode: bool = False) -> dict:
+    raw_loop(files, out_dir, decode)  # warm the page cache and the code paths
+    seconds, cpu_s = min((raw_loop(files, out_dir, decode) for _ in range(3)), key=lambda r: r[0])
+    return {"seconds": seconds, "cpu_s": cpu_s, "images": len(files), "rss_mib": float("nan")}
+
+
+def best_shard(corpus: Path, output: Path, overrides: list[str], repeats: int, images: int) -> dict:
+    runs = [shard_in_fresh_process(corpus, output, overrides) for _ in range(repeats)]
+    best = min(runs, key=lambda r: r["seconds"])
+    assert best["images"] == images, best
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dpmesh-bench")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--no-rss", action="store_true", help="skip the 4x corpus (peak RSS 1x vs 4x)")
     args = parser.parse_args()
 
-    corpus = args.cache / f"corpus-{args.images}"
-    files = build_corpus(corpus, args.images)
-    n = len(files)
-    total_mb = sum(p.stat().st_size for p in files) / 1e6
-    raw_loop(files, args.cache / "raw")  # warm the page cache and the code paths
-    raw = min((raw_loop(files, args.cache / "raw") for _ in range(3)), key=lambda r: r[0])
-    rows = {"raw": {"seconds": raw[0], "cpu_s": raw[1], "images": n, "rss_mib": float("nan")}}
+    small = build_corpus(args.cache / f"corpus-{args.images}", args.images)
+    big = build_corpus(args.cache / f"corpus-{4 * args.images}", 4 * args.images, seed_offset=10_000_000)
+    corpora = {"1x": small, "4x": big}
     modes = {
         "header": ["shard.validate=header"],
         "decode": ["shard.validate=decode"],
         "mp": ["shard.validate=header", "runner.running_mode=multi_processing", f"runner.num_workers={args.workers}"],
     }
-    for name, overrides in modes.items():
-        runs = [shard_in_fresh_process(corpus, args.cache / "shards", overrides) for _ in range(args.repeats)]
-        rows[name] = min(runs, key=lambda r: r["seconds"])
-        assert rows[name]["images"] == n, rows[name]
-    if not args.no_rss:
-        big = args.cache / f"corpus-{4 * args.images}"
-        build_corpus(big, 4 * args.images, seed_offset=10_000_000)
-        rows["header_4x"] = shard_in_fresh_process(big, args.cache / "shards4", ["shard.validate=header"])
+    rows: dict[tuple[str, str], dict] = {}
+    for size, files in corpora.items():
+        corpus = files[0].parent
+        rows["raw", size] = best_raw(files, args.cache / "raw")
+        rows["floor", size] = best_raw(files, args.cache / "raw", decode=True)
+        for name, overrides in modes.items():
+            if name == "mp" and size == "4x":
+                continue
+            rows[name, size] = best_shard(corpus, args.cache / "shards", overrides, args.repeats, len(files))
 
     labels = {
         "raw": "raw: read+sha1+header+tar append",
+        "floor": "floor: raw + decode check",
         "header": "dpmesh-shard in_memory, validate=header",
         "decode": "dpmesh-shard in_memory, validate=decode",
         "mp": f"dpmesh-shard multi_processing x{args.workers}, header",
-        "header_4x": "dpmesh-shard in_memory, header, 4x corpus",
     }
     wall = {k: r["images"] / r["seconds"] for k, r in rows.items()}
     per_core = {k: r["images"] / r["cpu_s"] for k, r in rows.items()}
+    small_mb = sum(p.stat().st_size for p in small) / 1e6
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"corpus: {n} JPEGs 640x480, {total_mb:.0f} MB ({total_mb / n * 1000:.0f} kB each), page cache warm")
-    print("images/s and ratio: wall clock; per core: images per CPU-second of the process (threads and children)")
-    header = f"{'mode':<44}{'wall s':>8}{'CPU s':>8}{'images/s':>10}{'per core':>10}{'ratio':>7}{'RSS MiB':>9}"
-    print(header)
-    for k, r in rows.items():
-        print(
-            f"{labels[k]:<44}{r['seconds']:>8.2f}{r['cpu_s']:>8.2f}{wall[k]:>10.0f}{per_core[k]:>10.0f}"
-            f"{wall[k] / wall['raw']:>7.2f}{r['rss_mib']:>9.0f}"
-        )
-    if "header_4x" in rows:
-        print(f"peak RSS 4x / 1x corpus: {rows['header_4x']['rss_mib'] / rows['header']['rss_mib']:.2f}")
     print(
-        f"multi-process scaling, wall images/s x{args.workers} / in_memory (header): {wall['mp'] / wall['header']:.2f}"
+        f"corpora: {len(small)} and {len(big)} JPEGs 640x480, {small_mb / len(small) * 1000:.0f} kB each, "
+        "page cache warm"
     )
-    # The last line: wall-clock figures, as the issue's baseline (564 images/s decode, 1,366 header) was measured.
-    ratio_header, ratio_decode = wall["header"] / wall["raw"], wall["decode"] / wall["raw"]
+    print("images/s and ratio: wall clock; per core: images per CPU-second of the process (threads and children)")
+    columns = f"{'corpus':>7}{'wall s':>8}{'CPU s':>8}{'images/s':>10}{'per core':>10}{'ratio':>7}{'RSS MiB':>9}"
+    print(f"{'mode':<44}{columns}")
+    for (name, size), r in rows.items():
+        k = (name, size)
+        print(
+            f"{labels[name]:<44}{size:>7}{r['seconds']:>8.2f}{r['cpu_s']:>8.2f}{wall[k]:>10.0f}{per_core[k]:>10.0f}"
+            f"{wall[k] / wall['raw', size]:>7.2f}{r['rss_mib']:>9.0f}"
+        )
+    extra = len(big) - len(small)
+    for name in ("raw", "floor", "header", "decode"):
+        marginal = (rows[name, "4x"]["cpu_s"] - rows[name, "1x"]["cpu_s"]) / extra * 1000
+        fixed = rows[name, "1x"]["cpu_s"] - marginal * len(small) / 1000
+        print(f"marginal CPU per image, {name}: {marginal:.3f} ms (fixed cost of a run: {fixed:.2f} CPU s)")
+    print(f"peak RSS 4x / 1x corpus: {rows['header', '4x']['rss_mib'] / rows['header', '1x']['rss_mib']:.2f}")
+    scaling = wall["mp", "1x"] / wall["header", "1x"]
+    print(f"multi-process scaling, wall images/s x{args.workers} / in_memory (header, 1x corpus): {scaling:.2f}")
+    ratio_header, ratio_decode = wall["header", "4x"] / wall["raw", "4x"], wall["decode", "4x"] / wall["raw", "4x"]
     print(
         f"ratio_header={ratio_header:.2f} ratio_decode={ratio_decode:.2f} "
-        f"images_per_s_header={wall['header']:.0f} images_per_s_decode={wall['decode']:.0f}"
+        f"images_per_s_header={wall['header', '4x']:.0f} images_per_s_decode={wall['decode', '4x']:.0f}"
     )
 
 
