@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: test test-slow lint format typecheck demo bench-shard clean help
+.PHONY: test test-slow lint format typecheck demo bench-shard clean help system-packages
 
 help:
 	@echo "make test    - install if needed, then lint, type-check and run the default test suite"
-	@echo "make demo    - install if needed, then shard (and label) the bundled sample corpus"
-	@echo "make test-slow, make bench-shard, make format, make clean"
+	@echo "make demo    - install if needed, then shard and label the bundled sample corpus and write its report"
+	@echo "make test-slow, make bench-shard, make format, make clean, make system-packages (Mesa EGL, Chromium)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,17 +29,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy schemas dpmesh_core
 
-test: lint typecheck
+# Debian packages (Mesa EGL for the report's mesh rendering, Chromium for its browser test); installs only what is
+# missing (see .ci/system_packages.sh).
+system-packages:
+	.ci/system_packages.sh
+
+test: system-packages lint typecheck
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: system-packages $(STAMP)
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: $(STAMP)
+demo: system-packages $(STAMP)
 	$(PY) -m pipelines.demo
 
 bench-shard: $(STAMP)

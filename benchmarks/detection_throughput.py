@@ -32,14 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.config import DetectorConfig, DetectorName, Device, DType
 from pipelines.config.storage import StorageConfig
-from pipelines.label.detection.models import (
-    box_center_scale,
-    crop_person,
-    detect_persons,
-    estimate_keypoints,
-    load_detector,
-    load_pose_model,
-)
+from pipelines.label.detection.models import detect_persons, estimate_keypoints, load_detector, load_pose_model
+from pipelines.label.detection.person_crops import box_center_scale, crop_person
 from tests.fakes.corpus import make_images
 from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
 

@@ -40,12 +40,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dpmesh_core.config import official_config
+from dpmesh_core.config import DPMeshConfig, official_config
 from dpmesh_core.fast_path import FastPathConfig, prepare_for_inference
 from dpmesh_core.model import DPMesh, DPMeshOutput
 from dpmesh_core.reference_mode import build_reference_model
@@ -53,7 +53,17 @@ from dpmesh_core.synthetic import synthetic_smpl_data
 
 
 Inputs = dict[str, torch.Tensor]
-Model = Callable[..., DPMeshOutput]
+
+
+class Model(Protocol):
+    """A DPMesh execution (`DPMesh`, `FastDPMesh`, `ReferenceDPMesh`): its config sizes the inputs."""
+
+    @property
+    def config(self) -> DPMeshConfig: ...
+
+    def __call__(self, **inputs: torch.Tensor) -> DPMeshOutput: ...
+
+
 REFERENCE_BATCH = 12  # configs/main_train.yml:13
 SMPL_VERTICES = 6890
 
@@ -98,12 +108,14 @@ def build_model(args: argparse.Namespace, device: torch.device) -> DPMesh:
     return model
 
 
-def make_inputs(batch: int, seed: int, device: torch.device) -> Inputs:
-    """Random inputs in the documented units (images in [0, 1], keypoints in 32-grid px, ~70 % valid)."""
+def make_inputs(batch: int, seed: int, device: torch.device, config: DPMeshConfig) -> Inputs:
+    """Random inputs in the documented units, sized for `config` (images in [0, 1], keypoints in heatmap-grid px,
+    ~70 % valid)."""
     gen = torch.Generator().manual_seed(seed)
-    joints = torch.rand(batch, 30, 3, generator=gen) * torch.tensor([32.0, 32.0, 1.0])
+    grid = float(config.heatmap_size)
+    joints = torch.rand(batch, 30, 3, generator=gen) * torch.tensor([grid, grid, 1.0])
     return {
-        "images": torch.rand(batch, 3, 256, 256, generator=gen).to(device),
+        "images": torch.rand(batch, 3, config.image_size, config.image_size, generator=gen).to(device),
         "joints": joints.to(device),
         "joints_mask": (torch.rand(batch, 30, 1, generator=gen) > 0.3).float().to(device),
         "focal": (1200.0 + 1300.0 * torch.rand(batch, generator=gen)).to(device),
@@ -136,7 +148,7 @@ def time_calls(fn: Callable[[int], Any], iters: int, device: torch.device) -> li
 
 def measure(model: Model, mode: str, dtype: str, batch: int, args: argparse.Namespace, device: torch.device) -> Row:
     """crops/s, spread and peak memory of `model` at `batch` (after warm-up: compile, graph capture, autotune)."""
-    sets = [make_inputs(batch, seed, device) for seed in range(3)]
+    sets = [make_inputs(batch, seed, device, model.config) for seed in range(3)]
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -171,7 +183,7 @@ def flops_per_crop(model: Model, device: torch.device, batch: int = 2) -> float:
     """FLOPs of one crop (`FlopCounterMode`: matmul/conv/attention, 1 MAC = 2 FLOPs) over a `batch`-crop call."""
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        model(**make_inputs(batch, 99, device))
+        model(**make_inputs(batch, 99, device, model.config))
     return float(counter.get_total_flops()) / batch
 
 
@@ -244,7 +256,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     report["matmul_bf16_peak_tflops"] = matmul_peak_tflops(device, args.peak_n)
     print(f"measured bf16 matmul peak: {report['matmul_bf16_peak_tflops']:.1f} TFLOP/s", flush=True)
     fp32 = build_model(args, device)
-    acc_inputs = make_inputs(args.accuracy_batch, 1234, device)
+    acc_inputs = make_inputs(args.accuracy_batch, 1234, device, fp32.config)
     with torch.inference_mode():
         fp32_out = fp32(**acc_inputs)
     report["gflop_per_crop_fast"] = flops_per_crop(fp32, device) / 1e9

@@ -3,7 +3,7 @@
 Generates (once, cached under ``--cache``) seeded synthetic 640x480 JPEGs with 1-3 stick-figure persons and
 their COCO annotations, shards them in-process with ``dpmesh-shard`` into ``<cache>/label-<n>/shards``, then in
 one run measures, on the 1x corpus:
-  model alone        - ``model(**batch_inputs(...))`` + ``to_full_image`` over every person, batches of
+  model alone        - ``predict_persons`` (forward + ``to_full_image``) over every person, batches of
                        ``model.batch_size`` cut per shard as the pipeline cuts them, under ``torch.inference_mode()``;
                        the crops are prepared once beforehand and not timed (one warm-up batch is not timed either),
   crop preparation   - streaming the shards, decoding each JPEG and ``prepare_tasks`` (crop + model inputs), in
@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from dpmesh_core.config import CropGeometry
 from dpmesh_core.model import DPMesh
-from dpmesh_core.postprocessing import batch_inputs, to_full_image
+from dpmesh_core.prediction import predict_persons
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.image_decode import decode_rgb
 from pipelines.config import LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
@@ -155,7 +156,7 @@ class FullSizeHandler(DPMeshModelHandler):
     """The pipeline's handler with :func:`full_size_model` instead of a checkpoint."""
 
     def load_model(self) -> DPMeshPredictor:
-        return DPMeshPredictor(full_size_model(self._cfg), self._cfg.threads)
+        return DPMeshPredictor(full_size_model(self._cfg), self._cfg.threads, synthetic_body=True)
 
 
 def bench_model(cfg: LabelJobConfig, full_size: bool) -> DPMesh:
@@ -165,8 +166,9 @@ def bench_model(cfg: LabelJobConfig, full_size: bool) -> DPMesh:
     return full_size_model(cfg.model) if full_size else load_model(cfg.model, StorageConfig())
 
 
-def prepare_shard(shard: Path, cfg: LabelJobConfig) -> list[PersonInputs]:
-    """Every person's model inputs of one shard, in shard order (read, decode, crop), as the pipeline reads them."""
+def prepare_shard(shard: Path, cfg: LabelJobConfig, geometry: CropGeometry) -> list[PersonInputs]:
+    """Every person's model inputs of one shard, in shard order (read, decode, crop at the model's ``geometry``), as
+    the pipeline reads them."""
     inputs: list[PersonInputs] = []
     with shard.open("rb") as stream:
         for sample in iter_shard_samples(stream):
@@ -174,7 +176,13 @@ def prepare_shard(shard: Path, cfg: LabelJobConfig) -> list[PersonInputs]:
             image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=cfg.input.max_image_pixels)
             persons = [(i, person_from_json(p)) for i, p in enumerate(meta.get("persons") or [])]
             tasks = prepare_tasks(
-                image, persons, shard=shard.stem, image_key=sample.key, source_uri="", source="annotations"
+                image,
+                persons,
+                shard=shard.stem,
+                image_key=sample.key,
+                source_uri="",
+                source="annotations",
+                geometry=geometry,
             )
             inputs.extend(t.inputs for _, t in tasks if isinstance(t, PersonTask))
     return inputs
@@ -186,10 +194,12 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def time_preparation(corpus: Corpus, cfg: LabelJobConfig) -> tuple[float, float, list[list[PersonInputs]]]:
+def time_preparation(
+    corpus: Corpus, cfg: LabelJobConfig, geometry: CropGeometry
+) -> tuple[float, float, list[list[PersonInputs]]]:
     """Wall and CPU seconds to prepare every crop of the corpus in this process, and the crops per shard."""
     started, cpu = time.perf_counter(), cpu_seconds()
-    crops = [prepare_shard(shard, cfg) for shard in corpus.shards]
+    crops = [prepare_shard(shard, cfg, geometry) for shard in corpus.shards]
     return time.perf_counter() - started, cpu_seconds() - cpu, crops
 
 
@@ -199,11 +209,12 @@ def shard_batches(crops: list[list[PersonInputs]], batch_size: int) -> list[list
 
 
 def time_model(model: DPMesh, batches: list[list[PersonInputs]]) -> tuple[float, float]:
-    """Wall and CPU seconds of forward + ``to_full_image`` over all batches (after one untimed warm-up batch)."""
+    """Wall and CPU seconds of ``predict_persons`` (forward + ``to_full_image``) over all batches (after one untimed
+    warm-up batch)."""
     device = model.device
 
     def forward(batch: list[PersonInputs]) -> None:
-        to_full_image(model(**batch_inputs(batch, model.device, model.input_dtype)), batch)
+        predict_persons(model, batch)
 
     with torch.inference_mode():
         forward(batches[0])
@@ -309,7 +320,7 @@ def main() -> None:
         print(f"corpus {scale}x: {c.images} JPEGs 640x480, {c.persons} persons, {len(c.shards)} shards")
     print(f"batch size {cfg.model.batch_size}, filter preset {cfg.filter.preset.value}")
 
-    prep_s, prep_cpu, crops = time_preparation(corpus, cfg)
+    prep_s, prep_cpu, crops = time_preparation(corpus, cfg, model.config.crop_geometry)
     persons = sum(len(shard) for shard in crops)
     assert persons == corpus.persons, (persons, corpus.persons)
     model_s, model_cpu = time_model(model, shard_batches(crops, cfg.model.batch_size))

@@ -1,14 +1,14 @@
-"""Reading official DPMesh checkpoints (`*_best_ckpt.pth.tar`, note §4-§5).
+"""Reading and converting official DPMesh checkpoints (`*_best_ckpt.pth.tar`, note §4-§5): state dicts only.
 
 Recipe: strip `module.`; keep one alias of the ControlLDM (`backbone.sd_model.*`); fold every LoRA triple; convert
-the UNet, ControlNet and VAE with diffusers' own LDM converters; rename head/VPoser keys; load strictly. A key that
-is neither used nor on the documented ignore list is an error that names it, and so is a missing key.
+the UNet, ControlNet and VAE with diffusers' own LDM converters; rename head/VPoser keys. A key that is neither used
+nor on the documented ignore list is an error that names it. Nothing here builds or fills a model: conversion is
+state dict in, state dict out, and `dpmesh_core.loading` loads the result strictly (a missing key is an error
+there).
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +20,11 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
 )
-from torch import nn
 
+from dpmesh_core.body_model import SMPLData
 from dpmesh_core.errors import CheckpointKeyError
+from dpmesh_core.models.backbone import DPMeshBackbone
 
-
-logger = logging.getLogger(__name__)
 
 LDM_PREFIX = "backbone.sd_model."
 UNET_PREFIX = "model.diffusion_model."
@@ -151,12 +150,14 @@ def _rename_head(key: str) -> str:
     return "head." + key
 
 
-def convert_official_state_dict(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> ConvertedCheckpoint:
-    """Official flat state dict (with or without `module.`) → our key layout.
+def convert_official_state_dict(state: Mapping[str, torch.Tensor], backbone: DPMeshBackbone) -> ConvertedCheckpoint:
+    """Official flat state dict (with or without `module.`) → our key layout. Pure: `state` and `backbone` are only
+    read; the converted tensors are the source tensors or new ones (folded LoRA, converter outputs).
 
     Args:
         state: the checkpoint's tensors (real, mmap'd or meta).
-        backbone: a `DPMeshBackbone` (any device, meta included); only its diffusers configs are read.
+        backbone: the target architecture's backbone (any device, meta included); only the configs and key names
+            of its diffusers modules are read.
 
     Raises:
         CheckpointKeyError: a key that is neither used nor ignored (named), or an incomplete LoRA triple.
@@ -210,75 +211,32 @@ class _Prefixed(Provenance):
         super().add(tensor, [LDM_PREFIX + k for k in keys])
 
 
-def load_network_strict(model: nn.Module, network: Mapping[str, torch.Tensor], *, assign: bool) -> None:
-    """Load `network` into `model` (body model excluded); any missing or unexpected key raises, naming it."""
-    expected = {k for k in model.state_dict() if not k.startswith("body_model.")}
-    missing = sorted(expected - set(network))
-    unexpected = sorted(set(network) - expected)
-    if missing or unexpected:
-        raise CheckpointKeyError(
-            f"checkpoint does not match the architecture: missing {missing[:20]} (total {len(missing)}), "
-            f"unexpected {unexpected[:20]} (total {len(unexpected)})"
-        )
-    model.load_state_dict(dict(network), strict=False, assign=assign)
+SMPL_BUFFERS: tuple[str, ...] = (
+    "th_v_template", "th_shapedirs", "th_posedirs", "th_J_regressor", "th_weights", "th_faces",
+)  # fmt: skip
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:
-    """Hex sha256 of a file (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def read_official_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The checkpoint's flat state dict, `module.` stripped.
 
+    Read with `torch.load(weights_only=True, mmap=True)`: no code execution, tensors paged in on demand.
 
-def _smpl_from_state(flat: Mapping[str, torch.Tensor]) -> Any:
-    from dpmesh_core.body_model import SMPLData
-
-    names = ("th_v_template", "th_shapedirs", "th_posedirs", "th_J_regressor", "th_weights", "th_faces")
-    missing = [SMPL_PREFIX + n for n in names if SMPL_PREFIX + n not in flat]
-    if missing:
-        raise CheckpointKeyError(f"checkpoint lacks the SMPL buffers {missing}; pass smpl=SMPLData(...)")
-    return SMPLData.from_checkpoint_buffers({n: flat[SMPL_PREFIX + n] for n in names})
-
-
-def load_official_checkpoint(
-    path: str | os.PathLike[str],
-    *,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    smpl: Any = None,
-    config: Any = None,
-    compute_model_id: bool = True,
-) -> Any:
-    """Build a `DPMesh` from an official checkpoint file.
-
-    The file is read with `torch.load(weights_only=True, mmap=True)` (no code execution, tensors paged in on
-    demand); the network is built on the meta device and the converted tensors are assigned, so peak memory stays
-    near one copy of the weights.
-
-    Args:
-        path: `*_best_ckpt.pth.tar`.
-        device, dtype: target placement.
-        smpl: `SMPLData`; default: the checkpoint's `human_model_layer.th_*` buffers.
-        config: `DPMeshConfig`; default: `official_config()`.
-        compute_model_id: hash the file (sha256) for `model.model_id`.
+    Raises:
+        ValueError: the file does not hold a flat state dict.
     """
-    from dpmesh_core.config import official_config
-    from dpmesh_core.model import DPMesh
-
     state = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a flat state dict, got {type(state).__name__}")
-    flat = strip_module_prefix(state)
-    model = DPMesh(config or official_config(), smpl or _smpl_from_state(flat), network_device="meta")
-    converted = convert_official_state_dict(flat, model.backbone)
-    load_network_strict(model, converted.network, assign=True)
-    leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise CheckpointKeyError(f"tensors not initialised by the checkpoint: {leftover[:20]}")
-    logger.info("loaded %s: %d tensors, %d ignored keys", path, len(converted.network), len(converted.ignored))
-    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    if compute_model_id:
-        model.model_id = "sha256:" + file_sha256(path)[:16]
-    return model
+    return strip_module_prefix(state)
+
+
+def smpl_from_official_state(flat: Mapping[str, torch.Tensor]) -> SMPLData:
+    """The SMPL neutral arrays of a checkpoint's `human_model_layer.th_*` buffers (`flat`: `module.` stripped).
+
+    Raises:
+        CheckpointKeyError: a buffer is missing (then pass `smpl=SMPLData(...)` to the loader).
+    """
+    missing = [SMPL_PREFIX + n for n in SMPL_BUFFERS if SMPL_PREFIX + n not in flat]
+    if missing:
+        raise CheckpointKeyError(f"checkpoint lacks the SMPL buffers {missing}; pass smpl=SMPLData(...)")
+    return SMPLData.from_checkpoint_buffers({n: flat[SMPL_PREFIX + n] for n in SMPL_BUFFERS})

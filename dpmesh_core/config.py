@@ -1,7 +1,10 @@
 """Architecture hyperparameters of DPMesh in one place: the official configuration and a tiny one.
 
 Both configurations build the *same* module tree (same number of UNet blocks, the same 10 captured
-cross-attention layers, the same 4 decoder taps); only widths and depths of non-structural parts differ.
+cross-attention layers, the same 4 decoder taps); only widths, depths of non-structural parts and the crop size
+differ. The crop and keypoint-grid sizes live here only (`DPMeshConfig.image_size` / `heatmap_size`):
+pre-processing, post-processing and the flip test read them through `DPMeshConfig.crop_geometry`, so a model and
+its inputs cannot disagree on them.
 """
 
 from __future__ import annotations
@@ -60,6 +63,20 @@ class VPoserConfig:
 
 
 @dataclass(frozen=True)
+class CropGeometry:
+    """The square person crop a model sees and the keypoint grid laid over it (from `DPMeshConfig.crop_geometry`).
+
+    Attributes:
+        crop_size: crop side, px (official 256).
+        heatmap_size: side of the keypoint grid (official 32); a keypoint at crop px `p` sits at grid
+            coordinate `p / crop_size * heatmap_size` (official: px / 8).
+    """
+
+    crop_size: int
+    heatmap_size: int
+
+
+@dataclass(frozen=True)
 class DPMeshConfig:
     """All architecture hyperparameters of DPMesh.
 
@@ -81,6 +98,20 @@ class DPMeshConfig:
     def __post_init__(self) -> None:
         if self.image_size % self.heatmap_size != 0:
             raise ValueError(f"image_size={self.image_size} must be a multiple of heatmap_size={self.heatmap_size}")
+        # The heatmaps are concatenated with the VAE latent at the ControlNet input, so they share its side.
+        latent = self.latent_size
+        if self.heatmap_size != latent:
+            raise ValueError(
+                f"heatmap_size={self.heatmap_size} must equal the latent side image_size / 2^(VAE blocks - 1) = "
+                f"{latent}: the keypoint heatmaps are concatenated with the latent"
+            )
+        # The fused features are 1/4 of the latent side; the head's volume is depth x H x W tokens with one
+        # positional table of depth^3 entries, so its depth equals that side.
+        if self.head.volume_depth != latent // 4:
+            raise ValueError(
+                f"head.volume_depth={self.head.volume_depth} must equal the fused feature side latent / 4 = "
+                f"{latent // 4}"
+            )
         if len(self.unet.block_out_channels) != 4:
             raise ValueError(
                 f"unet.block_out_channels={self.unet.block_out_channels} must have 4 entries: the 4 decoder "
@@ -88,6 +119,17 @@ class DPMeshConfig:
             )
         if self.unet.layers_per_block != 2:
             raise ValueError(f"unet.layers_per_block={self.unet.layers_per_block} must be 2 (SD-1.5 structure)")
+
+    @property
+    def latent_size(self) -> int:
+        """Side of the VAE latent: `image_size` / 2^(VAE blocks - 1) (official 256 / 8 = 32)."""
+        downsampling = 1 << (len(self.vae.block_out_channels) - 1)  # each VAE block but the last halves the side
+        return self.image_size // downsampling
+
+    @property
+    def crop_geometry(self) -> CropGeometry:
+        """The crop and keypoint-grid sizes that pre- and post-processing must use with this model."""
+        return CropGeometry(crop_size=self.image_size, heatmap_size=self.heatmap_size)
 
     @property
     def fused_channels(self) -> int:
@@ -122,7 +164,12 @@ def official_config() -> DPMeshConfig:
 
 
 def tiny_config() -> DPMeshConfig:
-    """Same structure as `official_config` at small widths, for tests and demos with random weights."""
+    """Same structure as `official_config` at small widths, for tests and demos with random weights.
+
+    Crops are 128² (keypoint grid and latent 16², fused features 4², head volume 4³) instead of 256²: every layer
+    still runs, at 1/4 of the pixels, which are most of the CPU cost of a forward. (At 64² the random tiny head
+    is so ill-conditioned that fp32 kernel differences reach 1e-3 m: too coarse for the precision tests.)
+    """
     return DPMeshConfig(
         vae=VaeConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8),
         unet=UNetConfig(block_out_channels=(32, 64, 64, 64), cross_attention_dim=32, norm_num_groups=32),
@@ -132,6 +179,9 @@ def tiny_config() -> DPMeshConfig:
             nhead=4,
             dim_feedforward=64,
             refine_dim_feedforward=64,
+            volume_depth=4,
         ),
         vposer=VPoserConfig(num_neurons=32),
+        image_size=128,
+        heatmap_size=16,
     )

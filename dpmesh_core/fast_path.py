@@ -8,7 +8,7 @@ signature and outputs that shares (and converts in place) the modules of `model`
   with half-precision *weights* (no autocast, no per-call weight casts).
 * Attention: SDPA everywhere except the 10 UNet cross-attention layers whose maps DPMesh uses; those compute
   `softmax(q kᵀ / √d)` in fp32 (`Float32MapCaptureProcessor`). Only these probabilities are materialised:
-  `(B·heads, N ≤ 256, 30)` per layer.
+  `(B·heads, N ≤ 256, 30)` per layer (official 256² crops).
 * Numerics-sensitive parts stay fp32: keypoint heatmaps (computed from fp32 keypoints, rounded once), the captured
   softmax maps, VPoser, 6D→axis-angle, camera, SMPL and the joint regressors. Outputs are fp32.
 * `channels_last`: the convolutional modules (VAE encoder, ControlNet, UNet, fusion) and the input images use the
@@ -37,7 +37,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from dpmesh_core.model import DPMesh, DPMeshOutput
+from dpmesh_core.model import DPMesh
 from dpmesh_core.models.attention_capture import (
     ATTN8_LAYERS,
     ATTN16_LAYERS,
@@ -45,6 +45,7 @@ from dpmesh_core.models.attention_capture import (
     processor_name,
 )
 from dpmesh_core.models.head import HeadOutput
+from dpmesh_core.outputs import DPMeshOutput
 
 
 logger = logging.getLogger(__name__)
@@ -102,31 +103,16 @@ class Float32MapCaptureProcessor(AttentionMapCaptureProcessor):
     """`AttentionMapCaptureProcessor` with the attention core in fp32 whatever the weights' precision.
 
     Projections (`to_q/k/v`, `to_out`) run in the model dtype; `softmax(q kᵀ · d^-0.5)`, the head-averaged map and
-    `probs · v` are fp32 (N ≤ 256 queries × 30 context tokens: negligible cost), and the output is rounded back.
+    `probs · v` are fp32 (N ≤ 256 queries × 30 context tokens: negligible cost), and `probs · v` is rounded back to
+    the projections' dtype. Checks and the output step are the base's (`ExplicitAttentionProcessor`).
     """
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
-            raise ValueError(f"{self.layer}: capture expects a 3-D cross-attention call without mask")
-        batch = hidden_states.shape[0]
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states)).float()
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states)).float()
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states)).float()
-        probs = (torch.bmm(query, key.transpose(1, 2)) * attn.scale).softmax(dim=-1)
-        self.store.maps[self.layer] = probs.view(batch, attn.heads, *probs.shape[1:]).mean(1)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value)).to(hidden_states.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        result: torch.Tensor = out / attn.rescale_output_factor
-        return result
+    def attend(
+        self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        q, k, v = query.float(), key.float(), value.float()
+        probs = (torch.bmm(q, k.transpose(1, 2)) * attn.scale).softmax(dim=-1)
+        return probs, torch.bmm(probs, v).to(value.dtype)
 
 
 def install_float32_capture(unet: Any) -> None:
@@ -141,16 +127,18 @@ def install_float32_capture(unet: Any) -> None:
     unet.set_attn_processor(processors)
 
 
-def count_materialised_probabilities(unet: Any, batch: int, tokens: int) -> int:
+def count_materialised_probabilities(unet: Any, batch: int, tokens: int, latent_size: int) -> int:
     """Elements of explicit attention probabilities one UNet pass materialises (SDPA layers count 0).
 
-    Only the capture layers materialise `(B·heads, N, tokens)`; used by tests to check that no other layer does.
+    Only the capture layers materialise `(B·heads, N, tokens)`, N = (latent_size / 2)² for the `ATTN16_LAYERS` and
+    (latent_size / 4)² for the `ATTN8_LAYERS` (`latent_size`: `config.latent_size`, official 32 → 16² and 8²);
+    used by tests to check that no other layer does.
     """
     total = 0
     for name, proc in unet.attn_processors.items():
         if isinstance(proc, AttentionMapCaptureProcessor):
             layer = name.removesuffix(".transformer_blocks.0.attn2.processor")
-            side = 16 if layer in ATTN16_LAYERS else 8
+            side = latent_size // 2 if layer in ATTN16_LAYERS else latent_size // 4
             heads = dict(unet.named_modules())[name.removesuffix(".processor")].heads
             total += batch * heads * side * side * tokens
     return total
@@ -264,6 +252,7 @@ class FastDPMesh(DPMesh):
         self, images: torch.Tensor, joints: torch.Tensor, joints_mask: torch.Tensor, focal: torch.Tensor
     ) -> DPMeshOutput:
         """Same contract as `DPMesh.forward`; outputs are fp32."""
+        self.check_crop_size(images)
         device = self.device
         images = images.to(device=device, dtype=self.compute_dtype)
         if self.fast_config.channels_last:

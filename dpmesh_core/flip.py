@@ -1,26 +1,28 @@
 """Flip test-time consistency: mirrored model inputs, the SMPL pose un-flip and PA-MPJPE (pure numpy).
 
 The ``flip_pa_mpjpe_mm`` signal is the disagreement between the prediction on a person's crop and the un-flipped
-prediction on the horizontally mirrored crop (pseudolabel_anchors.md §3, "flip consistency"). Call sequence in the
-pipeline (the model and body-model calls are the caller's; this module only holds the pure steps)::
+prediction on the horizontally mirrored crop (pseudolabel_anchors.md §3, "flip consistency"). This module holds
+the pure steps; `dpmesh_core.prediction.predict_persons(..., flip=True)` runs them around the model::
 
-    persons_f = [flip_person_inputs(p) for p in persons]
+    persons_f = [flip_person_inputs(p, geometry) for p in persons]
     out_f = model(**batch_inputs(persons_f, device, dtype))             # same model, mirrored batch
     pose = unflip_pose(out_f.smpl_pose.cpu().numpy())                   # (B, 72), back in the original frame
-    verts = model.body_model(torch.from_numpy(pose), out_f.smpl_shape.cpu(), torch.zeros(B, 3))
+    verts = model.body_model(torch.from_numpy(pose), out_f.smpl_shape, torch.zeros(B, 3))
     joints_f = model.body_model.joints30(verts)[:, :24].numpy()         # SMPL-24, metres
     flip_pa_mpjpe_mm = flip_consistency_mm(preds[i].joints_3d, joints_f[i])
 
 Translation is irrelevant (PA-MPJPE removes a similarity transform), so the flipped run's camera is never used.
 
-Conventions:
+Conventions (numbers for the official geometry, S = 256 px crops and a G = 32 keypoint grid; other sizes come
+from the model's `CropGeometry`):
 
 * Crop pixels: `dpmesh_core.preprocessing` warps with OpenCV's convention, crop pixel ``i`` holds the image at
-  crop coordinate ``i``. Reversing the pixel columns therefore maps crop coordinate ``x_px`` to ``255 - x_px``,
-  i.e. ``x -> 31.875 - x`` in the model's 32-grid keypoint units (``x_grid = x_px / 8``). This is the exact mirror
-  of the crop array, so keypoints stay on the image content they marked. (It is not bit-identical to re-cropping
-  a mirrored full image: DPMesh's affine puts the box centre at crop coordinate 128, not 127.5, so that crop would
-  sit 1 crop px = 0.125 grid units to the right; the flip test only needs a self-consistent mirrored input.)
+  crop coordinate ``i``. Reversing the pixel columns therefore maps crop coordinate ``x_px`` to ``S - 1 - x_px``
+  (``255 - x_px``), i.e. ``x -> (S - 1) G / S - x`` (``31.875 - x``) in the model's grid units
+  (``x_grid = x_px G / S``). This is the exact mirror of the crop array, so keypoints stay on the image content
+  they marked. (It is not bit-identical to re-cropping a mirrored full image: DPMesh's affine puts the box centre at
+  crop coordinate S/2 = 128, not 127.5, so that crop would sit 1 crop px = 0.125 grid units to the right; the flip
+  test only needs a self-consistent mirrored input.)
 * Mirroring the camera frame is ``M = diag(-1, 1, 1)``: a rotation ``R(w)`` becomes ``M R(w) M = R(-M w)``, i.e.
   the axis-angle ``(wx, wy, wz) -> (wx, -wy, -wz)``; for SMPL's local joint rotations the same holds because the
   template is left/right symmetric about its x = 0 plane. With the left/right joint swap this is the standard
@@ -33,8 +35,9 @@ import dataclasses
 
 import numpy as np
 
+from dpmesh_core.config import CropGeometry
 from dpmesh_core.joints import SMPL24_JOINTS, SMPL30_JOINTS
-from dpmesh_core.preprocessing import CROP_SIZE, HEATMAP_SIZE, PersonInputs
+from dpmesh_core.preprocessing import PersonInputs
 
 
 def _swap_side(name: str) -> str:
@@ -55,39 +58,49 @@ SMPL24_FLIP_PERM: tuple[int, ...] = mirror_permutation(SMPL24_JOINTS)
 SMPL30_FLIP_PERM: tuple[int, ...] = mirror_permutation(SMPL30_JOINTS)
 """Left/right swap of the 30-joint input set (eyes and ears included)."""
 
-# Crop-pixel mirror as a homogeneous affine: x -> (CROP_SIZE - 1) - x, y -> y. Its own inverse.
-_CROP_FLIP = np.array([[-1.0, 0.0, CROP_SIZE - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-_GRID_FLIP_OFFSET = (CROP_SIZE - 1) * HEATMAP_SIZE / CROP_SIZE  # 31.875
+
+def _crop_flip(crop_size: int) -> np.ndarray:
+    """Crop-pixel mirror as a homogeneous `(3, 3)` affine: x -> (S - 1) - x, y -> y. Its own inverse."""
+    return np.array([[-1.0, 0.0, crop_size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _grid_flip_offset(geometry: CropGeometry) -> float:
+    """The mirror's offset in grid units, ``x -> offset - x``: (S - 1) G / S (31.875 for 256 px and 32)."""
+    return (geometry.crop_size - 1) * geometry.heatmap_size / geometry.crop_size
 
 
 def _homogeneous(affine: np.ndarray) -> np.ndarray:
     return np.vstack([np.asarray(affine, dtype=np.float64), [0.0, 0.0, 1.0]])
 
 
-def flip_person_inputs(p: PersonInputs) -> PersonInputs:
+def flip_person_inputs(p: PersonInputs, geometry: CropGeometry) -> PersonInputs:
     """Horizontally mirrored model inputs: crop, 30 keypoints (left/right swapped), mask and crop affines.
 
-    Keypoints: ``x -> 31.875 - x`` (32-grid units), rows permuted with `SMPL30_FLIP_PERM`. Mask: the permuted mask
-    and-ed with the model's inside test ``0 <= x, y < 32`` on the new coordinates, so a joint in the last crop pixel
-    column (``x > 31.875``) is masked after the flip; otherwise flipping twice is the identity. ``img2crop`` /
+    Keypoints: ``x -> 31.875 - x`` (grid units, official geometry; see the module docstring), rows permuted with
+    `SMPL30_FLIP_PERM`. Mask: the permuted mask and-ed with the model's inside test ``0 <= x, y < G`` on the new
+    coordinates, so a joint in the last crop pixel column (``x > 31.875``) is masked after the flip; otherwise
+    flipping twice is the identity. ``img2crop`` /
     ``crop2img`` are composed with the crop mirror (they map full-image px to flipped-crop px and back), while
     ``bbox_xywh``, ``focal`` and ``image_hw`` are unchanged: the geometry is valid for the crop camera only, and a
     full-image camera solved from the flipped prediction is meaningless.
 
     Args:
         p: inputs from `dpmesh_core.preprocessing.prepare_person`.
+        geometry: the crop geometry `p` was prepared with (the model's `config.crop_geometry`).
 
     Returns:
         New `PersonInputs` (arrays copied, float32 as the originals).
     """
     perm = list(SMPL30_FLIP_PERM)
+    grid = geometry.heatmap_size
     joints = np.asarray(p.joints, dtype=np.float32)[perm].copy()
-    joints[:, 0] = np.float32(_GRID_FLIP_OFFSET) - joints[:, 0]
+    joints[:, 0] = np.float32(_grid_flip_offset(geometry)) - joints[:, 0]
     x, y = joints[:, 0], joints[:, 1]
-    inside = (x >= 0) & (x < HEATMAP_SIZE) & (y >= 0) & (y < HEATMAP_SIZE)
+    inside = (x >= 0) & (x < grid) & (y >= 0) & (y < grid)
     mask = (np.asarray(p.joints_mask, dtype=np.float32)[perm, 0] > 0) & inside
-    img2crop = (_CROP_FLIP @ _homogeneous(p.img2crop))[:2]
-    crop2img = (_homogeneous(p.crop2img) @ _CROP_FLIP)[:2]
+    crop_flip = _crop_flip(geometry.crop_size)
+    img2crop = (crop_flip @ _homogeneous(p.img2crop))[:2]
+    crop2img = (_homogeneous(p.crop2img) @ crop_flip)[:2]
     return dataclasses.replace(
         p,
         image=np.ascontiguousarray(p.image[:, :, ::-1]),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from schemas.annotations import COCO17_KEYPOINT_NAMES
+
 
 # The 30-joint extended SMPL set: heatmap channels, keypoint tokens and attention-map channels follow this order.
 SMPL30_JOINTS: tuple[str, ...] = (
@@ -17,10 +19,18 @@ GRAPH15_JOINTS: tuple[str, ...] = (
     "Pelvis", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle", "Neck", "Head_top", "L_Shoulder",
     "R_Shoulder", "L_Elbow", "R_Elbow", "L_Wrist", "R_Wrist",
 )  # fmt: skip
-COCO17_JOINTS: tuple[str, ...] = (
-    "Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow", "L_Wrist",
-    "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle",
-)  # fmt: skip
+
+
+def _dpmesh_joint_name(coco_name: str) -> str:
+    """COCO's keypoint name in DPMesh's spelling: `left_shoulder` -> `L_Shoulder`, `nose` -> `Nose`."""
+    side, _, part = coco_name.partition("_")
+    if side in ("left", "right"):
+        return f"{side[0].upper()}_{part.capitalize()}"
+    return coco_name.capitalize()
+
+
+# The COCO-17 order has one home, the `keypoints_2d` column contract (`schemas.annotations`); here in DPMesh's names.
+COCO17_JOINTS: tuple[str, ...] = tuple(_dpmesh_joint_name(name) for name in COCO17_KEYPOINT_NAMES)
 OPENPOSE18_JOINTS: tuple[str, ...] = (
     "Nose", "Neck", "R_Shoulder", "R_Elbow", "R_Wrist", "L_Shoulder", "L_Elbow", "L_Wrist", "R_Hip", "R_Knee",
     "R_Ankle", "L_Hip", "L_Knee", "L_Ankle", "R_Eye", "L_Eye", "R_Ear", "L_Ear",

@@ -1,7 +1,8 @@
-"""Test-time pre-processing of the official 3DPW path (note §3): box from keypoints, 256² crop, model inputs.
+"""Test-time pre-processing of the official 3DPW path (note §3): box from keypoints, square crop, model inputs.
 
 numpy only (no torch, no OpenCV): the affine warp reproduces `cv2.warpAffine(..., INTER_LINEAR)` including its
-1/32-pixel fixed-point source coordinates and its constant-0 border.
+1/32-pixel fixed-point source coordinates and its constant-0 border. The crop and keypoint-grid sizes are the
+model's (`DPMeshConfig.crop_geometry`: 256 px and 32 for the official model), never constants of this module.
 """
 
 from __future__ import annotations
@@ -10,26 +11,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dpmesh_core.config import CropGeometry
 from dpmesh_core.errors import InvalidPersonInput
 from dpmesh_core.joints import SMPL30_JOINTS
 
 
 CONF_THRESHOLD = 0.05
-CROP_SIZE = 256
-HEATMAP_SIZE = 32
 
 
 @dataclass(frozen=True)
 class PersonInputs:
     """Model inputs of one person and the geometry needed to map outputs back.
 
+    With S = `crop_size` and G = `heatmap_size` of the model's `CropGeometry` (official: 256 and 32):
+
     Attributes:
-        image: `(3, 256, 256)` float32 RGB in [0, 1].
-        joints: `(30, 3)` float32, x, y in 32-grid units of the crop, conf.
-        joints_mask: `(30, 1)` float32, 1 iff conf > 0.05 and 0 <= x, y < 32.
+        image: `(3, S, S)` float32 RGB in [0, 1].
+        joints: `(30, 3)` float32, x, y in G-grid units of the crop (crop px · G / S), conf.
+        joints_mask: `(30, 1)` float32, 1 iff conf > 0.05 and 0 <= x, y < G.
         focal: sqrt(H² + W²) of the full image (px).
         bbox_xywh: `(4,)` float32 square crop box in full-image px.
-        img2crop: `(2, 3)` float32 affine full image → crop px; `crop2img` its inverse.
+        img2crop: `(2, 3)` float32 affine full image → crop px (S grid); `crop2img` its inverse.
         image_hw: (H, W) of the full image.
     """
 
@@ -71,8 +73,10 @@ def square_crop_box(bbox: np.ndarray, width: int, height: int, scale: float = 1.
     return box
 
 
-def crop_affine(bbox: np.ndarray, out_size: int = CROP_SIZE, inverse: bool = False) -> np.ndarray:
+def crop_affine(bbox: np.ndarray, out_size: int, inverse: bool = False) -> np.ndarray:
     """`gen_trans_from_patch_cv` with scale 1, rot 0 (preprocessing.py:248-281) → `(2, 3)` float32.
+
+    `bbox` `(4,)` xywh in full-image px maps onto the `out_size`² crop (the model's `crop_size`).
 
     Solves the 3-point affine in float64 from float32 points, as `cv2.getAffineTransform` does.
     """
@@ -127,21 +131,26 @@ def warp_affine_bilinear(image: np.ndarray, matrix: np.ndarray, out_size: int) -
 
 
 def _check_inputs(image: np.ndarray, joints30: np.ndarray) -> None:
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
+    if image.ndim != 3 or image.shape[2] != 3:
         raise InvalidPersonInput("bad_image_shape", f"expected (H, W, 3) RGB, got {image.shape}")
+    if image.shape[0] < 2 or image.shape[1] < 2:  # bilinear sampling needs two pixels each way
+        raise InvalidPersonInput(
+            "bad_image_shape", f"image is {image.shape[1]}x{image.shape[0]} px; at least 2x2 is needed"
+        )
     if joints30.shape != (len(SMPL30_JOINTS), 3):
         raise InvalidPersonInput("bad_keypoints_shape", f"expected (30, 3), got {joints30.shape}")
     if not np.isfinite(joints30).all():
         raise InvalidPersonInput("nonfinite_keypoints", "keypoints contain NaN or inf")
 
 
-def prepare_person(image: np.ndarray, joints30: np.ndarray) -> PersonInputs:
+def prepare_person(image: np.ndarray, joints30: np.ndarray, geometry: CropGeometry) -> PersonInputs:
     """Full image + 30-joint keypoints in image px → model inputs (PW3D.py:226-296).
 
     Args:
         image: `(H, W, 3)` uint8 RGB.
         joints30: `(30, 3)` x, y in full-image px and confidence, in `SMPL30_JOINTS` order (see
             `dpmesh_core.joints.coco17_to_smpl30` / `openpose18_to_smpl30`).
+        geometry: the model's crop and keypoint-grid sizes (`model.config.crop_geometry`).
 
     Raises:
         InvalidPersonInput: wrong shapes, non-finite keypoints, no keypoint with conf > 0.05, degenerate box.
@@ -155,14 +164,15 @@ def prepare_person(image: np.ndarray, joints30: np.ndarray) -> PersonInputs:
     box = square_crop_box(bbox_from_keypoints(joints30, valid), width, height)
     if not box[2] > 0:
         raise InvalidPersonInput("degenerate_bbox", f"crop box {box.tolist()} has no extent")
-    img2crop = crop_affine(box)
-    crop = warp_affine_bilinear(image, img2crop, CROP_SIZE)
+    crop_size, grid = geometry.crop_size, geometry.heatmap_size
+    img2crop = crop_affine(box, crop_size)
+    crop = warp_affine_bilinear(image, img2crop, crop_size)
     # All 30 joints are mapped, invalid ones included: their coordinates still feed the keypoint tokens.
     xy1 = np.concatenate([joints30[:, :2].astype(np.float64), np.ones((30, 1))], axis=1)
     joints = joints30.astype(np.float32).copy()
     joints[:, :2] = (xy1 @ img2crop.astype(np.float64).T).astype(np.float32)
-    joints[:, :2] = joints[:, :2] / CROP_SIZE * HEATMAP_SIZE
-    inside = (joints[:, 0] >= 0) & (joints[:, 0] < HEATMAP_SIZE) & (joints[:, 1] >= 0) & (joints[:, 1] < HEATMAP_SIZE)
+    joints[:, :2] = joints[:, :2] / crop_size * grid
+    inside = (joints[:, 0] >= 0) & (joints[:, 0] < grid) & (joints[:, 1] >= 0) & (joints[:, 1] < grid)
     return PersonInputs(
         # C-contiguous CHW: a strided view would keep its HWC layout through np.stack and pickling would not,
         # and the convolutions pick different kernels (different rounding) for the two layouts.
@@ -172,6 +182,6 @@ def prepare_person(image: np.ndarray, joints30: np.ndarray) -> PersonInputs:
         focal=float(np.sqrt(float(height) ** 2 + float(width) ** 2)),
         bbox_xywh=box,
         img2crop=img2crop,
-        crop2img=crop_affine(box, inverse=True),
+        crop2img=crop_affine(box, crop_size, inverse=True),
         image_hw=(int(height), int(width)),
     )

@@ -28,14 +28,12 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor
 from torch import nn
 
-from dpmesh_core.model import DPMesh, DPMeshOutput
-from dpmesh_core.models.attention_capture import (
-    ATTN8_LAYERS,
-    ATTN16_LAYERS,
-    AttentionMapStore,
-    processor_name,
-)
+from dpmesh_core.config import DPMeshConfig
+from dpmesh_core.model import DPMesh
+from dpmesh_core.models.attention_capture import ATTN8_LAYERS, ATTN16_LAYERS, processor_name
+from dpmesh_core.models.explicit_attention import AttentionMapStore, ExplicitAttentionProcessor
 from dpmesh_core.models.head import HeadOutput
+from dpmesh_core.outputs import DPMeshOutput
 
 
 LORA_SUFFIXES: tuple[str, ...] = (
@@ -110,8 +108,10 @@ def unfold_lora(unet: nn.Module, lora: LoraWeights) -> None:
         setattr(modules[parent_name], child, LoraInjectedLinear(linear, down, up))
 
 
-class ExplicitAttnProcessor:
-    """Attention with materialised probabilities, as the official ldm code computes it.
+class ExplicitAttnProcessor(ExplicitAttentionProcessor):
+    """Attention with materialised probabilities, as the official ldm code computes it (under fp16 autocast).
+
+    Checks, projections, the head mean and the output step are the base's (`ExplicitAttentionProcessor`).
 
     Args:
         upcast_qk: compute `q kᵀ` and the softmax in fp32 with autocast off (ControlNet, `_ATTN_PRECISION="fp32"`).
@@ -127,42 +127,19 @@ class ExplicitAttnProcessor:
         layer: str = "",
         head_mean: bool = False,
     ) -> None:
+        super().__init__(store=store, layer=layer, head_mean=head_mean)
         self.upcast_qk = upcast_qk
-        self.store = store
-        self.layer = layer
-        self.head_mean = head_mean
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if hidden_states.ndim != 3 or attention_mask is not None:
-            raise ValueError("ExplicitAttnProcessor expects 3-D hidden states and no mask")
-        batch = hidden_states.shape[0]
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
+    def attend(
+        self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.upcast_qk:
             with torch.autocast(device_type=query.device.type, enabled=False):
                 sim = torch.bmm(query.float(), key.float().transpose(1, 2)) * attn.scale
         else:
             sim = torch.bmm(query, key.transpose(1, 2)) * attn.scale
         probs = sim.softmax(dim=-1)
-        if self.head_mean or self.store is not None:
-            mean = probs.view(batch, attn.heads, *probs.shape[1:]).mean(1)
-            if self.store is not None:
-                self.store.maps[self.layer] = mean
-        out = attn.batch_to_head_dim(torch.bmm(probs.to(value.dtype), value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        result: torch.Tensor = out / attn.rescale_output_factor
-        return result
+        return probs, torch.bmm(probs.to(value.dtype), value)
 
 
 def install_explicit_attention(model: DPMesh) -> None:
@@ -187,10 +164,16 @@ class ReferenceDPMesh(nn.Module):
         self.model = model
         self.autocast_dtype = autocast_dtype
 
+    @property
+    def config(self) -> DPMeshConfig:
+        """The wrapped model's architecture (its crop size sizes the inputs)."""
+        return self.model.config
+
     def forward(
         self, images: torch.Tensor, joints: torch.Tensor, joints_mask: torch.Tensor, focal: torch.Tensor
     ) -> DPMeshOutput:
         model = self.model
+        model.check_crop_size(images)
         enabled = self.autocast_dtype is not None
         with torch.autocast(images.device.type, dtype=self.autocast_dtype or torch.float16, enabled=enabled):
             feat = model.backbone(images.float(), joints[..., :2].float(), joints_mask.float())

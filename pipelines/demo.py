@@ -1,4 +1,4 @@
-"""``make demo``: shard the bundled sample corpus, label every person, and show what came out.
+"""``make demo``: shard the bundled sample corpus, label every person, show what came out, and write its report.
 
 Runs with the embedded defaults (local runner, local storage) into ``./demo_output``; rerunning
 overwrites it. The model is ``model=tiny`` (the DPMesh architecture at tiny widths, random weights)
@@ -13,10 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.config import LabelJobConfig, ReportJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.label.progress import format_summary as format_label_summary
 from pipelines.logging_setup import configure_logging
+from pipelines.report.job import run as write_report
 from pipelines.shard.job import format_summary, run
 
 
@@ -70,6 +71,16 @@ def label_sample_shards(overrides: list[str]) -> dict[str, Any]:
     return label(cfg)
 
 
+def report_labels() -> str:
+    """Writes the HTML report of the demo labels into ``demo_output/report`` and returns its ``index.html``."""
+    cfg = compose_config(
+        "dpmesh_report",
+        [f"input.labels={DEMO_OUTPUT / 'labels'}", f"output={DEMO_OUTPUT / 'report'}", "log_level=WARNING"],
+        ReportJobConfig,
+    )
+    return str(write_report(cfg)["index"])
+
+
 def where_and_how(shards: Path, labels: Path) -> str:
     """Where the outputs are and one-liners to query them."""
     tables = f"['{labels}/annotations/*.parquet', '{labels}/rejected/*.parquet']"
@@ -101,6 +112,9 @@ def main() -> None:
     print(where_and_how(shards, labels))
     if not (manifest["counts"]["reconciled"] and summary["reconciled"]):
         sys.exit("counts did not reconcile: see the manifest and _summary.json")
+    print("\n3. Writing the report (plots, and a gallery with SMPL mesh overlays) ...", flush=True)
+    index = report_labels()
+    print(f"  report: {index}\n  open it in a browser: file://{index}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from schemas.annotations import (
     KeypointSource,
     QualityTier,
 )
+from schemas.arrays import fixed_list_shape, fixed_list_to_numpy
 from schemas.errors import ERROR_REASONS, ERROR_SCHEMA, ERROR_STAGES, ErrorReason, ErrorStage
 from schemas.metadata import SCHEMA_VERSION, empty_table, table_from_rows, with_file_metadata
+from schemas.occlusion import COCO_VISIBILITY_CONFIDENCE, OCCLUSION_LEVELS, OcclusionLevel
 from schemas.shard_index import SHARD_INDEX_SCHEMA
 
 
@@ -32,9 +34,11 @@ __all__ = [
     "ALL_SCHEMAS",
     "ANNOTATION_SCHEMA",
     "COCO17_KEYPOINT_NAMES",
+    "COCO_VISIBILITY_CONFIDENCE",
     "ERROR_REASONS",
     "ERROR_SCHEMA",
     "ERROR_STAGES",
+    "OCCLUSION_LEVELS",
     "QUALITY_TIERS",
     "SCHEMA_VERSION",
     "SHARD_INDEX_SCHEMA",
@@ -42,8 +46,11 @@ __all__ = [
     "ErrorReason",
     "ErrorStage",
     "KeypointSource",
+    "OcclusionLevel",
     "QualityTier",
     "empty_table",
+    "fixed_list_shape",
+    "fixed_list_to_numpy",
     "table_from_rows",
     "with_file_metadata",
 ]

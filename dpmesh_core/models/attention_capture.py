@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention
 
+from dpmesh_core.models.explicit_attention import AttentionMapStore, ExplicitAttentionProcessor
+
 
 # The 10 UNet cross-attention layers whose maps the official code averages (note §5.4). The 16×16 group is
 # input_blocks 4,5 + output_blocks 6,7,8; the 8×8 group is input_blocks 7,8 + output_blocks 3,4,5.
@@ -37,18 +39,7 @@ def processor_name(layer: str) -> str:
     return f"{layer}.transformer_blocks.0.attn2.processor"
 
 
-class AttentionMapStore:
-    """Holds the maps of one forward pass, keyed by layer name; cleared by the owner before each pass."""
-
-    def __init__(self) -> None:
-        self.maps: dict[str, torch.Tensor] = {}
-
-    def clear(self) -> None:
-        """Forget the maps of the previous pass."""
-        self.maps = {}
-
-
-class AttentionMapCaptureProcessor:
+class AttentionMapCaptureProcessor(ExplicitAttentionProcessor):
     """Explicit-softmax cross-attention that records the probabilities averaged over heads.
 
     Computes exactly what diffusers' `AttnProcessor` computes for an SD-1.5 `attn2` (3-D hidden states, no group
@@ -56,34 +47,17 @@ class AttentionMapCaptureProcessor:
     M = context tokens) under `layer` in `store`.
     """
 
-    def __init__(self, store: AttentionMapStore, layer: str) -> None:
-        self.store = store
-        self.layer = layer
+    store: AttentionMapStore
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is None or hidden_states.ndim != 3 or attention_mask is not None:
-            raise ValueError(f"{self.layer}: capture expects a 3-D cross-attention call without mask")
-        if attn.group_norm is not None or attn.spatial_norm is not None or attn.norm_cross:
-            raise ValueError(f"{self.layer}: capture does not support group/spatial/cross norms")
-        batch = hidden_states.shape[0]
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(query, key, None)  # (B·heads, N, M), softmax(q kᵀ · d^-0.5)
-        self.store.maps[self.layer] = probs.view(batch, attn.heads, *probs.shape[1:]).mean(1)
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if attn.residual_connection:
-            out = out + hidden_states
-        result: torch.Tensor = out / attn.rescale_output_factor
-        return result
+    def __init__(self, store: AttentionMapStore, layer: str) -> None:
+        super().__init__(store=store, layer=layer, cross_only=True)
+
+    def attend(
+        self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """diffusers' own scores (`softmax(q kᵀ · d^-0.5)`, upcast as the layer says) in the model dtype."""
+        probs = attn.get_attention_scores(query, key, None)  # (B·heads, N, M)
+        return probs, torch.bmm(probs, value)
 
 
 def install_capture(unet: Any, store: AttentionMapStore) -> None:

@@ -14,13 +14,8 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from dpmesh_core.config import DPMeshConfig, UNetConfig, VaeConfig
-from dpmesh_core.models.attention_capture import (
-    ATTN8_LAYERS,
-    ATTN16_LAYERS,
-    AttentionMapStore,
-    averaged_map,
-    install_capture,
-)
+from dpmesh_core.models.attention_capture import ATTN8_LAYERS, ATTN16_LAYERS, averaged_map, install_capture
+from dpmesh_core.models.explicit_attention import AttentionMapStore
 
 
 # Decoder outputs tapped as features (note §5.3 item 7): ldm output_blocks 1, 4, 7, 11.
@@ -194,12 +189,12 @@ class DPMeshBackbone(nn.Module):
         """Run the backbone.
 
         Args:
-            images: `(B, 3, 256, 256)` RGB in [0, 1].
-            joints_xy: `(B, 30, 2)` keypoints in 32-grid units (crop px / 8).
+            images: `(B, 3, S, S)` RGB in [0, 1], S = `config.image_size` (official 256).
+            joints_xy: `(B, 30, 2)` keypoints in G-grid units, G = `config.heatmap_size` (official 32: crop px / 8).
             joints_mask: `(B, 30, 1)` 1 = valid.
 
         Returns:
-            `(B, C, 8, 8)` fused features (C = 2048 in the official configuration).
+            `(B, C, S/32, S/32)` fused features (official: C = 2048, 8 × 8).
         """
         cfg = self.config
         # 1. keypoint conditioning: heatmaps for the ControlNet input, tokens for cross-attention (both nets)

@@ -6,6 +6,7 @@ which lists every shard with its tar's size and sha1: the set is complete only o
 """
 
 import re
+from typing import Any
 
 
 MANIFEST_NAME = "_manifest.json"
@@ -25,3 +26,12 @@ def index_uri_of(shard_uri: str) -> str:
 def folder_of(uri: str) -> str:
     """The folder (prefix) holding an object: where its shard set's manifest lives."""
     return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def manifest_pixel_limit(manifest: dict[str, Any]) -> int | None:
+    """The ``shard.max_image_pixels`` a shard set was made with, from its parsed manifest; None when not recorded.
+
+    Readers of the set's images (labeling, export) follow it, so that one limit decides ``decompression_bomb``.
+    """
+    limit = ((manifest.get("config") or {}).get("shard") or {}).get("max_image_pixels")
+    return int(limit) if limit else None

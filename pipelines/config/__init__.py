@@ -6,12 +6,21 @@ so an unknown key or a value of the wrong type fails at launch with a message na
 ``DictConfig`` into plain dataclasses with every ``${...}`` resolved on the driver: hydra never
 runs on Beam workers, and only these picklable dataclasses travel to them.
 
-The configs live by app (``runner``, ``storage``, ``shard``, ``label``); composition and hashing in ``compose``.
+The configs live by app (``runner``, ``storage``, ``shard``, ``label``, ``report``); composition and hashing in
+``compose``.
 Everything is re-exported here, so ``from pipelines.config import X`` works for every name.
 """
 
 from pipelines.config.compose import compose_config, config_hash, config_to_dict, register_configs, to_job_config
 from pipelines.config.errors import ConfigError
+from pipelines.config.eval import CalibrationFitConfig, EvalInputConfig, EvalJobConfig
+from pipelines.config.export import (
+    ExportFormat,
+    ExportInputConfig,
+    ExportJobConfig,
+    ExportOptionsConfig,
+    SelectConfig,
+)
 from pipelines.config.label import (
     DetectorConfig,
     DetectorName,
@@ -26,13 +35,22 @@ from pipelines.config.label import (
     RefilterJobConfig,
     ShareMode,
 )
+from pipelines.config.report import ReportInputConfig, ReportJobConfig, ReportOptions
 from pipelines.config.runner import DataflowConfig, EnvironmentType, RunnerConfig, RunnerName, RunningMode
-from pipelines.config.shard import InputConfig, ShardConfig, ShardJobConfig, ValidateMode
+from pipelines.config.shard import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    InputConfig,
+    ShardConfig,
+    ShardJobConfig,
+    ValidateMode,
+)
 from pipelines.config.storage import AddressingStyle, RetryMode, StorageConfig
 
 
 __all__ = [
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "AddressingStyle",
+    "CalibrationFitConfig",
     "ConfigError",
     "DType",
     "DataflowConfig",
@@ -40,6 +58,12 @@ __all__ = [
     "DetectorName",
     "Device",
     "EnvironmentType",
+    "EvalInputConfig",
+    "EvalJobConfig",
+    "ExportFormat",
+    "ExportInputConfig",
+    "ExportJobConfig",
+    "ExportOptionsConfig",
     "FilterConfig",
     "FilterPreset",
     "InputConfig",
@@ -48,10 +72,14 @@ __all__ = [
     "ModelConfig",
     "ModelName",
     "RefilterJobConfig",
+    "ReportInputConfig",
+    "ReportJobConfig",
+    "ReportOptions",
     "RetryMode",
     "RunnerConfig",
     "RunnerName",
     "RunningMode",
+    "SelectConfig",
     "ShardConfig",
     "ShardJobConfig",
     "ShareMode",

@@ -10,7 +10,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config.errors import ConfigError
+from pipelines.config.eval import EvalJobConfig
+from pipelines.config.export import ExportJobConfig
 from pipelines.config.label import LabelJobConfig, RefilterJobConfig
+from pipelines.config.report import ReportJobConfig
 from pipelines.config.shard import ShardJobConfig
 
 
@@ -32,6 +35,9 @@ def register_configs() -> None:
     store.store(name="shard_schema", node=ShardJobConfig)
     store.store(name="label_schema", node=LabelJobConfig)
     store.store(name="refilter_schema", node=RefilterJobConfig)
+    store.store(name="eval_schema", node=EvalJobConfig)
+    store.store(name="export_schema", node=ExportJobConfig)
+    store.store(name="report_schema", node=ReportJobConfig)
 
 
 ConfigT = TypeVar("ConfigT")

@@ -145,10 +145,14 @@ class FilterConfig:
         preset: ``default`` (the anchors' recommended gates), ``strict``, or ``off`` (keeps every label,
             still scores and tiers it).
         flip_consistency: Also run every crop flipped and record ``flip_pa_mpjpe_mm`` (twice the GPU cost).
+        calibration: A confidence calibration file written by ``dpmesh-eval fit_confidence=true`` (local path or
+            object-store URI): the confidence becomes its fitted probability of a good label, and the tier
+            cut-offs apply to that; gates and reasons are unchanged. Its sha256 is recorded in the outputs.
     """
 
     preset: FilterPreset = FilterPreset.default
     flip_consistency: bool = False
+    calibration: str | None = None
     kp_conf_threshold: float | None = None
     min_kp_valid: int | None = None
     min_box_px: float | None = None
@@ -165,7 +169,7 @@ class FilterConfig:
 
     def overrides(self) -> dict[str, float]:
         """The thresholds set explicitly."""
-        skip = ("preset", "flip_consistency")
+        skip = ("preset", "flip_consistency", "calibration")
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
@@ -241,15 +245,21 @@ class DetectorConfig:
 class LabelInputConfig:
     """Attributes:
     shards: A directory, prefix or glob of ``shard-*.tar`` written by ``dpmesh-shard``.
-    max_image_pixels: Images with more pixels are errors (``decompression_bomb``), not decoded.
+    max_image_pixels: Images with more pixels are errors (``decompression_bomb``), not decoded. Unset (the
+        default), each shard follows the limit its shard set was made with (``shard.max_image_pixels`` in its
+        ``_manifest.json``; the shard job's default for a set without one), so both jobs apply one limit.
     allow_incomplete: Label a shard set without its ``_manifest.json`` (a ``dpmesh-shard`` run that did not
         finish) or with tars the manifest does not list. Off by default: such a set is refused at launch,
         because labels of a partial set look complete. Shards labeled this way are identified by size only.
     """
 
     shards: str = "???"
-    max_image_pixels: int = 100_000_000
+    max_image_pixels: int | None = None
     allow_incomplete: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise ConfigError(f"input.max_image_pixels must be >= 1 (or unset), got {self.max_image_pixels}")
 
 
 @dataclass

@@ -9,6 +9,10 @@ from pipelines.config.storage import StorageConfig
 from pipelines.shard.annotation_formats import AnnotationFormat
 
 
+# The pixel limit of a shard set (``shard.max_image_pixels``), which dpmesh-label and the readers of labels follow.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+
 @dataclass
 class InputConfig:
     """What to shard: exactly one of ``images`` and ``manifest``.
@@ -75,7 +79,7 @@ class ShardConfig:
     max_bytes: int = 256 * 1024 * 1024
     fill_target: float = 0.8
     max_file_bytes: int = 64 * 1024 * 1024
-    max_image_pixels: int = 100_000_000
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     drop_duplicates: bool = False
     validate: ValidateMode = ValidateMode.header
 

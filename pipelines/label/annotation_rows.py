@@ -11,8 +11,10 @@ from schemas import SCHEMA_VERSION
 
 
 if TYPE_CHECKING:  # types only: writers and dpmesh-refilter import this module without loading torch
+    from dpmesh_core.body_identity import BodyModelId
     from dpmesh_core.confidence import ConfidenceSignals
-    from dpmesh_core.postprocessing import PersonPrediction
+    from dpmesh_core.occlusion import OcclusionSignals
+    from dpmesh_core.person_prediction import PersonPrediction
     from pipelines.label.inputs import PersonTask
 
 
@@ -26,13 +28,16 @@ def annotation_row(
     task: PersonTask,
     prediction: PersonPrediction,
     signals: ConfidenceSignals,
+    occlusion: OcclusionSignals,
     *,
     confidence: float,
     quality_tier: str,
     reasons: list[str],
     model_id: str,
+    body_model: BodyModelId | None,
 ) -> dict[str, Any]:
-    """One row per person: inputs, SMPL parameters in the full-image camera, every signal, the verdict."""
+    """One row per person: inputs, SMPL parameters in the full-image camera, every signal, the verdict, lineage
+    (shard URI, source annotation id, body model) and occlusion metadata."""
     x, y, w, h = (float(v) for v in prediction.crop_bbox_xywh)
     row: dict[str, Any] = {
         "sample_id": task.sample_id,
@@ -59,9 +64,14 @@ def annotation_row(
         "reasons": list(reasons),
         "model_id": model_id,
         "schema_version": SCHEMA_VERSION,
+        "shard_uri": task.shard_uri,
+        "annotation_id": task.person.annotation_id,
+        "body_model": None if body_model is None else body_model.name,
+        "body_model_sha256": None if body_model is None else body_model.sha256,
     }
-    for field in dataclasses.fields(signals):
-        row[field.name] = getattr(signals, field.name)
+    for values in (signals, occlusion):
+        for field in dataclasses.fields(values):
+            row[field.name] = getattr(values, field.name)
     return row
 
 

@@ -7,21 +7,20 @@ each image is decoded once and every person in it becomes one :class:`PersonTask
 import json
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from dpmesh_core.config import CropGeometry
 from dpmesh_core.errors import InvalidPersonInput
 from dpmesh_core.joints import coco17_to_smpl30
 from dpmesh_core.preprocessing import CONF_THRESHOLD, PersonInputs, prepare_person
 from pipelines.storage import StorageError
+from schemas import COCO_VISIBILITY_CONFIDENCE
 
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-# COCO visibility: 2 = visible, 1 = labelled but occluded (its position is still known: DPMesh is made
-# for occlusion, so it counts as valid), 0 = not labelled.
-COCO_VISIBILITY_CONFIDENCE = {0: 0.0, 1: 0.5, 2: 1.0}
 
 
 class ShardReadError(Exception):
@@ -86,18 +85,22 @@ class AnnotatedPerson:
         bbox_xyxy: `(4,)` float32 box; from the annotation, else the extent of the labelled keypoints.
         keypoints_2d: `(17, 3)` float32 COCO-17 x, y (px) and confidence in [0, 1].
         det_score: Detector score, when a detector produced the person.
+        annotation_id: The source annotation's id as text (``annotation_id`` column), None when it has none.
     """
 
     bbox_xyxy: np.ndarray
     keypoints_2d: np.ndarray
     det_score: float | None = None
+    annotation_id: str | None = None
 
 
 def person_from_json(person: dict[str, Any], *, coco_visibility: bool = True) -> AnnotatedPerson:
     """A person of a sample's JSON (``bbox_xywh`` and 17 x [x, y, v] ``keypoints``).
 
     With ``coco_visibility`` the third keypoint value is a COCO visibility flag (0/1/2, as annotation
-    files hold) mapped through :data:`COCO_VISIBILITY_CONFIDENCE`; otherwise it is already a confidence.
+    files hold) mapped through ``schemas.COCO_VISIBILITY_CONFIDENCE`` (2 -> 1, 1 -> 0.5: an occluded keypoint's
+    position is still known, and DPMesh is made for occlusion, so it stays a valid input; 0 -> 0); otherwise it is
+    already a confidence.
 
     Raises:
         ValueError: if the keypoints are not 17 numeric triples.
@@ -108,7 +111,13 @@ def person_from_json(person: dict[str, Any], *, coco_visibility: bool = True) ->
     keypoints = raw.astype(np.float32)
     if coco_visibility:
         keypoints[:, 2] = [COCO_VISIBILITY_CONFIDENCE.get(int(v), 0.0) if np.isfinite(v) else v for v in raw[:, 2]]
-    return AnnotatedPerson(_bbox_xyxy(person.get("bbox_xywh"), keypoints), keypoints, person.get("score"))
+    annotation_id = person.get("annotation_id")
+    return AnnotatedPerson(
+        _bbox_xyxy(person.get("bbox_xywh"), keypoints),
+        keypoints,
+        person.get("score"),
+        None if annotation_id is None else str(annotation_id),
+    )
 
 
 def _bbox_xyxy(bbox_xywh: Any, keypoints: np.ndarray) -> np.ndarray:
@@ -133,7 +142,9 @@ class PersonTask:
         person: The input person (box, keypoints, detector score).
         keypoint_source: Where the keypoints came from (``annotations``, ``vitpose``).
         other_boxes: `(K, 4)` xyxy boxes of the other persons of the image (for crowding).
-        inputs: The model inputs (crop, 30 keypoints in the 32-grid, mask, focal).
+        inputs: The model inputs (crop, 30 keypoints in the model's keypoint grid, mask, focal).
+        other_keypoints: `(K, 17, 3)` keypoints of the same other persons, same source (for the crowd index).
+        shard_uri: The shard tar the image came from (``shard_uri`` column).
     """
 
     sample_id: str
@@ -147,6 +158,8 @@ class PersonTask:
     keypoint_source: str
     other_boxes: np.ndarray
     inputs: PersonInputs
+    other_keypoints: np.ndarray = field(default_factory=lambda: np.zeros((0, 17, 3), np.float32))
+    shard_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,17 +187,22 @@ def prepare_tasks(
     image_key: str,
     source_uri: str,
     source: str,
+    geometry: CropGeometry,
+    shard_uri: str = "",
 ) -> Iterator[tuple[int, PersonTask | ValueError]]:
     """``(person_idx, task)`` for each indexed person, or ``(person_idx, error)`` for one that cannot be prepared.
 
-    ``image`` is `(H, W, 3)` uint8 RGB. Errors are ``dpmesh_core.InvalidPersonInput`` (no valid keypoint,
-    non-finite values, degenerate box); they become error rows, one per person.
+    ``image`` is `(H, W, 3)` uint8 RGB; crops are cut with ``geometry``, the model's
+    (``DPMeshPredictor.crop_geometry()``). Errors are ``dpmesh_core.InvalidPersonInput`` (no valid keypoint,
+    non-finite values, degenerate box); they become error rows, one per person. A person that errors still counts
+    as a neighbour of the others (its box and keypoints are in the image, labeled or not).
     """
     boxes = np.stack([p.bbox_xyxy for _, p in persons]) if persons else np.zeros((0, 4), np.float32)
+    keypoints = np.stack([p.keypoints_2d for _, p in persons]) if persons else np.zeros((0, 17, 3), np.float32)
     for position, (idx, person) in enumerate(persons):
         try:
             _check_inside(person, image.shape[1], image.shape[0])
-            inputs = prepare_person(image, coco17_to_smpl30(person.keypoints_2d))
+            inputs = prepare_person(image, coco17_to_smpl30(person.keypoints_2d), geometry)
         except ValueError as exc:
             yield idx, exc
             continue
@@ -202,6 +220,8 @@ def prepare_tasks(
                 keypoint_source=source,
                 other_boxes=np.delete(boxes, position, axis=0),
                 inputs=inputs,
+                other_keypoints=np.delete(keypoints, position, axis=0),
+                shard_uri=shard_uri,
             ),
         )
 

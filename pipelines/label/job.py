@@ -11,11 +11,13 @@ Nothing waits for other shards before a shard is committed: the only barrier fee
 "Labeling".
 """
 
+from __future__ import annotations
+
 import json
 import logging
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -28,17 +30,19 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
-from pipelines.label.detection.models import check_detector_device
 from pipelines.label.label_shard import LabelSettings, LabelShardFn
-from pipelines.label.model_handler import DPMeshModelHandler, check_device
 from pipelines.label.plan import LabelPlan, plan_shards
 from pipelines.label.progress import ProgressReporter, format_summary
 from pipelines.label.records import ShardTask
 from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
-from pipelines.label.thresholds import filter_thresholds
+from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.options import inference_resource_hints, pipeline_options, release_runner
 from pipelines.storage import Storage, join
+
+
+if TYPE_CHECKING:
+    from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+    from pipelines.label.model_handler import DPMeshModelHandler
 
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,32 @@ logger = logging.getLogger(__name__)
 def run_info(cfg: LabelJobConfig) -> dict[str, Any]:
     """What markers and the summary record about the run (no secrets: configs hold none)."""
     return {"pipeline_version": pipelines.__version__, "config_hash": config_hash(cfg)}
+
+
+# The model stack (torch, diffusers, transformers) is imported where a real model is first needed, not with this
+# module: launch checks answer in about a second, and handlers given by the caller (test doubles) keep the
+# worker processes free of it.
+def _model_handler(cfg: LabelJobConfig, hints: dict[str, str]) -> DPMeshModelHandler:
+    from pipelines.label.model_handler import DPMeshModelHandler
+
+    return DPMeshModelHandler(
+        cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency, resource_hints=hints
+    )
+
+
+def _detector_handlers(cfg: LabelJobConfig, hints: dict[str, str]) -> tuple[PersonDetectorHandler, KeypointHandler]:
+    from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+
+    return PersonDetectorHandler(cfg.detector, cfg.storage, hints), KeypointHandler(cfg.detector, cfg.storage, hints)
+
+
+def _check_local_devices(cfg: LabelJobConfig) -> None:
+    """Fails at launch (one line naming the key) when a configured GPU is not visible to this process."""
+    from pipelines.common.torch_device import checked_device
+
+    checked_device(cfg.model.device, "model.device")
+    if cfg.detector.detects:
+        checked_device(cfg.detector.device, "detector.device")
 
 
 def build_pipeline(
@@ -60,25 +90,22 @@ def build_pipeline(
 ) -> None:
     """Adds the labeling steps for ``plan.pending`` to ``p``; the handlers replace the real ones (tests)."""
     hints = inference_resource_hints(cfg.runner)  # right fitting on Dataflow: the labeling step on GPU workers
-    handler = handler or DPMeshModelHandler(
-        cfg.model, cfg.storage, flip_consistency=cfg.filter.flip_consistency, resource_hints=hints
-    )
+    handler = handler or _model_handler(cfg, hints)
     detect = None
     if cfg.detector.detects:
-        detect = detector_handlers or (
-            PersonDetectorHandler(cfg.detector, cfg.storage, hints),
-            KeypointHandler(cfg.detector, cfg.storage, hints),
-        )
+        detect = detector_handlers or _detector_handlers(cfg, hints)
+    calibration = load_calibration(cfg.filter, cfg.storage)
+    lineage = calibration_lineage(calibration, cfg.filter.calibration)  # its sha256 in every file, marker, summary
     settings = LabelSettings(
         storage=cfg.storage,
         output=cfg.output,
-        run_info=run_info(cfg),
+        run_info={**run_info(cfg), **lineage},
         thresholds=filter_thresholds(cfg.filter),
         max_image_pixels=cfg.input.max_image_pixels,
         batch_size=cfg.model.batch_size,
         prefetch_batches=cfg.prefetch_batches,
-        threads=cfg.model.threads,
         detector=cfg.detector,
+        calibration=calibration,
     )
     label = beam.ParDo(LabelShardFn(settings, handler, *(detect or ())))
     if hints:
@@ -99,7 +126,7 @@ def build_pipeline(
                 cfg.storage,
                 cfg.output,
                 [t.name for t in plan.shards],
-                summary_run_info(cfg),
+                {**summary_run_info(cfg), **lineage},
                 settings.thresholds,
                 time.time() if started_at is None else started_at,
             )
@@ -129,10 +156,9 @@ def run(
             "dpmesh-label", cfg, lambda p: build_pipeline(p, cfg, LabelPlan(stand_in, stand_in), handler=handler)
         )
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
-        check_device(cfg.model)  # a local run must see its GPU; remote drivers usually have none
-        if cfg.detector.detects:
-            check_detector_device(cfg.detector)
+        _check_local_devices(cfg)  # a local run must see its GPU; remote drivers usually have none
     filter_thresholds(cfg.filter)  # bad overrides fail here, before anything runs
+    load_calibration(cfg.filter, cfg.storage)  # and a missing or invalid calibration file
     storage = Storage(cfg.storage)
     plan = plan_shards(cfg, storage)
     done = len(plan.shards) - len(plan.pending)

@@ -11,27 +11,28 @@ The model (and the detector) come from their Beam model handlers through
 :func:`pipelines.common.shared_model.acquire_model`, shared across the machine's processes on GPU workers.
 """
 
+from __future__ import annotations
+
 import logging
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
-import torch
 from apache_beam.metrics import Metrics
 
+from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import FilterThresholds
+from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
 from pipelines.config import DetectorConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_row
-from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
 from pipelines.label.detection.shard_detector import ShardDetector
 from pipelines.label.inputs import PersonBatch, PersonTask
 from pipelines.label.markers import index_entry
-from pipelines.label.model_handler import METRICS_NAMESPACE, DPMeshModelHandler
 from pipelines.label.read import ShardReader
 from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.score import ACCEPTED, score_labeled
@@ -39,6 +40,10 @@ from pipelines.label.write import ShardWriter
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage
 
+
+if TYPE_CHECKING:  # the handlers import torch and the model code; they arrive built, as constructor arguments
+    from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+    from pipelines.label.model_handler import DPMeshModelHandler
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +59,22 @@ class LabelSettings:
         storage: Storage options; output: where labels go.
         run_info: Lineage recorded in every file and marker (pipeline version, config hash).
         thresholds: The filter's thresholds.
-        max_image_pixels: Larger images are ``decompression_bomb`` errors.
+        max_image_pixels: Larger images are ``decompression_bomb`` errors (None: each shard set's own limit).
         batch_size: Persons per DPMesh forward pass, cut in shard order.
         prefetch_batches: Person batches prepared ahead of the model.
-        threads: torch intra-op threads of the worker process.
         detector: The detector config (its ``name`` says whether detection runs).
+        calibration: The confidence calibration (``filter.calibration``), or None for the fixed confidence.
     """
 
     storage: StorageConfig
     output: str
     run_info: dict[str, str]
     thresholds: FilterThresholds
-    max_image_pixels: int
+    max_image_pixels: int | None
     batch_size: int
     prefetch_batches: int
-    threads: int
     detector: DetectorConfig
+    calibration: ConfidenceCalibration | None = None
 
 
 def batch_persons(shard: str, outputs: Any, batch_size: int) -> Iterator[Any]:
@@ -110,17 +115,16 @@ class LabelShardFn(beam.DoFn):
         self._handler = handler
         self._detector_handler = detector_handler
         self._pose_handler = pose_handler
-        self._shards = Metrics.counter(METRICS_NAMESPACE, "shards_done")
-        self._images = Metrics.counter(METRICS_NAMESPACE, "images_in")
-        self._persons = Metrics.counter(METRICS_NAMESPACE, "persons_in")
-        self._accepted = Metrics.counter(METRICS_NAMESPACE, "persons_accepted")
-        self._rejected = Metrics.counter(METRICS_NAMESPACE, "persons_rejected")
-        self._errored = Metrics.counter(METRICS_NAMESPACE, "persons_errored")
-        self._batch_sizes = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
+        self._shards = Metrics.counter(LABEL_METRICS, "shards_done")
+        self._images = Metrics.counter(LABEL_METRICS, "images_in")
+        self._persons = Metrics.counter(LABEL_METRICS, "persons_in")
+        self._accepted = Metrics.counter(LABEL_METRICS, "persons_accepted")
+        self._rejected = Metrics.counter(LABEL_METRICS, "persons_rejected")
+        self._errored = Metrics.counter(LABEL_METRICS, "persons_errored")
+        self._batch_sizes = Metrics.distribution(LABEL_METRICS, "batch_size")
 
     def setup(self) -> None:
         settings = self._settings
-        torch.set_num_threads(settings.threads)  # see ModelConfig.threads: pinned for reproducible bits
         storage = Storage(settings.storage)
         self._model = acquire_model(self._handler, self._handler.model_tag())
         shard_detector = None
@@ -132,7 +136,11 @@ class LabelShardFn(beam.DoFn):
                 acquire_model(self._detector_handler, self._detector_handler.model_tag()),
                 acquire_model(self._pose_handler, self._pose_handler.model_tag()),
             )
-        self._reader = ShardReader(storage, settings.max_image_pixels, settings.detector.name, shard_detector)
+        # Crops are cut at the model's own size (a method call: the model may be a proxy to another process).
+        geometry = self._model.crop_geometry()
+        self._reader = ShardReader(
+            storage, settings.max_image_pixels, settings.detector.name, shard_detector, geometry=geometry
+        )
         self._writer = ShardWriter(storage, settings.output, settings.run_info)
 
     def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
@@ -209,8 +217,10 @@ class LabelShardFn(beam.DoFn):
                 )
             return
         for labeled in result.inference:
-            kind, row, reasons = score_labeled(labeled, result.model_id or "", self._settings.thresholds)
+            kind, row, reasons = score_labeled(
+                labeled, result.model_id or "", self._settings.thresholds, self._settings.calibration
+            )
             rows["accepted" if kind == ACCEPTED else "rejected"].append(row)
             (self._accepted if kind == ACCEPTED else self._rejected).inc()
             for reason in reasons:
-                Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
+                Metrics.counter(LABEL_METRICS, f"rejected_{reason}").inc()

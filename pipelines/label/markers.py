@@ -16,10 +16,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pipelines.common.label_set import DONE_FOLDER
 from pipelines.storage import Storage, join
 
 
-DONE_FOLDER = "_done"
 INDEX_NAME = "_done_index.json.gz"
 # Concurrent marker GETs: object stores serve many small requests in parallel; 32 matches the S3 client's pool.
 MARKER_READERS = 32
@@ -34,6 +34,9 @@ INDEXED_FIELDS = (
     "errors_by_stage",
     "errors_by_reason",
     "tiers",
+    "model_ids",
+    "body_models",
+    "label_run",  # dpmesh-refilter outputs: the labeling run behind the rows (see pipelines.label.refilter)
 )
 
 

@@ -10,39 +10,32 @@ import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from dpmesh_core.body_identity import BodyModelId, body_model_id
 from dpmesh_core.body_model import SMPLData
+from dpmesh_core.config import CropGeometry
 from dpmesh_core.fast_path import FastPathConfig, prepare_for_inference
 from dpmesh_core.model import DPMesh
-from dpmesh_core.postprocessing import PersonPrediction, batch_inputs, to_full_image
+from dpmesh_core.person_prediction import PersonPrediction
+from dpmesh_core.prediction import predict_persons
 from dpmesh_core.preprocessing import PersonInputs
+from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import model_tag
 from pipelines.common.torch_device import TORCH_DTYPES, checked_device
 from pipelines.config import ModelConfig, ModelName, ShareMode, config_to_dict
 from pipelines.config.storage import StorageConfig
-from pipelines.label.flip_consistency import flip_pa_mpjpe_mm
 from pipelines.label.inputs import PersonBatch, PersonTask
+from pipelines.label.records import LabeledPerson
 from pipelines.weights import local_copy
 
 
 logger = logging.getLogger(__name__)
-
-METRICS_NAMESPACE = "dpmesh"
-
-
-@dataclass(frozen=True)
-class LabeledPerson:
-    """A person's task (without its crop) and the model's prediction for it."""
-
-    task: PersonTask
-    prediction: PersonPrediction
-    flip_pa_mpjpe_mm: float | None = None
 
 
 def check_device(cfg: ModelConfig) -> torch.device:
@@ -89,34 +82,40 @@ class DPMeshPredictor:
     methods is pickled (numpy arrays and dataclasses of them), and nothing is read as an attribute.
     """
 
-    def __init__(self, model: DPMesh, threads: int) -> None:
+    def __init__(self, model: DPMesh, threads: int, *, synthetic_body: bool) -> None:
+        """``synthetic_body``: the model runs the tiny configuration's random body, which must not be named SMPL."""
         self._model = model
         self._threads = threads
+        # Hashed once per process (about 17 MB of SMPL arrays), not per batch.
+        self._body_model = body_model_id(model.body_model.data, synthetic=synthetic_body)
 
     def model_id(self) -> str:
         """The checkpoint's content hash (``model_id`` column)."""
         return self._model.model_id
 
+    def body_model(self) -> BodyModelId:
+        """Name and array hash of the body model (``body_model`` / ``body_model_sha256`` columns)."""
+        return self._body_model
+
+    def crop_geometry(self) -> CropGeometry:
+        """The crop and keypoint-grid sizes persons must be prepared with for this model (its config's)."""
+        return self._model.config.crop_geometry
+
     def predict(
         self, persons: Sequence[PersonInputs], flip_consistency: bool = False
     ) -> tuple[list[PersonPrediction], list[float | None]]:
         """One forward pass over ``persons`` (one model batch) in full-image coordinates, and per person the flip
-        PA-MPJPE in mm (None without ``flip_consistency``).
+        PA-MPJPE in mm (None without ``flip_consistency``): ``dpmesh_core.prediction.predict_persons``.
 
         The predictions leave without vertices (`(6890, 3)` each, which no column needs): they would be most of
         what a shared model pickles back to its callers. A mesh with non-finite values leaves as one NaN vertex,
         so the scorer still rejects it (``non_finite_output``).
         """
-        model = self._model
         # Per call, in the calling thread: a shared model runs in its host's server threads, and OpenMP's thread
         # count is per thread, so a count set once elsewhere would not reach them (and the bits would differ).
         torch.set_num_threads(self._threads)
-        with torch.inference_mode():
-            predictions = to_full_image(model(**batch_inputs(persons, model.device, model.input_dtype)), persons)
-            flips: list[float | None] = [None] * len(persons)
-            if flip_consistency:
-                flips = list(flip_pa_mpjpe_mm(model, persons, predictions))
-        return [replace(p, vertices=_vertices_stand_in(p.vertices)) for p in predictions], flips
+        result = predict_persons(self._model, persons, flip=flip_consistency)
+        return [replace(p, vertices=_vertices_stand_in(p.vertices)) for p in result.persons], result.flip_pa_mpjpe_mm
 
 
 def _vertices_stand_in(vertices: np.ndarray) -> np.ndarray:
@@ -150,7 +149,7 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPr
         torch.set_num_threads(self._cfg.threads)  # the process that runs the model (see ModelConfig.threads)
         model = load_model(self._cfg, self._storage_cfg)
         logger.info("loaded model %s on %s (%s)", model.model_id, self._cfg.device.value, self._cfg.dtype.value)
-        return DPMeshPredictor(model, self._cfg.threads)
+        return DPMeshPredictor(model, self._cfg.threads, synthetic_body=self._cfg.name == ModelName.tiny)
 
     def run_inference(
         self, batch: Sequence[PersonBatch], model: DPMeshPredictor, inference_args: dict[str, Any] | None = None
@@ -162,7 +161,10 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPr
     def _run_batch(self, person_batch: PersonBatch, model: DPMeshPredictor, model_id: str) -> PredictionResult:
         tasks = list(person_batch.tasks)
         predictions, flips = model.predict([t.inputs for t in tasks], self._flip)
-        labeled = [LabeledPerson(_without_crop(t), p, f) for t, p, f in zip(tasks, predictions, flips, strict=True)]
+        body = model.body_model()  # a method call: the model may be a proxy to another process
+        labeled = [
+            LabeledPerson(_without_crop(t), p, f, body) for t, p, f in zip(tasks, predictions, flips, strict=True)
+        ]
         return PredictionResult(example=person_batch.batch_id, inference=labeled, model_id=model_id)
 
     def model_tag(self) -> str:
@@ -181,7 +183,7 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPr
         return ShareMode(self._cfg.share_across_processes).enabled(self._cfg.device)
 
     def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
+        return LABEL_METRICS
 
     def get_num_bytes(self, batch: Sequence[PersonBatch]) -> int:
         return sum(t.inputs.image.nbytes for person_batch in batch for t in person_batch.tasks)

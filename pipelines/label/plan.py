@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, shard_name_of
+from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, manifest_pixel_limit, shard_name_of
 from pipelines.config import ConfigError, LabelJobConfig, config_hash
 from pipelines.label.markers import read_markers
 from pipelines.label.records import ShardTask
@@ -56,7 +56,7 @@ def shard_tasks(cfg: LabelJobConfig, storage: Storage) -> list[ShardTask]:
     allow = cfg.input.allow_incomplete
     tasks = []
     for folder in sorted({folder_of(o.uri) for o in listed}):
-        recorded = _manifest_shards(storage, folder, allow)
+        recorded, pixel_limit = _manifest_shards(storage, folder, allow)
         here = [o for o in listed if folder_of(o.uri) == folder]
         unlisted = [o.uri for o in here if recorded is not None and shard_name_of(o.uri) not in recorded]
         if unlisted and not allow:
@@ -73,29 +73,33 @@ def shard_tasks(cfg: LabelJobConfig, storage: Storage) -> list[ShardTask]:
         for obj in here:
             name = shard_name_of(obj.uri)
             identity = (recorded or {}).get(name) or {"tar_bytes": obj.size, "tar_sha1": None}
-            tasks.append(ShardTask(obj.uri, name, identity))
+            tasks.append(ShardTask(obj.uri, name, identity, pixel_limit))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ConfigError(f"input.shards={cfg.input.shards!r} matches shards of the same name in several folders")
     return sorted(tasks, key=lambda t: t.name)
 
 
-def _manifest_shards(storage: Storage, folder: str, allow_incomplete: bool) -> dict[str, dict[str, Any]] | None:
-    """``{shard name: {"tar_bytes", "tar_sha1"}}`` from the folder's manifest; None without one (if allowed)."""
+def _manifest_shards(
+    storage: Storage, folder: str, allow_incomplete: bool
+) -> tuple[dict[str, dict[str, Any]] | None, int | None]:
+    """``{shard name: {"tar_bytes", "tar_sha1"}}`` from the folder's manifest, None without one (if allowed); and
+    the ``shard.max_image_pixels`` the set was made with, None when unknown."""
     try:
         manifest = json.loads(storage.read_bytes(join(folder, MANIFEST_NAME)))
     except FileNotFoundError:
         if allow_incomplete:
             logger.warning("%s has no %s: labeling it as allowed (input.allow_incomplete)", folder, MANIFEST_NAME)
-            return None
+            return None, None
         raise ConfigError(
             f"{folder} has no {MANIFEST_NAME}: its dpmesh-shard run did not finish, so the shard set may be "
             "incomplete. Rerun dpmesh-shard, or pass input.allow_incomplete=true to label what is there"
         ) from None
-    return {
+    shards = {
         entry["shard"]: {"tar_bytes": int(entry["tar_bytes"]), "tar_sha1": entry.get("tar_sha1")}
         for entry in manifest.get("shards", [])
     }
+    return shards, manifest_pixel_limit(manifest)
 
 
 def plan_shards(cfg: LabelJobConfig, storage: Storage) -> LabelPlan:

@@ -35,6 +35,7 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="dpmesh-progress", daemon=True)
         self._started = time.monotonic()
+        self._persons_by_shard: dict[str, int] = {}  # markers already read: each is read once, not every poll
 
     def __enter__(self) -> "ProgressReporter":
         if self._interval > 0:
@@ -47,19 +48,22 @@ class ProgressReporter:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        persons_by_shard: dict[str, int] = {}  # markers already read: each is read once, not every poll
         while not self._stop.wait(self._interval):
-            try:
-                self._read_new_markers(persons_by_shard)
-            except Exception as exc:  # progress is best effort; the run itself reports real failures
-                logger.debug("progress poll failed: %s", exc)
-                continue
-            persons = sum(persons_by_shard.values())
-            rate = persons / max(time.monotonic() - self._started, 1e-9)
-            logger.info(
-                "progress: %d/%d shards done, %d persons, %.1f persons/s",
-                len(persons_by_shard), len(self._pending), persons, rate,
-            )  # fmt: skip
+            self.poll()
+
+    def poll(self) -> None:
+        """Reads the markers written since the last poll and logs the progress line (the thread's one step)."""
+        try:
+            self._read_new_markers(self._persons_by_shard)
+        except Exception as exc:  # progress is best effort; the run itself reports real failures
+            logger.debug("progress poll failed: %s", exc)
+            return
+        persons = sum(self._persons_by_shard.values())
+        rate = persons / max(time.monotonic() - self._started, 1e-9)
+        logger.info(
+            "progress: %d/%d shards done, %d persons, %.1f persons/s",
+            len(self._persons_by_shard), len(self._pending), persons, rate,
+        )  # fmt: skip
 
     def _read_new_markers(self, persons_by_shard: dict[str, int]) -> None:
         """Reads only the markers of pending shards not seen yet (this run's: never from the index)."""
@@ -94,7 +98,11 @@ def build_summary(
     by_stage: Counter[str] = Counter()
     error_reasons: Counter[str] = Counter()
     tiers: Counter[str] = Counter()
+    model_ids: set[str] = set()
+    body_models: dict[str, str] = {}
     for marker in markers.values():
+        model_ids.update(marker.get("model_ids", ()))  # absent from markers written before lineage was recorded
+        body_models.update(marker.get("body_models", {}))
         counts.update(marker["counts"])
         by_reason.update(marker["rejected_by_reason"])
         by_stage.update(marker["errors_by_stage"])
@@ -125,6 +133,8 @@ def build_summary(
         "errors_by_stage": dict(sorted(by_stage.items())),
         "errors_by_reason": dict(sorted(error_reasons.items())),
         "tiers": dict(sorted(tiers.items())),
+        "model_ids": sorted(model_ids),
+        "body_models": dict(sorted(body_models.items())),
         "throughput": {
             "elapsed_s": round(elapsed_s, 3),
             "persons_this_run": this_run,

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from dpmesh_core.config import CropGeometry
 from pipelines.common.image_decode import ImageDecodeError, decode_rgb
 from pipelines.common.shard_set import index_uri_of
-from pipelines.config import DetectorName
+from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, DetectorName
 from pipelines.error_rows import error_row
 from pipelines.label.detection.records import ImageDetections
 from pipelines.label.detection.shard_detector import ShardDetector, needs_detection
@@ -85,17 +86,21 @@ class ShardReader:
 
     Args:
         storage: Where shards are read from.
-        max_image_pixels: Larger images are ``decompression_bomb`` errors.
+        max_image_pixels: Larger images are ``decompression_bomb`` errors; None: each shard's own limit
+            (:attr:`ShardTask.max_image_pixels`, else the shard job's default).
         detector: Where persons come from; with ``vitpose``/``auto``, ``shard_detector`` finds them.
         shard_detector: Runs detection on batches of images (None with ``detector=annotations``).
+        geometry: The model's crop geometry, which every person's crop is cut with.
     """
 
     def __init__(
         self,
         storage: Storage,
-        max_image_pixels: int,
+        max_image_pixels: int | None,
         detector: DetectorName = DetectorName.annotations,
         shard_detector: ShardDetector | None = None,
+        *,
+        geometry: CropGeometry,
     ) -> None:
         if detector != DetectorName.annotations and shard_detector is None:
             raise ValueError(f"detector={detector.value} needs a ShardDetector")
@@ -103,6 +108,7 @@ class ShardReader:
         self._max_pixels = max_image_pixels
         self._detector = detector
         self._shard_detector = shard_detector
+        self._geometry = geometry
 
     def read(self, task: ShardTask, report: ShardReport) -> Iterator[PersonTask | dict[str, Any]]:
         """Every person task and error row of the shard, in shard order.
@@ -111,13 +117,14 @@ class ShardReader:
             StorageError: the shard or its index could not be read (after retries): not a content problem.
         """
         index = self._index(task.uri)
+        pixel_limit = self._max_pixels or task.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
         seen: set[str] = set()
         pending: list[_Pending] = []
         with self._storage.open_read(task.uri) as raw:
             stream = _HashingStream(raw)
             try:
                 for sample in iter_shard_samples(stream):  # type: ignore[arg-type]
-                    yield from self._sample(task, sample, index, seen, pending, report)
+                    yield from self._sample(task, sample, index, seen, pending, report, pixel_limit)
                 stream.drain()
             except ShardReadError as exc:
                 yield from self._flush(task, pending, report)
@@ -145,8 +152,10 @@ class ShardReader:
         seen: set[str],
         pending: list[_Pending],
         report: ShardReport,
+        pixel_limit: int,
     ) -> Iterator[PersonTask | dict[str, Any]]:
-        """Checks a sample against the index, decodes it, and emits it or queues it for detection."""
+        """Checks a sample against the index, decodes it (at most ``pixel_limit`` pixels), and emits it or queues
+        it for detection."""
         counts = report.counts
         counts["images_in"] += 1
         problem = self._member_problem(sample, index, seen)
@@ -164,7 +173,7 @@ class ShardReader:
             return
         detect = self._shard_detector is not None and needs_detection(self._detector, meta)
         try:
-            image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=self._max_pixels)
+            image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=pixel_limit)
         except ImageDecodeError as exc:
             counts["images_errored"] += 1
             persons = [] if detect else list(meta.get("persons") or [])
@@ -246,7 +255,7 @@ class ShardReader:
         source = (KeypointSource.VITPOSE if detected is not None else KeypointSource.ANNOTATIONS).value
         for idx, prepared in prepare_tasks(
             item.image, persons, shard=task.name, image_key=sample.key, source_uri=str(meta.get("source_uri", "")),
-            source=source,
+            source=source, geometry=self._geometry, shard_uri=task.uri,
         ):  # fmt: skip
             if isinstance(prepared, PersonTask):
                 yield prepared

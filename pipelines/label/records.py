@@ -1,11 +1,20 @@
 """The typed records of ``dpmesh-label``'s per-shard step that planning, writing and refiltering share.
 
-Torch-free, so ``dpmesh-refilter`` and the driver's planning load no model code.
+Torch-free, so ``dpmesh-refilter``, the driver's planning and the per-shard step load no model code (the model
+comes in through its handler).
 """
+
+from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:  # type names only: their modules import torch
+    from dpmesh_core.body_identity import BodyModelId
+    from dpmesh_core.person_prediction import PersonPrediction
+    from pipelines.label.inputs import PersonTask
 
 
 @dataclass(frozen=True)
@@ -17,11 +26,14 @@ class ShardTask:
         name: ``shard-NNNNNN``.
         identity: What the shard is: ``{"tar_bytes": int, "tar_sha1": str | None}`` from the shard set's manifest
             (``tar_sha1`` None when labeled without one). The marker records it, so a changed shard is relabeled.
+        max_image_pixels: The pixel limit its shard set was made with (``shard.max_image_pixels`` in the
+            manifest); None when the manifest does not say.
     """
 
     uri: str
     name: str
     identity: dict[str, Any]
+    max_image_pixels: int | None = None
 
 
 @dataclass
@@ -34,3 +46,13 @@ class ShardReport:
     tar_bytes: int = 0
     tar_sha1: str = ""
     detector_models: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LabeledPerson:
+    """A person's task (without its crop), the model's prediction for it and the body model that made the mesh."""
+
+    task: PersonTask
+    prediction: PersonPrediction
+    flip_pa_mpjpe_mm: float | None = None
+    body_model: BodyModelId | None = None

@@ -32,6 +32,10 @@ class ShardWriter:
         self._run_info = run_info
         meta = {"pipeline_version": run_info["pipeline_version"], "config_hash": run_info["config_hash"]}
         self._annotation_schema = with_file_metadata(ANNOTATION_SCHEMA, **meta)
+        if run_info.get("calibration_sha256"):  # filter.calibration: which confidence model scored the rows
+            self._annotation_schema = self._annotation_schema.with_metadata(
+                {**self._annotation_schema.metadata, b"calibration_sha256": run_info["calibration_sha256"].encode()}
+            )
         self._error_schema = with_file_metadata(ERROR_SCHEMA, **meta)
 
     def write(
@@ -78,7 +82,9 @@ def shard_marker(
     """The ``_done/<shard>.json`` document: what the shard was, and per-shard counts that reconcile.
 
     ``shard_identity`` is the manifest's record of the tar the run planned to label (what the next run compares
-    to decide whether the shard changed); ``tar_read`` is what was actually read.
+    to decide whether the shard changed); ``tar_read`` is what was actually read. ``model_ids`` and ``body_models``
+    (``{name: sha256}``) are the distinct model lineage of the shard's labels, from its rows (so ``dpmesh-refilter``,
+    which carries the rows, records the same).
     """
     person_errors = [e for e in errors if e["person_idx"] is not None]
     counts = {
@@ -87,6 +93,8 @@ def shard_marker(
         "persons_rejected": len(rejected),
         "persons_errored": len(person_errors),
     }
+    labels = accepted + rejected
+    body_models = {row["body_model"]: row.get("body_model_sha256") for row in labels if row.get("body_model")}
     persons_ok = counts["persons_in"] == len(accepted) + len(rejected) + len(person_errors)
     images_ok = counts["images_in"] == counts["images_ok"] + counts["images_errored"]
     return {
@@ -96,6 +104,8 @@ def shard_marker(
         "tar_read": {"tar_bytes": report.tar_bytes, "tar_sha1": report.tar_sha1},
         **({"detector_models": dict(sorted(report.detector_models.items()))} if report.detector_models else {}),
         **run_info,
+        "model_ids": sorted({row["model_id"] for row in labels if row.get("model_id")}),
+        "body_models": dict(sorted(body_models.items())),
         "counts": counts,
         "reconciled": persons_ok and images_ok,
         "rejected_by_reason": dict(sorted(Counter(r for row in rejected for r in row["reasons"]).items())),

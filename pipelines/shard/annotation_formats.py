@@ -35,6 +35,7 @@ from pipelines.shard.coco import (
     parse_coco_document,
     person_record,
 )
+from schemas.annotations import COCO17_KEYPOINT_NAMES
 
 
 class AnnotationFormat(str, Enum):
@@ -46,11 +47,7 @@ class AnnotationFormat(str, Enum):
     aic = "aic"
 
 
-COCO17_JOINTS: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
+COCO17_JOINTS: tuple[str, ...] = COCO17_KEYPOINT_NAMES  # one home: the `keypoints_2d` column contract
 COCO17_INDEX = {name: i for i, name in enumerate(COCO17_JOINTS)}
 
 CROWDPOSE_JOINTS: tuple[str, ...] = (

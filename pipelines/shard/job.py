@@ -33,7 +33,7 @@ from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to
 from pipelines.options import pipeline_options, release_runner
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
-from pipelines.shard.listing import list_corpus, listing_tasks
+from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
 from pipelines.shard.manifest import (
     BUCKETS_KIND,
     DUPLICATES_KIND,
@@ -75,8 +75,14 @@ def run_info(cfg: ShardJobConfig, annotation_report: dict[str, Any] | None = Non
     return info
 
 
-def build_pipeline(p: beam.Pipeline, cfg: ShardJobConfig, annotation_report: dict[str, Any] | None = None) -> None:
-    """Adds the sharding steps to ``p``.
+def build_pipeline(
+    p: beam.Pipeline,
+    cfg: ShardJobConfig,
+    annotation_report: dict[str, Any] | None = None,
+    listing: list[ListingTask] | None = None,
+) -> None:
+    """Adds the sharding steps to ``p``; ``listing`` is the input's :func:`listing_tasks` (one stand-in task when
+    None, as for a dry run, which touches no storage).
 
     Every step has one output, the records it passes on mixed with the :class:`ManifestRecord` reports it
     makes; the next step keeps its records with ``Filter(isinstance, ...)``. The only side input is the
@@ -87,7 +93,7 @@ def build_pipeline(p: beam.Pipeline, cfg: ShardJobConfig, annotation_report: dic
     file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
     listed = (
         p
-        | "ListingTasks" >> beam.Create(listing_tasks(Storage(cfg.storage), cfg.input))
+        | "ListingTasks" >> beam.Create(listing or [ListingTask(None)])
         | "SpreadListing" >> beam.Reshuffle()
         | "List" >> beam.ParDo(ListTaskFn(cfg.storage, cfg.input))
     )
@@ -256,7 +262,7 @@ def run(
     prepare_output(cfg, storage)
     started = time.monotonic()
     with beam.Pipeline(options=options or pipeline_options(cfg.runner, app="dpmesh-shard")) as p:
-        build_pipeline(p, cfg, annotation_report)
+        build_pipeline(p, cfg, annotation_report, listing_tasks(storage, cfg.input))
     release_runner(p.result)
     manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
     manifest["elapsed_s"] = round(time.monotonic() - started, 3)

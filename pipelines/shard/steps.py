@@ -15,6 +15,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipelines.common.metrics import SHARD_METRICS, counter
 from pipelines.config import InputConfig, ShardConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.shard.annotation_formats import parse_annotations
@@ -22,7 +23,6 @@ from pipelines.shard.coco import ImageAnnotations, join_name
 from pipelines.shard.listing import ListingTask, list_task
 from pipelines.shard.manifest import FILES_LISTED_KIND, JOIN_KIND, ManifestRecord
 from pipelines.shard.plan import PlannedFile, planned_file
-from pipelines.shard.write import counter
 from pipelines.storage import ObjectNotFoundError, Storage
 
 
@@ -37,7 +37,7 @@ class ListTaskFn(beam.DoFn):
     def __init__(self, storage_cfg: StorageConfig, input_cfg: InputConfig) -> None:
         self._storage_cfg = storage_cfg
         self._input_cfg = input_cfg
-        self._listed = counter("files_listed")
+        self._listed = counter(SHARD_METRICS, "files_listed")
 
     def setup(self) -> None:
         self._storage = Storage(self._storage_cfg)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from pipelines.common.metrics import SHARD_METRICS, counter
 from pipelines.config import ShardConfig, ValidateMode
 from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_row, error_sort_key
@@ -36,7 +36,6 @@ from schemas import SHARD_INDEX_SCHEMA, ErrorReason, ErrorStage, table_from_rows
 
 logger = logging.getLogger(__name__)
 
-METRICS_NAMESPACE = "dpmesh_shard"
 MARKERS_FOLDER = "_shards"
 _READ_AHEAD = 8
 _READ_REASONS = {
@@ -48,10 +47,6 @@ _READ_REASONS = {
     ErrorReason.OUTSIDE_INPUT.value,
     ErrorReason.INVALID_FILE_NAME.value,
 }
-
-
-def counter(name: str) -> Any:
-    return Metrics.counter(METRICS_NAMESPACE, name)
 
 
 def marker_uri(output: str, shard: str) -> str:
@@ -101,10 +96,10 @@ class WriteShardsFn(beam.DoFn):
         self._shard_cfg = shard_cfg
         self._output = output
         self._file_metadata = file_metadata
-        self._written = counter("shards_written")
-        self._resumed = counter("shards_resumed")
-        self._samples = counter("samples_written")
-        self._errored = counter("files_errored")
+        self._written = counter(SHARD_METRICS, "shards_written")
+        self._resumed = counter(SHARD_METRICS, "shards_resumed")
+        self._samples = counter(SHARD_METRICS, "samples_written")
+        self._errored = counter(SHARD_METRICS, "files_errored")
 
     def setup(self) -> None:
         self._storage = Storage(self._storage_cfg)

@@ -29,7 +29,8 @@ SLICES: dict[str, tuple[slice, ...]] = {
 
 
 def golden_inputs() -> dict[str, torch.Tensor]:
-    """Seeded inputs: images `(2, 3, 256, 256)`, joints `(2, 30, 3)`, mask `(2, 30, 1)`, one focal per sample."""
+    """Seeded inputs for the tiny config: images `(2, 3, 128, 128)`, joints `(2, 30, 3)` in its 16-grid, mask
+    `(2, 30, 1)`, one focal per sample."""
     from tests.fakes.tiny_dpmesh import tiny_inputs
 
     inputs = tiny_inputs(batch=2, seed=SEED)

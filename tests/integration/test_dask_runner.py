@@ -18,6 +18,7 @@ from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.integration.conftest import DaskCluster
 
 
@@ -117,12 +118,14 @@ def test_label_on_a_dask_cluster_gives_the_direct_runners_bytes(
 ) -> None:
     shards, manifest = direct_shards
     n_shards = len(manifest["shards"])
-    expected = label(_label_config(shards, tmp_path / "direct"))
+    direct_cfg = _label_config(shards, tmp_path / "direct")
+    expected = label(direct_cfg, handler=FakeDPMeshHandler(direct_cfg.model))  # the pipeline is under test
     assert expected["reconciled"]
     assert expected["counts"]["persons_in"] > 0
     # One dask partition per shard: the DaskRunner ignores Reshuffle, so this is what spreads shards over workers.
     dask_run = ("runner=dask", f"runner.address={dask_cluster.address}", f"runner.partitions={n_shards}")
-    summary = label(_label_config(shards, tmp_path / "dask", *dask_run))
+    dask_cfg = _label_config(shards, tmp_path / "dask", *dask_run)
+    summary = label(dask_cfg, handler=FakeDPMeshHandler(dask_cfg.model))
     assert summary["reconciled"]
     assert summary["counts"] == expected["counts"]
     assert summary["shards"]["done"] == summary["shards"]["total"] == n_shards

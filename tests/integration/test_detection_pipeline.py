@@ -100,3 +100,14 @@ def test_auto_uses_annotations_where_present_and_detection_elsewhere(models: tup
     assert len(by_source["vitpose"]) == 2
     assert not by_source["annotations"] & by_source["vitpose"]
     assert all(r["det_score"] is None for r in rows if r["keypoint_source"] == "annotations")
+    for row in rows:  # lineage and occlusion columns: annotation ids only for annotated persons; visibility by source
+        detected = row["keypoint_source"] == "vitpose"
+        assert (row["annotation_id"] is None) == detected
+        scores = [kp[2] for kp in row["keypoints_2d"]]
+        if detected:  # detector scores: >= 0.5 visible, 0.3-0.5 occluded (schemas.occlusion)
+            assert row["n_kp_visible"] == sum(s >= 0.5 for s in scores)
+            assert row["n_kp_occluded"] == sum(0.3 <= s < 0.5 for s in scores)
+        else:  # COCO visibility stored as 1 / 0.5 / 0
+            assert row["n_kp_visible"] == scores.count(1.0)
+            assert row["n_kp_occluded"] == scores.count(0.5)
+        assert row["n_kp_visible"] + row["n_kp_occluded"] + row["n_kp_missing"] == 17

@@ -22,6 +22,7 @@ from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.gcs_server import GcsServerInfo, delete_bucket, gcs_client
 
 
@@ -137,13 +138,14 @@ def test_label_gcs_shards_to_gcs_equals_gcs_to_local(
     shards, _ = gcs_shards
     common = [f"input.shards={shards}", "log_level=WARNING", "progress_interval_s=0", *_gcs(gcs_server)]
     remote = f"{bucket}/labels"
-    summary = label(compose_config("dpmesh_label", [*common, f"output={remote}"], LabelJobConfig))
+    remote_cfg = compose_config("dpmesh_label", [*common, f"output={remote}"], LabelJobConfig)
+    summary = label(remote_cfg, handler=FakeDPMeshHandler(remote_cfg.model))  # the storage path is under test
     assert summary["reconciled"]
     assert summary["shards"]["done"] == summary["shards"]["total"] > 0
     assert summary["counts"]["persons_in"] > 0
     local = str(tmp_path / "labels")
     cfg = compose_config("dpmesh_label", [*common, f"output={local}"], LabelJobConfig)
-    label(cfg)
+    label(cfg, handler=FakeDPMeshHandler(cfg.model))
     storage = Storage(cfg.storage)
     parquet = _digests(storage, remote, "*/*.parquet")
     assert parquet, "labels, rejections and errors are written per shard"

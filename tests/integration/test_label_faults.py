@@ -3,7 +3,8 @@
 
 Shards are multi-MB tars streamed with ranged resumes, so truncated bodies and the one stall past the read timeout
 land in the middle of a shard. A fault that persists must fail the run (the runner retries the work item), never
-write a marker: the next run then labels that shard.
+write a marker: the next run then labels that shard. The model is the numpy stand-in (tests/fakes/fake_dpmesh.py):
+what is tested is the storage path around it.
 """
 
 import hashlib
@@ -16,6 +17,7 @@ from pipelines.label.job import run
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage, StorageError, join
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, proxied_storage_overrides, wait_for
 
 
@@ -58,9 +60,10 @@ def test_labels_through_a_flaky_store_are_byte_identical(
     fault_proxy: FaultProxy, s3_shards: str, s3_bucket: str
 ) -> None:
     clean_cfg = _label_config(fault_proxy, s3_shards, f"{s3_bucket}/clean")
-    clean = run(clean_cfg)
+    clean = run(clean_cfg, handler=FakeDPMeshHandler(clean_cfg.model))
     fault_proxy.set_plan(FaultPlan(rate=FAULT_RATE, seed=11, stall_s=3.0, max_stalls=1))
-    faulty = run(_label_config(fault_proxy, s3_shards, f"{s3_bucket}/faulty"))
+    faulty_cfg = _label_config(fault_proxy, s3_shards, f"{s3_bucket}/faulty")
+    faulty = run(faulty_cfg, handler=FakeDPMeshHandler(faulty_cfg.model))
     assert wait_for(lambda: all(fault_proxy.injected[k] >= 1 for k in FAULT_KINDS)), fault_proxy.injected
     fault_proxy.with_rate(0.0)
 
@@ -82,11 +85,13 @@ def test_a_persisting_fault_fails_the_run_and_writes_no_marker(
     storage = Storage(_label_config(fault_proxy, s3_shards, output).storage)
     # Planning reads the manifest and lists markers; then every shard GET fails for good.
     fault_proxy.set_plan(FaultPlan(rate=1.0, kinds=("503",), methods=frozenset({"GET"}), path_suffixes=(".tar",)))
+    failing = _label_config(fault_proxy, s3_shards, output, "storage.max_attempts=2")  # give up soon
     with pytest.raises(Exception, match="transient error persisted") as failure:
-        run(_label_config(fault_proxy, s3_shards, output, "storage.max_attempts=2"))  # give up soon
+        run(failing, handler=FakeDPMeshHandler(failing.model))
     assert isinstance(failure.value, StorageError) or "TransientStorageError" in str(failure.value)
     fault_proxy.with_rate(0.0)
     assert list(storage.list(join(output, "_done"))) == [], "no shard may be marked done after a storage fault"
-    resumed = run(_label_config(fault_proxy, s3_shards, output))
+    resumed_cfg = _label_config(fault_proxy, s3_shards, output)
+    resumed = run(resumed_cfg, handler=FakeDPMeshHandler(resumed_cfg.model))
     assert resumed["shards"]["labeled_this_run"] == resumed["shards"]["total"]
     assert resumed["reconciled"]

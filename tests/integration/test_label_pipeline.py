@@ -1,4 +1,9 @@
-"""dpmesh-label end to end with the tiny model: real Beam runners, bad inputs, resume, S3, refilter."""
+"""dpmesh-label end to end: real Beam runners, bad inputs, resume, S3, refilter.
+
+The counts, error rows, schema and refilter tests run the tiny model (`labeled`); the runner, resume and kill
+tests check the pipeline around the model and run the numpy stand-in (`fake_labeled`, tests/fakes/fake_dpmesh.py),
+whose worker processes load no torch.
+"""
 
 import dataclasses
 import hashlib
@@ -13,17 +18,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
+from pipelines.config import ConfigError, LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
 from pipelines.label.refilter import run as refilter
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
-from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA
+from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, OCCLUSION_LEVELS, fixed_list_to_numpy
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 
 
 N_IMAGES = 8
@@ -124,6 +131,21 @@ def labeled(shards: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     return output, run(_label_config(f"input.shards={shards['shards']}", f"output={output}"))
 
 
+def _fake_run(*overrides: str) -> dict:
+    """``dpmesh-label`` with the numpy stand-in for the model."""
+    cfg = _label_config(*overrides)
+    return run(cfg, handler=FakeDPMeshHandler(cfg.model))
+
+
+@pytest.fixture(scope="module")
+def fake_labeled(shards: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    output = str(tmp_path_factory.mktemp("fake-labels") / "out")
+    summary = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
+    assert summary["reconciled"]
+    assert summary["counts"]["persons_accepted"] > 0, "the stand-in's labels pass the filter"
+    return output, summary
+
+
 def test_counts_reconcile_and_every_person_is_accounted_for(labeled: tuple[str, dict], shards: dict) -> None:
     output, summary = labeled
     counts = summary["counts"]
@@ -198,58 +220,54 @@ def test_outputs_follow_the_schemas(labeled: tuple[str, dict]) -> None:
     assert row["sample_id"] == f"{row['image_key']}_p{row['person_idx']}"
 
 
-def test_rerun_skips_done_shards_and_overwrite_is_byte_identical(labeled: tuple[str, dict], shards: dict) -> None:
-    output, _ = labeled
+def test_rerun_skips_done_shards_and_overwrite_is_byte_identical(fake_labeled: tuple[str, dict], shards: dict) -> None:
+    output, _ = fake_labeled
     before = _digests(output)
     mtimes = {p: p.stat().st_mtime_ns for p in Path(output).glob("*/shard-*.parquet")}
-    again = run(_label_config(f"input.shards={shards['shards']}", f"output={output}"))
+    again = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
     assert again["shards"]["labeled_this_run"] == 0
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    run(_label_config(f"input.shards={shards['shards']}", f"output={output}", "overwrite=true"))
+    _fake_run(f"input.shards={shards['shards']}", f"output={output}", "overwrite=true")
     assert _digests(output) == before
 
 
 def test_a_partial_run_resumes_only_the_missing_shards(
-    labeled: tuple[str, dict], shards: dict, tmp_path: Path
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path
 ) -> None:
-    output, _ = labeled
+    output, _ = fake_labeled
     partial = tmp_path / "partial"
     for path in Path(output).rglob("*"):
         if path.is_file() and "shard-000000" not in path.name:
             (partial / path.relative_to(output)).parent.mkdir(parents=True, exist_ok=True)
             (partial / path.relative_to(output)).write_bytes(path.read_bytes())
-    resumed = run(_label_config(f"input.shards={shards['shards']}", f"output={partial}"))
+    resumed = _fake_run(f"input.shards={shards['shards']}", f"output={partial}")
     assert resumed["shards"]["labeled_this_run"] == 1
     assert _digests(str(partial)) == _digests(output)
 
 
 def test_multi_processing_and_portable_give_the_same_bytes(
-    labeled: tuple[str, dict], shards: dict, tmp_path: Path, beam_job_endpoint: str
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path, beam_job_endpoint: str
 ) -> None:
-    output, _ = labeled
+    output, _ = fake_labeled
     mp = tmp_path / "mp"
-    run(
-        _label_config(
-            f"input.shards={shards['shards']}",
-            f"output={mp}",
-            "runner.running_mode=multi_processing",
-            "runner.num_workers=2",
-        )
+    _fake_run(
+        f"input.shards={shards['shards']}",
+        f"output={mp}",
+        "runner.running_mode=multi_processing",
+        "runner.num_workers=2",
     )
     assert _digests(str(mp)) == _digests(output)
     portable = tmp_path / "portable"
-    run(
-        _label_config(
-            f"input.shards={shards['shards']}",
-            f"output={portable}",
-            "runner=portable",
-            f"runner.job_endpoint={beam_job_endpoint}",
-        )
+    _fake_run(
+        f"input.shards={shards['shards']}",
+        f"output={portable}",
+        "runner=portable",
+        f"runner.job_endpoint={beam_job_endpoint}",
     )
     assert _digests(str(portable)) == _digests(output)
 
 
-class PoisonedHandler(DPMeshModelHandler):
+class PoisonedHandler(FakeDPMeshHandler):
     """Fails every batch that holds the poisoned image, like an out-of-memory error on one batch."""
 
     def __init__(self, *args, poisoned: str, **kwargs) -> None:
@@ -291,15 +309,26 @@ def test_model_nan_outputs_are_rejected_not_written_as_labels(shards: dict, tmp_
     assert all(r["image_key"] != first_key for r in accepted)
 
 
+# A labeling run in its own process, killed below; the stand-in takes 0.3 s a batch so the kill lands part-way.
+_KILLED_RUN = """
+import sys
+from pipelines.config import LabelJobConfig, compose_config
+from pipelines.label.job import run
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+cfg = compose_config("dpmesh_label", sys.argv[1:], LabelJobConfig)
+run(cfg, handler=FakeDPMeshHandler(cfg.model, seconds_per_batch=0.3))
+"""
+
+
 def test_a_killed_run_resumes_without_duplicates_or_gaps(
-    labeled: tuple[str, dict], shards: dict, tmp_path: Path
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path
 ) -> None:
-    reference, _ = labeled
+    reference, _ = fake_labeled
     output = tmp_path / "killed"
     command = [
         sys.executable,
-        "-m",
-        "pipelines.label.job",
+        "-c",
+        _KILLED_RUN,
         f"input.shards={shards['shards']}",
         f"output={output}",
         "log_level=WARNING",
@@ -317,7 +346,7 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
     total = len(list(Path(shards["shards"]).glob("shard-*.tar")))
     assert 2 <= len(done) < total, "the kill must land part-way"
     finished = {p: p.stat().st_mtime_ns for p in output.glob("*/shard-*.parquet") if p.stem in done}
-    resumed = run(_label_config(f"input.shards={shards['shards']}", f"output={output}"))
+    resumed = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
     assert resumed["shards"]["labeled_this_run"] == total - len(done)
     assert {p: p.stat().st_mtime_ns for p in finished} == finished, "finished shards are not rewritten"
     assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
@@ -329,7 +358,7 @@ def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) ->
         f"input.shards={shards['shards']}/shard-00000*.tar", f"output={tmp_path / 'o'}", "model.batch_size=1"
     )
     first_key = pq.read_table(Path(shards["shards"]) / "shard-000000.parquet").column("key")[0].as_py()
-    summary = run(cfg, handler=PoisonedHandler(cfg.model, cfg.storage, poisoned=first_key))
+    summary = run(cfg, handler=PoisonedHandler(cfg.model, poisoned=first_key))
     assert summary["reconciled"]
     assert summary["errors_by_stage"].get("label.inference", 0) >= 1
     errors = pq.read_table(tmp_path / "o" / "errors" / "shard-000000.parquet").to_pylist()
@@ -359,6 +388,98 @@ def test_refilter_reproduces_a_direct_run_without_the_model(
                 assert again.column("confidence").to_pylist() == pytest.approx(direct.column("confidence").to_pylist())
                 direct, again = direct.drop_columns(["confidence"]), again.drop_columns(["confidence"])
             assert again.to_pylist() == direct.to_pylist(), path
+
+
+def _labels(output: str | Path) -> pa.Table:
+    """Every accepted and rejected row of a label output, one table."""
+    paths = sorted(Path(output).glob("annotations/*.parquet")) + sorted(Path(output).glob("rejected/*.parquet"))
+    return pa.concat_tables([pq.read_table(p) for p in paths])
+
+
+def test_lineage_and_occlusion_columns_are_filled(labeled: tuple[str, dict]) -> None:
+    output, summary = labeled
+    table = _labels(output)
+    rows = table.to_pylist()
+    assert rows
+    markers = {p.stem: json.loads(p.read_text()) for p in Path(output, "_done").glob("*.json")}
+    (body_sha,) = {r["body_model_sha256"] for r in rows}
+    assert len(body_sha) == 64
+    for row in rows:
+        assert row["shard_uri"] == markers[row["shard"]]["shard_uri"]
+        assert row["shard_uri"].endswith(f"/{row['shard']}.tar")
+        assert row["body_model"] == "synthetic_random_body_64v"  # the tiny model's random body is not called SMPL
+        assert row["n_kp_visible"] + row["n_kp_occluded"] + row["n_kp_missing"] == 17
+        assert row["occlusion_level"] in OCCLUSION_LEVELS
+        assert 0.0 <= row["joints_in_image_frac"] <= 1.0
+        assert row["crowd_index"] is None or row["crowd_index"] >= 0.0
+        # The hand-made shard-000900 has persons without annotation ids; dpmesh-shard wrote the COCO ids elsewhere.
+        assert (row["annotation_id"] is None) == (row["shard"] == "shard-000900")
+    real = [r for r in rows if r["shard"] != "shard-000900" and r["shard"] != "shard-000901"]
+    assert len({r["annotation_id"] for r in real}) == len(real)
+    # Annotated keypoints: visible = COCO v=2 (stored conf 1), occluded = v=1 (0.5), missing = v=0 (0).
+    conf = fixed_list_to_numpy(table["keypoints_2d"], (17, 3))[:, :, 2]
+    assert table["n_kp_visible"].to_pylist() == (conf == 1.0).sum(axis=1).tolist()
+    assert table["n_kp_occluded"].to_pylist() == (conf == 0.5).sum(axis=1).tolist()
+    # Images with two persons give each one a crowd index from the other's keypoints (0 when they lie apart).
+    assert any(r["crowding_iou"] > 0 for r in rows) or all(r["crowd_index"] == 0.0 for r in rows)
+    assert summary["model_ids"] == ["tiny-seed0"]
+    assert summary["body_models"] == {"synthetic_random_body_64v": body_sha}
+    assert b"body_model" not in pq.read_schema(next(Path(output, "rejected").glob("*.parquet"))).metadata
+
+
+def test_refilter_keeps_the_label_lineage_and_resumes(labeled: tuple[str, dict], tmp_path: Path) -> None:
+    output, label_summary = labeled
+    out = tmp_path / "strict"
+
+    def refilter_config(*extra: str) -> RefilterJobConfig:
+        overrides = [f"input={output}", f"output={out}", "filter=strict", "log_level=WARNING", *extra]
+        return compose_config("dpmesh_refilter", overrides, RefilterJobConfig)
+
+    summary = refilter(refilter_config())
+    label_run = summary["label_run"]
+    assert label_run["labels"] == output
+    assert label_run["config_hash"] == label_summary["config_hash"] != summary["config_hash"]
+    assert label_run["config"]["model"] == label_summary["config"]["model"]
+    assert label_run["model_ids"] == summary["model_ids"] == ["tiny-seed0"]
+    for path in sorted(Path(output, "_done").glob("*.json")):
+        source, marker = json.loads(path.read_text()), json.loads((out / "_done" / path.name).read_text())
+        expected_run = {
+            "labels": output,
+            "config_hash": source["config_hash"],
+            "pipeline_version": source["pipeline_version"],
+        }
+        assert marker["label_run"] == expected_run
+        for key in ("shard_uri", "shard_identity", "tar_read", "model_ids", "body_models"):
+            assert marker[key] == source[key], key
+        for folder in ("annotations", "rejected", "errors"):
+            meta = pq.read_schema(out / folder / f"{path.stem}.parquet").metadata
+            assert json.loads(meta[b"label_run"]) == expected_run
+            assert meta[b"config_hash"].decode() == summary["config_hash"]
+    lineage = ["sample_id", "shard", "shard_uri", "annotation_id", "model_id", "body_model_sha256", "occlusion_level"]
+    assert _labels(out).select(lineage).sort_by("sample_id") == _labels(output).select(lineage).sort_by("sample_id")
+
+    # Resume: as after a kill, two shards lack their marker (one of them its files too); only they are redone.
+    digests = _digests(str(out))
+    killed = sorted(p.stem for p in (out / "_done").glob("*.json"))[:2]
+    for name in killed:
+        (out / "_done" / f"{name}.json").unlink()
+    (out / "annotations" / f"{killed[0]}.parquet").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.parquet") if p.stem not in killed}
+    resumed = refilter(refilter_config())
+    assert resumed["shards"]["labeled_this_run"] == 2
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "finished shards are not rewritten"
+    assert _digests(str(out)) == digests
+    assert resumed["reconciled"]
+    assert refilter(refilter_config())["shards"]["labeled_this_run"] == 0
+    with pytest.raises(ConfigError, match="another config"):
+        refilter(refilter_config("filter.min_box_px=80"))
+    # Refiltering a refiltered output carries the original label run forward.
+    again = compose_config(
+        "dpmesh_refilter", [f"input={out}", f"output={tmp_path / 'again'}", "log_level=WARNING"], RefilterJobConfig
+    )
+    assert refilter(again)["label_run"] == label_run
+    marker = json.loads(next((tmp_path / "again" / "_done").glob("*.json")).read_text())
+    assert marker["label_run"]["labels"] == output
 
 
 @pytest.mark.s3

@@ -6,6 +6,9 @@
   the same bytes as an unshared model; the detector too.
 * Markers are tied to the shard they label: a resharded folder is relabeled, a shard set without its manifest is
   refused, and a tampered tar gives error rows, never duplicate labels.
+
+Only the model-sharing test runs the tiny model; the others check the pipeline around the model with the numpy
+stand-in (tests/fakes/fake_dpmesh.py), which shares across processes the same way.
 """
 
 import hashlib
@@ -25,6 +28,7 @@ from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
 
 
@@ -34,6 +38,10 @@ BATCH_DELAY_S = 0.3
 
 def _label_config(*overrides: str) -> LabelJobConfig:
     return compose_config("dpmesh_label", ["log_level=WARNING", "progress_interval_s=0", *overrides], LabelJobConfig)
+
+
+def _fake_run(cfg: LabelJobConfig) -> dict:
+    return run(cfg, handler=FakeDPMeshHandler(cfg.model))
 
 
 def _shard(images: str, output: Path, *extra: str) -> dict:
@@ -87,16 +95,15 @@ def detectors(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 # --- commit without barriers ------------------------------------------------------------------------------
 
 
-class SlowHandler(DPMeshModelHandler):
+class SlowHandler(FakeDPMeshHandler):
     """Takes ``BATCH_DELAY_S`` per batch and logs when each batch's inference ended (wall clock)."""
 
     def __init__(self, *args, log: str, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, seconds_per_batch=BATCH_DELAY_S, **kwargs)
         self._log = log
 
     def run_inference(self, batch, model, inference_args=None):
         results = super().run_inference(batch, model, inference_args)
-        time.sleep(BATCH_DELAY_S)
         with open(self._log, "a") as f:
             for person_batch in batch:
                 f.write(f"{person_batch.batch_id.split('/')[0]} {time.time()}\n")
@@ -113,7 +120,7 @@ def _commit_timeline(output: Path, log: Path) -> tuple[float, float, int]:
 def test_each_shard_is_committed_before_the_last_shard_is_inferred(corpus: Path, tmp_path: Path) -> None:
     cfg = _label_config(f"input.shards={corpus / 'shards'}", f"output={tmp_path / 'o'}", "model.batch_size=1")
     log = tmp_path / "inference.log"
-    summary = run(cfg, handler=SlowHandler(cfg.model, cfg.storage, log=str(log)))
+    summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
     first_marker, last_inference, shards = _commit_timeline(tmp_path / "o", log)
     assert shards == summary["shards"]["total"] >= 4
     assert first_marker < last_inference - BATCH_DELAY_S, (
@@ -137,7 +144,7 @@ def test_with_detection_shards_are_committed_one_by_one_too(
         "model.batch_size=1",
     )
     log = tmp_path / "inference.log"
-    summary = run(cfg, handler=SlowHandler(cfg.model, cfg.storage, log=str(log)))
+    summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
     first_marker, last_inference, shards = _commit_timeline(tmp_path / "o", log)
     assert shards == summary["shards"]["total"]
     assert first_marker < last_inference - BATCH_DELAY_S
@@ -178,7 +185,7 @@ def test_shared_detectors_label_like_unshared_ones(corpus: Path, detectors: tupl
         )
         assert PersonDetectorHandler(cfg.detector, cfg.storage).share_model_across_processes() is (share == "true")
         assert KeypointHandler(cfg.detector, cfg.storage).share_model_across_processes() is (share == "true")
-        summary = run(cfg)
+        summary = _fake_run(cfg)  # real detectors; the DPMesh stand-in (shared likewise) keeps the test short
         assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
         assert summary["counts"]["persons_in"] > 0
         outputs[share] = _digests(tmp_path / share)
@@ -196,11 +203,11 @@ def test_a_resharded_folder_is_relabeled(tmp_path: Path) -> None:
         write_coco(str(tmp_path / f"{name}.json"), images)
     _shard(str(tmp_path / "a"), shards, f"input.annotations={tmp_path / 'a.json'}")
     cfg = _label_config(f"input.shards={shards}", f"output={tmp_path / 'labels'}")
-    first = run(cfg)
+    first = _fake_run(cfg)
     assert first["shards"]["labeled_this_run"] == first["shards"]["total"]
-    assert run(cfg)["shards"]["labeled_this_run"] == 0, "an unchanged shard set is not relabeled"
+    assert _fake_run(cfg)["shards"]["labeled_this_run"] == 0, "an unchanged shard set is not relabeled"
     _shard(str(tmp_path / "b"), shards, f"input.annotations={tmp_path / 'b.json'}", "overwrite=true")
-    second = run(cfg)
+    second = _fake_run(cfg)
     assert second["shards"]["labeled_this_run"] == second["shards"]["total"], "changed shards must be relabeled"
     labeled = {r["source_uri"].rsplit("/", 2)[-2] for r in _rows(tmp_path / "labels", "annotations")}
     labeled |= {r["source_uri"].rsplit("/", 2)[-2] for r in _rows(tmp_path / "labels", "rejected")}
@@ -214,8 +221,9 @@ def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(corpus: Path
         (partial / path.name).write_bytes(path.read_bytes())
     cfg = _label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}")
     with pytest.raises(ConfigError, match=r"no _manifest\.json.*input\.allow_incomplete=true"):
-        run(cfg)
-    summary = run(_label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}", "input.allow_incomplete=true"))
+        _fake_run(cfg)
+    allowed = _label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}", "input.allow_incomplete=true")
+    summary = _fake_run(allowed)
     assert summary["shards"]["done"] == 2
     assert summary["reconciled"]
     marker = json.loads(next((tmp_path / "o" / "_done").glob("*.json")).read_text())
@@ -228,7 +236,7 @@ def test_tars_missing_from_the_manifest_are_refused(corpus: Path, tmp_path: Path
     shutil.copytree(corpus / "shards", shards)
     next(shards.glob("shard-*.tar")).unlink()
     with pytest.raises(ConfigError, match="lists 1 shards that are not there"):
-        run(_label_config(f"input.shards={shards}", f"output={tmp_path / 'o'}"))
+        _fake_run(_label_config(f"input.shards={shards}", f"output={tmp_path / 'o'}"))
 
 
 def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -259,7 +267,7 @@ def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, t
                 _member(tar, name, data)  # the first sample appended again
                 _member(tar, name.replace(keys[0], "zz_extra-000000000000"), data)  # a member the index lacks
     output = tmp_path / "o"
-    summary = run(_label_config(f"input.shards={shards}", f"output={output}"))
+    summary = _fake_run(_label_config(f"input.shards={shards}", f"output={output}"))
     assert summary["reconciled"]
     shard = target.stem
     errors = pq.read_table(output / "errors" / f"{shard}.parquet").to_pylist()
@@ -275,3 +283,26 @@ def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, t
     assert len(sample_ids) == len(set(sample_ids))
     assert {r["image_key"] for r in labels} == {keys[0]}
     assert "read_failed" not in summary["errors_by_reason"]
+
+
+# --- one pixel limit for both jobs ------------------------------------------------------------------------
+
+
+def test_labeling_follows_the_pixel_limit_the_shard_set_was_made_with(corpus: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus / "shards", shards)
+    manifest = json.loads((shards / "_manifest.json").read_text())
+    assert manifest["config"]["shard"]["max_image_pixels"] == 100_000_000  # the shard job's default
+    manifest["config"]["shard"]["max_image_pixels"] = 160 * 120 - 1  # as if sharded with a limit below 160x120
+    (shards / "_manifest.json").write_text(json.dumps(manifest))
+    followed = _fake_run(_label_config(f"input.shards={shards}", f"output={tmp_path / 'followed'}"))
+    assert followed["reconciled"]
+    assert followed["counts"]["images_errored"] == followed["counts"]["images_in"] > 0
+    errors = _rows(tmp_path / "followed", "errors")
+    assert {e["reason"] for e in errors} == {"decompression_bomb"}
+    assert all("max_image_pixels=19199" in e["error"] for e in errors)
+    # An explicit input.max_image_pixels wins over the shard set's.
+    explicit = _label_config(
+        f"input.shards={shards}", f"output={tmp_path / 'explicit'}", "input.max_image_pixels=20000"
+    )
+    assert _fake_run(explicit)["counts"]["images_errored"] == 0

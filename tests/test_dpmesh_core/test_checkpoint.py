@@ -13,10 +13,10 @@ from dpmesh_core.checkpoint import (
     convert_official_state_dict,
     fold_lora,
     is_ignored,
-    load_network_strict,
 )
 from dpmesh_core.config import official_config, tiny_config
 from dpmesh_core.errors import CheckpointKeyError
+from dpmesh_core.loading import load_network_strict
 from dpmesh_core.model import DPMesh
 from tests.fakes.official_layout import KEYS_TSV, official_meta_state_dict, tiny_official_state_dict
 from tests.fakes.tiny_dpmesh import build_tiny_dpmesh, tiny_inputs

@@ -33,7 +33,7 @@ from dpmesh_core.confidence import (
     score_person,
     strict_thresholds,
 )
-from dpmesh_core.postprocessing import PersonPrediction
+from dpmesh_core.person_prediction import PersonPrediction
 from schemas.annotations import ANNOTATION_SCHEMA, QUALITY_TIERS
 
 
@@ -156,22 +156,28 @@ def test_box_size_is_the_longer_side() -> None:
     assert _signals(bbox_xyxy=np.array([10.0, 20.0, 140.0, 30.0])).box_size_px == 130.0
 
 
-def test_joint_consistency_in_mm_at_the_crop_depth() -> None:
+def test_joint_consistency_in_mm_at_the_persons_depth() -> None:
     pred = _pred()
-    # One joint off by 0.01 of the crop = 2.56 px; at depth 5 m with f = 1000 px that is 12.8 mm; mean over 14.
+    # One joint off by 0.01 of the crop = 4.4 px of the 440 px crop box; at depth 5 m with f = 1000 px that is
+    # 22 mm; mean over 14. The model's crop size does not enter.
     smpl = pred.smpl_joints15_img.copy()
     smpl[3, 0] += 0.01
-    assert _signals(_pred(smpl_joints15_img=smpl)).joint_consistency_mm == pytest.approx(12.8 / 14)
+    assert _signals(_pred(smpl_joints15_img=smpl)).joint_consistency_mm == pytest.approx(22.0 / 14)
     # Root-aligned: a global shift costs nothing; a root-only shift moves every other joint.
     assert _signals(_pred(smpl_joints15_img=pred.smpl_joints15_img + 0.05)).joint_consistency_mm == pytest.approx(
         0.0, abs=1e-9
     )
     smpl = pred.smpl_joints15_img.copy()
     smpl[0, 1] -= 0.01
-    assert _signals(_pred(smpl_joints15_img=smpl)).joint_consistency_mm == pytest.approx(12.8)
+    assert _signals(_pred(smpl_joints15_img=smpl)).joint_consistency_mm == pytest.approx(22.0)
     # Depth scales linearly.
-    far = _signals(_pred(smpl_joints15_img=smpl, cam_trans_crop=np.array([0.0, 0.0, 10.0])))
-    assert far.joint_consistency_mm == pytest.approx(25.6)
+    far = _signals(_pred(smpl_joints15_img=smpl, transl=np.array([0.0, 0.0, 10.0])))
+    assert far.joint_consistency_mm == pytest.approx(44.0)
+    # The same as DPMesh's crop camera gives with any crop side S (transl z = cam_trans_crop z * S / box side).
+    for crop_side in (256, 128):
+        crop_depth = 5.0 * 440.0 / crop_side
+        expected = float(np.linalg.norm(0.01) * crop_side * crop_depth / 1000.0 * 1000.0)
+        assert _signals(_pred(smpl_joints15_img=smpl)).joint_consistency_mm == pytest.approx(expected)
 
 
 def test_passthrough_det_score_and_flip() -> None:
@@ -226,7 +232,7 @@ def test_reason_codes_are_stable_snake_case_and_unique() -> None:
 
 def test_good_signals_are_gold_with_no_reasons() -> None:
     confidence, tier, reasons = combine(GOOD, default_thresholds())
-    assert confidence == 1.0
+    assert confidence == pytest.approx(math.exp(-0.01 / 0.06))  # only the reprojection term is below 1
     assert (tier, reasons) == ("gold", [])
 
 
@@ -240,8 +246,14 @@ REASON_CASES: dict[str, dict[str, Any]] = {
     TRUNCATED: {"truncation": 0.55},
     FLIP_INCONSISTENT: {"flip_pa_mpjpe_mm": 101.0},
     LOW_DET_SCORE: {"det_score": 0.49},
-    # Every gate passes (inclusive bounds) but the product of borderline scores is ≈ 0.03 < bronze_min.
-    LOW_CONFIDENCE: {"n_kp_valid": 8, "box_size_px": 50.0, "betas_absmax": 3.0, "reproj_err_norm": 0.1},
+    # Every gate passes (inclusive bounds) but the product of borderline scores is ≈ 0.09 < bronze_min.
+    LOW_CONFIDENCE: {
+        "n_kp_valid": 8,
+        "box_size_px": 50.0,
+        "betas_absmax": 3.0,
+        "reproj_err_norm": 0.1,
+        "vposer_z_norm": 10.0,
+    },
     NON_FINITE_OUTPUT: {"vposer_z_norm": float("nan")},
 }
 
@@ -262,7 +274,8 @@ def test_gates_are_inclusive_and_optional_signals_are_skipped() -> None:
     assert combine(at_gates, no_thresholds())[2] == []
     assert LOW_CONFIDENCE in combine(at_gates, default_thresholds())[2]
     assert [r for r in combine(at_gates, default_thresholds())[2] if r != LOW_CONFIDENCE] == []
-    assert combine(dataclasses.replace(GOOD, det_score=None, flip_pa_mpjpe_mm=None), default_thresholds())[0] == 1.0
+    perfect = dataclasses.replace(GOOD, det_score=None, flip_pa_mpjpe_mm=None, reproj_err_norm=0.0)
+    assert combine(perfect, default_thresholds())[0] == 1.0
 
 
 def test_reasons_follow_reason_code_order() -> None:
@@ -274,15 +287,15 @@ def test_reasons_follow_reason_code_order() -> None:
 
 def test_tiers_follow_the_cut_offs() -> None:
     t = default_thresholds()
-    silver = dataclasses.replace(GOOD, reproj_err_norm=0.03 + 0.06 * math.log(1 / 0.6))  # confidence 0.6
+    silver = dataclasses.replace(GOOD, reproj_err_norm=0.06 * math.log(1 / 0.6))  # confidence 0.6
     confidence, tier, reasons = combine(silver, t)
     assert confidence == pytest.approx(0.6)
     assert (tier, reasons) == ("silver", [])
-    bronze = dataclasses.replace(GOOD, reproj_err_norm=0.08, box_size_px=100.0)  # exp(-5/6) * exp(-1/2) ≈ 0.264
+    bronze = dataclasses.replace(GOOD, reproj_err_norm=0.05, betas_absmax=2.9)  # exp(-5/6) * exp(-0.2) ≈ 0.356
     confidence, tier, reasons = combine(bronze, t)
-    assert confidence == pytest.approx(math.exp(-5 / 6 - 0.5))
+    assert confidence == pytest.approx(math.exp(-5 / 6 - 0.9 / 4.5))
     assert (tier, reasons) == ("bronze", [])
-    assert combine(GOOD, strict_thresholds())[1] == "gold"
+    assert combine(dataclasses.replace(GOOD, reproj_err_norm=0.005), strict_thresholds())[1] == "gold"  # 0.92
 
 
 @pytest.mark.parametrize(("name", "soft", "scale", "higher_is_better"), SCORE_SCALES)

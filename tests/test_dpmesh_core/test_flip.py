@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dpmesh_core.body_model import BodyModel, SMPLData
+from dpmesh_core.config import official_config
 from dpmesh_core.flip import (
     SMPL24_FLIP_PERM,
     SMPL30_FLIP_PERM,
@@ -22,6 +23,7 @@ from dpmesh_core.preprocessing import PersonInputs, prepare_person
 
 
 MIRROR = np.diag([-1.0, 1.0, 1.0])
+OFFICIAL = official_config().crop_geometry  # 256 px crops, 32-grid keypoints: the numbers below
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
@@ -186,7 +188,7 @@ def test_flip_moves_an_asymmetric_crop_and_its_keypoints_together() -> None:
     joints = np.zeros((30, 3))
     l_wrist, r_wrist = SMPL30_JOINTS.index("L_Wrist"), SMPL30_JOINTS.index("R_Wrist")
     joints[l_wrist] = (10 / 8, 40 / 8, 0.9)  # the L_Wrist keypoint sits on the dot (crop px / 8)
-    flipped = flip_person_inputs(_inputs(image, joints))
+    flipped = flip_person_inputs(_inputs(image, joints), OFFICIAL)
     assert flipped.image[0, 40, 245] == 1.0
     assert flipped.image.sum() == 1.0
     np.testing.assert_allclose(flipped.joints[r_wrist], (245 / 8, 5.0, 0.9), rtol=1e-6)  # 31.875 - 1.25
@@ -212,7 +214,7 @@ def test_symmetric_crop_and_keypoints_are_flip_invariant() -> None:
             joints[i] = (x, y, 0.8)
             joints[perm[i]] = (31.875 - x, y, 0.8)
     p = _inputs(image, joints)
-    flipped = flip_person_inputs(p)
+    flipped = flip_person_inputs(p, OFFICIAL)
     np.testing.assert_array_equal(flipped.image, p.image)
     np.testing.assert_allclose(flipped.joints, p.joints, atol=1e-5)
     np.testing.assert_array_equal(flipped.joints_mask, p.joints_mask)
@@ -222,9 +224,9 @@ def test_flip_twice_is_the_identity_on_real_inputs() -> None:
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
     kp = np.concatenate([rng.uniform((120, 60), (260, 260), size=(17, 2)), rng.uniform(0.0, 1.0, (17, 1))], 1)
-    p = prepare_person(image, coco17_to_smpl30(kp.astype(np.float32)))
+    p = prepare_person(image, coco17_to_smpl30(kp.astype(np.float32)), OFFICIAL)
     p = dataclasses.replace(p, joints_mask=p.joints_mask * (p.joints[:, :1] < 31.8))  # not in the last crop px
-    twice = flip_person_inputs(flip_person_inputs(p))
+    twice = flip_person_inputs(flip_person_inputs(p, OFFICIAL), OFFICIAL)
     np.testing.assert_array_equal(twice.image, p.image)
     np.testing.assert_allclose(twice.joints, p.joints, atol=1e-5)
     np.testing.assert_array_equal(twice.joints_mask, p.joints_mask)
@@ -238,8 +240,8 @@ def test_flipped_affines_map_the_image_to_the_flipped_crop() -> None:
     rng = np.random.default_rng(8)
     image = rng.integers(0, 256, size=(300, 400, 3), dtype=np.uint8)
     kp = np.concatenate([rng.uniform((120, 60), (260, 260), size=(17, 2)), np.full((17, 1), 0.9)], 1)
-    p = prepare_person(image, coco17_to_smpl30(kp.astype(np.float32)))
-    f = flip_person_inputs(p)
+    p = prepare_person(image, coco17_to_smpl30(kp.astype(np.float32)), OFFICIAL)
+    f = flip_person_inputs(p, OFFICIAL)
     point = np.array([150.0, 100.0, 1.0])
     u, v = p.img2crop.astype(np.float64) @ point
     np.testing.assert_allclose(f.img2crop.astype(np.float64) @ point, (255 - u, v), atol=1e-3)
@@ -252,6 +254,6 @@ def test_flip_masks_joints_that_leave_the_grid() -> None:
     joints[:, :2] = 16.0
     joints[:, 2] = 0.9
     joints[0, 0] = 31.95  # inside [0, 32) but maps to -0.075
-    flipped = flip_person_inputs(_inputs(np.zeros((3, 256, 256)), joints))
+    flipped = flip_person_inputs(_inputs(np.zeros((3, 256, 256)), joints), OFFICIAL)
     assert flipped.joints_mask[0, 0] == 0.0  # Pelvis maps to itself
     assert flipped.joints_mask[1:, 0].all()

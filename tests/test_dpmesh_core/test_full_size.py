@@ -34,7 +34,7 @@ def test_official_config_builds_and_runs_on_cpu_within_memory() -> None:
     assert not any(t.is_meta for t in model.state_dict().values())
     num_params = sum(p.numel() for p in model.parameters())
     with torch.inference_mode():
-        out = model(**tiny_inputs(batch=1))
+        out = model(**tiny_inputs(batch=1, config=official_config()))
     elapsed = time.perf_counter() - start
     expected = {"smpl_pose": (1, 72), "smpl_shape": (1, 10), "cam_trans": (1, 3), "joint_img": (1, 15, 3),
                 "vertices": (1, 6890, 3), "joints30": (1, 30, 3), "joint_proj": (1, 30, 2), "pose_latent": (1, 32),

@@ -17,13 +17,15 @@ import pytest
 import torch
 
 from dpmesh_core.body_model import BodyModel
+from dpmesh_core.config import official_config
 from dpmesh_core.geometry import crop_to_full_camera, rot6d_to_axis_angle, rot6d_to_rotmat
-from dpmesh_core.preprocessing import CROP_SIZE, crop_affine
+from dpmesh_core.preprocessing import crop_affine
 from dpmesh_core.synthetic import synthetic_smpl_data
 
 
 # SMPL kinematic tree, written out here (not imported) so that the test is independent of dpmesh_core.joints.
 SMPL_PARENTS_REF = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
+CROP_SIZE = official_config().image_size  # 256: the official crop the numbers below are written for
 
 
 def _h(affine: np.ndarray) -> np.ndarray:
@@ -33,7 +35,7 @@ def _h(affine: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("box", [[50.0, 20.0, 200.0, 200.0], [-37.5, 410.25, 612.0, 612.0], [900.0, 3.0, 31.0, 31.0]])
 def test_crop_affine_inverse_composes_to_identity(box: list[float]) -> None:
     bbox = np.array(box, dtype=np.float32)
-    fwd, inv = crop_affine(bbox), crop_affine(bbox, inverse=True)
+    fwd, inv = crop_affine(bbox, CROP_SIZE), crop_affine(bbox, CROP_SIZE, inverse=True)
     composed = _h(inv) @ _h(fwd)  # the affines are float32 (as cv2 returns them): translations carry ~1e-5 px
     np.testing.assert_allclose(composed[:, :2], np.eye(3)[:, :2], atol=1e-6)
     np.testing.assert_allclose(composed[:, 2], [0.0, 0.0, 1.0], atol=1e-4)
@@ -75,7 +77,7 @@ def test_full_camera_reprojects_mesh_like_crop_camera_through_inverse_affine() -
         crop_px = _pinhole(points, focal, torch.full((2, 2), CROP_SIZE / 2, dtype=torch.float64))
         out = []
         for i in range(2):
-            inv = crop_affine(boxes[i], inverse=True).astype(np.float64)
+            inv = crop_affine(boxes[i], CROP_SIZE, inverse=True).astype(np.float64)
             out.append(crop_px[i] @ inv[:, :2].T + inv[:, 2])
         return np.stack(out)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from dpmesh_core.body_model import SMPLData
+from dpmesh_core.config import official_config
 from dpmesh_core.joints import OPENPOSE18_JOINTS, SMPL30_JOINTS, convert_joints
 from dpmesh_core.model import DPMesh
 from dpmesh_core.preprocessing import prepare_person
@@ -91,7 +92,7 @@ def test_preprocessing_matches_official() -> None:
     worst_px = 0.0
     for b in range(pre["full_img"].shape[0]):
         joints30 = convert_joints(pre["openpose19"][b], names, SMPL30_JOINTS)
-        person = prepare_person(pre["full_img"][b], joints30)
+        person = prepare_person(pre["full_img"][b], joints30, official_config().crop_geometry)
         np.testing.assert_allclose(person.bbox_xywh, io["meta_bbox"][b], rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(person.img2crop, io["meta_img2bb_trans"][b], rtol=1e-5, atol=1e-4)
         np.testing.assert_allclose(person.joints, io["in_joints"][b], rtol=1e-5, atol=1e-4)

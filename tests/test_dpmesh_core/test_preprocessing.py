@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dpmesh_core.config import CropGeometry, official_config
 from dpmesh_core.errors import InvalidPersonInput
 from dpmesh_core.joints import COCO17_JOINTS, OPENPOSE18_JOINTS, SMPL30_JOINTS, coco17_to_smpl30, openpose18_to_smpl30
 from dpmesh_core.preprocessing import (
@@ -14,6 +15,10 @@ from dpmesh_core.preprocessing import (
     square_crop_box,
     warp_affine_bilinear,
 )
+from schemas.annotations import COCO17_KEYPOINT_NAMES
+
+
+OFFICIAL = official_config().crop_geometry  # 256 px crops, 32-grid keypoints
 
 
 def _coco(seed: int = 0) -> np.ndarray:
@@ -23,6 +28,15 @@ def _coco(seed: int = 0) -> np.ndarray:
     kp[:, 1] = rng.uniform(100, 600, 17)
     kp[:, 2] = rng.uniform(0.3, 1.0, 17)
     return kp
+
+
+def test_coco17_joints_are_the_schema_order_in_dpmesh_names() -> None:
+    assert len(COCO17_JOINTS) == len(COCO17_KEYPOINT_NAMES) == 17
+    assert (COCO17_JOINTS[0], COCO17_JOINTS[5], COCO17_JOINTS[16]) == ("Nose", "L_Shoulder", "R_Ankle")
+    assert (COCO17_KEYPOINT_NAMES[0], COCO17_KEYPOINT_NAMES[5], COCO17_KEYPOINT_NAMES[16]) == (
+        "nose", "left_shoulder", "right_ankle",
+    )  # fmt: skip
+    assert set(COCO17_JOINTS) <= set(SMPL30_JOINTS)  # every COCO joint has its place in the model's 30
 
 
 def test_coco17_to_smpl30() -> None:
@@ -58,10 +72,10 @@ def test_bbox_and_square_box() -> None:
 
 def test_crop_affine_maps_box_to_crop() -> None:
     box = np.array([50.0, 20.0, 200.0, 200.0], dtype=np.float32)
-    m = crop_affine(box)
+    m = crop_affine(box, 256)
     np.testing.assert_allclose(m @ [150, 120, 1], [128, 128], atol=1e-4)
     np.testing.assert_allclose(m @ [50, 20, 1], [0, 0], atol=1e-4)
-    np.testing.assert_allclose(crop_affine(box, inverse=True) @ [256, 256, 1], [250, 220], atol=1e-3)
+    np.testing.assert_allclose(crop_affine(box, 256, inverse=True) @ [256, 256, 1], [250, 220], atol=1e-3)
 
 
 def test_warp_matches_bilinear_and_zero_border() -> None:
@@ -80,7 +94,7 @@ def test_prepare_person_mask_and_units() -> None:
     kp = coco17_to_smpl30(_coco())
     kp[SMPL30_JOINTS.index("L_Wrist")] = [5000, 5000, 0.9]  # valid but outside the crop
     kp[SMPL30_JOINTS.index("R_Wrist"), 2] = 0.01  # low confidence
-    person = prepare_person(image, kp)
+    person = prepare_person(image, kp, OFFICIAL)
     assert person.image.shape == (3, 256, 256)
     assert person.joints.shape == (30, 3)
     assert person.focal == pytest.approx(800.0)
@@ -88,6 +102,20 @@ def test_prepare_person_mask_and_units() -> None:
     assert person.joints_mask[SMPL30_JOINTS.index("R_Wrist"), 0] == 0
     assert person.joints_mask[SMPL30_JOINTS.index("Nose"), 0] == 1
     back = person.crop2img @ np.append(person.joints[0, :2] * 8, 1.0)
+    np.testing.assert_allclose(back, kp[0, :2], atol=1e-2)
+
+
+def test_prepare_person_takes_its_sizes_from_the_geometry() -> None:
+    image = np.random.default_rng(1).integers(0, 256, size=(480, 640, 3), dtype=np.uint8)
+    kp = coco17_to_smpl30(_coco())
+    official = prepare_person(image, kp, OFFICIAL)
+    small = prepare_person(image, kp, CropGeometry(crop_size=64, heatmap_size=8))
+    assert small.image.shape == (3, 64, 64)
+    np.testing.assert_array_equal(small.bbox_xywh, official.bbox_xywh)  # the same box, cut 4x smaller
+    np.testing.assert_allclose(small.img2crop * 4, official.img2crop, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(small.joints[:, :2] * 4, official.joints[:, :2], rtol=1e-5, atol=1e-4)  # 8- vs 32-grid
+    np.testing.assert_array_equal(small.joints_mask, official.joints_mask)
+    back = small.crop2img @ np.append(small.joints[0, :2] * 8, 1.0)  # grid -> crop px is x 64 / 8
     np.testing.assert_allclose(back, kp[0, :2], atol=1e-2)
 
 
@@ -102,6 +130,12 @@ def test_prepare_person_mask_and_units() -> None:
 )
 def test_invalid_inputs_raise(image: np.ndarray, joints: np.ndarray, reason: str) -> None:
     with pytest.raises(InvalidPersonInput) as info:
-        prepare_person(image, joints)
+        prepare_person(image, joints, OFFICIAL)
     assert info.value.reason == reason
     assert isinstance(info.value, ValueError)
+
+
+def test_a_one_pixel_image_is_reported_by_its_size_not_its_layout() -> None:
+    with pytest.raises(InvalidPersonInput, match=r"image is 1x1 px; at least 2x2 is needed") as info:
+        prepare_person(np.zeros((1, 1, 3), np.uint8), np.ones((30, 3), np.float32), OFFICIAL)
+    assert info.value.reason == "bad_image_shape"

@@ -7,9 +7,19 @@ import pytest
 
 from pipelines.config import ConfigError, DetectorConfig, DetectorName, LabelJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
-from pipelines.label.detection.handlers import ImageBatch, KeypointHandler, PersonDetectorHandler, PoseBatch, PoseItem
-from pipelines.label.detection.models import box_center_scale, crop_person, decode_heatmaps
-from pipelines.label.detection.records import DetectedPerson, DetectionFailure, ImageDetections, ModelUsed, assemble
+from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
+from pipelines.label.detection.models import decode_heatmaps
+from pipelines.label.detection.person_crops import box_center_scale, crop_person
+from pipelines.label.detection.records import (
+    DetectedPerson,
+    DetectionFailure,
+    ImageBatch,
+    ImageDetections,
+    ModelUsed,
+    PoseBatch,
+    PoseItem,
+    assemble,
+)
 from pipelines.label.detection.shard_detector import needs_detection
 from pipelines.label.inputs import AnnotatedPerson
 from tests.fakes.tiny_detectors import POSE_INPUT_HW, save_tiny_detector, save_tiny_pose

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from dpmesh_core.confidence import FilterThresholds, default_thresholds, strict_thresholds
+from dpmesh_core.config import tiny_config
 from pipelines.common.image_decode import ImageDecodeError, decode_rgb
 from pipelines.config import (
     ConfigError,
@@ -31,12 +32,15 @@ from pipelines.label.inputs import (
     person_from_json,
     prepare_tasks,
 )
-from pipelines.label.model_handler import DPMeshModelHandler, LabeledPerson, check_device, load_model
-from pipelines.label.records import ShardReport, ShardTask
+from pipelines.label.model_handler import DPMeshModelHandler, check_device, load_model
+from pipelines.label.records import LabeledPerson, ShardReport, ShardTask
 from pipelines.label.refilter import rescore_row
 from pipelines.label.thresholds import filter_thresholds
 from pipelines.label.write import shard_marker
 from tests.fakes.corpus import draw_scene
+
+
+TINY = tiny_config().crop_geometry  # 128² crops, 16-grid keypoints
 
 
 def _encoded(mode: str, size: tuple[int, int] = (40, 30), orientation: int | None = None, fmt: str = "PNG") -> bytes:
@@ -151,13 +155,19 @@ def test_prepare_tasks_turns_invalid_persons_into_errors_and_records_neighbours(
     indexed = [*persons, (5, empty), (6, nan)]
     results = dict(
         prepare_tasks(
-            np.asarray(image), indexed, shard="shard-000001", image_key="k", source_uri="u", source="annotations"
+            np.asarray(image),
+            indexed,
+            shard="shard-000001",
+            image_key="k",
+            source_uri="u",
+            source="annotations",
+            geometry=TINY,
         )
     )
     assert isinstance(results[0], PersonTask)
     assert results[0].sample_id == "k_p0"
     assert results[0].other_boxes.shape == (3, 4)
-    assert results[0].inputs.image.shape == (3, 256, 256)
+    assert results[0].inputs.image.shape == (3, 128, 128)  # cut at the geometry given: the tiny model's crops
     assert getattr(results[5], "reason", None) == "no_valid_keypoints"
     assert getattr(results[6], "reason", None) == "nonfinite_keypoints"
 
@@ -185,7 +195,7 @@ def test_shard_marker_reconciles_and_records_the_shard_identity() -> None:
 
 
 def test_filter_config_mirrors_every_threshold() -> None:
-    mirrored = {f.name for f in dataclasses.fields(FilterConfig)} - {"preset", "flip_consistency"}
+    mirrored = {f.name for f in dataclasses.fields(FilterConfig)} - {"preset", "flip_consistency", "calibration"}
     assert mirrored == {f.name for f in dataclasses.fields(FilterThresholds)}
 
 
@@ -250,10 +260,11 @@ def test_model_handler_runs_the_tiny_model_and_shares_only_on_gpu() -> None:
     tasks = [
         t
         for _, t in prepare_tasks(
-            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations"
+            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations", geometry=TINY
         )
     ]
     model = handler.load_model()
+    assert model.crop_geometry() == TINY  # what the shard reader cuts crops with
     batches = [PersonBatch("s/000000", tuple(tasks)), PersonBatch("s/000001", tuple(tasks[:1]))]
     results = list(handler.run_inference(batches, model))
     assert [r.example for r in results] == ["s/000000", "s/000001"]
@@ -263,7 +274,7 @@ def test_model_handler_runs_the_tiny_model_and_shares_only_on_gpu() -> None:
     assert labeled.prediction.body_pose.shape == (69,)
     assert labeled.task.inputs.image.size == 0  # the crop is dropped after inference
     assert results[0].model_id == "tiny-seed0"
-    assert handler.get_num_bytes(batches) == 3 * 3 * 256 * 256 * 4
+    assert handler.get_num_bytes(batches) == 3 * 3 * 128 * 128 * 4  # float32 128² crops
 
 
 def test_model_handler_loads_converted_weights(tmp_path) -> None:
@@ -289,7 +300,7 @@ def test_flip_consistency_is_measured_per_person_in_the_handler_and_repeatable()
     tasks = [
         t
         for _, t in prepare_tasks(
-            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations"
+            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations", geometry=TINY
         )
     ]
     handler = DPMeshModelHandler(ModelConfig(name=ModelName.tiny), StorageConfig(), flip_consistency=True)
@@ -323,13 +334,19 @@ def test_progress_reads_each_marker_once(tmp_path, caplog) -> None:
         (done / f"{name}.json").write_text(json.dumps({"shard": name, "counts": {"persons_in": persons}}))
     storage = CountingStorage(StorageConfig())
     pending = ["shard-000000", "shard-000001"]
-    with (
-        caplog.at_level(logging.INFO, logger="pipelines.label.progress"),
-        ProgressReporter(storage, str(tmp_path), pending, interval_s=0.05),
-    ):
-        time.sleep(0.4)
-    assert "progress: 2/2 shards done, 7 persons" in caplog.text  # shard-000009 is not part of this run
-    assert sorted(reads) == sorted(str(done / f"shard-00000{i}.json") for i in (0, 1))
+    reporter = ProgressReporter(storage, str(tmp_path), pending, interval_s=0)  # 0: no thread; polled here
+    with caplog.at_level(logging.INFO, logger="pipelines.label.progress"), reporter:
+        reporter.poll()
+        assert "progress: 2/2 shards done, 7 persons" in caplog.text  # shard-000009 is not part of this run
+        reporter.poll()
+    assert sorted(reads) == sorted(str(done / f"shard-00000{i}.json") for i in (0, 1)), "each marker read once"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipelines.label.progress"):
+        with ProgressReporter(storage, str(tmp_path), pending, interval_s=0.01):  # its own thread polls
+            deadline = time.monotonic() + 30
+            while "progress: 2/2 shards done" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert "progress: 2/2 shards done, 7 persons" in caplog.text
 
 
 def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_through() -> None:
@@ -342,7 +359,7 @@ def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_thro
     tasks = [
         t
         for _, t in prepare_tasks(
-            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations"
+            np.asarray(image), persons, shard="s", image_key="k", source_uri="u", source="annotations", geometry=TINY
         )
     ]
     error = beam.pvalue.TaggedOutput("errors", ("s", {"reason": "x"}))

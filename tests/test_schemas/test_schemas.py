@@ -22,6 +22,7 @@ from schemas import (
     ErrorReason,
     ErrorStage,
     empty_table,
+    fixed_list_to_numpy,
     table_from_rows,
     with_file_metadata,
 )
@@ -87,6 +88,16 @@ def annotation_row(person_idx: int = 0, *, rejected: bool = False) -> dict[str, 
         "reasons": ["high_reproj_error", "implausible_betas"] if rejected else [],
         "model_id": "sha256:0123abcd",
         "schema_version": SCHEMA_VERSION,
+        "shard_uri": "s3://bucket/shards/shard-000003.tar",
+        "annotation_id": str(1000 + person_idx),
+        "body_model": "smpl_neutral_10_betas",
+        "body_model_sha256": "ab" * 32,
+        "n_kp_visible": 12,
+        "n_kp_occluded": 3,
+        "n_kp_missing": 2,
+        "joints_in_image_frac": 1.0,
+        "crowd_index": None if person_idx == 0 else 0.25,
+        "occlusion_level": "partial",
     }
 
 
@@ -153,10 +164,13 @@ def test_annotation_values_survive(tmp_path: Path) -> None:
     rows = ROWS["annotations"]
     pq.write_table(table_from_rows(rows, ANNOTATION_SCHEMA), tmp_path / "a.parquet")
     read = pq.read_table(tmp_path / "a.parquet")
-    keypoints = np.asarray(read.column("keypoints_2d").to_pylist(), dtype=np.float32)
+    keypoints = fixed_list_to_numpy(read.column("keypoints_2d"), (17, 3))
     assert keypoints.shape == (3, 17, 3)
+    assert keypoints.dtype == np.float32
     np.testing.assert_array_equal(keypoints[0], rows[0]["keypoints_2d"])
-    assert np.asarray(read.column("joints_3d").to_pylist()).shape == (3, 24, 3)
+    joints = fixed_list_to_numpy(read.column("joints_3d"), (24, 3))
+    np.testing.assert_allclose(joints[2], rows[2]["joints_3d"], rtol=1e-6)  # float64 rows stored as float32
+    assert read.column("crowd_index").to_pylist() == [None, 0.25, 0.25]
     assert read.column("flip_pa_mpjpe_mm").to_pylist() == [None, 41.0, 41.0]
     assert read.column("reasons").to_pylist()[0] == []
     assert read.column("reasons").to_pylist()[2] == ["high_reproj_error", "implausible_betas"]
@@ -218,8 +232,49 @@ def test_nullable_columns_may_be_omitted() -> None:
     assert table.column("person_idx").to_pylist() == [1, None]
 
 
+def test_fixed_list_to_numpy_reads_chunked_and_sliced_columns_without_python_objects() -> None:
+    table = table_from_rows(ROWS["annotations"], ANNOTATION_SCHEMA)
+    expected = np.stack([np.asarray(r["keypoints_2d"], np.float32) for r in ROWS["annotations"]])
+    chunked = pa.chunked_array([table["keypoints_2d"].chunk(0).slice(0, 1), table["keypoints_2d"].chunk(0).slice(1)])
+    np.testing.assert_array_equal(fixed_list_to_numpy(chunked, (17, 3)), expected)
+    np.testing.assert_array_equal(fixed_list_to_numpy(table["keypoints_2d"].chunk(0).slice(2), (17, 3)), expected[2:])
+    single = fixed_list_to_numpy(table.combine_chunks()["body_pose"].chunk(0), (23, 3))
+    assert single.shape == (3, 23, 3)
+    assert not single.flags.writeable  # a view of Arrow's buffer, not a copy
+    assert fixed_list_to_numpy(empty_table(ANNOTATION_SCHEMA)["joints_3d"], (24, 3)).shape == (0, 24, 3)
+    assert fixed_list_to_numpy(table["joints_2d_proj"]).shape == (3, 17, 2)  # shape from the type
+    with pytest.raises(ValueError, match="shape"):
+        fixed_list_to_numpy(table["keypoints_2d"], (17, 2))
+    with pytest.raises(ValueError, match="fixed-size list"):
+        fixed_list_to_numpy(table["confidence"], (1,))
+
+
+def test_files_of_schema_1_0_0_read_with_nulls_in_the_new_columns(tmp_path: Path) -> None:
+    """1.1.0 only added nullable columns after the 1.0.0 ones: an old file reads into the new schema."""
+    added = [f.name for f in ANNOTATION_SCHEMA if f.name not in _V1_0_0_ANNOTATION_COLUMNS]
+    assert all(ANNOTATION_SCHEMA.field(name).nullable for name in added)
+    assert ANNOTATION_SCHEMA.names[: len(_V1_0_0_ANNOTATION_COLUMNS)] == list(_V1_0_0_ANNOTATION_COLUMNS)
+    old_rows = [{k: v for k, v in row.items() if k in _V1_0_0_ANNOTATION_COLUMNS} for row in ROWS["annotations"]]
+    old_schema = pa.schema([ANNOTATION_SCHEMA.field(n) for n in _V1_0_0_ANNOTATION_COLUMNS])
+    pq.write_table(table_from_rows(old_rows, ANNOTATION_SCHEMA).select(old_schema.names), tmp_path / "old.parquet")
+    read = pq.read_table(tmp_path / "old.parquet", schema=ANNOTATION_SCHEMA)
+    assert read.num_rows == 3
+    assert read.column("occlusion_level").to_pylist() == [None] * 3
+    assert read.column("sample_id").to_pylist() == [r["sample_id"] for r in ROWS["annotations"]]
+
+
+_V1_0_0_ANNOTATION_COLUMNS = (
+    "sample_id", "image_key", "shard", "source_uri", "image_width", "image_height", "person_idx", "bbox_xyxy",
+    "crop_bbox_xywh", "keypoints_2d", "keypoint_source", "det_score", "global_orient", "body_pose", "betas", "transl",
+    "focal_length", "principal_point", "joints_3d", "joints_2d_proj", "reproj_err_px", "reproj_err_norm",
+    "n_kp_valid", "kp_conf_mean", "vposer_z_norm", "betas_absmax", "joint_consistency_mm", "truncation",
+    "box_size_px", "crowding_iou", "flip_pa_mpjpe_mm", "confidence", "quality_tier", "reasons", "model_id",
+    "schema_version",
+)  # fmt: skip
+
+
 def test_schema_version_metadata() -> None:
-    assert SCHEMA_VERSION == "1.0.0"
+    assert SCHEMA_VERSION == "1.1.0"
     for schema in ALL_SCHEMAS.values():
         assert schema.metadata[b"schema_version"] == SCHEMA_VERSION.encode()
 

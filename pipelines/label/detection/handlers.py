@@ -7,13 +7,13 @@ gives the same bits. One model per process, one per machine on GPU (``share_mode
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipelines.common.metrics import DETECTION_METRICS
 from pipelines.common.shared_model import model_tag
 from pipelines.config import DetectorConfig, ShareMode, config_to_dict
 from pipelines.config.storage import StorageConfig
@@ -25,53 +25,8 @@ from pipelines.label.detection.models import (
     load_detector,
     load_pose_model,
 )
-from pipelines.label.detection.records import DetectedPerson
+from pipelines.label.detection.records import DetectedPerson, Detections, ImageBatch, PoseBatch
 from pipelines.label.inputs import AnnotatedPerson
-
-
-METRICS_NAMESPACE = "dpmesh_detection"
-
-
-@dataclass(frozen=True)
-class ImageBatch:
-    """Consecutive images of a shard that need detection, decoded (`(H, W, 3)` uint8 RGB)."""
-
-    batch_id: str
-    shard: str
-    keys: tuple[str, ...]
-    images: tuple[np.ndarray, ...]
-
-
-@dataclass(frozen=True)
-class Detections:
-    """The detector's persons of one image: `(N, 4)` xyxy px boxes and `(N,)` scores, highest first."""
-
-    key: str
-    boxes: np.ndarray
-    scores: np.ndarray
-
-
-@dataclass(frozen=True)
-class PoseItem:
-    """One detected person's top-down crop and where it came from."""
-
-    key: str
-    box_idx: int
-    n_boxes: int
-    crop: np.ndarray  # (h, w, 3) uint8 at the pose model's input size
-    center: np.ndarray
-    scale: np.ndarray
-    box_xyxy: np.ndarray
-    score: float
-
-
-@dataclass(frozen=True)
-class PoseBatch:
-    """Consecutive detected persons of a shard, one keypoint forward pass."""
-
-    batch_id: str
-    shard: str
-    items: tuple[PoseItem, ...]
 
 
 class DetectorService:
@@ -136,7 +91,7 @@ class _Handler(ModelHandler):  # type: ignore[type-arg]
         return model_tag(self._KIND, config_to_dict(self._cfg))
 
     def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE
+        return DETECTION_METRICS
 
 
 class PersonDetectorHandler(_Handler):

@@ -4,11 +4,11 @@
   (``logits``, ``pred_boxes`` as normalised cx, cy, w, h), e.g. RT-DETR / RT-DETRv2. Images are prepared by the
   checkpoint's own image processor.
 * Keypoints: ``VitPoseForPoseEstimation``. The top-down crop (box padded x1.25 to the model's aspect ratio,
-  affine-warped to its input size) and the heatmap decoding (argmax with a quarter-pixel shift towards the
-  higher neighbour, mapped back through the box) follow transformers' ``VitPoseImageProcessor``
-  (``box_to_center_and_scale``, ``get_warp_matrix``, ``transform_preds``), implemented here on numpy and PIL
-  because that processor needs scipy, which the workers do not ship. Normalisation constants and input size
-  come from the checkpoint's ``preprocessor_config.json``.
+  affine-warped to its input size: :mod:`pipelines.label.detection.person_crops`) and the heatmap decoding
+  (argmax with a quarter-pixel shift towards the higher neighbour, mapped back through the box) follow
+  transformers' ``VitPoseImageProcessor`` (``box_to_center_and_scale``, ``get_warp_matrix``,
+  ``transform_preds``), implemented on numpy and PIL because that processor needs scipy, which the workers do
+  not ship. Normalisation constants and input size come from the checkpoint's ``preprocessor_config.json``.
 
 Weights come from a local directory, an object-store prefix (copied once with :func:`pipelines.weights.local_copy`)
 or a hub id (``from_pretrained``; the hub cache makes later runs work offline).
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from pipelines.common.torch_device import TORCH_DTYPES, checked_device
 from pipelines.config import ConfigError, DetectorConfig
 from pipelines.config.storage import StorageConfig
+from pipelines.label.detection.person_crops import NORMALIZE_FACTOR
 from pipelines.storage import parse_uri
 from pipelines.weights import local_copy
 
@@ -33,8 +33,6 @@ from pipelines.weights import local_copy
 logger = logging.getLogger(__name__)
 
 PERSON_LABEL = "person"
-BOX_PADDING = 1.25  # ViTPose / mmpose top-down box padding
-NORMALIZE_FACTOR = 200.0  # mmpose's box scale unit (pixels / 200)
 
 
 def resolve_weights(source: str, cache_dir: str, storage_cfg: StorageConfig) -> str:
@@ -180,34 +178,6 @@ def detect_persons(
         order = sorted(np.flatnonzero(keep), key=lambda i: (-float(scores[i]), *boxes[i].tolist()))[:max_persons]
         results.append((boxes[order].reshape(-1, 4), scores[order].astype(np.float32)))
     return results
-
-
-def box_center_scale(box_xyxy: np.ndarray, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """ViTPose's ``(center, scale)`` of a box: padded x1.25 to the model aspect ratio, scale in px/200."""
-    x1, y1, x2, y2 = (float(v) for v in box_xyxy)
-    w, h = x2 - x1, y2 - y1
-    aspect = input_hw[1] / input_hw[0]
-    if w > aspect * h:
-        h = w / aspect
-    elif w < aspect * h:
-        w = h * aspect
-    center = np.array([x1 + (x2 - x1) / 2, y1 + (y2 - y1) / 2], dtype=np.float32)
-    scale = np.array([w, h], dtype=np.float32) / NORMALIZE_FACTOR * BOX_PADDING
-    return center, scale
-
-
-def crop_person(image: np.ndarray, center: np.ndarray, scale: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """The `(h, w, 3)` uint8 top-down crop of ``image`` (ViTPose's unbiased affine warp, bilinear, zero fill)."""
-    out_h, out_w = input_hw
-    size = scale * NORMALIZE_FACTOR
-    # Output pixel (u, v) samples input (cx + (u / (out_w - 1) - 0.5) * size_w, ...), the inverse of
-    # transformers' get_warp_matrix(0, center * 2, (out_w - 1, out_h - 1), size).
-    sx, sy = size[0] / (out_w - 1), size[1] / (out_h - 1)
-    coeffs = (sx, 0.0, center[0] - size[0] / 2, 0.0, sy, center[1] - size[1] / 2)
-    pil = Image.fromarray(image).transform(
-        (out_w, out_h), Image.Transform.AFFINE, data=coeffs, resample=Image.Resampling.BILINEAR, fillcolor=0
-    )
-    return np.asarray(pil, dtype=np.uint8)
 
 
 def estimate_keypoints(

@@ -1,10 +1,12 @@
-"""What the detection stage hands to the shard reader: per image, the detected persons or why there are none.
+"""The detection stage's records, torch-free: the batches its two models run on, and what it hands to the shard
+reader (per image, the detected persons or why there are none).
 
-These are small (a box, 17 keypoints and a score per person) and torch-free: they are what crosses the
-shuffle that brings a shard's detections back together, never the decoded images.
+Torch-free so that the per-shard step imports no model code: the models come in through their handlers.
 """
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from pipelines.label.inputs import AnnotatedPerson
 
@@ -92,3 +94,45 @@ def assemble(records: list[object]) -> ShardDetections:
     for key, error in failures.items():
         images[key] = ImageDetections(key, (), error)
     return ShardDetections(dict(sorted(images.items())), dict(sorted(models.items())))
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Consecutive images of a shard that need detection, decoded (`(H, W, 3)` uint8 RGB)."""
+
+    batch_id: str
+    shard: str
+    keys: tuple[str, ...]
+    images: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """The detector's persons of one image: `(N, 4)` xyxy px boxes and `(N,)` scores, highest first."""
+
+    key: str
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class PoseItem:
+    """One detected person's top-down crop and where it came from."""
+
+    key: str
+    box_idx: int
+    n_boxes: int
+    crop: np.ndarray  # (h, w, 3) uint8 at the pose model's input size
+    center: np.ndarray
+    scale: np.ndarray
+    box_xyxy: np.ndarray
+    score: float
+
+
+@dataclass(frozen=True)
+class PoseBatch:
+    """Consecutive detected persons of a shard, one keypoint forward pass."""
+
+    batch_id: str
+    shard: str
+    items: tuple[PoseItem, ...]

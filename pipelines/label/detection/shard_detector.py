@@ -7,15 +7,29 @@ consecutive images, their persons cropped and their keypoints estimated in batch
 and so are the bits. Decoded images never leave the worker.
 """
 
+from __future__ import annotations
+
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.config import DetectorConfig, DetectorName
-from pipelines.label.detection.handlers import ImageBatch, KeypointHandler, PersonDetectorHandler, PoseBatch, PoseItem
-from pipelines.label.detection.models import box_center_scale, crop_person
-from pipelines.label.detection.records import DetectionFailure, ImageDetections, ModelUsed, ShardDetections, assemble
+from pipelines.label.detection.person_crops import box_center_scale, crop_person
+from pipelines.label.detection.records import (
+    DetectionFailure,
+    ImageBatch,
+    ImageDetections,
+    ModelUsed,
+    PoseBatch,
+    PoseItem,
+    ShardDetections,
+    assemble,
+)
+
+
+if TYPE_CHECKING:  # the handlers import torch and transformers; this module runs where no model is loaded
+    from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHandler
 
 
 def needs_detection(detector: DetectorName, meta: dict[str, Any]) -> bool:

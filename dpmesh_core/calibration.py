@@ -1,0 +1,279 @@
+"""Confidence calibration from ground truth: a monotone logistic model of the stored signals (pure numpy).
+
+The fixed confidence (`dpmesh_core.confidence.combine`) is ``prod_i s_i`` over the per-signal scores ``s_i`` of
+`SCORE_SCALES`, i.e. ``exp(sum_i log s_i)`` with every weight 1. A calibration keeps the same features, the
+log-scores ``f_i = log s_i = -max(0, excess_i) / scale_i`` (<= 0; 0 while the signal is good), and fits
+
+    confidence = P(error < good_error_mm | signals) = sigmoid(b + sum_i w_i f_i),  w_i >= 0,
+
+by maximum likelihood (plus a small ridge on ``w``) on persons whose true error is known (``dpmesh-eval
+fit_confidence=true``). Why logistic and not isotonic: an isotonic map of the existing confidence can only relabel
+its values, never re-weight the signals for a user's domain; a multi-signal isotonic fit needs far more than the
+few hundred ground-truth persons a user has. Logistic regression with ``w >= 0`` re-weights the signals, stays
+monotone in every signal (the property the fixed confidence documents), and its output is a probability, so the
+tier cut-offs (``gold_min`` ...) read as "at least this chance of a good label".
+
+Edge cases: a signal that was not measured (None) has ``f_i = 0``, as it scores 1 in the fixed product; an
+undefined reprojection error (no valid keypoint, NaN) has ``s_i = 0``, so the confidence is 0 when its weight is
+positive. The file is JSON (`CALIBRATION_FORMAT`, `CALIBRATION_VERSION`) and carries each term's signal name,
+soft point, scale, direction and weight, so it stays valid if `SCORE_SCALES` changes later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dpmesh_core.confidence import SCORE_SCALES, ConfidenceSignals
+
+
+CALIBRATION_FORMAT = "dpmesh-confidence-calibration"
+CALIBRATION_VERSION = 1
+MODEL = "logistic"
+
+
+@dataclass(frozen=True)
+class CalibrationTerm:
+    """One feature: ``weight * log s`` with ``s = exp(-max(0, excess) / scale)`` (see `SCORE_SCALES`)."""
+
+    signal: str
+    soft: float
+    scale: float
+    higher_is_better: bool
+    weight: float
+
+    def log_score(self, value: float | None) -> float:
+        """``log s`` (<= 0): 0 for None (not measured), -inf for NaN (undefined: no evidence)."""
+        if value is None:
+            return 0.0
+        if math.isnan(value):
+            return -math.inf
+        excess = self.soft - value if self.higher_is_better else value - self.soft
+        return -max(0.0, excess) / self.scale
+
+
+@dataclass(frozen=True)
+class ConfidenceCalibration:
+    """A fitted calibration (module docstring).
+
+    Attributes:
+        terms: the features and their weights, >= 0.
+        intercept: ``b``.
+        good_error_mm: the cut that defines a good label, mm of ``error_metric``.
+        error_metric: which error was cut (e.g. ``pa_mpjpe_mm``), joint_set: on which joints (e.g. ``smpl24``).
+        fit: what it was fitted on (counts, log loss, Spearman before/after), for the record.
+        sha256: hex digest of the file it was read from ("" when built in memory); recorded in output lineage.
+    """
+
+    terms: tuple[CalibrationTerm, ...]
+    intercept: float
+    good_error_mm: float
+    error_metric: str = "pa_mpjpe_mm"
+    joint_set: str = "smpl24"
+    fit: dict[str, Any] = field(default_factory=dict, compare=False)
+    sha256: str = field(default="", compare=False)
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return tuple(t.signal for t in self.terms)
+
+    def logit(self, signals: ConfidenceSignals) -> float:
+        """``b + sum_i w_i f_i``; -inf when a positively weighted signal is undefined."""
+        total = self.intercept
+        for term in self.terms:
+            f = term.log_score(getattr(signals, term.signal))
+            if term.weight > 0:
+                total += term.weight * f
+        return total
+
+    def confidence(self, signals: ConfidenceSignals) -> float:
+        """The calibrated confidence in [0, 1] (a probability of a good label)."""
+        z = self.logit(signals)
+        if z == -math.inf:
+            return 0.0
+        return float(_sigmoid(np.array([z]))[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (without ``sha256``, which is a property of the written bytes)."""
+        return {
+            "format": CALIBRATION_FORMAT,
+            "version": CALIBRATION_VERSION,
+            "model": MODEL,
+            "target": f"P({self.error_metric} < {self.good_error_mm:g} mm on {self.joint_set})",
+            "good_error_mm": self.good_error_mm,
+            "error_metric": self.error_metric,
+            "joint_set": self.joint_set,
+            "intercept": self.intercept,
+            "terms": [
+                {
+                    "signal": t.signal,
+                    "soft": t.soft,
+                    "scale": t.scale,
+                    "higher_is_better": t.higher_is_better,
+                    "weight": t.weight,
+                }
+                for t in self.terms
+            ],
+            "fit": self.fit,
+        }
+
+    def to_json_bytes(self) -> bytes:
+        """Canonical JSON (sorted keys), so the same fit gives the same bytes and the same sha256."""
+        return (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> ConfidenceCalibration:
+        """Parse and check a calibration file.
+
+        Raises:
+            ValueError: not a calibration file, an unknown version or model, an unknown signal, a negative or
+                non-finite weight (the message names the field).
+        """
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"calibration file is not JSON: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
+            raise ValueError(f"not a confidence calibration file (format must be {CALIBRATION_FORMAT!r})")
+        if doc.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"calibration version {doc.get('version')!r} is not supported (expected 1)")
+        if doc.get("model") != MODEL:
+            raise ValueError(f"calibration model {doc.get('model')!r} is not supported (expected {MODEL!r})")
+        known = {f for f in ConfidenceSignals.__dataclass_fields__}
+        terms = []
+        for i, t in enumerate(doc.get("terms") or []):
+            if t.get("signal") not in known:
+                raise ValueError(f"calibration terms[{i}].signal={t.get('signal')!r}: not a stored signal")
+            for key in ("soft", "scale", "weight"):
+                if not isinstance(t.get(key), int | float) or not math.isfinite(t[key]):
+                    raise ValueError(f"calibration terms[{i}].{key}={t.get(key)!r}: expected a finite number")
+            if t["weight"] < 0 or t["scale"] <= 0:
+                raise ValueError(f"calibration terms[{i}]: weight must be >= 0 and scale > 0")
+            terms.append(
+                CalibrationTerm(t["signal"], float(t["soft"]), float(t["scale"]), bool(t["higher_is_better"]),
+                                float(t["weight"]))
+            )  # fmt: skip
+        if not terms:
+            raise ValueError("calibration has no terms")
+        intercept, good = doc.get("intercept"), doc.get("good_error_mm")
+        if not isinstance(intercept, int | float) or not math.isfinite(intercept):
+            raise ValueError(f"calibration intercept={intercept!r}: expected a finite number")
+        if not isinstance(good, int | float) or not good > 0:
+            raise ValueError(f"calibration good_error_mm={good!r}: expected a positive number")
+        return cls(
+            terms=tuple(terms),
+            intercept=float(intercept),
+            good_error_mm=float(good),
+            error_metric=str(doc.get("error_metric", "pa_mpjpe_mm")),
+            joint_set=str(doc.get("joint_set", "smpl24")),
+            fit=dict(doc.get("fit") or {}),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+    return out
+
+
+def default_terms() -> tuple[CalibrationTerm, ...]:
+    """The fixed confidence's terms (`SCORE_SCALES`) with weight 1: the starting point of a fit."""
+    return tuple(CalibrationTerm(name, soft, scale, hib, 1.0) for name, soft, scale, hib in SCORE_SCALES)
+
+
+def feature_matrix(signals: Sequence[ConfidenceSignals], terms: Sequence[CalibrationTerm]) -> np.ndarray:
+    """`(N, K)` log-scores ``f_i`` (<= 0; -inf where a signal is undefined)."""
+    return np.array([[t.log_score(getattr(s, t.signal)) for t in terms] for s in signals], dtype=np.float64).reshape(
+        len(signals), len(terms)
+    )
+
+
+def fit_calibration(
+    signals: Sequence[ConfidenceSignals],
+    errors_mm: np.ndarray,
+    good_error_mm: float,
+    *,
+    error_metric: str = "pa_mpjpe_mm",
+    joint_set: str = "smpl24",
+    ridge: float = 1e-3,
+    max_iter: int = 200,
+) -> ConfidenceCalibration:
+    """Fit ``P(error < good_error_mm)`` by logistic regression with non-negative weights (projected Newton).
+
+    Args:
+        signals: `N` persons' stored signals.
+        errors_mm: `(N,)` their true errors, mm (NaN rows are left out).
+        good_error_mm: a label is good when its error is below this.
+        ridge: L2 penalty on the weights (keeps the fit finite on separable or tiny sets).
+
+    Returns:
+        The calibration; ``fit`` records n, n_good, the mean log loss and the rows left out.
+
+    Raises:
+        ValueError: fewer than 2 usable rows, or only good or only bad labels (nothing to separate).
+    """
+    terms = default_terms()
+    x = feature_matrix(signals, terms)
+    err = np.asarray(errors_mm, dtype=np.float64).reshape(-1)
+    if err.shape[0] != x.shape[0]:
+        raise ValueError(f"fit_calibration: {x.shape[0]} signal rows but {err.shape[0]} errors")
+    usable = np.isfinite(x).all(axis=1) & np.isfinite(err)  # undefined signals score 0 whatever the fit
+    x, y = x[usable], (err[usable] < good_error_mm).astype(np.float64)
+    if len(y) < 2 or y.min() == y.max():
+        raise ValueError(
+            f"fit_calibration: need good and bad labels (error < {good_error_mm:g} mm and not) among the usable "
+            f"rows; got {int(y.sum())} good of {len(y)}"
+        )
+    n, k = x.shape
+    design = np.concatenate([np.ones((n, 1)), x], axis=1)  # column 0: intercept (unbounded)
+    # A signal that is perfect (feature 0) for every person carries no information here: its weight is 0, fixed.
+    informative = (x != 0).any(axis=0)
+    theta = np.concatenate([[math.log(y.mean() / (1 - y.mean()))], informative.astype(np.float64)])
+    penalty = np.full(k + 1, ridge)
+    penalty[0] = 0.0
+
+    def loss(th: np.ndarray) -> float:
+        z = design @ th
+        return float(np.mean(np.logaddexp(0.0, z) - y * z) + 0.5 * (penalty * th * th).sum())
+
+    current = loss(theta)
+    for _ in range(max_iter):
+        p = _sigmoid(design @ theta)
+        grad = design.T @ (p - y) / n + penalty * theta
+        hess = (design * (p * (1 - p))[:, None]).T @ design / n + np.diag(penalty) + 1e-9 * np.eye(k + 1)
+        # Active set: a weight at its bound 0 whose gradient pushes it below 0 stays fixed.
+        free = np.ones(k + 1, dtype=bool)
+        free[1:] = informative & ((theta[1:] > 0) | (grad[1:] < 0))
+        step = np.zeros(k + 1)
+        step[free] = np.linalg.solve(hess[np.ix_(free, free)], grad[free])
+        t = 1.0
+        while True:
+            candidate = theta - t * step
+            candidate[1:] = np.maximum(candidate[1:], 0.0)
+            new = loss(candidate)
+            if new <= current + 1e-12 or t < 1e-8:
+                break
+            t *= 0.5
+        done = np.abs(candidate - theta).max() < 1e-10
+        theta, current = candidate, new
+        if done:
+            break
+    fitted = tuple(
+        CalibrationTerm(t.signal, t.soft, t.scale, t.higher_is_better, float(w))
+        for t, w in zip(terms, theta[1:], strict=True)
+    )
+    fit = {"n": int(n), "n_good": int(y.sum()), "n_left_out": int((~usable).sum()), "log_loss": round(current, 6)}
+    return ConfidenceCalibration(
+        terms=fitted,
+        intercept=float(theta[0]),
+        good_error_mm=float(good_error_mm),
+        error_metric=error_metric,
+        joint_set=joint_set,
+        fit=fit,
+    )

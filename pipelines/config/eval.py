@@ -1,0 +1,77 @@
+"""The ``dpmesh-eval`` app config: labels against ground truth, and optionally a confidence calibration fit."""
+
+from dataclasses import dataclass, field
+
+from pipelines.config.errors import ConfigError
+from pipelines.config.storage import StorageConfig
+
+
+_ERROR_METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "lsp14_mpjpe_mm", "lsp14_pa_mpjpe_mm")
+
+
+@dataclass
+class EvalInputConfig:
+    """Attributes:
+    labels: The output folder of a ``dpmesh-label`` or ``dpmesh-refilter`` run.
+    ground_truth: Ground-truth Parquet (file, folder or glob; layout in ``pipelines/eval/ground_truth.py`` and the
+        README) and/or 3DPW ``sequenceFiles`` ``.pkl`` files (a file or a folder).
+    include_rejected: Evaluate ``rejected/`` rows too (their confidence should be low; the tier table shows them).
+    """
+
+    labels: str = "???"
+    ground_truth: str = "???"
+    include_rejected: bool = True
+
+
+@dataclass
+class CalibrationFitConfig:
+    """Attributes:
+    good_error_mm: A label is good when its ``error_metric`` is below this (100 mm PA-MPJPE: about 2x DPMesh's
+        PA-MPJPE on occluded 3DPW).
+    output: Where the calibration file goes; default ``<output>/confidence_calibration.json``.
+    """
+
+    good_error_mm: float = 100.0
+    output: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.good_error_mm > 0:
+            raise ConfigError(f"calibration.good_error_mm must be > 0, got {self.good_error_mm}")
+
+
+@dataclass
+class EvalJobConfig:
+    """The ``dpmesh-eval`` app.
+
+    Attributes:
+        output: A folder for ``eval.json`` (`pipelines.eval.evaluate.EvaluationResult.to_dict`) and ``eval.md``.
+        body_model: SMPL neutral ``.npz`` (``dpmesh-convert-smpl``) for meshes: PVE, LSP-14, and ground truth given
+            as SMPL parameters (3DPW). Without it, only joints are compared (``joints_3d`` ground truth).
+        body_model_male, body_model_female: gendered models for ground truth with a ``gender`` (3DPW's is
+            gendered); the neutral model stands in when absent.
+        h36m_regressor: H36M joint regressor ``.npy`` `(17, 6890)` for the 14 LSP joints (needs ``body_model``).
+        error_metric: The error the confidence quality headline and the calibration use.
+        sparsification_steps: Points of the sparsification curve (fractions 0, 1/steps, ...).
+        fit_confidence: Fit a confidence calibration on the matched persons and write it (see README).
+    """
+
+    input: EvalInputConfig = field(default_factory=EvalInputConfig)
+    output: str = "???"
+    body_model: str | None = None
+    body_model_male: str | None = None
+    body_model_female: str | None = None
+    h36m_regressor: str | None = None
+    error_metric: str = "pa_mpjpe_mm"
+    sparsification_steps: int = 20
+    fit_confidence: bool = False
+    calibration: CalibrationFitConfig = field(default_factory=CalibrationFitConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.error_metric not in _ERROR_METRICS:
+            raise ConfigError(f"error_metric must be one of {', '.join(_ERROR_METRICS)}, got {self.error_metric!r}")
+        if self.sparsification_steps < 1:
+            raise ConfigError(f"sparsification_steps must be >= 1, got {self.sparsification_steps}")
+        if self.h36m_regressor is not None and self.body_model is None:
+            raise ConfigError("h36m_regressor needs body_model=<SMPL .npz>: the LSP joints are regressed from meshes")

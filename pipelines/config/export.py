@@ -1,0 +1,103 @@
+"""The ``dpmesh-export`` app config: which labels, which rows, which trainer format."""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from pipelines.config.errors import ConfigError
+from pipelines.config.runner import RunnerConfig
+from pipelines.config.storage import StorageConfig
+from schemas import OCCLUSION_LEVELS, QUALITY_TIERS, QualityTier
+
+
+class ExportFormat(str, Enum):
+    """The trainer format ``dpmesh-export`` writes (README "Exporting for training")."""
+
+    hmr2 = "hmr2"  # 4D-Humans / HMR 2.0 WebDataset tars: <key>.jpg + <key>.data.pyd
+    camerahmr = "camerahmr"  # CameraHMR npz per shard + loose upright JPEGs
+    crops = "crops"  # WebDataset of square person crops + the row as JSON, for any trainer
+
+
+# The tiers of ``annotations/`` rows (``rejected/`` rows are never exported) and the occlusion levels.
+_ACCEPTED_TIERS = tuple(sorted(QUALITY_TIERS - {QualityTier.REJECT.value}))
+_OCCLUSION_LEVELS = tuple(sorted(OCCLUSION_LEVELS))
+
+
+@dataclass
+class ExportInputConfig:
+    """Attributes:
+    labels: The output folder of ``dpmesh-label`` (or ``dpmesh-refilter``): ``annotations/``, ``_done/``.
+    shards: The shard set the labels were made from: ``shard-NNNNNN.tar`` + ``shard-NNNNNN.parquet`` (index).
+    """
+
+    labels: str = "???"
+    shards: str = "???"
+
+
+@dataclass
+class SelectConfig:
+    """Which accepted rows are exported; every condition given must hold.
+
+    Attributes:
+        tiers: ``quality_tier`` values to keep (``gold``, ``silver``, ``bronze``); empty keeps all three.
+        min_confidence: Keep rows with ``confidence >= min_confidence``.
+        occlusion_levels: ``occlusion_level`` values to keep (``none``, ``partial``, ``heavy``); needs labels that
+            carry the occlusion columns (refused at launch otherwise).
+        where: A DuckDB SQL boolean expression over the annotation columns, e.g.
+            ``"n_kp_valid >= 12 AND crowding_iou > 0.3"``; checked against the schema at launch.
+    """
+
+    tiers: list[str] = field(default_factory=list)
+    min_confidence: float | None = None
+    occlusion_levels: list[str] = field(default_factory=list)
+    where: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tiers if t not in _ACCEPTED_TIERS]
+        if bad:
+            raise ConfigError(f"select.tiers: {bad[0]!r} is not one of {', '.join(_ACCEPTED_TIERS)}")
+        bad = [o for o in self.occlusion_levels if o not in _OCCLUSION_LEVELS]
+        if bad:
+            raise ConfigError(f"select.occlusion_levels: {bad[0]!r} is not one of {', '.join(_OCCLUSION_LEVELS)}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"select.min_confidence must be in [0, 1], got {self.min_confidence}")
+        if self.where is not None and not self.where.strip():
+            self.where = None
+
+
+@dataclass
+class ExportOptionsConfig:
+    """How images are written.
+
+    Attributes:
+        crop_size: Side of the square person crops of ``format=crops`` (px).
+        jpeg_quality: JPEG quality (1-95) of every image written (full images and crops).
+    """
+
+    crop_size: int = 256
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.crop_size <= 4096:
+            raise ConfigError(f"export.crop_size must be in [16, 4096], got {self.crop_size}")
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ConfigError(f"export.jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
+
+
+@dataclass
+class ExportJobConfig:
+    """The ``dpmesh-export`` app: labels + shards in, a training-ready dataset out, one shard at a time.
+
+    Attributes:
+        format: ``hmr2``, ``camerahmr`` or ``crops``.
+        overwrite: Re-export every shard (an output holding another config's export is refused without it).
+    """
+
+    input: ExportInputConfig = field(default_factory=ExportInputConfig)
+    output: str = "???"
+    format: ExportFormat = ExportFormat.hmr2
+    select: SelectConfig = field(default_factory=SelectConfig)
+    export: ExportOptionsConfig = field(default_factory=ExportOptionsConfig)
+    overwrite: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    log_level: str = "INFO"

@@ -1,0 +1,123 @@
+"""The export's ``stats.json`` and dataset card (``README.md``), from its per-shard markers and the label run.
+
+``stats.json`` adds up the ``_done/`` markers of every exported shard (this run's and earlier runs'), so a resumed
+export reports the whole dataset. The card states where the labels came from (label run, model, config hashes,
+thresholds), what was selected, the counts by tier and occlusion level, and the licence terms a user inherits.
+"""
+
+from collections import Counter
+from typing import Any
+
+
+STATS_NAME = "stats.json"
+CARD_NAME = "README.md"
+
+LICENCE_NOTES = (
+    "- **Images** keep the licence and terms of their sources (each person's `source_uri` is in the labels and in "
+    "the export's per-person metadata); exporting re-encodes them upright and changes none of their terms.",
+    "- **SMPL**: the pose and shape parameters are meaningful only with the SMPL body model, whose licence "
+    "(Max Planck Institute for Intelligent Systems, https://smpl.is.tue.mpg.de) restricts use, commonly to "
+    "non-commercial research; this dataset contains parameters, not the body model.",
+    "- **Model weights**: the labels were made by the DPMesh checkpoint named under Provenance (official release: "
+    "RammusLeo/DPMesh; it builds on Stable Diffusion 1.5 and ControlNet); check that checkpoint's terms, and those "
+    "of the detector / keypoint models if `keypoint_source` is `vitpose`, before training on its outputs.",
+)
+
+
+def aggregate(markers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over every shard marker: images, persons, tiers, occlusion levels, skipped images, model ids."""
+    counts: Counter[str] = Counter()
+    tiers: Counter[str] = Counter()
+    occlusion: Counter[str] = Counter()
+    occlusion_recorded = bool(markers)
+    model_ids: set[str] = set()
+    body_models: set[str] = set()
+    skipped: list[dict[str, Any]] = []
+    for marker in markers:
+        counts.update(marker["counts"])
+        tiers.update(marker["tiers"])
+        if marker.get("occlusion_levels") is None:
+            occlusion_recorded = False
+        else:
+            occlusion.update(marker["occlusion_levels"])
+        model_ids.update(marker.get("model_ids", []))
+        body_models.update(marker.get("body_models", []))
+        skipped.extend({"shard": marker["shard"], **s} for s in marker.get("skipped_images", []))
+    return {
+        "shards": len(markers),
+        "counts": dict(sorted(counts.items())),
+        "tiers": dict(sorted(tiers.items())),
+        # None, not {}: labels without the occlusion columns say nothing about occlusion, which is not "no occlusion".
+        "occlusion_levels": dict(sorted(occlusion.items())) if occlusion_recorded else None,
+        "model_ids": sorted(model_ids),
+        "body_models": sorted(body_models),
+        "skipped_images": skipped,
+    }
+
+
+def build_stats(markers: list[dict[str, Any]], provenance: dict[str, Any]) -> dict[str, Any]:
+    """``stats.json``: the aggregate of ``markers`` and the run's provenance."""
+    return {**aggregate(markers), "provenance": provenance}
+
+
+def _table(title: str, counts: dict[str, int] | None, missing: str) -> list[str]:
+    if counts is None:
+        return [f"**{title}**: {missing}", ""]
+    lines = [f"| {title} | persons |", "|---|---:|"]
+    lines += [f"| {name} | {n} |" for name, n in counts.items()] or ["| (none) | 0 |"]
+    return [*lines, ""]
+
+
+def render_card(stats: dict[str, Any]) -> str:
+    """The dataset card (Markdown)."""
+    prov = stats["provenance"]
+    label = prov.get("label_run") or {}
+    export = prov["export"]
+    counts = stats["counts"]
+    model = label.get("model") or {}
+    lines = [
+        f"# Pseudo-labeled human mesh dataset ({export['format']})",
+        "",
+        "SMPL pseudo-labels made by DPMesh with `dpmesh-label`, exported for training by `dpmesh-export` "
+        f"(pipeline {export['pipeline_version']}). Format, keys and conventions: the project README, "
+        '"Exporting for training".',
+        "",
+    ]
+    if model.get("name") == "tiny":
+        lines += [
+            "> **Not for training**: these labels come from `model=tiny` (the DPMesh architecture at tiny widths "
+            "with random weights, used by tests and the demo) and its synthetic body model.",
+            "",
+        ]
+    lines += [
+        "## Contents",
+        "",
+        f"- shards: {stats['shards']}; images: {counts.get('images', 0)}; persons: {counts.get('persons', 0)} "
+        f"(of {counts.get('rows_in', 0)} accepted label rows; {counts.get('persons_skipped', 0)} skipped with "
+        f"their image, listed in `stats.json`)",
+        "- `has_body_pose` / `has_betas`: 1 for `gold` and `silver`, 0 for `bronze` (2D keypoints only)",
+        "",
+        *_table("tier", stats["tiers"], ""),
+        *_table(
+            "occlusion level",
+            stats["occlusion_levels"],
+            "not recorded (these labels predate the occlusion columns; relabel to get them)",
+        ),
+        "## Provenance",
+        "",
+        f"- labels: `{prov['labels']}` (made by `{label.get('created_by', 'unknown')}`, pipeline "
+        f"{label.get('pipeline_version', 'unknown')}, config hash `{label.get('config_hash', 'unknown')}`)",
+        f"- shards: `{prov['shards']}`",
+        f"- model: `{model.get('name', 'unknown')}` "
+        f"(checkpoint `{model.get('checkpoint') or model.get('pretrained') or 'random weights'}`); "
+        f"model ids (weights hash): {', '.join(f'`{m}`' for m in stats['model_ids']) or 'none'}",
+        f"- body model: {', '.join(stats.get('body_models') or []) or prov.get('body_model') or 'not recorded'}",
+        f"- filter thresholds: `{label.get('thresholds', 'not recorded')}`",
+        f"- export config hash `{export['config_hash']}`; selection: `{export['select']}`",
+        "",
+        "## Licences",
+        "",
+        *LICENCE_NOTES,
+        "",
+    ]
+    return "\n".join(lines)
