@@ -5,13 +5,14 @@
     >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=8, shuffle=True)
 
 Rows are joined to their shard members once, at construction, through each shard's index (``key`` ->
-``tar_offset``, ``bytes``, ``sha1``); an item then reads its image with one seek and one read in the tar (no tar
-scan), checks the sha1, applies the EXIF orientation (the frame the labels are in) and cuts the label's square crop.
-Label arrays are read from Parquet with Arrow's flatten + ``to_numpy`` (no Python lists) and held as numpy arrays,
-so the dataset pickles small to ``DataLoader`` workers; tar files are opened lazily, once per worker process.
+``tar_offset``, ``bytes``, ``sha1``); an item then reads its image with one seek and one read in the tar (no
+tar scan; on S3 or GCS one ranged GET, ``Storage.read_range``), checks the sha1, applies the EXIF orientation
+(the frame the labels are in) and cuts the label's square crop. Label arrays are read from Parquet with
+Arrow's flatten + ``to_numpy`` (no Python lists) and held as numpy arrays, so the dataset pickles small to
+``DataLoader`` workers; local tar files are opened lazily, once per worker process.
 
-Shards must be on a local or mounted file system (random access); labels may be anywhere the storage layer reads.
-This is the only module of :mod:`pipelines.export` that imports torch.
+Labels and shards may be anywhere the storage layer reads (local, ``s3://``, ``gs://``). This is the only module
+of :mod:`pipelines.export` that imports torch.
 """
 
 import dataclasses
@@ -22,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipelines.common.shard_members import MemberRef, decode_upright, read_member_at
+from pipelines.common.shard_members import MemberRef, check_member, decode_upright, read_member_at
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, SelectConfig, StorageConfig
 from pipelines.export.crop import crop_transform, square_crop
@@ -47,10 +48,11 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
     Args:
         labels: The label output folder (``annotations/*.parquet`` are read; rejected rows never are).
-        shards: The local shard set folder the labels were made from (``shard-NNNNNN.tar`` + index Parquet).
+        shards: The shard set the labels were made from (``shard-NNNNNN.tar`` + index Parquet), local or on an
+            object store.
         crop_size: Side ``S`` of the square crops (px).
         select: Which rows (as ``dpmesh-export select.*``); all accepted rows by default.
-        storage: Storage config for reading ``labels`` (local by default).
+        storage: Storage config for reading ``labels`` and ``shards`` (local by default).
         verify: Check every image's sha1 against the shard index.
 
     Each item is a dict:
@@ -76,11 +78,10 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
         verify: bool = True,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
-        if parse_uri(shards).scheme != "file":
-            raise ValueError(f"shards={shards!r}: random access needs a local or mounted shard set")
         self.crop_size = crop_size
         self._max_pixels = max_image_pixels
         reader = Storage(storage)
+        self._storage = reader  # pickles as its config: each worker makes its own clients
         select = select or SelectConfig()
         tables = []
         for obj in reader.list(join(labels, "annotations")):
@@ -100,7 +101,7 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
             index = read_parquet_bytes(reader.read_bytes(index_uri_of(tar))).to_pylist()
             members[shard] = {row["key"]: MemberRef.from_index_row(row) for row in index}
             tar_number[shard] = len(self._tars)
-            self._tars.append(parse_uri(tar).key)
+            self._tars.append(tar)
         lost = [key for shard, key in zip(shard_of, key_of, strict=True) if key not in members[shard]]
         if lost:
             raise ValueError(
@@ -132,12 +133,17 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
         state["_files"] = {}  # each worker opens its own handles
         return state
 
-    def _file(self, tar: int) -> BinaryIO:
+    def _member(self, tar: int, ref: MemberRef) -> bytes:
+        """The image bytes: a seek and a read in a local tar (kept open), one ranged GET on an object store."""
+        uri = self._tars[tar]
+        parsed = parse_uri(uri)
+        if parsed.scheme != "file":
+            return check_member(ref, self._storage.read_range(uri, ref.offset, ref.size))
         if self._pid != os.getpid():  # a forked worker: never share the parent's file positions
             self._files, self._pid = {}, os.getpid()
         if tar not in self._files:
-            self._files[tar] = open(self._tars[tar], "rb")  # noqa: SIM115 - kept open for the worker's lifetime
-        return self._files[tar]
+            self._files[tar] = open(parsed.key, "rb")  # noqa: SIM115 - kept open for the worker's lifetime
+        return read_member_at(self._files[tar], ref)
 
     def close(self) -> None:
         """Closes the tar files this process opened."""
@@ -147,7 +153,7 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ref = self._refs[i]
-        data = read_member_at(self._file(int(self._tar_idx[i])), ref)
+        data = self._member(int(self._tar_idx[i]), ref)
         pixels = decode_upright(data, max_image_pixels=self._max_pixels)
         box, size = self._crop_box[i], self.crop_size
         crop = square_crop(pixels, box, size)

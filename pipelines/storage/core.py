@@ -72,6 +72,14 @@ class Storage:
         data: bytes = backend.read_bytes(*args)
         return data
 
+    def read_range(self, uri: str, start: int, length: int) -> bytes:
+        """``length`` bytes of the object from byte ``start`` (one ranged request on object stores): random access
+        into a large object, e.g. one image of a shard tar at its index's ``tar_offset``. Fewer bytes only where
+        the object ends."""
+        backend, args = self._dispatch(uri)
+        data: bytes = backend.read_range(*args, start, length)
+        return data
+
     def open_read(self, uri: str) -> BinaryIO:
         """Opens the object for streaming reads (a buffered binary file; usable by ``tarfile`` mode ``r|``).
 

@@ -55,6 +55,11 @@ class LocalBackend:
         with _errors("read", uri), open(path, "rb") as f:
             return f.read()
 
+    def read_range(self, path: str, uri: str, start: int, length: int) -> bytes:
+        with _errors("read", uri), open(path, "rb") as f:
+            f.seek(start)
+            return f.read(max(length, 0))
+
     def open_read(self, path: str, uri: str) -> BinaryIO:
         with _errors("open", uri):
             return open(path, "rb")

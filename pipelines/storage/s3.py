@@ -162,6 +162,15 @@ class S3Backend(LazyClientBackend):
         with self.open_read(bucket, key, uri, op="read") as stream:
             return stream.read()
 
+    def read_range(self, bucket: str, key: str, uri: str, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start`` in one ranged GET; a body cut short is fetched again (it raises
+        ``IncompleteReadError``, a transient error). Fewer bytes only where the object ends."""
+        if length <= 0:
+            return b""
+        request = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{start + length - 1}"}
+        data: bytes = self._call("read_range", uri, lambda: self.client.get_object(**request)["Body"].read())
+        return data
+
     def open_read(self, bucket: str, key: str, uri: str, op: str = "open") -> BinaryIO:
         """A buffered reader over the object that survives transient faults (see ``pipelines.storage.resumable``).
 

@@ -21,11 +21,19 @@ import torch
 import webdataset as wds
 from PIL import Image, ImageOps
 
-from pipelines.config import ConfigError, ExportJobConfig, LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.config import (
+    ConfigError,
+    ExportJobConfig,
+    LabelJobConfig,
+    ShardJobConfig,
+    StorageConfig,
+    compose_config,
+)
 from pipelines.export.job import run as export
 from pipelines.export.torch_dataset import LabeledPersonDataset
 from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
+from pipelines.storage import Storage
 from schemas import COCO17_KEYPOINT_NAMES
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 
@@ -283,3 +291,27 @@ def test_the_torch_dataset_yields_correct_crops_through_two_workers(labeled: dic
         np.testing.assert_allclose(item["cam_int_crop"].numpy(), crop_k, rtol=1e-4, atol=1e-3)
         assert float(item["has_smpl"]) == (1.0 if row["quality_tier"] in ("gold", "silver") else 0.0)
     assert any(r["image_key"].startswith(ROTATED) for r in rows.values())
+
+
+@pytest.mark.s3
+def test_the_torch_dataset_reads_labels_and_shards_on_s3_by_ranged_gets(
+    labeled: dict[str, Any], s3_bucket: str, s3_storage_config: StorageConfig
+) -> None:
+    root = labeled["root"]
+    storage = Storage(s3_storage_config)
+    for folder in ("labels", "shards"):
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file():
+                storage.write_bytes(f"{s3_bucket}/{path.relative_to(root).as_posix()}", path.read_bytes())
+    local = LabeledPersonDataset(str(root / "labels"), str(root / "shards"), crop_size=32)
+    remote = LabeledPersonDataset(
+        f"{s3_bucket}/labels", f"{s3_bucket}/shards", crop_size=32, storage=s3_storage_config
+    )
+    assert len(remote) == len(local)
+    loader = torch.utils.data.DataLoader(remote, batch_size=4, num_workers=2, shuffle=False)
+    batches = list(loader)
+    by_id = {sid: batch["img"][i] for batch in batches for i, sid in enumerate(batch["sample_id"])}
+    assert len(by_id) == len(local)
+    for i in range(len(local)):
+        item = local[i]
+        assert torch.equal(by_id[item["sample_id"]], item["img"]), "the same crop from a ranged GET as from a seek"

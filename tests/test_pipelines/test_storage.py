@@ -115,6 +115,17 @@ def test_list_is_recursive_sorted_lazy_and_directory_scoped(store: tuple[Storage
     assert list(storage.list(join(root, "nothing-here"))) == []
 
 
+def test_read_range_reads_the_bytes_at_an_offset(store: tuple[Storage, str]) -> None:
+    storage, root = store
+    data = bytes(range(256)) * 40
+    storage.write_bytes(join(root, "big.bin"), data)
+    assert storage.read_range(join(root, "big.bin"), 1000, 300) == data[1000:1300]
+    assert storage.read_range(join(root, "big.bin"), len(data) - 5, 100) == data[-5:]  # short at the end
+    assert storage.read_range(join(root, "big.bin"), 7, 0) == b""
+    with pytest.raises(FileNotFoundError):
+        storage.read_range(join(root, "missing.bin"), 0, 10)
+
+
 def test_one_level_lists_direct_objects_and_subfolders_only(store: tuple[Storage, str]) -> None:
     storage, root = store
     for key in ["d/b/2", "d/a", "d/c/x/y", "d2/z", "d/e"]:

@@ -396,3 +396,11 @@ def test_transient_classification() -> None:
         assert gcs_backend.is_transient(exc), exc
     for exc in [gexc.Forbidden("x"), gexc.NotFound("x"), gexc.PreconditionFailed("x"), ValueError("bug")]:
         assert not gcs_backend.is_transient(exc), exc
+
+
+def test_read_range_reads_the_bytes_at_an_offset(store: tuple[Storage, str]) -> None:
+    storage, bucket = store
+    data = bytes(range(256)) * 40
+    storage.write_bytes(f"{bucket}/big.bin", data)
+    assert storage.read_range(f"{bucket}/big.bin", 1000, 300) == data[1000:1300]
+    assert storage.read_range(f"{bucket}/big.bin", 7, 0) == b""
