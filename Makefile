@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 PYTEST_ARGS ?=
+# The default suite runs in this many pytest processes, a test module per process at a time (its module fixtures
+# are built once): most tests wait on subprocesses, servers and Beam workers, so two halve the time on 2 cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: test test-slow lint format typecheck demo bench-shard clean help system-packages
 
@@ -35,7 +38,7 @@ system-packages:
 	.ci/system_packages.sh
 
 test: system-packages lint typecheck
-	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not gpu" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: system-packages $(STAMP)
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
