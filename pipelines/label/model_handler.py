@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import PredictionResult
 
 from dpmesh_core.body_identity import BodyModelId, body_model_id
 from dpmesh_core.body_model import SMPLData
@@ -25,10 +25,10 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.person_prediction import PersonPrediction
 from dpmesh_core.prediction import predict_persons
 from dpmesh_core.preprocessing import PersonInputs
+from pipelines.common.batch_handler import PerBatchModelHandler
 from pipelines.common.metrics import LABEL_METRICS
-from pipelines.common.shared_model import model_tag
 from pipelines.common.torch_device import TORCH_DTYPES, checked_device
-from pipelines.config import ModelConfig, ModelName, ShareMode, config_to_dict
+from pipelines.config import ModelConfig, ModelName
 from pipelines.config.storage import StorageConfig
 from pipelines.label.inputs import PersonBatch, PersonTask
 from pipelines.label.records import LabeledPerson
@@ -124,13 +124,19 @@ def _vertices_stand_in(vertices: np.ndarray) -> np.ndarray:
     return np.zeros((0, 3), np.float32) if finite else np.full((1, 3), np.nan, np.float32)
 
 
-class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPredictor]):
+class DPMeshModelHandler(PerBatchModelHandler[PersonBatch, list[LabeledPerson], DPMeshPredictor]):
     """Runs DPMesh on :class:`PersonBatch` es; holds only picklable configs until ``load_model``.
 
     ``dpmesh-label`` calls it from its per-shard step (:mod:`pipelines.label.label_shard`); it also runs under
     ``RunInference(KeyedModelHandler(...))``. Either way the model is a :class:`DPMeshPredictor`, possibly a proxy
-    to one in another process, and is used through its methods only.
+    to one in another process, and is used through its methods only. Each element is one forward pass of
+    ``model.batch_size`` persons (see :class:`PersonBatch`); sharing and hints follow
+    :class:`~pipelines.common.batch_handler.PerBatchModelHandler`.
     """
+
+    kind = "dpmesh"
+    metrics_namespace = LABEL_METRICS
+    _cfg: ModelConfig
 
     def __init__(
         self,
@@ -140,10 +146,9 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPr
         flip_consistency: bool = False,
         resource_hints: dict[str, str] | None = None,
     ) -> None:
-        self._cfg = cfg
+        super().__init__(cfg, resource_hints)
         self._storage_cfg = storage_cfg
         self._flip = flip_consistency
-        self._resource_hints = dict(resource_hints or {})
 
     def load_model(self) -> DPMeshPredictor:
         torch.set_num_threads(self._cfg.threads)  # the process that runs the model (see ModelConfig.threads)
@@ -166,24 +171,6 @@ class DPMeshModelHandler(ModelHandler[PersonBatch, list[LabeledPerson], DPMeshPr
             LabeledPerson(_without_crop(t), p, f, body) for t, p, f in zip(tasks, predictions, flips, strict=True)
         ]
         return PredictionResult(example=person_batch.batch_id, inference=labeled, model_id=model_id)
-
-    def model_tag(self) -> str:
-        """Names this model configuration among the processes of a machine (see ``acquire_model``)."""
-        return model_tag("dpmesh", config_to_dict(self._cfg))
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        # Each element already is a model batch of model.batch_size persons (see PersonBatch).
-        return {"min_batch_size": 1, "max_batch_size": 1}
-
-    def get_resource_hints(self) -> dict[str, str]:
-        """Right fitting: the accelerator hint that puts only this step on GPU workers (empty otherwise)."""
-        return dict(self._resource_hints)
-
-    def share_model_across_processes(self) -> bool:
-        return ShareMode(self._cfg.share_across_processes).enabled(self._cfg.device)
-
-    def get_metrics_namespace(self) -> str:
-        return LABEL_METRICS
 
     def get_num_bytes(self, batch: Sequence[PersonBatch]) -> int:
         return sum(t.inputs.image.nbytes for person_batch in batch for t in person_batch.tasks)

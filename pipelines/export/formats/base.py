@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 
 from pipelines.config import ExportOptionsConfig
 from pipelines.export.records import ExportImage
-from pipelines.storage import Storage
+from pipelines.storage import Storage, join
 
 
 class ShardWriter(ABC):
@@ -79,3 +79,20 @@ class TarBuilder:
         self._close()
         if os.path.exists(self.path):
             os.remove(self.path)
+
+
+class TarShardWriter(ShardWriter):
+    """A writer whose shard is one WebDataset tar, ``<output>/shard-NNNNNN.tar`` (``hmr2``, ``crops``): subclasses
+    add members to ``self.tar``."""
+
+    def __init__(self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig) -> None:
+        super().__init__(storage, output, shard, options)
+        self.tar = TarBuilder()
+
+    def close(self) -> list[str]:
+        uri = join(self.output, f"{self.shard}.tar")
+        self.tar.publish(self.storage, uri)
+        return [uri]
+
+    def abort(self) -> None:
+        self.tar.discard()

@@ -15,9 +15,8 @@ import numpy as np
 
 from pipelines.common.shard_members import encode_jpeg
 from pipelines.export.crop import crop_transform, square_crop, to_crop_pixels
-from pipelines.export.formats.base import ShardWriter, TarBuilder
+from pipelines.export.formats.base import TarShardWriter
 from pipelines.export.records import ExportImage, ExportPerson
-from pipelines.storage import join
 
 
 def keypoints_in_crop(keypoints: np.ndarray, box_xywh: np.ndarray, size: int) -> np.ndarray:
@@ -53,25 +52,13 @@ def crop_document(person: ExportPerson, size: int) -> dict[str, Any]:
     }
 
 
-class CropsWriter(ShardWriter):
-    """Writes ``<output>/<shard>.tar``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tar = TarBuilder()
+class CropsWriter(TarShardWriter):
+    """Writes ``<output>/<shard>.tar``: per person ``<sample_id>.jpg`` (the square crop) and ``<sample_id>.json``."""
 
     def add(self, image: ExportImage) -> None:
         size = self.options.crop_size
         for person in image.persons:
             crop = square_crop(image.pixels, person.crop_bbox_xywh, size)
-            self._tar.add(f"{person.sample_id}.jpg", encode_jpeg(crop, self.options.jpeg_quality))
+            self.tar.add(f"{person.sample_id}.jpg", encode_jpeg(crop, self.options.jpeg_quality))
             document = json.dumps(crop_document(person, size), allow_nan=False, sort_keys=True)
-            self._tar.add(f"{person.sample_id}.json", document.encode())
-
-    def close(self) -> list[str]:
-        uri = join(self.output, f"{self.shard}.tar")
-        self._tar.publish(self.storage, uri)
-        return [uri]
-
-    def abort(self) -> None:
-        self._tar.discard()
+            self.tar.add(f"{person.sample_id}.json", document.encode())

@@ -29,10 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.export.formats.base import ShardWriter, TarBuilder
+from pipelines.export.formats.base import TarShardWriter
 from pipelines.export.joints44 import N_HMR44
 from pipelines.export.records import ExportImage, ExportPerson
-from pipelines.storage import join
 
 
 def person_dict(person: ExportPerson) -> dict[str, Any]:
@@ -52,22 +51,10 @@ def person_dict(person: ExportPerson) -> dict[str, Any]:
     }
 
 
-class Hmr2Writer(ShardWriter):
-    """Writes ``<output>/<shard>.tar``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tar = TarBuilder()
+class Hmr2Writer(TarShardWriter):
+    """Writes ``<output>/<shard>.tar``: per image ``<key>.jpg`` and ``<key>.data.pyd``."""
 
     def add(self, image: ExportImage) -> None:
-        self._tar.add(f"{image.image_key}.jpg", image.jpeg)
+        self.tar.add(f"{image.image_key}.jpg", image.jpeg)
         data = pickle.dumps([person_dict(p) for p in image.persons], protocol=4)
-        self._tar.add(f"{image.image_key}.data.pyd", data)
-
-    def close(self) -> list[str]:
-        uri = join(self.output, f"{self.shard}.tar")
-        self._tar.publish(self.storage, uri)
-        return [uri]
-
-    def abort(self) -> None:
-        self._tar.discard()
+        self.tar.add(f"{image.image_key}.data.pyd", data)

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.ml.inference.base import PredictionResult
 
+from pipelines.common.batch_handler import PerBatchModelHandler
 from pipelines.common.metrics import DETECTION_METRICS
-from pipelines.common.shared_model import model_tag
-from pipelines.config import DetectorConfig, ShareMode, config_to_dict
+from pipelines.config import DetectorConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.label.detection.models import (
     LoadedDetector,
@@ -67,31 +67,17 @@ class PoseService:
         return estimate_keypoints(self._loaded, crops, centers, scales)
 
 
-class _Handler(ModelHandler):  # type: ignore[type-arg]
-    _KIND = ""  # names the model in shared-model tags
+class _Handler(PerBatchModelHandler[Any, Any, Any]):
+    """The detection handlers' common part: configs, and the policy of :class:`PerBatchModelHandler`."""
+
+    metrics_namespace = DETECTION_METRICS
+    _cfg: DetectorConfig
 
     def __init__(
         self, cfg: DetectorConfig, storage_cfg: StorageConfig, resource_hints: dict[str, str] | None = None
     ) -> None:
-        self._cfg = cfg
+        super().__init__(cfg, resource_hints)
         self._storage_cfg = storage_cfg
-        self._resource_hints = dict(resource_hints or {})
-
-    def get_resource_hints(self) -> dict[str, str]:
-        return dict(self._resource_hints)  # right fitting: only the model steps run on GPU workers
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": 1}  # each element is a model batch already
-
-    def share_model_across_processes(self) -> bool:
-        return ShareMode(self._cfg.share_across_processes).enabled(self._cfg.device)
-
-    def model_tag(self) -> str:
-        """Names this model configuration among the processes of a machine (see ``acquire_model``)."""
-        return model_tag(self._KIND, config_to_dict(self._cfg))
-
-    def get_metrics_namespace(self) -> str:
-        return DETECTION_METRICS
 
 
 class PersonDetectorHandler(_Handler):
@@ -101,7 +87,7 @@ class PersonDetectorHandler(_Handler):
     nothing after that step holds pixels.
     """
 
-    _KIND = "detector"
+    kind = "detector"
 
     def load_model(self) -> DetectorService:
         return DetectorService(load_detector(self._cfg, self._storage_cfg), self._cfg.threads)
@@ -126,7 +112,7 @@ class PersonDetectorHandler(_Handler):
 class KeypointHandler(_Handler):
     """:class:`PoseBatch` -> ``PredictionResult(example=batch id, inference=[DetectedPerson per item])``."""
 
-    _KIND = "pose"
+    kind = "pose"
 
     def load_model(self) -> PoseService:
         return PoseService(load_pose_model(self._cfg, self._storage_cfg), self._cfg.threads)
