@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -144,6 +145,7 @@ class LabelShardFn(beam.DoFn):
         self._writer = ShardWriter(storage, settings.output, settings.run_info)
 
     def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
+        started = time.monotonic()
         report = ShardReport()
         rows: dict[str, list[dict[str, Any]]] = {"accepted": [], "rejected": [], "errors": []}
         for item in self._prefetched(task, report):
@@ -151,7 +153,8 @@ class LabelShardFn(beam.DoFn):
                 self._label_batch(item, rows)
             else:
                 rows["errors"].append(item)
-        marker = self._writer.write(task, report, rows["accepted"], rows["rejected"], rows["errors"])
+        elapsed_s = time.monotonic() - started
+        marker = self._writer.write(task, report, rows["accepted"], rows["rejected"], rows["errors"], elapsed_s)
         counts = marker["counts"]
         self._shards.inc()
         self._images.inc(counts["images_in"])

@@ -26,6 +26,7 @@ MARKER_READERS = 32
 # What the index keeps of a marker: what planning compares and what summaries add up.
 INDEXED_FIELDS = (
     "shard",
+    "elapsed_s",  # per-shard throughput (dpmesh-report); absent from refiltered and older markers
     "shard_identity",
     "config_hash",
     "counts",
@@ -105,7 +106,8 @@ def index_entry(marker: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_index(storage: Storage, output: str, markers: dict[str, dict[str, Any]]) -> None:
-    """Replaces the index with the indexed fields of ``markers`` (deterministic bytes: sorted, no timestamp)."""
+    """Replaces the index with the indexed fields of ``markers`` (the same markers give the same bytes: sorted
+    keys, gzip without a timestamp)."""
     entries = {shard: index_entry(m) for shard, m in sorted(markers.items())}
     document = json.dumps({"markers": entries}, sort_keys=True, separators=(",", ":")).encode()
     storage.write_bytes(join(output, INDEX_NAME), gzip.compress(document, mtime=0))

@@ -131,6 +131,10 @@ def test_counts_match_the_parquet_and_the_markers(labeled: dict[str, Any]) -> No
     for name in ("tiers.png", "reasons.png", "confidence.png", "box_sizes.png", "betas.png", "pose_angles.png",
                  "shards.png"):  # fmt: skip
         assert f"assets/{name}" in page
+    markers = [json.loads(p.read_text()) for p in sorted((labeled["labels"] / "_done").glob("shard-*.json"))]
+    assert markers
+    assert all(m["elapsed_s"] > 0 for m in markers), "each label marker records how long its shard took"
+    assert "assets/shard_throughput.png" in page, "per-shard throughput from the markers' elapsed_s"
 
 
 def test_gallery_holds_per_tier_persons_from_the_shards_with_meshes(labeled: dict[str, Any]) -> None:
