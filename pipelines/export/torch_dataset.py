@@ -81,7 +81,8 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
         self.crop_size = crop_size
         self._max_pixels = max_image_pixels
         reader = Storage(storage)
-        self._storage = reader  # pickles as its config: each worker makes its own clients
+        self._storage_cfg = reader.cfg
+        self._storage = reader
         select = select or SelectConfig()
         tables = []
         for obj in reader.list(join(labels, "annotations")):
@@ -135,12 +136,15 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
 
     def _member(self, tar: int, ref: MemberRef) -> bytes:
         """The image bytes: a seek and a read in a local tar (kept open), one ranged GET on an object store."""
+        if self._pid != os.getpid():
+            # A forked DataLoader worker: never share the parent's file positions, nor its HTTP connections (a
+            # connection pool copied by fork would hand one process the response to another's request).
+            self._files, self._pid = {}, os.getpid()
+            self._storage = Storage(self._storage_cfg)
         uri = self._tars[tar]
         parsed = parse_uri(uri)
         if parsed.scheme != "file":
             return check_member(ref, self._storage.read_range(uri, ref.offset, ref.size))
-        if self._pid != os.getpid():  # a forked worker: never share the parent's file positions
-            self._files, self._pid = {}, os.getpid()
         if tar not in self._files:
             self._files[tar] = open(parsed.key, "rb")  # noqa: SIM115 - kept open for the worker's lifetime
         return read_member_at(self._files[tar], ref)
