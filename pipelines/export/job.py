@@ -13,10 +13,8 @@ No barrier stands between a shard's rows and its files; the only one feeds the c
 import dataclasses
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
 from typing import Any
 
@@ -26,7 +24,7 @@ import pyarrow as pa
 import pipelines
 from pipelines.cli import hydra_app
 from pipelines.common.image_decode import ImageDecodeError
-from pipelines.common.label_set import DONE_FOLDER, LABEL_RUN, SUMMARY_NAME
+from pipelines.common.label_set import DONE_FOLDER, LABEL_RUN, SUMMARY_NAME, fetch_markers, listed_markers
 from pipelines.common.shard_members import (
     MemberError,
     MemberRef,
@@ -57,8 +55,6 @@ from schemas import ANNOTATION_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-_SHARD_NAME = re.compile(r"shard-\d{6}")
-_MARKER_READERS = 32  # concurrent marker GETs, as the labeler's planning does
 # Keys that do not change what is written: where and how the job runs.
 _NOT_CONTENT = ("input", "output", "runner", "storage", "log_level", "overwrite")
 
@@ -68,28 +64,13 @@ def export_config_hash(cfg: ExportJobConfig) -> str:
     return config_hash(cfg, exclude=_NOT_CONTENT)
 
 
-def _names(storage: Storage, folder: str, suffix: str) -> dict[str, str]:
-    """``{shard name: uri}`` of the ``shard-NNNNNN<suffix>`` objects under ``folder``."""
-    found = {}
-    for obj in storage.list(folder):
-        stem = obj.uri.rsplit("/", 1)[-1].removesuffix(suffix)
-        if obj.uri.endswith(suffix) and _SHARD_NAME.fullmatch(stem):
-            found[stem] = obj.uri
-    return found
-
-
-def _read_json_many(storage: Storage, uris: list[str]) -> list[dict[str, Any]]:
-    with ThreadPoolExecutor(_MARKER_READERS) as pool:
-        return [json.loads(data) for data in pool.map(storage.read_bytes, uris)]
-
-
 def plan_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
     """Every labeled shard, joined to its tar and index.
 
     Raises:
         ConfigError: no labeled shards; a labeled shard whose tar or index is not in ``input.shards``.
     """
-    labeled = sorted(_names(storage, join(cfg.input.labels, DONE_FOLDER), ".json"))
+    labeled = sorted(listed_markers(storage, cfg.input.labels))
     if not labeled:
         raise ConfigError(f"input.labels={cfg.input.labels!r} holds no labeled shards (no _done/ markers)")
     tars = {shard_name_of(obj.uri): obj.uri for obj in storage.list(cfg.input.shards) if SHARD_TAR.search(obj.uri)}
@@ -281,9 +262,9 @@ class WriteCardFn(beam.DoFn):
     def process(self, written: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         storage = Storage(self._cfg.storage)
         markers = {m["shard"]: m for m in written}
-        listed = _names(storage, join(self._cfg.output, DONE_FOLDER), ".json")
-        for marker in _read_json_many(storage, [uri for name, uri in listed.items() if name not in markers]):
-            markers[marker["shard"]] = marker  # shards exported by earlier runs of this export
+        listed = listed_markers(storage, self._cfg.output)
+        earlier = fetch_markers(storage, [uri for name, uri in listed.items() if name not in markers])
+        markers.update(earlier)  # shards exported by earlier runs of this export
         stats = build_stats([markers[k] for k in sorted(markers)], self._provenance)
         storage.write_bytes(join(self._cfg.output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode())
         storage.write_bytes(join(self._cfg.output, CARD_NAME), render_card(stats).encode())
@@ -298,8 +279,7 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
     """
     if cfg.overwrite:
         return tasks
-    uris = list(_names(storage, join(cfg.output, DONE_FOLDER), ".json").values())
-    done = {m["shard"]: m for m in _read_json_many(storage, uris)}
+    done = fetch_markers(storage, list(listed_markers(storage, cfg.output).values()))
     current = export_config_hash(cfg)
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
     if foreign:

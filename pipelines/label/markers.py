@@ -13,16 +13,14 @@ by hand are gone from the listing, so their entries are ignored.
 
 import gzip
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pipelines.common.label_set import DONE_FOLDER
+from pipelines.common.label_set import DONE_FOLDER, fetch_markers, listed_markers
 from pipelines.storage import Storage, join
 
 
 INDEX_NAME = "_done_index.json.gz"
 # Concurrent marker GETs: object stores serve many small requests in parallel; 32 matches the S3 client's pool.
-MARKER_READERS = 32
 # What the index keeps of a marker: what planning compares and what summaries add up.
 INDEXED_FIELDS = (
     "shard",
@@ -44,28 +42,6 @@ INDEXED_FIELDS = (
 def marker_uri(output: str, shard: str) -> str:
     """``<output>/_done/<shard>.json``."""
     return join(output, DONE_FOLDER, f"{shard}.json")
-
-
-def _shard_of(uri: str) -> str:
-    return uri.rsplit("/", 1)[-1].removesuffix(".json")
-
-
-def listed_markers(storage: Storage, output: str) -> dict[str, str]:
-    """``{shard: marker URI}`` of every marker under ``output``."""
-    return {
-        _shard_of(obj.uri): obj.uri for obj in storage.list(join(output, DONE_FOLDER)) if obj.uri.endswith(".json")
-    }
-
-
-def fetch_markers(storage: Storage, uris: list[str]) -> dict[str, dict[str, Any]]:
-    """The markers at ``uris``, read :data:`MARKER_READERS` at a time, by shard name."""
-    with ThreadPoolExecutor(MARKER_READERS) as pool:
-        documents = list(pool.map(storage.read_bytes, uris))
-    markers = {}
-    for data in documents:
-        marker = json.loads(data)
-        markers[marker["shard"]] = marker
-    return markers
 
 
 def read_markers(
