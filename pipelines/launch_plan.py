@@ -7,6 +7,7 @@ to run, so nothing is submitted and no cloud API, job service or storage is cont
 """
 
 import json
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -182,9 +183,13 @@ def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> d
     flags = beam_flags(runner, app=app)
     options = PipelineOptions(flags)  # from the same flags: one generated job name in both
     pipeline = beam.Pipeline(runner=_NoSubmitRunner(), options=options)
-    build(pipeline)
-    proto = pipeline.to_runner_api()  # pickles every DoFn, as a launch does
-    steps = _steps(pipeline)
+    try:
+        build(pipeline)
+        proto = pipeline.to_runner_api()  # pickles every DoFn, as a launch does
+        steps = _steps(pipeline)
+    finally:
+        # Beam makes a local temp folder per Pipeline and removes it only in run(), which a plan never calls.
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
     model = getattr(cfg, "model", None)
     device = model.device.value if model is not None else None
     image = None

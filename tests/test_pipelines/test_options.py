@@ -1,6 +1,7 @@
 """Beam options per runner config, parsed back into apache_beam's own views, dry-run launch plans, worker images."""
 
 import re
+import tempfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -430,3 +431,10 @@ def test_worker_images_pin_what_pyproject_and_beam_pin(kind: str) -> None:
     else:
         assert "nvidia" not in text
         assert "download.pytorch.org/whl/cpu" in text
+
+
+def test_a_plan_leaves_no_local_temp_folder(no_submit: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Beam makes a local temp folder per Pipeline and removes it only when the pipeline runs; a plan never runs."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    launch_plan("empty", _shard("runner.dry_run=true"), lambda p: p | beam.Create([1]))
+    assert list(tmp_path.iterdir()) == []
