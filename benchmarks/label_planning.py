@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.common.label_set import fetch_markers, listed_markers, write_index
 from pipelines.config import LabelJobConfig, compose_config, config_hash
 from pipelines.label.job import run_info
-from pipelines.label.markers import fetch_markers, listed_markers, write_index
 from pipelines.label.plan import plan_shards
 from pipelines.storage import Storage, join
 from tests.s3_server import SeaweedS3Server, s3_client

@@ -2,7 +2,9 @@
 
 Per labeled shard ``shard-NNNNNN`` it selects the accepted rows, reads their images from the shard tar by
 ``tar_offset`` (one forward pass, no tar scan), bakes the EXIF orientation, writes the format's files, then
-``_done/shard-NNNNNN.json`` last; a rerun exports only shards without a marker. The graph has the labeler's shape::
+``_done/shard-NNNNNN.json`` last; a rerun exports only shards without a marker, and again those relabeled since
+(their label lineage, :data:`LABEL_LINEAGE`, differs from the one the marker recorded). The graph has the labeler's
+shape::
 
     Create(shards) -> Reshuffle -> ExportShards (select, read, write, marker; per shard)
                                 -> CollectExported -> WriteCard (stats.json, README.md)
@@ -24,7 +26,14 @@ import pyarrow as pa
 import pipelines
 from pipelines.cli import hydra_app
 from pipelines.common.image_decode import ImageDecodeError
-from pipelines.common.label_set import DONE_FOLDER, LABEL_RUN, SUMMARY_NAME, fetch_markers, listed_markers
+from pipelines.common.label_set import (
+    DONE_FOLDER,
+    LABEL_RUN,
+    SUMMARY_NAME,
+    fetch_markers,
+    listed_markers,
+    read_markers,
+)
 from pipelines.common.shard_members import (
     MemberError,
     MemberRef,
@@ -54,6 +63,12 @@ from schemas import ANNOTATION_SCHEMA
 
 
 logger = logging.getLogger(__name__)
+
+# What of a label marker decides a labeled shard's rows: the tar labeled, the labeling config, the calibration's
+# content and, for a dpmesh-refilter output, the labeling run behind it. Each is in the markers' index, so planning
+# reads them for 100k shards without a GET per marker. An export marker records them; a difference means the shard
+# was relabeled since it was exported.
+LABEL_LINEAGE = ("shard_identity", "config_hash", "calibration_sha256", LABEL_RUN)
 
 # Keys that do not change what is written: where and how the job runs.
 _NOT_CONTENT = ("input", "output", "runner", "storage", "log_level", "overwrite")
@@ -229,7 +244,7 @@ class ExportShardFn(beam.DoFn):
             "format": self._cfg.format.value,
             "config_hash": self._hash,
             "pipeline_version": pipelines.__version__,
-            "label": {k: label_marker.get(k) for k in ("config_hash", "shard_uri", "shard_identity")},
+            "label": {"shard_uri": label_marker.get("shard_uri"), **label_lineage(label_marker)},
             "counts": {
                 "rows_in": rows_in,
                 "rows_selected": len(selected),
@@ -271,8 +286,16 @@ class WriteCardFn(beam.DoFn):
         yield stats
 
 
+def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`LABEL_LINEAGE` fields of a label marker (None where it has none)."""
+    return {k: label_marker.get(k) for k in LABEL_LINEAGE}
+
+
 def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]) -> list[ExportTask]:
-    """The tasks without a marker of this config (all with ``overwrite``).
+    """The tasks without a marker of this config, or whose shard was relabeled since (all with ``overwrite``).
+
+    Files of a re-exported shard are replaced under the same names (its tar, or its npz). With ``format=camerahmr``
+    an image no longer selected keeps its loose JPEG, which no npz then names.
 
     Raises:
         ConfigError: the output holds shards exported with another config (and ``overwrite`` is off).
@@ -287,7 +310,17 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
             f"output={cfg.output!r} holds an export made with another config (e.g. {foreign[0]}); "
             "use another output, or overwrite=true to re-export"
         )
-    return [t for t in tasks if t.name not in done]
+    labels = read_markers(storage, cfg.input.labels, names={t.name for t in tasks})
+    relabeled = {
+        t.name
+        for t in tasks
+        if t.name in done and label_lineage(done[t.name].get("label") or {}) != label_lineage(labels[t.name])
+    }
+    if relabeled:
+        logger.info(
+            "%d exported shards were relabeled since (e.g. %s): exporting them again", len(relabeled), min(relabeled)
+        )
+    return [t for t in tasks if t.name not in done or t.name in relabeled]
 
 
 def build_pipeline(

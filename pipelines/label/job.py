@@ -158,9 +158,9 @@ def run(
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         _check_local_devices(cfg)  # a local run must see its GPU; remote drivers usually have none
     filter_thresholds(cfg.filter)  # bad overrides fail here, before anything runs
-    load_calibration(cfg.filter, cfg.storage)  # and a missing or invalid calibration file
+    calibration = load_calibration(cfg.filter, cfg.storage)  # and a missing or invalid calibration file
     storage = Storage(cfg.storage)
-    plan = plan_shards(cfg, storage)
+    plan = plan_shards(cfg, storage, calibration.sha256 if calibration else None)
     done = len(plan.shards) - len(plan.pending)
     logger.info("%d shards, %d to label, %d already done", len(plan.shards), len(plan.pending), done)
     started_at = time.time()

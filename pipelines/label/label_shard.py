@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import FilterThresholds
+from pipelines.common.label_set import index_entry
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
 from pipelines.config import DetectorConfig
@@ -33,7 +34,6 @@ from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_row
 from pipelines.label.detection.shard_detector import ShardDetector
 from pipelines.label.inputs import PersonBatch, PersonTask
-from pipelines.label.markers import index_entry
 from pipelines.label.read import ShardReader
 from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.score import ACCEPTED, score_labeled

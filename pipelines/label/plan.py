@@ -4,7 +4,7 @@ A shard set is labeled only when it is complete (its ``_manifest.json`` exists a
 ``input.allow_incomplete=true``; each shard's identity (tar size and sha1) comes from the manifest. A shard is
 pending when it has no marker, or its marker records another identity (the shard was rebuilt since), or with
 ``overwrite=true``. Markers come from the output's marker index, the rest read in parallel (see
-:mod:`pipelines.label.markers`): a driver planning 100k shards must not spend an hour on GETs.
+:mod:`pipelines.common.label_set`): a driver planning 100k shards must not spend an hour on GETs.
 """
 
 import json
@@ -12,9 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.common.label_set import read_markers
 from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, manifest_pixel_limit, shard_name_of
 from pipelines.config import ConfigError, LabelJobConfig, config_hash
-from pipelines.label.markers import read_markers
 from pipelines.label.records import ShardTask
 from pipelines.storage import ObjectInfo, Storage, join
 
@@ -102,21 +102,39 @@ def _manifest_shards(
     return shards, manifest_pixel_limit(manifest)
 
 
-def plan_shards(cfg: LabelJobConfig, storage: Storage) -> LabelPlan:
-    """Every shard and those to label now.
+def made_otherwise(
+    markers: dict[str, dict[str, Any]], config_hash: str, calibration_sha256: str | None
+) -> tuple[list[str], str]:
+    """The shards of ``markers`` made with another config or another calibration, and what differs.
+
+    The config hash covers ``filter.calibration`` as a path; a calibration file replaced in place keeps its path, so
+    its content (``calibration_sha256``, absent without one) is compared too. Returns ``([], "")`` when none differ.
+    """
+    other_config = sorted(name for name, m in markers.items() if m.get("config_hash") != config_hash)
+    if other_config:
+        return other_config, "another config"
+    other_calibration = sorted(n for n, m in markers.items() if m.get("calibration_sha256") != calibration_sha256)
+    if other_calibration:
+        return other_calibration, "another filter.calibration file content (sha256)"
+    return [], ""
+
+
+def plan_shards(cfg: LabelJobConfig, storage: Storage, calibration_sha256: str | None = None) -> LabelPlan:
+    """Every shard and those to label now; ``calibration_sha256`` is that of the ``filter.calibration`` file's
+    content (None without one).
 
     Raises:
-        ConfigError: see :func:`shard_tasks`; or markers of a different config in the output without ``overwrite``.
+        ConfigError: see :func:`shard_tasks`; or markers of a different config or calibration in the output
+            without ``overwrite``.
     """
     tasks = shard_tasks(cfg, storage)
     if cfg.overwrite:
         return LabelPlan(tasks, tasks)
     markers = read_markers(storage, cfg.output)
-    current = config_hash(cfg)
-    foreign = sorted(name for name, m in markers.items() if m.get("config_hash") != current)
+    foreign, differs = made_otherwise(markers, config_hash(cfg), calibration_sha256)
     if foreign:
         raise ConfigError(
-            f"output={cfg.output!r} holds labels made with another config (e.g. {foreign[0]}); "
+            f"output={cfg.output!r} holds labels made with {differs} (e.g. {foreign[0]}); "
             "use another output, or overwrite=true to relabel"
         )
     pending = [t for t in tasks if markers.get(t.name, {}).get("shard_identity") != t.identity]

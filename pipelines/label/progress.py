@@ -15,7 +15,7 @@ from importlib import metadata
 from types import TracebackType
 from typing import Any
 
-from pipelines.label.markers import fetch_markers, listed_markers
+from pipelines.common.label_set import fetch_markers, listed_markers
 from pipelines.storage import Storage
 
 

@@ -37,14 +37,14 @@ import pipelines
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.cli import hydra_app
-from pipelines.common.label_set import LABEL_RUN
+from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, write_index
 from pipelines.config import (
     ConfigError,
     RefilterJobConfig,
     config_hash,
     config_to_dict,
 )
-from pipelines.label.markers import fetch_markers, marker_uri, read_markers, write_index
+from pipelines.label.plan import made_otherwise
 from pipelines.label.progress import build_summary, format_summary
 from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.summary import SUMMARY_NAME
@@ -270,10 +270,10 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         **calibration_lineage(calibration, cfg.filter.calibration),
     }
     done = {} if cfg.overwrite else read_markers(storage, cfg.output)
-    foreign = sorted(name for name, m in done.items() if m.get("config_hash") != info["config_hash"])
+    foreign, differs = made_otherwise(done, info["config_hash"], info.get("calibration_sha256"))
     if foreign:
         raise ConfigError(
-            f"output={cfg.output!r} holds labels refiltered with another config (e.g. {foreign[0]}); "
+            f"output={cfg.output!r} holds labels refiltered with {differs} (e.g. {foreign[0]}); "
             "choose another output, or pass overwrite=true"
         )
     pending = [s for s in shards if not is_refiltered(done.get(s), sources[s], info["config_hash"])]

@@ -15,9 +15,8 @@ from typing import Any
 import apache_beam as beam
 
 from dpmesh_core.confidence import FilterThresholds
-from pipelines.common.label_set import SUMMARY_NAME
+from pipelines.common.label_set import SUMMARY_NAME, read_markers, write_index
 from pipelines.config.storage import StorageConfig
-from pipelines.label.markers import read_markers, write_index
 from pipelines.label.progress import build_summary
 from pipelines.storage import Storage, join
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.common.label_set import marker_uri
 from pipelines.error_rows import error_sort_key
 from pipelines.label.annotation_rows import annotation_sort_key
-from pipelines.label.markers import marker_uri
 from pipelines.label.records import ShardReport, ShardTask
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join

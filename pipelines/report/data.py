@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.common.label_set import marker_uri, read_markers
 from pipelines.common.shard_members import MemberError, MemberRef, check_member, decode_upright, iter_members
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import ConfigError
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
-from pipelines.label.markers import marker_uri, read_markers
 from pipelines.label.summary import SUMMARY_NAME
 from pipelines.storage import ObjectNotFoundError, Storage, join
 from schemas.annotations import QualityTier

@@ -19,7 +19,14 @@ import pytest
 
 from dpmesh_core.calibration import ConfidenceCalibration, fit_calibration
 from dpmesh_core.confidence import ConfidenceSignals, no_thresholds
-from pipelines.config import EvalJobConfig, LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
+from pipelines.config import (
+    ConfigError,
+    EvalJobConfig,
+    LabelJobConfig,
+    RefilterJobConfig,
+    ShardJobConfig,
+    compose_config,
+)
 from pipelines.eval.evaluate import read_evaluation
 from pipelines.eval.job import report as eval_report
 from pipelines.eval.job import run as evaluate
@@ -201,7 +208,6 @@ def test_label_with_a_calibration_records_it(calibration_file: Path, labels: Pat
 
 
 def test_a_bad_calibration_file_fails_at_launch(labels: Path, tmp_path: Path) -> None:
-    from pipelines.config import ConfigError
 
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
@@ -223,3 +229,51 @@ def test_dpmesh_eval_command_refuses_unknown_keys(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "dpmesh-eval: configuration error: unknown key eval" in result.stderr
+
+
+def _recalibrated(calibration_file: Path, shift: float) -> bytes:
+    """The calibration of ``calibration_file`` with its intercept moved by ``shift``: another file, same keys."""
+    cal = ConfidenceCalibration.from_json_bytes(calibration_file.read_bytes())
+    return dataclasses.replace(cal, intercept=cal.intercept + shift).to_json_bytes()
+
+
+def test_a_calibration_replaced_in_place_is_refused_on_resume(
+    calibration_file: Path, labels: Path, tmp_path: Path
+) -> None:
+    """filter.calibration is a path in the config hash: a file replaced in place keeps the hash, so resuming over
+    labels scored by the old file would mix two confidence models in one output. Its content is compared too."""
+    in_place = tmp_path / "calibration.json"
+    in_place.write_bytes(calibration_file.read_bytes())
+
+    def label_cfg(*extra: str) -> LabelJobConfig:
+        return compose_config(
+            "dpmesh_label",
+            [f"input.shards={labels.parent / 'shards'}", f"output={tmp_path / 'labels'}", "filter=off",
+             f"filter.calibration={in_place}", "log_level=WARNING", "progress_interval_s=0", *extra],
+            LabelJobConfig,
+        )  # fmt: skip
+
+    def refilter_cfg(*extra: str) -> RefilterJobConfig:
+        return compose_config(
+            "dpmesh_refilter",
+            [f"input={labels}", f"output={tmp_path / 'refiltered'}", "filter=off", f"filter.calibration={in_place}",
+             "log_level=WARNING", *extra],
+            RefilterJobConfig,
+        )  # fmt: skip
+
+    label(label_cfg())
+    refilter(refilter_cfg())
+    assert label(label_cfg())["shards"]["labeled_this_run"] == 0, "same file: a resume with nothing left to do"
+    assert refilter(refilter_cfg())["shards"]["labeled_this_run"] == 0
+
+    in_place.write_bytes(_recalibrated(calibration_file, shift=-1.0))
+    new_sha = ConfidenceCalibration.from_json_bytes(in_place.read_bytes()).sha256
+    for run, cfg in ((label, label_cfg()), (refilter, refilter_cfg())):
+        with pytest.raises(ConfigError, match=r"another filter\.calibration file content .*overwrite=true"):
+            run(cfg)
+    relabeled, refiltered = label(label_cfg("overwrite=true")), refilter(refilter_cfg("overwrite=true"))
+    for output, summary in ((tmp_path / "labels", relabeled), (tmp_path / "refiltered", refiltered)):
+        assert summary["calibration_sha256"] == new_sha
+        markers = [json.loads(p.read_text()) for p in (output / "_done").glob("*.json")]
+        assert markers
+        assert {m["calibration_sha256"] for m in markers} == {new_sha}

@@ -10,6 +10,7 @@ The readers below follow the trainers' loaders, not our writers: 4D-Humans ``Ima
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,48 @@ def test_a_rerun_exports_only_the_shard_whose_output_was_removed(labeled: dict[s
     assert (tmp_path / f"{removed}.tar").read_bytes() == files[removed][0]  # the same bytes again
     with pytest.raises(ConfigError, match="another config"):
         _export(labeled, tmp_path, "crops", "export.crop_size=65")
+
+
+def _crop_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """The rows the crop JSONs of ``out`` carry, by sample_id."""
+    rows = {}
+    for path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    row = json.loads(tar.extractfile(member).read())["row"]  # type: ignore[union-attr]
+                    rows[row["sample_id"]] = row
+    return rows
+
+
+def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any], tmp_path: Path) -> None:
+    """Relabeling (here with another config, overwrite=true) changes each shard's label lineage: the export's
+    rerun notices from the label markers, exports those shards again, and the files carry the new rows."""
+    root, labels, out = labeled["root"], tmp_path / "labels", tmp_path / "export"
+    shutil.copytree(root / "labels", labels)
+    base = [f"input.labels={labels}", f"input.shards={root / 'shards'}", f"output={out}", "format=crops"]
+    export_cfg = compose_config("dpmesh_export", [*base, "log_level=WARNING"], ExportJobConfig)
+    export(export_cfg)
+    assert all(row["flip_pa_mpjpe_mm"] is None for row in _crop_rows(out).values())
+    export(export_cfg)
+    first = {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")}
+
+    relabel = [f"input.shards={root / 'shards'}", f"output={labels}", "filter=off", "filter.flip_consistency=true"]
+    relabel += ["overwrite=true", "log_level=WARNING", "progress_interval_s=0"]
+    label(compose_config("dpmesh_label", relabel, LabelJobConfig))
+    export(export_cfg)
+    again = {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")}
+    assert set(again) == set(first)
+    assert all(again[name] != first[name] for name in first), "every relabeled shard exported again"
+    rows = _crop_rows(out)
+    assert set(rows) == set(labeled["rows"])
+    assert all(row["flip_pa_mpjpe_mm"] is not None for row in rows.values()), "the files carry the new rows"
+    for name in first:
+        label_marker = json.loads((labels / "_done" / name).read_text())
+        assert json.loads((out / "_done" / name).read_text())["label"]["config_hash"] == label_marker["config_hash"]
+
+    export(export_cfg)  # nothing relabeled since: nothing exported
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")} == again
 
 
 def test_selection_by_where_and_a_refused_occlusion_selection(labeled: dict[str, Any], tmp_path: Path) -> None:

@@ -373,7 +373,7 @@ def test_batch_persons_cuts_fixed_batches_in_order_and_passes_other_outputs_thro
 def test_markers_come_from_the_index_where_it_has_them_and_are_read_otherwise(tmp_path, monkeypatch) -> None:
     import json
 
-    from pipelines.label.markers import read_markers, write_index
+    from pipelines.common.label_set import read_markers, write_index
     from pipelines.storage import Storage
 
     storage = Storage()
