@@ -47,7 +47,7 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.prediction import predict_persons
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.image_decode import decode_rgb
-from pipelines.config import LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
+from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
 from pipelines.label.inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
 from pipelines.label.job import run as label_run
@@ -170,10 +170,12 @@ def prepare_shard(shard: Path, cfg: LabelJobConfig, geometry: CropGeometry) -> l
     """Every person's model inputs of one shard, in shard order (read, decode, crop at the model's ``geometry``), as
     the pipeline reads them."""
     inputs: list[PersonInputs] = []
+    # The benchmark's shard set is made with the shard job's default limit, which labeling follows when unset.
+    pixel_limit = cfg.input.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
     with shard.open("rb") as stream:
         for sample in iter_shard_samples(stream):
             meta = sample_metadata(sample)
-            image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=cfg.input.max_image_pixels)
+            image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=pixel_limit)
             persons = [(i, person_from_json(p)) for i, p in enumerate(meta.get("persons") or [])]
             tasks = prepare_tasks(
                 image,
