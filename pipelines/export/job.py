@@ -205,6 +205,8 @@ class ExportShardFn(beam.DoFn):
         except BaseException:
             writer.abort()
             raise
+        if task.exported_before:  # after the new files, before the marker: a kill in between redoes the shard
+            writer.remove_unselected(set(index) - {p.image_key for p in exported})
         occlusion_recorded = "occlusion_level" in table.column_names
         marker = self._marker(
             task, label_marker, table.num_rows, occlusion_recorded, exported, skipped, persons, files
@@ -294,15 +296,16 @@ def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
 def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]) -> list[ExportTask]:
     """The tasks without a marker of this config, or whose shard was relabeled since (all with ``overwrite``).
 
-    Files of a re-exported shard are replaced under the same names (its tar, or its npz). With ``format=camerahmr``
-    an image no longer selected keeps its loose JPEG, which no npz then names.
+    Files of a re-exported shard are replaced under the same names (its tar, or its npz), and with
+    ``format=camerahmr`` the loose images it no longer selects are removed (``ExportTask.exported_before``).
 
     Raises:
         ConfigError: the output holds shards exported with another config (and ``overwrite`` is off).
     """
+    listed = listed_markers(storage, cfg.output)
     if cfg.overwrite:
-        return tasks
-    done = fetch_markers(storage, list(listed_markers(storage, cfg.output).values()))
+        return [dataclasses.replace(t, exported_before=t.name in listed) for t in tasks]
+    done = fetch_markers(storage, list(listed.values()))
     current = export_config_hash(cfg)
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
     if foreign:
@@ -320,7 +323,11 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
         logger.info(
             "%d exported shards were relabeled since (e.g. %s): exporting them again", len(relabeled), min(relabeled)
         )
-    return [t for t in tasks if t.name not in done or t.name in relabeled]
+    return [
+        dataclasses.replace(t, exported_before=True) if t.name in relabeled else t
+        for t in tasks
+        if t.name not in done or t.name in relabeled
+    ]
 
 
 def build_pipeline(

@@ -50,12 +50,15 @@ class ExportTask:
         name: ``shard-NNNNNN``.
         labels_uri: Its accepted rows, ``<labels>/annotations/<name>.parquet``.
         tar_uri, index_uri: The shard tar and its index Parquet (``key``, ``tar_offset``, ``bytes``, ``sha1``).
+        exported_before: An earlier export of this shard is in the output (it was relabeled since): files of
+            images it no longer selects are removed (see :meth:`ShardWriter.remove_unselected`).
     """
 
     name: str
     labels_uri: str
     tar_uri: str
     index_uri: str
+    exported_before: bool = False
 
 
 _ARRAY_COLUMNS = (

@@ -269,6 +269,38 @@ def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any
     assert {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")} == again
 
 
+def _loose_and_named(out: Path) -> tuple[set[str], set[str]]:
+    """A camerahmr export's loose images, and the images its npz files name."""
+    loose = {str(p.relative_to(out)) for p in (out / "images").glob("*.jpg")}
+    named = {str(name) for npz in out.glob("shard-*.npz") for name in np.load(npz)["imgname"]}
+    return loose, named
+
+
+def test_a_camerahmr_reexport_removes_the_images_it_no_longer_selects(labeled: dict[str, Any], tmp_path: Path) -> None:
+    """Relabeled with the default filter, the tiny model's random labels are mostly rejected: the re-export's npz
+    names fewer images, and the loose images of the others go (else a trainer's folder holds images no label names).
+    """
+    root, labels, out = labeled["root"], tmp_path / "labels", tmp_path / "export"
+    shutil.copytree(root / "labels", labels)
+    base = [f"input.labels={labels}", f"input.shards={root / 'shards'}", f"output={out}", "format=camerahmr"]
+    export_cfg = compose_config("dpmesh_export", [*base, "log_level=WARNING"], ExportJobConfig)
+    export(export_cfg)
+    loose, named = _loose_and_named(out)
+    assert loose == named
+    assert len(named) == len({r["image_key"] for r in labeled["rows"].values()})
+
+    relabel = [f"input.shards={root / 'shards'}", f"output={labels}", "filter=default", "overwrite=true"]
+    label(compose_config("dpmesh_label", [*relabel, "log_level=WARNING", "progress_interval_s=0"], LabelJobConfig))
+    export(export_cfg)
+    loose_after, named_after = _loose_and_named(out)
+    assert len(named_after) < len(named), "the default filter should reject some of the tiny model's labels"
+    assert loose_after == named_after
+
+    (out / "images" / "stray.jpg").write_bytes(b"not ours")  # overwrite=true removes only the shards' own images
+    export(compose_config("dpmesh_export", [*base, "log_level=WARNING", "overwrite=true"], ExportJobConfig))
+    assert _loose_and_named(out) == (named_after | {"images/stray.jpg"}, named_after)
+
+
 def test_selection_by_where_and_a_refused_occlusion_selection(labeled: dict[str, Any], tmp_path: Path) -> None:
     stats = _export(labeled, tmp_path / "first", "hmr2", "select.where='person_idx = 0'")
     assert stats["counts"]["persons"] == len({r["image_key"] for r in labeled["rows"].values()})

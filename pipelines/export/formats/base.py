@@ -42,6 +42,11 @@ class ShardWriter(ABC):
     def abort(self) -> None:  # noqa: B027 - optional: writers without local state have nothing to drop
         """Drops local state after a failure (the shard is redone by the next run)."""
 
+    def remove_unselected(self, image_keys: set[str]) -> None:  # noqa: B027 - optional, see below
+        """Removes what an earlier export of this shard wrote for ``image_keys`` (the shard's images this export
+        did not write), after :meth:`close`. Writers whose files are all per shard (a tar, replaced whole) have
+        nothing to remove."""
+
 
 class TarBuilder:
     """A WebDataset tar built in a local temporary file with reproducible headers (mtime 0, root, 0644).

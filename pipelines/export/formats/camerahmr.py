@@ -82,6 +82,11 @@ class CameraHmrWriter(ShardWriter):
         self._written.append(uri)
         self._persons.extend((name, p) for p in image.persons)
 
+    def remove_unselected(self, image_keys: set[str]) -> None:
+        """Loose images are per image: after a relabel, an image no longer selected would stay, named by no npz."""
+        for key in sorted(image_keys):
+            self.storage.delete(join(self.output, image_name(key)))
+
     def close(self) -> list[str]:
         buffer = io.BytesIO()
         np.savez(buffer, **label_arrays(self._persons))  # type: ignore[arg-type]
