@@ -17,8 +17,12 @@ Every launch gets its own job name (:func:`resolve_job_name`), so two launches n
 
 import re
 import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
@@ -175,8 +179,27 @@ def pipeline_options(runner: RunnerConfig, *, app: str | None = None, job_name: 
     return PipelineOptions(beam_flags(runner, app=app, job_name=job_name))
 
 
+@contextmanager
+def running_pipeline(options: PipelineOptions) -> Iterator[beam.Pipeline]:
+    """A Beam pipeline that runs when the ``with`` block ends, as ``with beam.Pipeline(options=...)`` does, and then
+    releases what the run leaves open (:func:`release_runner`), whether the run succeeded or not.
+
+    If the block raises before the run, Beam's local temp folder is removed too: Beam makes one per ``Pipeline`` and
+    removes it only in ``run()``.
+    """
+    pipeline = beam.Pipeline(options=options)
+    try:
+        with pipeline:
+            yield pipeline
+    except BaseException:
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        raise
+    finally:
+        release_runner(getattr(pipeline, "result", None))
+
+
 def release_runner(result: PipelineResult | None) -> None:
-    """Closes what a finished run leaves open: call it after the ``with beam.Pipeline(...)`` block, on ``p.result``.
+    """Closes what a finished run leaves open (used by :func:`running_pipeline`).
 
     Beam's DaskRunner never closes its dask ``Client``, so the ``LocalCluster`` it started (or the connection to
     ``runner.address``) would live as long as the process: a notebook or test session would pile them up. Other

@@ -56,7 +56,7 @@ from pipelines.export.card import CARD_NAME, STATS_NAME, build_stats, render_car
 from pipelines.export.formats import WRITERS
 from pipelines.export.records import ExportImage, ExportPerson, ExportTask
 from pipelines.export.selection import check_selection, select_rows
-from pipelines.options import pipeline_options, release_runner
+from pipelines.options import pipeline_options, running_pipeline
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA
@@ -382,9 +382,8 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
         # The DaskRunner ignores Reshuffle: its only parallelism is how Create is split, so one shard per partition.
         runner = dataclasses.replace(runner, partitions=max(1, len(pending)))
     max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, cfg.input.shards)
-    with beam.Pipeline(options=pipeline_options(runner, job_name="dpmesh-export")) as p:
+    with running_pipeline(pipeline_options(runner, job_name="dpmesh-export")) as p:
         build_pipeline(p, cfg, pending, prov, max_pixels)
-    release_runner(p.result)
     stats: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, STATS_NAME)))
     return stats
 

@@ -36,7 +36,7 @@ from pipelines.label.progress import ProgressReporter, format_summary
 from pipelines.label.records import ShardTask
 from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
 from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
-from pipelines.options import inference_resource_hints, pipeline_options, release_runner
+from pipelines.options import inference_resource_hints, pipeline_options, running_pipeline
 from pipelines.storage import Storage, join
 
 
@@ -171,9 +171,8 @@ def run(
         runner = replace(runner, partitions=max(1, len(plan.pending)))
     options = options or pipeline_options(runner, job_name="dpmesh-label")
     progress = ProgressReporter(storage, cfg.output, pending_names, cfg.progress_interval_s)
-    with progress, beam.Pipeline(options=options) as p:
+    with progress, running_pipeline(options) as p:
         build_pipeline(p, cfg, plan, handler=handler, detector_handlers=detector_handlers, started_at=started_at)
-    release_runner(p.result)
     summary: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, SUMMARY_NAME)))
     return summary
 

@@ -50,7 +50,7 @@ from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.summary import SUMMARY_NAME
 from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.label.write import shard_marker
-from pipelines.options import pipeline_options
+from pipelines.options import pipeline_options, running_pipeline
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, fixed_list_to_numpy, with_file_metadata
@@ -281,7 +281,7 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)
     )
     started = time.monotonic()
-    with beam.Pipeline(options=pipeline_options(cfg.runner, job_name="dpmesh-refilter")) as p:
+    with running_pipeline(pipeline_options(cfg.runner, job_name="dpmesh-refilter")) as p:
         _ = (
             p
             | "Shards" >> beam.Create(pending)

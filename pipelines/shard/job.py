@@ -30,7 +30,7 @@ import pipelines
 from pipelines.cli import hydra_app
 from pipelines.common.shard_set import MANIFEST_NAME
 from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
-from pipelines.options import pipeline_options, release_runner
+from pipelines.options import pipeline_options, running_pipeline
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
 from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
@@ -261,9 +261,8 @@ def run(
     annotation_report = check_annotations(cfg, storage)
     prepare_output(cfg, storage)
     started = time.monotonic()
-    with beam.Pipeline(options=options or pipeline_options(cfg.runner, app="dpmesh-shard")) as p:
+    with running_pipeline(options or pipeline_options(cfg.runner, app="dpmesh-shard")) as p:
         build_pipeline(p, cfg, annotation_report, listing_tasks(storage, cfg.input))
-    release_runner(p.result)
     manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
     manifest["elapsed_s"] = round(time.monotonic() - started, 3)
     return manifest

@@ -155,8 +155,8 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
 
 
 def _close_leftover_dask_clients() -> None:
-    """Closes dask clients a job left open (Beam's DaskRunner does unless the job calls ``release_runner``), so that
-    none keeps reconnecting to a scheduler this fixture is about to stop."""
+    """Closes dask clients a job left open (Beam's DaskRunner does unless the job runs in ``running_pipeline``),
+    so that none keeps reconnecting to a scheduler this fixture is about to stop."""
     import distributed  # here: only dask tests need it
 
     for _ in range(100):  # default_client() gives the newest open client until none is left

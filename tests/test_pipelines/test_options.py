@@ -22,11 +22,13 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner
 from apache_beam.runners.runner import PipelineRunner, create_runner
+from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines import options as options_module
 from pipelines.config import ConfigError, LabelJobConfig, RunnerConfig, RunnerName, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.launch_plan import launch_plan
-from pipelines.options import beam_flags, inference_resource_hints, pipeline_options, unique_job_name
+from pipelines.options import beam_flags, inference_resource_hints, pipeline_options, running_pipeline, unique_job_name
 from pipelines.shard.job import run as shard
 
 
@@ -438,3 +440,28 @@ def test_a_plan_leaves_no_local_temp_folder(no_submit: None, monkeypatch: pytest
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     launch_plan("empty", _shard("runner.dry_run=true"), lambda p: p | beam.Create([1]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_running_pipeline_runs_then_releases_and_cleans_up_after_a_failed_build(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every job runs in ``running_pipeline``: a block that raises before the run leaves no Beam temp folder, and
+    a run's result is always released (the DaskRunner's client would otherwise outlive the job)."""
+    released: list[object] = []
+    monkeypatch.setattr(options_module, "release_runner", released.append)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def build_then_fail() -> None:
+        with running_pipeline(pipeline_options(_shard().runner, app="test")) as p:
+            _ = p | beam.Create([1])
+            raise RuntimeError("bad build")
+
+    with pytest.raises(RuntimeError, match="bad build"):
+        build_then_fail()
+    assert list(tmp_path.iterdir()) == []
+    assert released == [None]
+
+    with running_pipeline(pipeline_options(_shard().runner, app="test")) as p:
+        assert_that(p | beam.Create([1, 2]) | beam.Map(lambda x: 10 * x), equal_to([10, 20]))
+    assert len(released) == 2
+    assert released[1] is p.result
