@@ -7,7 +7,6 @@ to run, so nothing is submitted and no cloud API, job service or storage is cont
 """
 
 import json
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineRunner
 
 from pipelines.config import EnvironmentType, RunnerConfig, RunnerName
-from pipelines.options import accelerator_spec, beam_flags, inference_resource_hints
+from pipelines.options import accelerator_spec, beam_flags, discard_unrun, inference_resource_hints
 
 
 _VIEWS: dict[RunnerName, tuple[type, ...]] = {
@@ -188,8 +187,7 @@ def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> d
         proto = pipeline.to_runner_api()  # pickles every DoFn, as a launch does
         steps = _steps(pipeline)
     finally:
-        # Beam makes a local temp folder per Pipeline and removes it only in run(), which a plan never calls.
-        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        discard_unrun(pipeline)  # a plan never runs its pipeline
     model = getattr(cfg, "model", None)
     device = model.device.value if model is not None else None
     image = None

@@ -192,10 +192,16 @@ def running_pipeline(options: PipelineOptions) -> Iterator[beam.Pipeline]:
         with pipeline:
             yield pipeline
     except BaseException:
-        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        discard_unrun(pipeline)
         raise
     finally:
         release_runner(getattr(pipeline, "result", None))
+
+
+def discard_unrun(pipeline: beam.Pipeline) -> None:
+    """Removes the local temp folder Beam made for ``pipeline``, which Beam removes only in ``run()``: call it for a
+    pipeline that was built but will not run (a launch plan, a build that raised). Harmless after a run."""
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
 
 
 def release_runner(result: PipelineResult | None) -> None:

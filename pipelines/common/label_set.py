@@ -2,13 +2,13 @@
 write, what ``dpmesh-export``, ``dpmesh-eval`` and ``dpmesh-report`` read.
 
 A label output holds ``annotations/``, ``rejected/`` and ``errors/`` Parquet per shard, a marker per shard in
-``_done/`` (written last: the shard's commit) and ``_summary.json`` (written at the end of a run).
+``_done/`` (written last: the shard's commit, and the truth about the shard) and ``_summary.json`` (written at the
+end of a run). ``dpmesh-export`` writes its own per-shard markers the same way (:func:`marker_uri`).
 
-A marker (``_done/<shard>.json``) is written last for each shard and is the truth about it. Reading every marker
-costs one GET each: ~300/s on one core, 5-6 minutes for 100k shards. So the run's last step (the summary) also
-writes ``_done_index.json.gz``: the fields of every marker that planning and summaries need. Readers list
-``_done/`` (one request per 1,000 names), take what the index holds for the listed shards, and GET only markers
-the index does not hold (written by a run that died before its summary), in parallel.
+Reading every marker costs one GET each: ~300/s on one core, 5-6 minutes for 100k shards. So the run's last
+step (the summary) also writes ``_done_index.json.gz``: the fields of every marker that planning and summaries
+need. Readers list ``_done/`` (one request per 1,000 names), take what the index holds for the listed shards, and
+GET only markers the index does not hold (written by a run that died before its summary), in parallel.
 
 The index can only lag the markers, never lead them: an entry older than its marker names an older shard identity,
 which makes planning relabel that shard once more (same bytes), never skip one that needs labels. Markers deleted

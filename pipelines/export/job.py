@@ -27,11 +27,11 @@ import pipelines
 from pipelines.cli import hydra_app
 from pipelines.common.image_decode import ImageDecodeError
 from pipelines.common.label_set import (
-    DONE_FOLDER,
     LABEL_RUN,
     SUMMARY_NAME,
     fetch_markers,
     listed_markers,
+    marker_uri,
     read_markers,
 )
 from pipelines.common.shard_members import (
@@ -172,7 +172,7 @@ class ExportShardFn(beam.DoFn):
 
     def process(self, task: ExportTask) -> Iterator[dict[str, Any]]:
         storage, cfg = self._storage, self._cfg
-        label_marker = json.loads(storage.read_bytes(join(cfg.input.labels, DONE_FOLDER, f"{task.name}.json")))
+        label_marker = json.loads(storage.read_bytes(marker_uri(cfg.input.labels, task.name)))
         try:
             table = read_parquet_bytes(storage.read_bytes(task.labels_uri))
         except FileNotFoundError:  # a marker without annotations: nothing was accepted
@@ -211,7 +211,7 @@ class ExportShardFn(beam.DoFn):
         marker = self._marker(
             task, label_marker, table.num_rows, occlusion_recorded, exported, skipped, persons, files
         )
-        storage.write_bytes(join(cfg.output, DONE_FOLDER, f"{task.name}.json"), json.dumps(marker, indent=1).encode())
+        storage.write_bytes(marker_uri(cfg.output, task.name), json.dumps(marker, indent=1).encode())
         yield marker
 
     @staticmethod

@@ -97,12 +97,28 @@ def _read_table(storage: Storage, uri: str, columns: list[str] | None = None) ->
     return table
 
 
-def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
+def _read_optional(storage: Storage, uri: str) -> bytes | None:
+    """The object's bytes, or None when there is none (one request: no existence check before the read)."""
     try:
-        document: dict[str, Any] = json.loads(storage.read_bytes(uri))
+        return storage.read_bytes(uri)
     except (ObjectNotFoundError, FileNotFoundError):
         return None
+
+
+def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
+    data = _read_optional(storage, uri)
+    document: dict[str, Any] | None = None if data is None else json.loads(data)
     return document
+
+
+def _read_tables(storage: Storage, uris: list[str], columns: list[str]) -> list[pa.Table]:
+    """``columns`` of each Parquet object of ``uris`` that exists (a shard without errors has no errors file)."""
+    tables = []
+    for uri in uris:
+        data = _read_optional(storage, uri)
+        if data is not None:
+            tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+    return tables
 
 
 def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -> LabelOutput:
@@ -121,9 +137,8 @@ def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -
     columns: list[str] = []
     for shard in sorted(markers):
         for folder in ROW_FOLDERS:
-            try:
-                data = storage.read_bytes(join(uri, folder, f"{shard}.parquet"))
-            except (ObjectNotFoundError, FileNotFoundError):
+            data = _read_optional(storage, join(uri, folder, f"{shard}.parquet"))
+            if data is None:
                 continue  # a shard whose every person errored may have no rows here
             schema = pq.read_schema(io.BytesIO(data))
             columns = columns or list(schema.names)
@@ -141,10 +156,8 @@ def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -
     if sampled:
         keep = np.sort(np.random.default_rng(seed).choice(n_rows, size=max_rows, replace=False))
         rows = rows.take(pa.array(keep))
-    errors = _concat(
-        [_read_table(storage, join(uri, ERRORS_FOLDER, f"{s}.parquet"), ["shard", "stage", "reason"]) for s in
-         sorted(markers) if storage.exists(join(uri, ERRORS_FOLDER, f"{s}.parquet"))]
-    )  # fmt: skip
+    error_files = [join(uri, ERRORS_FOLDER, f"{shard}.parquet") for shard in sorted(markers)]
+    errors = _concat(_read_tables(storage, error_files, ["shard", "stage", "reason"]))
     return LabelOutput(
         uri=uri,
         summary=summary,

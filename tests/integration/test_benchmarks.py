@@ -49,7 +49,12 @@ def test_label_benchmark_runs_the_pipeline_and_reports_flat_memory(tmp_path: Pat
 @pytest.mark.slow  # ~20 s: tiny random RT-DETR and ViTPose on a few images
 def test_detection_benchmark_runs_the_detection_stage(tmp_path: Path) -> None:
     lines = _run("detection_throughput.py", "--images", "4", "--batch-size", "2")
-    assert re.search(r"images/s", "\n".join(lines)), lines
+    table = "\n".join(lines)
+    assert re.search(r"^\s+images\s+4\s+persons\s+\d+$", table, re.M), table
+    for rate in ("images/s", "persons/s"):
+        match = re.search(rf"^\s+{rate}\s+(\d+\.\d+)$", table, re.M)
+        assert match, (rate, table)
+        assert float(match.group(1)) > 0
 
 
 @pytest.mark.slow  # ~30 s: SeaweedFS, a shard set of 50 placeholder tars and their markers
