@@ -156,7 +156,7 @@ class FullSizeHandler(DPMeshModelHandler):
     """The pipeline's handler with :func:`full_size_model` instead of a checkpoint."""
 
     def load_model(self) -> DPMeshPredictor:
-        return DPMeshPredictor(full_size_model(self._cfg), self._cfg.threads, synthetic_body=True)
+        return DPMeshPredictor(full_size_model(self._cfg), self._cfg.threads, self.call_gate(), synthetic_body=True)
 
 
 def bench_model(cfg: LabelJobConfig, full_size: bool) -> DPMesh:

@@ -19,6 +19,9 @@ signature and outputs that shares (and converts in place) the modules of `model`
 * With `compile` or `cuda_graphs`, every call runs at the fixed `batch_size`: larger inputs are split, the last
   partial chunk is padded by repeating its last sample, and outputs are sliced back. Samples are independent
   (per-sample GroupNorm, per-sample focal), so the padding does not change a person's result.
+* Concurrent callers (a shared model's host serves each caller from its own thread): a forward pass keeps its state
+  call-local (`models.forward_capture`); the lazily built compiled step and graphs are created under a lock, and a
+  CUDA graph, whose input and output buffers are one per graph, is replayed by one caller at a time.
 
 The fp32 reference path (plain `DPMesh`) is untouched; `FastDPMesh(fp32, no compile, no graphs)` computes the same
 function with the same kernels.
@@ -29,6 +32,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -116,14 +120,14 @@ class Float32MapCaptureProcessor(AttentionMapCaptureProcessor):
 
 
 def install_float32_capture(unet: Any) -> None:
-    """Swap the 10 capture processors of `unet` for `Float32MapCaptureProcessor`s (same store, same layers)."""
+    """Swap the 10 capture processors of `unet` for `Float32MapCaptureProcessor`s (same layers)."""
     processors = dict(unet.attn_processors)
     for layer in ATTN16_LAYERS + ATTN8_LAYERS:
         name = processor_name(layer)
         current = processors[name]
         if not isinstance(current, AttentionMapCaptureProcessor):
             raise ValueError(f"{name} has no capture processor (got {type(current).__name__})")
-        processors[name] = Float32MapCaptureProcessor(current.store, layer)
+        processors[name] = Float32MapCaptureProcessor(layer)
     unet.set_attn_processor(processors)
 
 
@@ -145,7 +149,11 @@ def count_materialised_probabilities(unet: Any, batch: int, tokens: int, latent_
 
 
 class _CudaGraphStep:
-    """Replays a CUDA graph of `fn` captured on static input buffers (one fixed shape); outputs are cloned."""
+    """Replays a CUDA graph of `fn` captured on static input buffers (one fixed shape); outputs are cloned.
+
+    The static buffers are one per graph, so copy-in, replay and clone-out run under the step's lock: two callers
+    replaying at once would read each other's outputs.
+    """
 
     def __init__(self, fn: StepFn, warmup: int = 3) -> None:
         self.fn = fn
@@ -153,6 +161,7 @@ class _CudaGraphStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: tuple[torch.Tensor, ...] = ()
         self.static_out: tuple[torch.Tensor, ...] = ()
+        self._lock = threading.Lock()
 
     def capture(self, inputs: tuple[torch.Tensor, ...]) -> None:
         self.static_in = tuple(x.clone() for x in inputs)
@@ -168,13 +177,14 @@ class _CudaGraphStep:
         self.graph = graph
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.graph is None:
-            self.capture(inputs)
-        for static, x in zip(self.static_in, inputs, strict=True):
-            static.copy_(x)
-        assert self.graph is not None
-        self.graph.replay()
-        return tuple(out.clone() for out in self.static_out)
+        with self._lock:
+            if self.graph is None:
+                self.capture(inputs)
+            for static, x in zip(self.static_in, inputs, strict=True):
+                static.copy_(x)
+            assert self.graph is not None
+            self.graph.replay()
+            return tuple(out.clone() for out in self.static_out)
 
 
 class FastDPMesh(DPMesh):
@@ -197,6 +207,7 @@ class FastDPMesh(DPMesh):
         self._compiled: StepFn | None = None
         self._graphs: dict[int, _CudaGraphStep] = {}
         self._use_graphs = cfg.cuda_graphs
+        self._build_lock = threading.Lock()  # the lazily built step, graphs and fixed batch size (see module doc)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -223,16 +234,17 @@ class FastDPMesh(DPMesh):
         return tuple(getattr(out, name) for name in OUTPUT_FIELDS)
 
     def _step_fn(self, batch: int) -> StepFn:
-        fn: StepFn = self._step
-        if self.fast_config.compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(self._step, dynamic=False, mode=self.fast_config.compile_mode)
-            fn = self._compiled
-        if self._use_graphs and self.device.type == "cuda":
-            if batch not in self._graphs:
-                self._graphs[batch] = _CudaGraphStep(fn)
-            return self._graphs[batch]
-        return fn
+        with self._build_lock:
+            fn: StepFn = self._step
+            if self.fast_config.compile:
+                if self._compiled is None:
+                    self._compiled = torch.compile(self._step, dynamic=False, mode=self.fast_config.compile_mode)
+                fn = self._compiled
+            if self._use_graphs and self.device.type == "cuda":
+                if batch not in self._graphs:
+                    self._graphs[batch] = _CudaGraphStep(fn)
+                return self._graphs[batch]
+            return fn
 
     def _run(
         self, images: torch.Tensor, joints_xy: torch.Tensor, joints_mask: torch.Tensor, focal: torch.Tensor
@@ -244,8 +256,9 @@ class FastDPMesh(DPMesh):
             if not isinstance(fn, _CudaGraphStep) or fn.graph is not None:
                 raise
             logger.warning("CUDA graph capture failed; running without graphs", exc_info=True)
-            self._use_graphs = False
-            self._graphs.clear()
+            with self._build_lock:
+                self._use_graphs = False
+                self._graphs.clear()
             return self._step_fn(images.shape[0])(images, joints_xy, joints_mask, focal)
 
     def forward(
@@ -263,9 +276,10 @@ class FastDPMesh(DPMesh):
         total = images.shape[0]
         size = total
         if self.fast_config.fixed_shapes:
-            if self.fixed_batch_size is None:
-                self.fixed_batch_size = total
-            size = self.fixed_batch_size
+            with self._build_lock:
+                if self.fixed_batch_size is None:
+                    self.fixed_batch_size = total
+                size = self.fixed_batch_size
         chunks: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, total, size):
             stop = min(start + size, total)

@@ -31,7 +31,7 @@ from torch import nn
 from dpmesh_core.config import DPMeshConfig
 from dpmesh_core.model import DPMesh
 from dpmesh_core.models.attention_capture import ATTN8_LAYERS, ATTN16_LAYERS, processor_name
-from dpmesh_core.models.explicit_attention import AttentionMapStore, ExplicitAttentionProcessor
+from dpmesh_core.models.explicit_attention import ExplicitAttentionProcessor
 from dpmesh_core.models.head import HeadOutput
 from dpmesh_core.outputs import DPMeshOutput
 
@@ -115,7 +115,7 @@ class ExplicitAttnProcessor(ExplicitAttentionProcessor):
 
     Args:
         upcast_qk: compute `q kᵀ` and the softmax in fp32 with autocast off (ControlNet, `_ATTN_PRECISION="fp32"`).
-        store, layer: if given, keep the head-averaged probabilities in `store.maps[layer]` (UNet capture layers).
+        layer, keep_map: keep the head-averaged probabilities of the pass under `layer` (UNet capture layers).
         head_mean: compute the head mean even when not kept (the patched UNet forward does it for every layer).
     """
 
@@ -123,11 +123,11 @@ class ExplicitAttnProcessor(ExplicitAttentionProcessor):
         self,
         *,
         upcast_qk: bool = False,
-        store: AttentionMapStore | None = None,
         layer: str = "",
+        keep_map: bool = False,
         head_mean: bool = False,
     ) -> None:
-        super().__init__(store=store, layer=layer, head_mean=head_mean)
+        super().__init__(layer=layer, keep_map=keep_map, head_mean=head_mean)
         self.upcast_qk = upcast_qk
 
     def attend(
@@ -145,12 +145,11 @@ class ExplicitAttnProcessor(ExplicitAttentionProcessor):
 def install_explicit_attention(model: DPMesh) -> None:
     """Explicit attention in every attention layer of the UNet (capture layers keep their maps), ControlNet, VAE."""
     backbone = model.backbone
-    store: AttentionMapStore = backbone._maps
     captured = {processor_name(layer): layer for layer in ATTN16_LAYERS + ATTN8_LAYERS}
     unet_procs: dict[str, ExplicitAttnProcessor] = {}
     for name in backbone.unet.attn_processors:
         layer = captured.get(name, "")
-        unet_procs[name] = ExplicitAttnProcessor(store=store if layer else None, layer=layer, head_mean=True)
+        unet_procs[name] = ExplicitAttnProcessor(layer=layer, keep_map=bool(layer), head_mean=True)
     backbone.unet.set_attn_processor(unet_procs)
     backbone.controlnet.set_attn_processor(ExplicitAttnProcessor(upcast_qk=True))
     backbone.vae.set_attn_processor(AttnProcessor())

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention
 
-from dpmesh_core.models.explicit_attention import AttentionMapStore, ExplicitAttentionProcessor
+from dpmesh_core.models.explicit_attention import ExplicitAttentionProcessor
 
 
 # The 10 UNet cross-attention layers whose maps the official code averages (note §5.4). The 16×16 group is
@@ -44,13 +44,11 @@ class AttentionMapCaptureProcessor(ExplicitAttentionProcessor):
 
     Computes exactly what diffusers' `AttnProcessor` computes for an SD-1.5 `attn2` (3-D hidden states, no group
     norm, no residual) and stores `probs.view(B, heads, N, M).mean(1)` of shape `(B, N, M)` (N = query tokens,
-    M = context tokens) under `layer` in `store`.
+    M = context tokens) under `layer` in the current pass's `ForwardCapture.maps`.
     """
 
-    store: AttentionMapStore
-
-    def __init__(self, store: AttentionMapStore, layer: str) -> None:
-        super().__init__(store=store, layer=layer, cross_only=True)
+    def __init__(self, layer: str) -> None:
+        super().__init__(layer=layer, keep_map=True, cross_only=True)
 
     def attend(
         self, attn: Attention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -60,28 +58,28 @@ class AttentionMapCaptureProcessor(ExplicitAttentionProcessor):
         return probs, torch.bmm(probs, value)
 
 
-def install_capture(unet: Any, store: AttentionMapStore) -> None:
+def install_capture(unet: Any) -> None:
     """Give the 10 layers of `ATTN16_LAYERS + ATTN8_LAYERS` a capture processor; keep the others untouched."""
     processors = dict(unet.attn_processors)
     for layer in ATTN16_LAYERS + ATTN8_LAYERS:
         name = processor_name(layer)
         if name not in processors:
             raise ValueError(f"UNet has no attention processor {name!r}: not the SD-1.5 block structure")
-        processors[name] = AttentionMapCaptureProcessor(store, layer)
+        processors[name] = AttentionMapCaptureProcessor(layer)
     unet.set_attn_processor(processors)
 
 
-def averaged_map(store: AttentionMapStore, layers: tuple[str, ...], size: int) -> torch.Tensor:
-    """Mean over `layers` of the stored maps, as images.
+def averaged_map(maps: dict[str, torch.Tensor], layers: tuple[str, ...], size: int) -> torch.Tensor:
+    """Mean over `layers` of one pass's captured maps (`ForwardCapture.maps`), as images.
 
     Returns:
         `torch.Tensor` of shape `(B, M, size, size)`: channel m is the attention paid to context token m
         (`'b (h w) c -> b c h w'` of cldm/module_utils.py:243-255).
     """
-    missing = [layer for layer in layers if layer not in store.maps]
+    missing = [layer for layer in layers if layer not in maps]
     if missing:
         raise RuntimeError(f"attention maps not captured for {missing}")
-    mean = torch.stack([store.maps[layer] for layer in layers]).mean(0)  # (B, N, M)
+    mean = torch.stack([maps[layer] for layer in layers]).mean(0)  # (B, N, M)
     batch, tokens, channels = mean.shape
     if tokens != size * size:
         raise RuntimeError(f"expected {size}x{size} query tokens, got {tokens}")

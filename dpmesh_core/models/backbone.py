@@ -15,7 +15,7 @@ from torch import nn
 
 from dpmesh_core.config import DPMeshConfig, UNetConfig, VaeConfig
 from dpmesh_core.models.attention_capture import ATTN8_LAYERS, ATTN16_LAYERS, averaged_map, install_capture
-from dpmesh_core.models.explicit_attention import AttentionMapStore
+from dpmesh_core.models.forward_capture import ForwardCapture, capturing, current_capture, record
 
 
 # Decoder outputs tapped as features (note §5.3 item 7): ldm output_blocks 1, 4, 7, 11.
@@ -138,24 +138,26 @@ class FeatureFusion(nn.Module):
 
 
 class _Tap:
-    """Forward hook storing a module's output in `owner._taps[name]`.
+    """Forward hook handing a module's output to the running pass: `ForwardCapture.taps[name]` (call-local).
 
-    An object rather than a closure so that `copy.deepcopy(backbone)` re-binds it to the copy.
+    An object rather than a closure so that `copy.deepcopy(backbone)` copies it with the hooked module.
     """
 
-    def __init__(self, owner: DPMeshBackbone, name: str) -> None:
-        self.owner = owner
+    def __init__(self, name: str) -> None:
         self.name = name
 
     def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        self.owner._taps[self.name] = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        tap = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        current_capture(f"feature tap {self.name}").taps[self.name] = tap
 
 
 class DPMeshBackbone(nn.Module):
     """Image + keypoints → fused feature map.
 
     Submodules: `vae` (encoder + quant_conv), `controlnet`, `unet` (LoRA folded), `kp_lifting` (keypoint tokens),
-    `fusion`. Intermediate tensors of the last pass are kept in `self.last` for parity checks and diagnostics.
+    `fusion`. A pass keeps no state on the modules: its attention maps and taps live in a call-local
+    `ForwardCapture`, so one backbone serves concurrent callers. Intermediates (`latent`, `heatmap`, `context`, the
+    taps, `f16a`, `f8a`, `ctrl_*`, `attn:<layer>` maps) go to an active `forward_capture.record_intermediates()`.
     """
 
     def __init__(self, config: DPMeshConfig) -> None:
@@ -169,16 +171,10 @@ class DPMeshBackbone(nn.Module):
         self.kp_lifting = nn.Linear(2, ucfg.cross_attention_dim)
         c0, c1, c2, c3 = ucfg.block_out_channels
         self.fusion = FeatureFusion(c0, c1, c2, c3, config.num_input_joints, config.head.backbone_out_channels)
-        self._maps = AttentionMapStore()
-        install_capture(self.unet, self._maps)
-        self._taps: dict[str, torch.Tensor] = {}
+        install_capture(self.unet)
         modules = dict(self.unet.named_modules())
         for name, path in FEATURE_TAPS.items():
-            modules[path].register_forward_hook(self._make_tap(name))
-        self.last: dict[str, torch.Tensor] = {}
-
-    def _make_tap(self, name: str) -> Any:
-        return _Tap(self, name)
+            modules[path].register_forward_hook(_Tap(name))
 
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
         """`(B,3,H,W)` in [0,1] → posterior mean `(B,4,H/8,W/8)`; no [-1,1] rescale, no 0.18215 (note §0.1-2)."""
@@ -212,24 +208,25 @@ class DPMeshBackbone(nn.Module):
             controlnet_cond=heatmap,
             return_dict=False,
         )
-        self._maps.clear()
-        self._taps = {}
-        self.unet(
-            latent,
-            t,
-            encoder_hidden_states=context,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )
+        # the UNet's capture processors and tap hooks write into this pass's own capture (never into a module)
+        with capturing(ForwardCapture()) as capture:
+            self.unet(
+                latent,
+                t,
+                encoder_hidden_states=context,
+                down_block_additional_residuals=down,
+                mid_block_additional_residual=mid,
+                return_dict=False,
+            )
         # 3. taps + averaged keypoint attention maps → fused features
         size = latent.shape[-1]
-        attn16 = averaged_map(self._maps, ATTN16_LAYERS, size // 2).to(images.dtype)  # fp32 maps in the fast path
-        attn8 = averaged_map(self._maps, ATTN8_LAYERS, size // 4).to(images.dtype)
-        f16a = torch.cat([self._taps["f16"], attn16], dim=1)
-        f8a = torch.cat([self._taps["f8"], attn8], dim=1)
-        feat: torch.Tensor = self.fusion(self._taps["f32"], f16a, f8a, self._taps["f4"])
-        self.last = {"latent": latent, "heatmap": heatmap, "context": context, "f32": self._taps["f32"],
-                     "f16a": f16a, "f8a": f8a, "f4": self._taps["f4"], "ctrl_mid": mid,
-                     **{f"ctrl_{i:02d}": d for i, d in enumerate(down)}}  # fmt: skip
+        taps = capture.taps
+        attn16 = averaged_map(capture.maps, ATTN16_LAYERS, size // 2).to(images.dtype)  # fp32 maps in the fast path
+        attn8 = averaged_map(capture.maps, ATTN8_LAYERS, size // 4).to(images.dtype)
+        f16a = torch.cat([taps["f16"], attn16], dim=1)
+        f8a = torch.cat([taps["f8"], attn8], dim=1)
+        feat: torch.Tensor = self.fusion(taps["f32"], f16a, f8a, taps["f4"])
+        record(latent=latent, heatmap=heatmap, context=context, f32=taps["f32"], f16a=f16a, f8a=f8a, f4=taps["f4"],
+               ctrl_mid=mid, **{f"ctrl_{i:02d}": d for i, d in enumerate(down)},
+               **{f"attn:{layer}": m for layer, m in capture.maps.items()})  # fmt: skip
         return feat

@@ -5,7 +5,8 @@ Three processors compute attention explicitly (SDPA cannot return probabilities)
 (`fast_path.Float32MapCaptureProcessor`) and the official-execution processor (`reference_mode.ExplicitAttnProcessor`).
 They share everything but the core: the input checks, the q/k/v projections, the head-averaged map and the output
 step live here once; each subclass implements `attend` (`softmax(q kᵀ · d^-0.5)` and `probs · v` at its precision).
-The maps go into an `AttentionMapStore`, which the backbone reads after the UNet pass.
+The maps go into the `ForwardCapture` of the pass that runs them (`forward_capture`), which the backbone reads after
+the UNet pass: a processor is installed once on a shared module and keeps nothing itself.
 """
 
 from __future__ import annotations
@@ -13,16 +14,7 @@ from __future__ import annotations
 import torch
 from diffusers.models.attention_processor import Attention
 
-
-class AttentionMapStore:
-    """Holds the head-averaged maps of one forward pass, keyed by layer name; cleared by the owner before each pass."""
-
-    def __init__(self) -> None:
-        self.maps: dict[str, torch.Tensor] = {}
-
-    def clear(self) -> None:
-        """Forget the maps of the previous pass."""
-        self.maps = {}
+from dpmesh_core.models.forward_capture import current_capture
 
 
 class ExplicitAttentionProcessor:
@@ -33,7 +25,8 @@ class ExplicitAttentionProcessor:
     states as context unless `cross_only`.
 
     Args:
-        store, layer: if `store` is given, keep the head-averaged probabilities `(B, N, M)` in `store.maps[layer]`.
+        layer: the layer's name (in messages, and the key of its kept map).
+        keep_map: keep the head-averaged probabilities `(B, N, M)` in the current pass's `ForwardCapture.maps[layer]`.
         head_mean: compute the head mean even when it is not kept (the official UNet forward does it in every layer).
         cross_only: require `encoder_hidden_states` (the capture layers are cross-attentions).
     """
@@ -41,13 +34,15 @@ class ExplicitAttentionProcessor:
     def __init__(
         self,
         *,
-        store: AttentionMapStore | None = None,
         layer: str = "",
+        keep_map: bool = False,
         head_mean: bool = False,
         cross_only: bool = False,
     ) -> None:
-        self.store = store
+        if keep_map and not layer:
+            raise ValueError("a processor that keeps its map needs the layer's name")
         self.layer = layer
+        self.keep_map = keep_map
         self.head_mean = head_mean
         self.cross_only = cross_only
 
@@ -80,10 +75,10 @@ class ExplicitAttentionProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs, mixed = self.attend(attn, query, key, value)
-        if self.head_mean or self.store is not None:
+        if self.head_mean or self.keep_map:
             mean = probs.view(batch, attn.heads, *probs.shape[1:]).mean(1)
-            if self.store is not None:
-                self.store.maps[self.layer] = mean
+            if self.keep_map:
+                current_capture(self.layer).maps[self.layer] = mean
         out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(mixed)))
         if attn.residual_connection:
             out = out + hidden_states

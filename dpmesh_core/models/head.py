@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from dpmesh_core.config import HeadConfig
+from dpmesh_core.models.forward_capture import record
 from dpmesh_core.models.transformer import Encoder, Transformer, sine_position_embedding_2d, sinusoid_table_1d
 
 
@@ -82,7 +83,6 @@ class DPMeshHead(nn.Module):
         self.cascade_pose_out = _cascade(d, cfg.pose_latent_dim, n)
         self.cascade_shape_out = _cascade(d, cfg.num_betas, n)
         self.cascade_cam_out = _cascade(d, 3, n)
-        self.last: dict[str, torch.Tensor] = {}
 
     def depth_anchors(self, exponent: torch.Tensor) -> torch.Tensor:
         """`(1, 3, D, D, D)` channels `[Z, Y, X]`, `r = arange(D)/D`, `Z = r**exponent` (common/model.py:151-157)."""
@@ -103,7 +103,7 @@ class DPMeshHead(nn.Module):
         tokens: torch.Tensor = volume.flatten(2).permute(2, 0, 1)  # '(d h w) b c'
         pos = self.pos_embed_1d.pos_table[:, None, :].expand(-1, batch, -1)
         tokens = self.refine_3d(tokens, pos)
-        self.last["refine_3d"] = tokens
+        record(refine_3d=tokens)
         return tokens.permute(1, 2, 0).reshape(batch, d, depth, height, width)
 
     def forward(self, feat: torch.Tensor) -> HeadOutput:
@@ -121,7 +121,7 @@ class DPMeshHead(nn.Module):
         query_pos = torch.cat([self.spose_shape_cam_param, self.query.weight], dim=0)[:, None].expand(-1, batch, -1)
         hs, joint_img = self.transformer(src, pos, query_pos, volume, exponent)
         # 4. cascade heads over the decoder layers: pose/root from token 0, shape 1, camera 2
-        self.last["hs"] = hs
+        record(hs=hs)
         return HeadOutput(
             root_pose_6d=cascade_fc(hs[:, 0], self.cascade_root_pose_out),
             pose_latent=cascade_fc(hs[:, 0], self.cascade_pose_out),

@@ -11,8 +11,9 @@ from typing import Generic, Protocol, TypeVar
 
 from apache_beam.ml.inference.base import ModelHandler
 
+from pipelines.common.model_host import CallGate, OverlapProbe, resolve_concurrent_calls
 from pipelines.common.shared_model import model_tag
-from pipelines.config import Device, ShareMode, config_to_dict
+from pipelines.config import ConfigError, Device, ShareMode, config_to_dict
 
 
 ExampleT = TypeVar("ExampleT")
@@ -25,6 +26,9 @@ class SharedModelConfig(Protocol):
 
     device: Device
     share_across_processes: str
+    threads: int
+    concurrent_calls: int | None
+    debug_overlap_s: float
 
 
 class PerBatchModelHandler(ModelHandler[ExampleT, PredictionT, ModelT], Generic[ExampleT, PredictionT, ModelT]):
@@ -53,6 +57,22 @@ class PerBatchModelHandler(ModelHandler[ExampleT, PredictionT, ModelT], Generic[
 
     def share_model_across_processes(self) -> bool:
         return ShareMode(self._cfg.share_across_processes).enabled(self._cfg.device)
+
+    def call_gate(self) -> CallGate:
+        """The gate a loaded model's calls pass through: ``concurrent_calls`` resolved for the device.
+
+        Raises:
+            ConfigError: the overlap probe is on and the resolved limit is 1 (calls could never meet).
+        """
+        cfg = self._cfg
+        limit = resolve_concurrent_calls(cfg.concurrent_calls, cfg.device.value, cfg.threads)
+        if cfg.debug_overlap_s > 0 and limit < 2:
+            raise ConfigError(f"debug_overlap_s needs concurrent_calls >= 2 ({self.kind} resolves to {limit})")
+        return CallGate(limit, shared=self.share_model_across_processes())
+
+    def overlap_probe(self) -> OverlapProbe | None:
+        """The test hook to install mid-forward (``debug_overlap_s`` > 0), else None."""
+        return OverlapProbe(self._cfg.debug_overlap_s) if self._cfg.debug_overlap_s > 0 else None
 
     def get_resource_hints(self) -> dict[str, str]:
         """Right fitting: the accelerator hint that puts only this step on GPU workers (empty otherwise)."""

@@ -59,6 +59,7 @@ INDEXED_FIELDS = (
     "shard_identity",
     "config_hash",
     "calibration_sha256",  # filter.calibration: the file's content, which config_hash (its path) does not cover
+    "model_hosts",  # how each model was hosted (shared, concurrent calls, callers): the summary's record of it
     "counts",
     "reconciled",
     "rejected_by_reason",

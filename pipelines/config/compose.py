@@ -102,6 +102,10 @@ _NOT_CONTENT = (
     # How a model is hosted and which inputs are admitted change no row: sharing is tested to give the same bytes.
     "model.share_across_processes",
     "detector.share_across_processes",
+    "model.concurrent_calls",
+    "detector.concurrent_calls",
+    "model.debug_overlap_s",
+    "detector.debug_overlap_s",
     "input.allow_incomplete",
 )
 

@@ -61,6 +61,18 @@ class ShareMode(str, Enum):
         return self == ShareMode.true or (self == ShareMode.auto and device == Device.cuda)
 
 
+def check_hosting(prefix: str, concurrent_calls: int | None, debug_overlap_s: float) -> None:
+    """Validates a model's hosting keys (``<prefix>.concurrent_calls``, ``<prefix>.debug_overlap_s``)."""
+    if concurrent_calls is not None and concurrent_calls < 1:
+        raise ConfigError(f"{prefix}.concurrent_calls must be >= 1 (or null for auto), got {concurrent_calls}")
+    if debug_overlap_s < 0:
+        raise ConfigError(f"{prefix}.debug_overlap_s must be >= 0, got {debug_overlap_s}")
+    if debug_overlap_s > 0 and concurrent_calls is not None and concurrent_calls < 2:
+        raise ConfigError(
+            f"{prefix}.debug_overlap_s holds each call until another arrives: it needs {prefix}.concurrent_calls >= 2"
+        )
+
+
 @dataclass
 class ModelConfig:
     """The labeling model.
@@ -89,6 +101,12 @@ class ModelConfig:
             Pinned rather than left to the machine because CPU kernels split work by thread count and round
             differently: with the same value, direct, multi-process and Dask runs give byte-identical Parquet.
             One per process suits Beam, which already runs one SDK process (or thread) per core.
+        concurrent_calls: How many forward passes the loaded model runs at once; further calls wait their turn.
+            ``null`` (auto): 1 on ``cuda`` (device memory bounded to one batch; see the README's "Model hosting"),
+            on ``cpu`` the machine's cores divided by ``threads``. Rows do not depend on it.
+        debug_overlap_s: Test hook (0 = off): hold every forward pass after its UNet until another pass has
+            reached the same point, waiting at most this many seconds, so that concurrent calls are certain to
+            overlap (see ``pipelines.common.model_host.OverlapProbe``). Needs ``concurrent_calls`` >= 2.
     """
 
     name: ModelName = ModelName.tiny
@@ -106,10 +124,13 @@ class ModelConfig:
     cuda_graphs: bool = False
     share_across_processes: str = ShareMode.auto.value
     threads: int = 1
+    concurrent_calls: int | None = None
+    debug_overlap_s: float = 0.0
 
     def __post_init__(self) -> None:
         share = ShareMode.parse(self.share_across_processes, "model.share_across_processes")
         self.share_across_processes = share.value
+        check_hosting("model", self.concurrent_calls, self.debug_overlap_s)
         if self.threads < 1:
             raise ConfigError(f"model.threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:
@@ -208,6 +229,8 @@ class DetectorConfig:
         share_across_processes: ``auto`` (share on ``cuda``), ``true`` or ``false``; see :class:`ShareMode`.
         threads: torch intra-op CPU threads of both models' calls (pinned for reproducible bits, as
             ``model.threads``).
+        concurrent_calls, debug_overlap_s: As ``model.*``, for each of the two models (the probe holds the
+            detector after its backbone and the keypoint model after its backbone).
     """
 
     name: DetectorName = DetectorName.annotations
@@ -224,11 +247,14 @@ class DetectorConfig:
     cache_dir: str = "~/.cache/dpmesh-pseudolabel"
     share_across_processes: str = ShareMode.auto.value
     threads: int = 1
+    concurrent_calls: int | None = None
+    debug_overlap_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.share_across_processes = ShareMode.parse(
             self.share_across_processes, "detector.share_across_processes"
         ).value
+        check_hosting("detector", self.concurrent_calls, self.debug_overlap_s)
         for name in ("batch_size", "pose_batch_size", "max_persons", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"detector.{name} must be >= 1, got {getattr(self, name)}")

@@ -128,7 +128,7 @@ class LabelShardFn(beam.DoFn):
         settings = self._settings
         storage = Storage(settings.storage)
         self._model = acquire_model(self._handler, self._handler.model_tag())
-        shard_detector = None
+        shard_detector: ShardDetector | None = None
         if self._detector_handler is not None and self._pose_handler is not None:
             shard_detector = ShardDetector(
                 settings.detector,
@@ -142,6 +142,7 @@ class LabelShardFn(beam.DoFn):
         self._reader = ShardReader(
             storage, settings.max_image_pixels, settings.detector.name, shard_detector, geometry=geometry
         )
+        self._shard_detector = shard_detector
         self._writer = ShardWriter(storage, settings.output, settings.run_info)
 
     def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
@@ -154,13 +155,22 @@ class LabelShardFn(beam.DoFn):
             else:
                 rows["errors"].append(item)
         elapsed_s = time.monotonic() - started
-        marker = self._writer.write(task, report, rows["accepted"], rows["rejected"], rows["errors"], elapsed_s)
+        marker = self._writer.write(
+            task, report, rows["accepted"], rows["rejected"], rows["errors"], elapsed_s, self._model_hosts()
+        )
         counts = marker["counts"]
         self._shards.inc()
         self._images.inc(counts["images_in"])
         self._persons.inc(counts["persons_in"])
         self._errored.inc(counts["persons_errored"])
         yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
+
+    def _model_hosts(self) -> dict[str, dict[str, Any]]:
+        """How each model that labeled the shard is hosted (shared or not, its concurrency, callers seen so far)."""
+        hosts = {self._handler.kind: self._model.host_stats().as_dict()}
+        if self._shard_detector is not None:
+            hosts.update(self._shard_detector.host_stats())
+        return hosts
 
     def _prefetched(self, task: ShardTask, report: ShardReport) -> Iterator[Any]:
         """The reader's batches and error rows, produced by a thread that stays ``prefetch_batches`` ahead.

@@ -3,7 +3,9 @@
 It receives :class:`PersonBatch` elements, already cut by the shard reader to ``model.batch_size`` persons in
 shard order, so each element is one forward pass. The model is one per process, or one per machine on GPU
 (``share_model_across_processes``: Dataflow starts one SDK process per vCPU, and a copy each would not fit on
-the GPU; see :mod:`pipelines.common.shared_model`), and runs under ``torch.inference_mode()``.
+the GPU; see :mod:`pipelines.common.shared_model`), and runs under ``torch.inference_mode()``. A shared model is
+called by several processes at once: its forward passes keep their state call-local, and the predictor's
+:class:`~pipelines.common.model_host.CallGate` decides how many run together (``model.concurrent_calls``).
 """
 
 import io
@@ -27,6 +29,7 @@ from dpmesh_core.prediction import predict_persons
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.batch_handler import PerBatchModelHandler
 from pipelines.common.metrics import LABEL_METRICS
+from pipelines.common.model_host import CallGate, HostStats
 from pipelines.common.torch_device import TORCH_DTYPES, checked_device
 from pipelines.config import ModelConfig, ModelName
 from pipelines.config.storage import StorageConfig
@@ -79,13 +82,16 @@ class DPMeshPredictor:
     """A loaded DPMesh behind methods only: what a handler loads and what crosses a process boundary.
 
     With a model shared across processes, callers hold a proxy to this object; every argument and result of its
-    methods is pickled (numpy arrays and dataclasses of them), and nothing is read as an attribute.
+    methods is pickled (numpy arrays and dataclasses of them), and nothing is read as an attribute. The proxy's
+    host serves each caller from its own thread, so ``predict`` runs concurrently: it keeps nothing between calls
+    (the model's forward passes are call-local) and passes through ``gate``, which bounds how many run at once.
     """
 
-    def __init__(self, model: DPMesh, threads: int, *, synthetic_body: bool) -> None:
+    def __init__(self, model: DPMesh, threads: int, gate: CallGate, *, synthetic_body: bool) -> None:
         """``synthetic_body``: the model runs the tiny configuration's random body, which must not be named SMPL."""
         self._model = model
         self._threads = threads
+        self._gate = gate
         # Hashed once per process (about 17 MB of SMPL arrays), not per batch.
         self._body_model = body_model_id(model.body_model.data, synthetic=synthetic_body)
 
@@ -101,20 +107,26 @@ class DPMeshPredictor:
         """The crop and keypoint-grid sizes persons must be prepared with for this model (its config's)."""
         return self._model.config.crop_geometry
 
+    def host_stats(self) -> HostStats:
+        """How the model is hosted and what its host has seen (recorded in each shard's marker)."""
+        return self._gate.stats()
+
     def predict(
-        self, persons: Sequence[PersonInputs], flip_consistency: bool = False
+        self, persons: Sequence[PersonInputs], flip_consistency: bool = False, caller: int | None = None
     ) -> tuple[list[PersonPrediction], list[float | None]]:
         """One forward pass over ``persons`` (one model batch) in full-image coordinates, and per person the flip
         PA-MPJPE in mm (None without ``flip_consistency``): ``dpmesh_core.prediction.predict_persons``.
 
         The predictions leave without vertices (`(6890, 3)` each, which no column needs): they would be most of
         what a shared model pickles back to its callers. A mesh with non-finite values leaves as one NaN vertex,
-        so the scorer still rejects it (``non_finite_output``).
+        so the scorer still rejects it (``non_finite_output``). ``caller``: the calling process's pid (counted by
+        the gate).
         """
-        # Per call, in the calling thread: a shared model runs in its host's server threads, and OpenMP's thread
-        # count is per thread, so a count set once elsewhere would not reach them (and the bits would differ).
-        torch.set_num_threads(self._threads)
-        result = predict_persons(self._model, persons, flip=flip_consistency)
+        with self._gate.call(caller):
+            # Per call, in the calling thread: a shared model runs in its host's server threads, and OpenMP's thread
+            # count is per thread, so a count set once elsewhere would not reach them (and the bits would differ).
+            torch.set_num_threads(self._threads)
+            result = predict_persons(self._model, persons, flip=flip_consistency)
         return [replace(p, vertices=_vertices_stand_in(p.vertices)) for p in result.persons], result.flip_pa_mpjpe_mm
 
 
@@ -151,10 +163,16 @@ class DPMeshModelHandler(PerBatchModelHandler[PersonBatch, list[LabeledPerson], 
         self._flip = flip_consistency
 
     def load_model(self) -> DPMeshPredictor:
-        torch.set_num_threads(self._cfg.threads)  # the process that runs the model (see ModelConfig.threads)
-        model = load_model(self._cfg, self._storage_cfg)
-        logger.info("loaded model %s on %s (%s)", model.model_id, self._cfg.device.value, self._cfg.dtype.value)
-        return DPMeshPredictor(model, self._cfg.threads, synthetic_body=self._cfg.name == ModelName.tiny)
+        cfg = self._cfg
+        torch.set_num_threads(cfg.threads)  # the process that runs the model (see ModelConfig.threads)
+        gate = self.call_gate()
+        model = load_model(cfg, self._storage_cfg)
+        if (probe := self.overlap_probe()) is not None:  # test hook: mid-pass, after the UNet wrote maps and taps
+            model.backbone.unet.register_forward_hook(probe)
+        limit = gate.stats().concurrent_calls
+        logger.info("loaded model %s on %s (%s), %d concurrent call(s)", model.model_id, cfg.device.value,
+                    cfg.dtype.value, limit)  # fmt: skip
+        return DPMeshPredictor(model, cfg.threads, gate, synthetic_body=cfg.name == ModelName.tiny)
 
     def run_inference(
         self, batch: Sequence[PersonBatch], model: DPMeshPredictor, inference_args: dict[str, Any] | None = None
@@ -165,7 +183,7 @@ class DPMeshModelHandler(PerBatchModelHandler[PersonBatch, list[LabeledPerson], 
 
     def _run_batch(self, person_batch: PersonBatch, model: DPMeshPredictor, model_id: str) -> PredictionResult:
         tasks = list(person_batch.tasks)
-        predictions, flips = model.predict([t.inputs for t in tasks], self._flip)
+        predictions, flips = model.predict([t.inputs for t in tasks], self._flip, os.getpid())
         body = model.body_model()  # a method call: the model may be a proxy to another process
         labeled = [
             LabeledPerson(_without_crop(t), p, f, body) for t, p, f in zip(tasks, predictions, flips, strict=True)

@@ -11,6 +11,7 @@ import platform
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from importlib import metadata
 from types import TracebackType
 from typing import Any
@@ -83,6 +84,20 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def merge_model_hosts(per_shard: Iterable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """This run's model hosting, by model kind, from its shards' markers: shared if any shard's model was, and the
+    largest limit, caller count and peak overlap any shard saw (each marker holds its host's counts so far)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for hosts in per_shard:
+        for kind, stats in hosts.items():
+            seen = merged.setdefault(kind, {"shared": False, "concurrent_calls": 0, "callers": 0,
+                                            "peak_concurrent_calls": 0})  # fmt: skip
+            seen["shared"] = seen["shared"] or bool(stats["shared"])
+            for key in ("concurrent_calls", "callers", "peak_concurrent_calls"):
+                seen[key] = max(seen[key], int(stats[key]))
+    return dict(sorted(merged.items()))
+
+
 def build_summary(
     *,
     markers: dict[str, dict[str, Any]],
@@ -109,6 +124,7 @@ def build_summary(
         error_reasons.update(marker["errors_by_reason"])
         tiers.update(marker["tiers"])
     this_run = sum(markers[s]["counts"]["persons_in"] for s in processed if s in markers)
+    hosts = merge_model_hosts(markers[s].get("model_hosts", {}) for s in processed if s in markers)
     totals = dict(counts)
     reconciled = (
         totals.get("persons_in", 0)
@@ -135,12 +151,21 @@ def build_summary(
         "tiers": dict(sorted(tiers.items())),
         "model_ids": sorted(model_ids),
         "body_models": dict(sorted(body_models.items())),
+        "model_hosts": hosts,
         "throughput": {
             "elapsed_s": round(elapsed_s, 3),
             "persons_this_run": this_run,
             "persons_per_s": round(this_run / elapsed_s, 3) if elapsed_s > 0 else None,
         },
     }
+
+
+def _hosting(stats: dict[str, Any]) -> str:
+    where = "shared by the machine's processes" if stats["shared"] else "one per process"
+    return (
+        f"{where}, {stats['concurrent_calls']} concurrent call(s), {stats['callers']} caller process(es), "
+        f"peak overlap {stats['peak_concurrent_calls']}"
+    )
 
 
 def format_summary(summary: dict[str, Any], output: str) -> str:
@@ -162,6 +187,7 @@ def format_summary(summary: dict[str, Any], output: str) -> str:
         ("rejected by reason", ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items()) or "-"),
         ("errors by reason", ", ".join(f"{k} {v}" for k, v in summary["errors_by_reason"].items()) or "-"),
         ("persons/s (this run)", str(summary["throughput"]["persons_per_s"])),
+        *[(f"model host: {kind}", _hosting(stats)) for kind, stats in summary.get("model_hosts", {}).items()],
         ("output", output),
     ]
     width = max(len(k) for k, _ in rows)

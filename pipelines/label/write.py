@@ -46,15 +46,20 @@ class ShardWriter:
         rejected: list[dict[str, Any]],
         errors: list[dict[str, Any]],
         elapsed_s: float | None = None,
+        model_hosts: dict[str, dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Sorts and writes the shard's rows, then its marker; returns the marker. ``elapsed_s``: wall seconds the
-        shard took from its first read to this write (the marker's ``elapsed_s``: per-shard throughput)."""
+        shard took from its first read to this write (the marker's ``elapsed_s``: per-shard throughput).
+        ``model_hosts``: per model kind, how it was hosted when the shard was committed
+        (:class:`~pipelines.common.model_host.HostStats`: shared, concurrent_calls, callers, peak)."""
         accepted = sorted(accepted, key=annotation_sort_key)
         rejected = sorted(rejected, key=annotation_sort_key)
         errors = sorted(errors, key=error_sort_key)
         marker = shard_marker(task, report, accepted, rejected, errors, self._run_info)
         if elapsed_s is not None:
             marker["elapsed_s"] = round(elapsed_s, 3)
+        if model_hosts:
+            marker["model_hosts"] = model_hosts
         annotation_schema = self._annotation_schema
         if report.detector_models:  # detector=vitpose|auto: the weights that found the persons
             models = json.dumps(report.detector_models, sort_keys=True).encode()

@@ -14,6 +14,7 @@ follows the crop's mean colour), and the camera-frame joints are those pixels ba
 also follows the crop. So labels are finite, mostly accepted by the filter, and differ between persons.
 """
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,6 +28,7 @@ from dpmesh_core.joints import COCO17_FROM_SMPL30, GRAPH15_FROM_SMPL30
 from dpmesh_core.person_prediction import PersonPrediction
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.metrics import LABEL_METRICS
+from pipelines.common.model_host import CallGate, HostStats, resolve_concurrent_calls
 from pipelines.common.shared_model import model_tag
 from pipelines.config import ModelConfig, ShareMode, config_to_dict
 from pipelines.label.inputs import PersonBatch
@@ -74,7 +76,13 @@ def fake_prediction(person: PersonInputs, geometry: CropGeometry) -> PersonPredi
 
 
 class FakePredictor:
-    """What `FakeDPMeshHandler.load_model` returns: the methods of `DPMeshPredictor`, on numpy."""
+    """What `FakeDPMeshHandler.load_model` returns: `DPMeshPredictor`'s methods, on numpy, behind the same gate."""
+
+    def __init__(self, gate: CallGate) -> None:
+        self._gate = gate
+
+    def host_stats(self) -> HostStats:
+        return self._gate.stats()
 
     def model_id(self) -> str:
         return FAKE_MODEL_ID
@@ -86,9 +94,10 @@ class FakePredictor:
         return FAKE_GEOMETRY
 
     def predict(
-        self, persons: Sequence[PersonInputs], flip_consistency: bool = False
+        self, persons: Sequence[PersonInputs], flip_consistency: bool = False, caller: int | None = None
     ) -> tuple[list[PersonPrediction], list[float | None]]:
-        predictions = [fake_prediction(p, FAKE_GEOMETRY) for p in persons]
+        with self._gate.call(caller):
+            predictions = [fake_prediction(p, FAKE_GEOMETRY) for p in persons]
         flips: list[float | None] = [0.0 if flip_consistency else None for _ in persons]
         return predictions, flips
 
@@ -107,13 +116,17 @@ class FakeDPMeshHandler:
     ``seconds_per_batch`` makes each batch take at least that long, like a real model (for kill and timing tests).
     """
 
+    kind = "dpmesh"  # it stands in for the DPMesh handler (the marker's model_hosts key)
+
     def __init__(self, cfg: ModelConfig, *, flip_consistency: bool = False, seconds_per_batch: float = 0.0) -> None:
         self._cfg = cfg
         self._flip = flip_consistency
         self._seconds_per_batch = seconds_per_batch
 
     def load_model(self) -> FakePredictor:
-        return FakePredictor()
+        cfg = self._cfg
+        limit = resolve_concurrent_calls(cfg.concurrent_calls, cfg.device.value, cfg.threads)
+        return FakePredictor(CallGate(limit, shared=self.share_model_across_processes()))
 
     def run_inference(
         self, batch: Sequence[PersonBatch], model: FakePredictor, inference_args: dict[str, Any] | None = None
@@ -122,7 +135,7 @@ class FakeDPMeshHandler:
         for person_batch in batch:
             time.sleep(self._seconds_per_batch)
             tasks = list(person_batch.tasks)
-            predictions, flips = model.predict([t.inputs for t in tasks], self._flip)
+            predictions, flips = model.predict([t.inputs for t in tasks], self._flip, os.getpid())
             body = model.body_model()
             labeled = [
                 LabeledPerson(replace(t, inputs=replace(t.inputs, image=np.zeros((0,), np.float32))), p, f, body)

@@ -2,8 +2,9 @@
 
 * Commit without barriers: with a slow model, the first shard's marker exists before the last shard's inference
   has finished, in one pipeline run (also with detection).
-* The model shared across processes (``MultiProcessShared`` proxy, as on GPU workers) labels with zero errors and
-  the same bytes as an unshared model; the detector too.
+* The model shared across processes (``MultiProcessShared`` proxy, as on GPU workers), called by 2 and 4 worker
+  processes whose calls are forced to overlap mid-pass (``debug_overlap_s``), labels with zero errors and the same
+  bytes as an unshared model in one process; the detectors too; the summary records how each model was hosted.
 * Markers are tied to the shard they label: a resharded folder is relabeled, a shard set without its manifest is
   refused, and a tampered tar gives error rows, never duplicate labels.
 
@@ -154,42 +155,103 @@ def test_with_detection_shards_are_committed_one_by_one_too(
 # --- models shared across processes -----------------------------------------------------------------------
 
 
-def test_a_model_shared_across_processes_labels_like_an_unshared_one(demo_shards: Path, tmp_path: Path) -> None:
-    outputs = {}
-    for share in ("false", "true"):
-        output = tmp_path / share
-        cfg = _label_config(f"input.shards={demo_shards}", f"output={output}", f"model.share_across_processes={share}")
-        assert DPMeshModelHandler(cfg.model, cfg.storage).share_model_across_processes() is (share == "true")
-        summary = run(cfg)
-        assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
-        assert summary["counts"]["persons_in"] > 0
-        assert summary["reconciled"]
-        outputs[share] = _digests(output)
-    assert outputs["true"] == outputs["false"]
+@pytest.fixture(scope="module")
+def one_image_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample corpus, one image per shard: enough shards for every worker process to call the model."""
+    out = tmp_path_factory.mktemp("demo1") / "shards"
+    _shard(
+        str(SAMPLE_CORPUS / "images"),
+        out,
+        f"input.annotations={SAMPLE_CORPUS / 'person_keypoints.json'}",
+        "shard.max_samples=1",
+    )
+    return out
 
 
-def test_shared_detectors_label_like_unshared_ones(corpus: Path, detectors: tuple[str, str], tmp_path: Path) -> None:
-    outputs = {}
-    one_shard = max((corpus / "shards").glob("shard-*.tar"), key=lambda p: p.stat().st_size)  # keeps it short
-    for share in ("false", "true"):
-        cfg = _label_config(
-            f"input.shards={one_shard}",
-            f"output={tmp_path / share}",
-            "detector=vitpose",
-            f"detector.detector_model={detectors[0]}",
-            f"detector.pose_model={detectors[1]}",
-            "detector.device=cpu",
-            f"detector.share_across_processes={share}",
-            f"model.share_across_processes={share}",
-            "filter=off",
-        )
-        assert PersonDetectorHandler(cfg.detector, cfg.storage).share_model_across_processes() is (share == "true")
-        assert KeypointHandler(cfg.detector, cfg.storage).share_model_across_processes() is (share == "true")
-        summary = _fake_run(cfg)  # real detectors; the DPMesh stand-in (shared likewise) keeps the test short
-        assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
-        assert summary["counts"]["persons_in"] > 0
-        outputs[share] = _digests(tmp_path / share)
-    assert outputs["true"] == outputs["false"]
+@pytest.fixture(scope="module")
+def unshared_tiny_labels(one_image_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Digests of every Parquet file of the tiny model's labels, unshared, in one process (the reference)."""
+    output = tmp_path_factory.mktemp("unshared") / "labels"
+    cfg = _label_config(f"input.shards={one_image_shards}", f"output={output}", "model.share_across_processes=false")
+    assert DPMeshModelHandler(cfg.model, cfg.storage).share_model_across_processes() is False
+    summary = run(cfg)
+    assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
+    assert summary["counts"]["persons_in"] > 0
+    assert summary["model_hosts"]["dpmesh"] == {
+        "shared": False, "concurrent_calls": summary["model_hosts"]["dpmesh"]["concurrent_calls"], "callers": 1,
+        "peak_concurrent_calls": 1,
+    }  # fmt: skip
+    return _digests(output)
+
+
+def _assert_shared_by_workers(summary: dict, kinds: tuple[str, ...], workers: int) -> None:
+    """Zero errors, counts reconcile, and each model was one shared copy that several processes called at once."""
+    assert summary["counts"]["persons_errored"] == 0, summary["errors_by_reason"]
+    assert summary["reconciled"]
+    for kind in kinds:
+        host = summary["model_hosts"][kind]
+        assert host["shared"], kind
+        assert host["concurrent_calls"] == workers, kind
+        assert 2 <= host["callers"] <= workers, (kind, host)  # the worker processes (not every one may get work)
+        assert host["peak_concurrent_calls"] >= 2, (kind, host)  # the probe held calls until another arrived
+
+
+@pytest.mark.parametrize("workers", [2, pytest.param(4, marks=pytest.mark.slow)])  # 4: ~25 s each
+def test_a_model_shared_by_worker_processes_labels_like_an_unshared_one(
+    one_image_shards: Path, unshared_tiny_labels: dict[str, str], workers: int, tmp_path: Path
+) -> None:
+    """The GPU workers' topology on CPU: worker processes share one tiny DPMesh, their calls forced to overlap."""
+    output = tmp_path / "shared"
+    cfg = _label_config(
+        f"input.shards={one_image_shards}",
+        f"output={output}",
+        "model.share_across_processes=true",
+        "runner.running_mode=multi_processing",
+        f"runner.num_workers={workers}",
+        f"model.concurrent_calls={workers}",
+        "model.debug_overlap_s=1",  # each pass is held after its UNet until another pass has reached that point
+    )
+    assert DPMeshModelHandler(cfg.model, cfg.storage).share_model_across_processes()
+    summary = run(cfg)
+    _assert_shared_by_workers(summary, ("dpmesh",), workers)
+    marker = json.loads(next((output / "_done").glob("*.json")).read_text())
+    assert marker["model_hosts"]["dpmesh"]["shared"] is True
+    assert _digests(output) == unshared_tiny_labels
+
+
+def _detection_config(corpus: Path, output: Path, *overrides: str) -> LabelJobConfig:
+    detectors = ("detector=vitpose", "detector.device=cpu", "filter=off")
+    return _label_config(f"input.shards={corpus / 'shards'}", f"output={output}", *detectors, *overrides)
+
+
+@pytest.mark.parametrize("workers", [2, pytest.param(4, marks=pytest.mark.slow)])  # 4: ~25 s each
+def test_shared_detectors_label_like_unshared_ones(
+    corpus: Path, detectors: tuple[str, str], workers: int, tmp_path: Path
+) -> None:
+    """Real tiny RT-DETR and ViTPose shared by the worker processes, calls forced to overlap after each backbone;
+    the DPMesh stand-in (shared likewise) keeps the test short."""
+    weights = (f"detector.detector_model={detectors[0]}", f"detector.pose_model={detectors[1]}")
+    unshared = _detection_config(corpus, tmp_path / "unshared", *weights, "detector.batch_size=1")
+    reference = _fake_run(unshared)
+    assert reference["counts"]["persons_in"] > 0
+    assert reference["model_hosts"]["detector"]["shared"] is False
+    cfg = _detection_config(
+        corpus,
+        tmp_path / "shared",
+        *weights,
+        "detector.batch_size=1",  # more calls to overlap
+        "detector.share_across_processes=true",
+        "model.share_across_processes=true",
+        "runner.running_mode=multi_processing",
+        f"runner.num_workers={workers}",
+        f"detector.concurrent_calls={workers}",
+        "detector.debug_overlap_s=1",
+    )
+    assert PersonDetectorHandler(cfg.detector, cfg.storage).share_model_across_processes()
+    assert KeypointHandler(cfg.detector, cfg.storage).share_model_across_processes()
+    summary = _fake_run(cfg)
+    _assert_shared_by_workers(summary, ("detector", "pose"), workers)
+    assert _digests(tmp_path / "shared") == _digests(tmp_path / "unshared")
 
 
 # --- markers tied to the shards they label ----------------------------------------------------------------

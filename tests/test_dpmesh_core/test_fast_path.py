@@ -30,6 +30,7 @@ from dpmesh_core.fast_path import (
 )
 from dpmesh_core.model import DPMesh, DPMeshOutput
 from dpmesh_core.models.attention_capture import AttentionMapCaptureProcessor
+from dpmesh_core.models.forward_capture import record_intermediates
 from dpmesh_core.reference_mode import (
     ExplicitAttnProcessor,
     LoraInjectedLinear,
@@ -47,9 +48,14 @@ def tiny() -> DPMesh:
 
 
 def run(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> DPMeshOutput:
-    with torch.inference_mode():
+    return run_recording(model, inputs)[0]
+
+
+def run_recording(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[DPMeshOutput, dict]:
+    """The outputs and the pass's intermediates (`record_intermediates`)."""
+    with torch.inference_mode(), record_intermediates() as seen:
         out: DPMeshOutput = model(**inputs)
-    return out
+    return out, seen
 
 
 def rootrel_mm(out: DPMeshOutput, ref: DPMeshOutput) -> torch.Tensor:
@@ -60,12 +66,12 @@ def rootrel_mm(out: DPMeshOutput, ref: DPMeshOutput) -> torch.Tensor:
 
 def test_fp32_channels_last_matches(tiny: DPMesh) -> None:
     inputs = tiny_inputs(batch=2)
-    ref = run(tiny, inputs)
+    ref, ref_seen = run_recording(tiny, inputs)
     fast = prepare_for_inference(tiny, FastPathConfig(dtype="float32", channels_last=True), copy_model=True)
-    out = run(fast, inputs)
+    out, seen = run_recording(fast, inputs)
     assert out.vertices.dtype == torch.float32
     for key in ("latent", "f32", "f16a", "f8a"):
-        a, b = fast.backbone.last[key].float(), tiny.backbone.last[key]
+        a, b = seen[key].float(), ref_seen[key]
         assert (a - b).norm() / b.norm() <= 5e-5, key  # measured 1.4e-5 (other conv kernels)
     assert (out.vertices - ref.vertices).abs().max() <= 1e-4  # m; the random tiny head amplifies the 1e-6
     assert (out.joint_img - ref.joint_img).abs().max() <= 1e-5
@@ -108,8 +114,8 @@ def test_only_map_layers_materialise_probabilities(tiny: DPMesh) -> None:
     latent = tiny.config.latent_size  # 16 for the tiny 128² crops (32 for the official 256²: 16² and 8² maps)
     count = count_materialised_probabilities(fast.backbone.unet, 1, 30, latent)
     assert count == heads * 30 * (5 * (latent // 2) ** 2 + 5 * (latent // 4) ** 2)
-    run(fast, tiny_inputs(batch=1))
-    maps = fast.backbone._maps.maps
+    _, seen = run_recording(fast, tiny_inputs(batch=1))
+    maps = {k: v for k, v in seen.items() if k.startswith("attn:")}
     assert len(maps) == 10
     assert all(m.dtype == torch.float32 for m in maps.values())
     assert heads * sum(m.numel() for m in maps.values()) == count  # the head means of exactly those probabilities
@@ -144,7 +150,7 @@ def test_reference_mode_matches_folded_model(tiny: DPMesh) -> None:
     assert len(lora) == len(lora_targets(folded.backbone.unet)) == 16 * 9
     fold_lora_into(folded.backbone.unet, lora)
     inputs = tiny_inputs(batch=2, seed=7)
-    ref = run(folded, inputs)
+    ref, ref_seen = run_recording(folded, inputs)
     reference = build_reference_model(folded, lora=lora, autocast_dtype=None)
     unet = reference.model.backbone.unet
     assert not lora_targets(unet)  # every target is now wrapped
@@ -153,11 +159,11 @@ def test_reference_mode_matches_folded_model(tiny: DPMesh) -> None:
     assert all(
         isinstance(p, ExplicitAttnProcessor) for p in reference.model.backbone.controlnet.attn_processors.values()
     )
-    out = run(reference, inputs)
+    out, seen = run_recording(reference, inputs)
     # the LoRA contributes: the base weights differ from the folded ones
     assert (run(tiny, inputs).vertices - ref.vertices).abs().max() > 1e-3
     assert (out.vertices - ref.vertices).abs().max() <= 1e-4
-    assert (reference.model.backbone.last["f8a"] - folded.backbone.last["f8a"]).abs().max() <= 1e-4
+    assert (seen["f8a"] - ref_seen["f8a"]).abs().max() <= 1e-4
 
 
 def _load_benchmark() -> ModuleType:

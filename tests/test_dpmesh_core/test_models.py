@@ -11,6 +11,7 @@ import torch
 from dpmesh_core.config import DPMeshConfig, official_config, tiny_config
 from dpmesh_core.model import DPMesh
 from dpmesh_core.models.attention_capture import ATTN8_LAYERS, ATTN16_LAYERS, AttentionMapCaptureProcessor
+from dpmesh_core.models.forward_capture import record_intermediates
 from tests.fakes.tiny_dpmesh import build_tiny_dpmesh, tiny_inputs
 
 
@@ -24,7 +25,7 @@ def test_tiny_stays_tiny() -> None:
 
 def test_tiny_forward_shapes() -> None:
     model = build_tiny_dpmesh()
-    with torch.inference_mode():
+    with torch.inference_mode(), record_intermediates() as last:
         out = model(**tiny_inputs(batch=2))
     n = model.body_model.data.num_vertices
     expected = {"smpl_pose": (2, 72), "smpl_shape": (2, 10), "cam_trans": (2, 3), "joint_img": (2, 15, 3),
@@ -35,7 +36,6 @@ def test_tiny_forward_shapes() -> None:
         assert torch.isfinite(getattr(out, name)).all(), name
     assert ((out.joint_img >= 0) & (out.joint_img <= 1)).all()
     assert (out.smpl_pose[:, 66:] == 0).all()  # hands are zero
-    last = model.backbone.last
     assert last["f16a"].shape[1] == 64 + 30
     assert last["f8a"].shape[1] == 64 + 30
 
@@ -49,9 +49,9 @@ def test_only_ten_layers_capture_attention() -> None:
 
 def test_attention_maps_are_distributions() -> None:
     model = build_tiny_dpmesh()
-    with torch.inference_mode():
+    with torch.inference_mode(), record_intermediates() as last:
         model(**tiny_inputs(batch=2))
-    attn16 = model.backbone.last["f16a"][:, -30:]
+    attn16 = last["f16a"][:, -30:]
     torch.testing.assert_close(attn16.sum(1), torch.ones_like(attn16[:, 0]), atol=1e-5, rtol=0)
 
 

@@ -19,6 +19,7 @@ from dpmesh_core.body_model import SMPLData
 from dpmesh_core.config import official_config
 from dpmesh_core.joints import OPENPOSE18_JOINTS, SMPL30_JOINTS, convert_joints
 from dpmesh_core.model import DPMesh
+from dpmesh_core.models.forward_capture import record_intermediates
 from dpmesh_core.preprocessing import prepare_person
 
 
@@ -44,17 +45,16 @@ def run() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     ref = dict(np.load(REF / "ref_io.npz"))
     feats: dict[str, torch.Tensor] = {}
     model.backbone.fusion.register_forward_hook(lambda _m, _i, out: feats.__setitem__("feat", out))
-    with torch.inference_mode():
+    with torch.inference_mode(), record_intermediates() as last:
         out = model(
             torch.from_numpy(ref["in_img"]), torch.from_numpy(ref["in_joints"]),
             torch.from_numpy(ref["in_joints_mask"]), torch.from_numpy(ref["in_cliff_focal_length"]).float(),
         )  # fmt: skip
-    last = model.backbone.last
     ours = {
         "mid_latent": last["latent"], "mid_heatmap": last["heatmap"], "mid_context": last["context"],
         "mid_unet_f32": last["f32"], "mid_unet_f16_attn16": last["f16a"], "mid_unet_f8_attn8": last["f8a"],
         "mid_unet_f4": last["f4"], "mid_ctrl_12": last["ctrl_mid"], "mid_backbone_feat": feats["feat"],
-        "mid_refine_3d": model.head.last["refine_3d"], "mid_transformer_hs": model.head.last["hs"],
+        "mid_refine_3d": last["refine_3d"], "mid_transformer_hs": last["hs"],
         "mid_pose_latent": out.pose_latent, "mid_root_pose_6d": out.root_pose_6d, "mid_cam_param": out.cam_param,
         "mid_vposer_body_pose": out.smpl_pose[:, 3:], "out_smpl_pose": out.smpl_pose,
         "out_smpl_shape": out.smpl_shape, "out_cam_trans": out.cam_trans, "out_joint_img": out.joint_img,

@@ -68,6 +68,13 @@ class ShardDetector:
         """Images per detector forward pass."""
         return self._cfg.batch_size
 
+    def host_stats(self) -> dict[str, dict[str, Any]]:
+        """How both models are hosted (method calls: either may be a proxy), by kind."""
+        return {
+            self._detector_handler.kind: self._detector_model.host_stats().as_dict(),
+            self._pose_handler.kind: self._pose_model.host_stats().as_dict(),
+        }
+
     def detect(self, batch_id: str, keys: Sequence[str], images: Sequence[np.ndarray]) -> ShardDetections:
         """The persons of one batch of images (`(H, W, 3)` uint8 RGB), by key.
 
