@@ -70,6 +70,7 @@ class ErrorReason(str, Enum):
     DUPLICATE = "duplicate"
     """Same key (or same sha1 when deduplicating) as an earlier sample."""
     INVALID_KEY = "invalid_key"
+    """A sample key (tar member or index row) outside the key grammar: 1-96 of [A-Za-z0-9_-]; never labeled."""
     INVALID_ANNOTATION = "invalid_annotation"
     """The person's input annotation is malformed (NaN/inf, wrong length)."""
     BBOX_OUTSIDE_IMAGE = "bbox_outside_image"

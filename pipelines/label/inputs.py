@@ -56,7 +56,11 @@ def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.rsplit("/", 1)[-1].partition(".")
+                # WebDataset's split: the key is the name up to the first dot of its last segment, folders
+                # included (a member in a folder has a key with a separator, which the key grammar refuses)
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
                 extracted = tar.extractfile(member)
                 data = extracted.read() if extracted else b""
                 if len(data) != member.size:  # stream mode returns short reads on truncated data

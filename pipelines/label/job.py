@@ -24,6 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines
 from pipelines.cli import hydra_app
+from pipelines.common.intent import record_intent
+from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
     LabelJobConfig,
     RunnerName,
@@ -157,9 +159,11 @@ def run(
         )
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         _check_local_devices(cfg)  # a local run must see its GPU; remote drivers usually have none
+    storage = Storage(cfg.storage)
+    inputs = {"input.shards": cfg.input.shards, "filter.calibration": cfg.filter.calibration}
+    check_output_location(storage, cfg.output, inputs)  # before anything is read or written
     filter_thresholds(cfg.filter)  # bad overrides fail here, before anything runs
     calibration = load_calibration(cfg.filter, cfg.storage)  # and a missing or invalid calibration file
-    storage = Storage(cfg.storage)
     plan = plan_shards(cfg, storage, calibration.sha256 if calibration else None)
     done = len(plan.shards) - len(plan.pending)
     logger.info("%d shards, %d to label, %d already done", len(plan.shards), len(plan.pending), done)
@@ -170,6 +174,7 @@ def run(
         # The DaskRunner ignores Reshuffle: its only parallelism is how Create is split, so one shard per partition.
         runner = replace(runner, partitions=max(1, len(plan.pending)))
     options = options or pipeline_options(runner, job_name="dpmesh-label")
+    record_intent(storage, cfg.output, "dpmesh-label", config_hash(cfg))  # before the first shard's files
     progress = ProgressReporter(storage, cfg.output, pending_names, cfg.progress_interval_s)
     with progress, running_pipeline(options) as p:
         build_pipeline(p, cfg, plan, handler=handler, detector_handlers=detector_handlers, started_at=started_at)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.common.intent import check_intent
 from pipelines.common.label_set import read_markers
 from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, manifest_pixel_limit, shard_name_of
 from pipelines.config import ConfigError, LabelJobConfig, config_hash
@@ -131,6 +132,8 @@ def plan_shards(cfg: LabelJobConfig, storage: Storage, calibration_sha256: str |
     if cfg.overwrite:
         return LabelPlan(tasks, tasks)
     markers = read_markers(storage, cfg.output)
+    if not markers:  # nothing committed yet: the intent says whose unfinished files the output may hold
+        check_intent(storage, cfg.output, config_hash(cfg), "unfinished labels")
     foreign, differs = made_otherwise(markers, config_hash(cfg), calibration_sha256)
     if foreign:
         raise ConfigError(

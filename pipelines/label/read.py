@@ -6,7 +6,9 @@ error row (a ``dict`` of :data:`schemas.ERROR_SCHEMA`) per element that cannot b
 
 What is content and what is a fault decides what becomes a row:
 
-* Content problems become error rows: a member whose key the index does not list (``not_in_index``), a key seen
+* Content problems become error rows: a member or index row whose key is not of the one key grammar
+  (``invalid_key``: never labeled, so no later tool builds a path from it), a member whose key the index does not
+  list (``not_in_index``), a key seen
   twice (``duplicate``: the first one is labeled, never both), image bytes whose sha1 differs from the index
   (``checksum_mismatch``), a tar that ends early or is damaged (``truncated_shard``, plus one row per sample
   the index lists but the tar did not yield), undecodable images, malformed annotations.
@@ -22,6 +24,7 @@ from typing import Any, BinaryIO
 
 from dpmesh_core.config import CropGeometry
 from pipelines.common.image_decode import ImageDecodeError, decode_rgb
+from pipelines.common.safe_paths import KEY_GRAMMAR, is_valid_key
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, DetectorName
 from pipelines.error_rows import error_row
@@ -196,7 +199,10 @@ class ShardReader:
     def _member_problem(
         self, sample: ShardSampleData, index: dict[str, dict[str, Any]] | None, seen: set[str]
     ) -> tuple[ErrorReason, str] | None:
-        """Why a member must not be labeled: a repeated key, a key the index lacks, bytes that changed."""
+        """Why a member must not be labeled: a key off the grammar, a repeated key, a key the index lacks, bytes
+        that changed."""
+        if not is_valid_key(sample.key):
+            return ErrorReason.INVALID_KEY, f"sample key {sample.key!r} is not {KEY_GRAMMAR}"
         if sample.key in seen:
             return ErrorReason.DUPLICATE, "the key appears again in the shard tar; only its first sample is labeled"
         if index is None:
@@ -273,12 +279,15 @@ class ShardReader:
             counts["images_in"] += 1
             counts["images_errored"] += 1
             counts["persons_in"] += row["n_persons"]
-            message = f"sample listed in the shard index but missing from {task.uri} (truncated shard?)"
+            reason, message = (
+                ErrorReason.TRUNCATED_SHARD,
+                (f"sample listed in the shard index but missing from {task.uri} (truncated shard?)"),
+            )
+            if not is_valid_key(key):  # a hand-made index row: no tar member can carry such a key
+                reason, message = ErrorReason.INVALID_KEY, f"shard index key {key!r} is not {KEY_GRAMMAR}"
             where = {"key": key, "source_uri": row["source_uri"]}
             for idx in range(row["n_persons"]) or [None]:
-                yield self._error(
-                    task, ErrorStage.LABEL_READ, ErrorReason.TRUNCATED_SHARD, message, person_idx=idx, **where
-                )
+                yield self._error(task, ErrorStage.LABEL_READ, reason, message, person_idx=idx, **where)
 
     def _check_identity(self, task: ShardTask, report: ShardReport) -> Iterator[dict[str, Any]]:
         """One shard-level row when the tar read differs from the manifest's record of it."""

@@ -37,7 +37,9 @@ import pipelines
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.cli import hydra_app
+from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, write_index
+from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
     ConfigError,
     RefilterJobConfig,
@@ -257,9 +259,10 @@ class RefilterShardFn(beam.DoFn):
 
 def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary."""
+    storage = Storage(cfg.storage)
+    check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
     thresholds = filter_thresholds(cfg.filter)
     calibration = load_calibration(cfg.filter, cfg.storage)
-    storage = Storage(cfg.storage)
     sources = read_markers(storage, cfg.input)
     if not sources:
         raise ConfigError(f"input={cfg.input!r} holds no labeled shards (no _done/ markers)")
@@ -270,6 +273,8 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         **calibration_lineage(calibration, cfg.filter.calibration),
     }
     done = {} if cfg.overwrite else read_markers(storage, cfg.output)
+    if not cfg.overwrite and not done:  # nothing committed yet: whose unfinished files may the output hold
+        check_intent(storage, cfg.output, info["config_hash"], "unfinished refiltered labels")
     foreign, differs = made_otherwise(done, info["config_hash"], info.get("calibration_sha256"))
     if foreign:
         raise ConfigError(
@@ -281,6 +286,7 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)
     )
     started = time.monotonic()
+    record_intent(storage, cfg.output, "dpmesh-refilter", info["config_hash"])  # before the first shard's files
     with running_pipeline(pipeline_options(cfg.runner, job_name="dpmesh-refilter")) as p:
         _ = (
             p

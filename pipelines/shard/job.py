@@ -19,7 +19,6 @@ Python with :func:`run` and a :class:`~pipelines.config.ShardJobConfig`.
 
 import json
 import logging
-import os
 import time
 from typing import Any
 
@@ -28,6 +27,8 @@ from apache_beam.transforms.combiners import ToList
 
 import pipelines
 from pipelines.cli import hydra_app
+from pipelines.common.intent import record_intent, recorded_intent, refuse_another_run
+from pipelines.common.safe_paths import check_output_location
 from pipelines.common.shard_set import MANIFEST_NAME
 from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
 from pipelines.options import pipeline_options, running_pipeline
@@ -56,7 +57,7 @@ from pipelines.shard.steps import (
     read_annotations,
 )
 from pipelines.shard.write import MARKERS_FOLDER, ShardDone, WriteShardsFn
-from pipelines.storage import ObjectNotFoundError, Storage, join, parse_uri
+from pipelines.storage import ObjectNotFoundError, Storage, join
 
 
 logger = logging.getLogger(__name__)
@@ -218,14 +219,15 @@ def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
 
     An output holding a complete shard set (``_manifest.json``) is refused unless ``overwrite=true``. One holding
     the shards of a killed run with the same config is resumed: finished shards are kept (see
-    :mod:`pipelines.shard.write`). Shards of another config, or without markers, are refused.
+    :mod:`pipelines.shard.write`), unmarked ones redone. Which config wrote the files is the output's recorded
+    intent (:mod:`pipelines.common.intent`, written here before the first shard); files of another config, or of
+    none that can be told, are refused.
 
     Raises:
         ConfigError: naming the value to change.
     """
-    local_output = parse_uri(cfg.output).key if parse_uri(cfg.output).scheme == "file" else None
-    if local_output is not None and os.path.exists(local_output) and not os.path.isdir(local_output):
-        raise ConfigError(f"output={cfg.output!r} is a file, not a folder; choose a folder for the shards")
+    inputs = {"input.images": cfg.input.images, "input.manifest": cfg.input.manifest}
+    check_output_location(storage, cfg.output, {**inputs, "input.annotations": cfg.input.annotations})
     if next(iter(list_corpus(storage, cfg.input)), None) is None:
         where = cfg.input.images or cfg.input.manifest
         raise ConfigError(f"the input {where!r} lists no files; check input.images / input.manifest")
@@ -236,17 +238,19 @@ def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
             f"output={cfg.output!r} already holds a complete shard set; choose another output or pass overwrite=true"
         )
     if (previous or markers) and not cfg.overwrite:
-        earlier = json.loads(storage.read_bytes(markers[0])).get("config_hash") if markers else None
+        # Which run the files belong to: the intent recorded before the first shard (a kill before any marker leaves
+        # tars only), else a marker (outputs written before intents were recorded).
+        earlier = recorded_intent(storage, cfg.output)
+        if earlier is None and markers:
+            earlier = json.loads(storage.read_bytes(markers[0])).get("config_hash")
         if earlier != config_hash(cfg):
-            raise ConfigError(
-                f"output={cfg.output!r} holds shards of another run (a different config or input); "
-                "choose another output or pass overwrite=true"
-            )
+            raise refuse_another_run(cfg.output, "shards")
         logger.info("dpmesh-shard: resuming into %s: %d shards finished earlier are kept", cfg.output, len(markers))
     if cfg.overwrite:
         for uri in [*previous, *markers, join(cfg.output, MANIFEST_NAME), join(cfg.output, ERRORS_NAME)]:
             storage.delete(uri)
     remove_stale_temporaries(cfg.output, folders=("", MARKERS_FOLDER))
+    record_intent(storage, cfg.output, "dpmesh-shard", config_hash(cfg))  # before the first shard is written
 
 
 def run(

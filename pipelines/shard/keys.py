@@ -8,8 +8,11 @@ so keys must never contain a dot. Keys must also never depend on Python's per-pr
 import hashlib
 import re
 
+from pipelines.common.safe_paths import KEY_PATTERN, validate_key
 
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,96}$")
+
+__all__ = ["KEY_PATTERN", "make_key", "shard_name", "stable_bucket", "validate_key"]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _SLUG_CHARS = 48
 _DIGEST_CHARS = 12
@@ -27,13 +30,6 @@ def make_key(relpath: str) -> str:
     # surrogateescape: a file name that is not UTF-8 (listed by Python with escaped bytes) still gets its own key.
     digest = hashlib.sha1(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:_DIGEST_CHARS]
     return f"{slug}-{digest}"
-
-
-def validate_key(key: str) -> str:
-    """Return ``key`` if it is a valid sample key, else raise ``ValueError`` naming it."""
-    if not KEY_PATTERN.match(key):
-        raise ValueError(f"invalid sample key {key!r}: keys are 1-96 characters of [A-Za-z0-9_-] (no dots)")
-    return key
 
 
 def stable_bucket(key: str, num_buckets: int) -> int:

@@ -353,6 +353,53 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
     assert resumed["reconciled"]
 
 
+# A labeling run killed (SIGKILL, no cleanup) right after its first write whose URI matches argv[1].
+_KILL_AFTER_WRITE = """
+import os, re, signal, sys
+from pipelines.storage import Storage
+pattern = re.compile(sys.argv[1])
+original = Storage.write_bytes
+def write_then_die(self, uri, *args, **kwargs):
+    original(self, uri, *args, **kwargs)
+    if pattern.search(uri):
+        os.kill(os.getpid(), signal.SIGKILL)
+Storage.write_bytes = write_then_die
+from pipelines.config import LabelJobConfig, compose_config
+from pipelines.label.job import run
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+cfg = compose_config("dpmesh_label", sys.argv[2:], LabelJobConfig)
+run(cfg, handler=FakeDPMeshHandler(cfg.model))
+"""
+_LABEL_BOUNDARIES = {
+    "intent": r"/_intent\.json$",
+    "annotations": r"/annotations/shard-\d+\.parquet$",
+    "errors": r"/errors/shard-\d+\.parquet$",
+    "marker": r"/_done/shard-\d+\.json$",
+    "index": r"/_done_index\.json\.gz$",
+    "summary": r"/_summary\.json$",
+}
+
+
+@pytest.mark.parametrize("boundary", list(_LABEL_BOUNDARIES))
+def test_a_kill_at_any_write_boundary_resumes_to_the_same_rows(
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path, boundary: str
+) -> None:
+    reference, expected = fake_labeled
+    output = tmp_path / "killed"
+    args = [f"input.shards={shards['shards']}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
+    process = subprocess.run(
+        [sys.executable, "-c", _KILL_AFTER_WRITE, _LABEL_BOUNDARIES[boundary], *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert process.returncode == -signal.SIGKILL, f"the run was not killed after its first {boundary} write"
+    resumed = _fake_run(*args[:2])  # no overwrite=true: the run's own unfinished work is taken up
+    assert resumed["reconciled"]
+    assert resumed["counts"] == expected["counts"]
+    assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
+
+
 def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) -> None:
     cfg = _label_config(
         f"input.shards={shards['shards']}/shard-00000*.tar", f"output={tmp_path / 'o'}", "model.batch_size=1"

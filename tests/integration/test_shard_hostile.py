@@ -144,7 +144,7 @@ def test_bad_outputs_fail_at_launch(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="output must name a folder"):
         _config(f"input.images={tmp_path / 'in'}", "output=")
     (tmp_path / "a_file").write_text("not a folder")
-    with pytest.raises(ConfigError, match="is a file, not a folder"):
+    with pytest.raises(ConfigError, match="is an existing file: give a folder"):
         run(_config(f"input.images={tmp_path / 'in'}", f"output={tmp_path / 'a_file'}"))
 
 

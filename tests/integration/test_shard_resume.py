@@ -107,3 +107,59 @@ def test_a_finished_set_is_refused_and_another_configs_shards_too(corpus: Path, 
     with pytest.raises(ConfigError, match="shards of another run"):
         run(_config(corpus, output, "shard.fill_target=0.5"))
     assert run(_config(corpus, output))["counts"]["reconciled"]
+
+
+# Runs dpmesh-shard and kills it (SIGKILL, no cleanup) right after the first write whose URI matches argv[1]:
+# the tar's publish (its final name), the index, the marker, the errors file or the manifest.
+_KILL_AFTER_WRITE = (
+    "import os, re, signal, sys\n"
+    "from pipelines.storage import Storage\n"
+    "from pipelines.shard.publish import TarSink\n"
+    "pattern = re.compile(sys.argv[1]); sys.argv = ['dpmesh-shard', *sys.argv[2:]]\n"
+    "def killing(original, uri_of):\n"
+    "    def wrapped(self, *args, **kwargs):\n"
+    "        result = original(self, *args, **kwargs)\n"
+    "        if pattern.search(uri_of(self, args)):\n"
+    "            os.kill(os.getpid(), signal.SIGKILL)\n"
+    "        return result\n"
+    "    return wrapped\n"
+    "Storage.write_bytes = killing(Storage.write_bytes, lambda self, args: args[0])\n"
+    "TarSink.publish = killing(TarSink.publish, lambda self, args: self._uri)\n"
+    "from pipelines.shard.job import main; main()\n"
+)
+_BOUNDARIES = {
+    "intent": r"/_intent\.json$",
+    "tar": r"/shard-\d+\.tar$",
+    "index": r"/shard-\d+\.parquet$",
+    "marker": r"/_shards/shard-\d+\.json$",
+    "errors": r"/_errors\.parquet$",
+    "manifest": r"/_manifest\.json$",
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    reference = tmp_path_factory.mktemp("uninterrupted") / "shards"
+    run(_config(corpus, reference))
+    return _digests(reference)
+
+
+@pytest.mark.parametrize("boundary", list(_BOUNDARIES))
+def test_a_kill_at_any_write_boundary_resumes_to_the_same_bytes(
+    corpus: Path, uninterrupted: dict[str, str], tmp_path: Path, boundary: str
+) -> None:
+    output = tmp_path / "killed"
+    process = subprocess.run(
+        [sys.executable, "-c", _KILL_AFTER_WRITE, _BOUNDARIES[boundary], *_args(corpus, output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert process.returncode == -signal.SIGKILL, f"the run was not killed after its first {boundary} write"
+    if (output / "_manifest.json").exists():  # killed after the last write: the set is complete, a rerun refused
+        with pytest.raises(ConfigError, match="complete shard set"):
+            run(_config(corpus, output))
+    else:
+        run(_config(corpus, output))  # no overwrite=true: the run's own unfinished work is taken up
+    assert _digests(output) == uninterrupted
+    assert not list(output.rglob(".storage-tmp-*")), "no temporary file is left"

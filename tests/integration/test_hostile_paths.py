@@ -1,0 +1,160 @@
+"""Names from data never become paths outside the output, and outputs never overlap inputs.
+
+* ``dpmesh-label`` turns a tar member or index row whose key is off the one grammar into an ``invalid_key`` error
+  row (counts reconcile), so no later tool is handed such a key by labels it made.
+* Every job refuses, with one line, an ``output=`` that is, holds or lies inside one of its inputs, or that is an
+  existing file.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import ConfigError, LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
+from pipelines.label.job import run as label
+from pipelines.label.refilter import run as refilter
+from pipelines.shard.job import run as shard
+from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+
+
+def _shard_config(images: Path, output: Path, *more: str) -> ShardJobConfig:
+    return compose_config(
+        "dpmesh_shard", [f"input.images={images}", f"output={output}", "log_level=WARNING", *more], ShardJobConfig
+    )
+
+
+def _label_config(shards: Path, output: Path, *more: str) -> LabelJobConfig:
+    overrides = [f"input.shards={shards}", f"output={output}", "log_level=WARNING", "progress_interval_s=0", *more]
+    return compose_config("dpmesh_label", overrides, LabelJobConfig)
+
+
+def _fake_label(cfg: LabelJobConfig) -> dict:
+    return label(cfg, handler=FakeDPMeshHandler(cfg.model))
+
+
+def _files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four annotated images in shards of two, and a labeled copy (fake model)."""
+    root = tmp_path_factory.mktemp("hostile")
+    images = make_images(4, seed=5, width=160, height=120, persons=(1, 1))
+    write_corpus(str(root / "images"), images)
+    write_coco(str(root / "coco.json"), images)
+    shard(
+        _shard_config(
+            root / "images", root / "shards", f"input.annotations={root / 'coco.json'}", "shard.max_samples=2"
+        )
+    )
+    _fake_label(_label_config(root / "shards", root / "labels"))
+    return root
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_keys_off_the_grammar_become_invalid_key_rows(corpus: Path, tmp_path: Path) -> None:
+    root = tmp_path / "case"
+    shards = root / "in" / "shards"
+    shutil.copytree(corpus / "shards", shards)
+    target = sorted(shards.glob("shard-*.tar"))[0]
+    with tarfile.open(target) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    image = next(data for name, data in members if name.endswith(".jpg"))
+    annotation = next(data for name, data in members if name.endswith(".json"))
+    hostile = ["bad key", "dir/nested", "caf\u00e9-%41", "x" * 97]  # a space, a folder, non-ASCII and %, too long
+    with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            _member(tar, name, data)
+        for key in hostile:
+            _member(tar, f"{key}.jpg", image)
+            _member(tar, f"{key}.json", annotation)
+    index_path = target.with_suffix(".parquet")
+    index = pq.read_table(index_path)
+    planted = {"../../../x/victim": 2}  # an index row no tar member can match, holding two persons
+    extra = index.slice(0, 1).to_pylist()[0] | {"key": "../../../x/victim", "n_persons": 2}
+    pq.write_table(pa.concat_tables([index, pa.Table.from_pylist([extra], schema=index.schema)]), index_path)
+    before = _files_under(tmp_path)
+
+    output = root / "out" / "labels"
+    summary = _fake_label(_label_config(shards, output))
+
+    assert summary["reconciled"]
+    errors = pq.read_table(output / "errors" / f"{target.stem}.parquet").to_pylist()
+    invalid = [e for e in errors if e["reason"] == "invalid_key"]
+    assert {e["key"] for e in invalid} == {*hostile, *planted}
+    assert sum(1 for e in invalid if e["key"] in planted) == 2  # one row per person the index row claims
+    labeled = pq.read_table(output / "annotations" / f"{target.stem}.parquet").to_pylist()
+    labeled += pq.read_table(output / "rejected" / f"{target.stem}.parquet").to_pylist()
+    assert labeled
+    assert not {r["image_key"] for r in labeled} & {*hostile, *planted}
+    written = _files_under(tmp_path) - before
+    assert written
+    assert all(name.startswith("case/out/labels/") for name in written), sorted(written)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "holds"])
+def test_every_job_refuses_an_output_that_overlaps_its_input(corpus: Path, tmp_path: Path, where: str) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(corpus / "shards", shards)
+    labels = tmp_path / "labels"
+    shutil.copytree(corpus / "labels", labels)
+    images = tmp_path / "images"
+    shutil.copytree(corpus / "images", images)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+
+    def place(source: Path) -> Path:
+        return {"same": source, "inside": source / "out", "holds": source.parent}[where]
+
+    relation = {"same": "is", "inside": "lies inside", "holds": "contains"}[where]
+    with pytest.raises(ConfigError, match=rf"output=.* {relation} input\.images="):
+        shard(_shard_config(images, place(images)))
+    with pytest.raises(ConfigError, match=rf"output=.* {relation} input\.shards="):
+        _fake_label(_label_config(shards, place(shards)))
+    refilter_cfg = compose_config(
+        "dpmesh_refilter", [f"input={labels}", f"output={place(labels)}", "log_level=WARNING"], RefilterJobConfig
+    )
+    with pytest.raises(ConfigError, match=rf"output=.* {relation} input="):
+        refilter(refilter_cfg)
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, "a refused launch writes nothing"
+
+
+def test_an_output_that_is_a_file_is_refused_in_one_line(corpus: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "a-file"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(ConfigError, match="is an existing file"):
+        shard(_shard_config(corpus / "images", existing))
+    with pytest.raises(ConfigError, match="is an existing file"):
+        _fake_label(_label_config(corpus / "shards", existing))
+    with pytest.raises(ConfigError, match="is an existing file"):
+        refilter(
+            compose_config("dpmesh_refilter", [f"input={corpus / 'labels'}", f"output={existing}"], RefilterJobConfig)
+        )
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_unfinished_files_of_another_config_are_refused_by_their_intent(corpus: Path, tmp_path: Path) -> None:
+    output = tmp_path / "labels"
+    (output / "annotations").mkdir(parents=True)
+    (output / "annotations" / "shard-000000.parquet").write_bytes(b"a killed run's unmarked file")
+    (output / "_intent.json").write_text('{"config_hash": "0123456789abcdef", "created_by": "dpmesh-label"}')
+    with pytest.raises(ConfigError, match="holds unfinished labels of another run"):
+        _fake_label(_label_config(corpus / "shards", output))
+    summary = _fake_label(_label_config(corpus / "shards", output, "overwrite=true"))
+    assert summary["reconciled"]
+    assert summary["shards"]["labeled_this_run"] == summary["shards"]["total"]
