@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import random
 import shutil
 import tarfile
 from pathlib import Path
@@ -158,3 +159,83 @@ def test_unfinished_files_of_another_config_are_refused_by_their_intent(corpus: 
     summary = _fake_label(_label_config(corpus / "shards", output, "overwrite=true"))
     assert summary["reconciled"]
     assert summary["shards"]["labeled_this_run"] == summary["shards"]["total"]
+
+
+# --- generated names through every tool ----------------------------------------------------------------------
+
+SENTINEL = "ESCAPED"  # in every generated name: a file anywhere with it in its name escaped its output
+
+
+def _generated_names(count: int, seed: int) -> list[str]:
+    """Names as hostile inputs hold them: unicode, separators, dots, percent and URL signs, very long, traversal."""
+    rng = random.Random(seed)
+    pieces = ["caf\u00e9", "\u65e5\u672c", "\U0001f600", "%41", "#?%", "a b", "..", ".", "x.y.z", "-lead", "\u202e"]
+    names = [f"../../../../{SENTINEL}-up", f"{SENTINEL}/../../../x", f"/abs/{SENTINEL}", f"{SENTINEL}-" + "l" * 180]
+    while len(names) < count:
+        parts = [rng.choice(pieces) for _ in range(rng.randint(1, 4))]
+        separator = rng.choice(["", "/", "_", "\\"])
+        names.append(f"{SENTINEL}{separator.join(parts)}")
+    return names
+
+
+def _plant_keys(shard_tar: Path, keys: list[str]) -> None:
+    """Adds a sample under each raw ``key`` to ``shard_tar`` and its index (a hand-made shard set)."""
+    with tarfile.open(shard_tar) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    image = next(data for name, data in members if name.endswith(".jpg"))
+    annotation = next(data for name, data in members if name.endswith(".json"))
+    index_path = shard_tar.with_suffix(".parquet")
+    index = pq.read_table(index_path)
+    template = index.slice(0, 1).to_pylist()[0]
+    with tarfile.open(shard_tar, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            _member(tar, name, data)
+        for key in keys:
+            _member(tar, f"{key}.jpg", image)
+            _member(tar, f"{key}.json", annotation)
+    rows = [template | {"key": key} for key in keys]
+    pq.write_table(pa.concat_tables([index, pa.Table.from_pylist(rows, schema=index.schema)]), index_path)
+
+
+def _escaped(tmp_path: Path, allowed: tuple[Path, ...]) -> list[Path]:
+    """Paths named with the sentinel outside the ``allowed`` folders: under the test's temporary folder (the
+    generated traversals climb four levels from outputs nested deeper than that) and at the absolute one."""
+    found = [p for p in tmp_path.rglob(f"*{SENTINEL}*") if not any(p.is_relative_to(folder) for folder in allowed)]
+    return found + [p for p in (Path("/abs"),) if p.exists()]
+
+
+def test_generated_names_never_leave_the_output_of_any_tool(tmp_path: Path) -> None:
+    from pipelines.config import ExportJobConfig, ReportJobConfig
+    from pipelines.export.job import run as export
+    from pipelines.report.job import run as report
+
+    names = _generated_names(24, seed=7)
+    images = make_images(len(names), seed=9, width=160, height=120, persons=(1, 2))
+    for image, name in zip(images, names, strict=True):  # the corpus's own file names are the generated names
+        image.file_name = f"{name.replace('/', '_').replace(chr(92), '_').strip('.') or 'x'}.jpg"
+    source = tmp_path / "in"
+    write_corpus(str(source / "images"), images)
+    write_coco(str(source / "coco.json"), images)
+    out = tmp_path / "a" / "b" / "c" / "d"  # every output four levels down: a four-level climb stays in view
+    shards = out / "shards"
+    shard(_shard_config(source / "images", shards, f"input.annotations={source / 'coco.json'}", "shard.max_samples=6"))
+    _plant_keys(sorted(shards.glob("shard-*.tar"))[0], names)  # and the raw names as keys of a hand-made shard
+    labels = out / "labels"
+    summary = _fake_label(_label_config(shards, labels))
+    assert summary["reconciled"]
+    assert summary["errors_by_reason"]["invalid_key"] >= len(names)
+    for fmt in ("crops", "hmr2", "camerahmr"):
+        base = [f"input.labels={labels}", f"input.shards={shards}", f"output={out / fmt}", f"format={fmt}"]
+        export(compose_config("dpmesh_export", [*base, "log_level=WARNING"], ExportJobConfig))
+    report(compose_config("dpmesh_report", [f"input.labels={labels}", f"output={out / 'report'}",
+                                            "report.per_tier=2", "log_level=WARNING"], ReportJobConfig))  # fmt: skip
+    assert not _escaped(tmp_path, (source, out))
+    outside = [
+        p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(source) and not p.is_relative_to(out)
+    ]
+    assert not outside, outside
+    exported = [tar for fmt in ("crops", "hmr2", "camerahmr") for tar in (out / fmt).rglob("*.tar")]
+    assert exported
+    for tar_path in exported:  # nothing a `tar -x` would place outside the folder it is unpacked in
+        with tarfile.open(tar_path) as tar:
+            assert all("/" not in m.name and ".." not in m.name.split(".")[0] for m in tar.getmembers()), tar_path
