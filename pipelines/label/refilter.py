@@ -257,8 +257,39 @@ class RefilterShardFn(beam.DoFn):
         yield marker
 
 
+def build_pipeline(
+    p: beam.Pipeline,
+    cfg: RefilterJobConfig,
+    pending: list[str],
+    thresholds: FilterThresholds,
+    info: dict[str, Any],
+    calibration: ConfidenceCalibration | None,
+) -> None:
+    """Adds the refiltering steps for the ``pending`` shard names to ``p``."""
+    _ = (
+        p
+        | "Shards" >> beam.Create(pending)
+        | "SpreadShards" >> beam.Reshuffle()
+        | "Refilter" >> beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
+    )
+
+
+def refilter_config_hash(cfg: RefilterJobConfig) -> str:
+    """What decides the refiltered rows: the filter (where and how the job runs changes none)."""
+    return config_hash(cfg, exclude=("input", "output", "runner", "storage", "log_level", "overwrite"))
+
+
 def run(cfg: RefilterJobConfig) -> dict[str, Any]:
-    """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary."""
+    """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary
+    (the launch plan on a dry run, which reads and writes nothing)."""
+    if cfg.runner.dry_run:
+        from pipelines.launch_plan import print_launch_plan
+
+        stand_in = {"pipeline_version": pipelines.__version__, "config_hash": refilter_config_hash(cfg)}
+        thresholds = filter_thresholds(cfg.filter)  # bad overrides fail a dry run too
+        return print_launch_plan(
+            "dpmesh-refilter", cfg, lambda p: build_pipeline(p, cfg, ["shard-000000"], thresholds, stand_in, None)
+        )
     storage = Storage(cfg.storage)
     check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
     thresholds = filter_thresholds(cfg.filter)
@@ -269,7 +300,7 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     shards = sorted(sources)
     info: dict[str, Any] = {
         "pipeline_version": pipelines.__version__,
-        "config_hash": config_hash(cfg, exclude=("input", "output", "runner", "storage", "log_level", "overwrite")),
+        "config_hash": refilter_config_hash(cfg),
         **calibration_lineage(calibration, cfg.filter.calibration),
     }
     done = {} if cfg.overwrite else read_markers(storage, cfg.output)
@@ -288,12 +319,7 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     started = time.monotonic()
     record_intent(storage, cfg.output, "dpmesh-refilter", info["config_hash"])  # before the first shard's files
     with running_pipeline(pipeline_options(cfg.runner, job_name="dpmesh-refilter")) as p:
-        _ = (
-            p
-            | "Shards" >> beam.Create(pending)
-            | "SpreadShards" >> beam.Reshuffle()
-            | "Refilter" >> beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
-        )
+        build_pipeline(p, cfg, pending, thresholds, info, calibration)
     # This run's markers are read back (an index left by an earlier run may hold older entries for them).
     written = fetch_markers(storage, [marker_uri(cfg.output, s) for s in pending])
     markers = read_markers(storage, cfg.output, known=written)

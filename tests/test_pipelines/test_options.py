@@ -253,6 +253,31 @@ def test_shard_dry_run_on_dataflow_touches_no_storage(no_submit: None, capsys: p
     assert "--sdk_container_image=" + IMAGE in capsys.readouterr().out
 
 
+def test_refilter_dry_run_prints_its_plan_and_writes_nothing(
+    no_submit: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from pipelines.config import RefilterJobConfig
+    from pipelines.label.refilter import run as refilter
+
+    output = tmp_path / "refiltered"
+    cfg = compose_config(
+        "dpmesh_refilter",
+        [
+            f"input={tmp_path / 'no-labels-here'}",
+            f"output={output}",
+            "runner=dataflow",
+            *DATAFLOW,
+            "runner.dry_run=true",
+        ],
+        RefilterJobConfig,
+    )
+    plan = refilter(cfg)
+    assert plan["submitted"] is False
+    assert [s["name"] for s in plan["steps"]][:3] == ["Shards", "SpreadShards", "Refilter"]
+    assert "dry run: nothing submitted" in capsys.readouterr().out
+    assert not output.exists(), "a dry run writes nothing (it used to run the job)"
+
+
 @pytest.mark.parametrize("name", ["spark", "flink"])
 def test_spark_and_flink_dry_run_plans(name: str, no_submit: None, capsys: pytest.CaptureFixture[str]) -> None:
     plan = label(
