@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # are built once): most tests wait on subprocesses, servers and Beam workers, so two halve the time on 2 cores.
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-slow lint format typecheck demo bench-shard clean help system-packages
+.PHONY: test test-slow lint format typecheck demo bench-shard clean help system-packages render-packages
 
 help:
 	@echo "make test    - install if needed, then lint, type-check and run the default test suite"
@@ -33,11 +33,15 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy schemas dpmesh_core
 
 # Debian packages (Mesa EGL for the report's mesh rendering, Chromium for its browser test); installs only what is
-# missing (see .ci/system_packages.sh).
+# missing (see .ci/system_packages.sh). The demo and the default suite need the renderer only; the slow suite's
+# browser test needs Chromium too.
 system-packages:
-	.ci/system_packages.sh
+	.ci/system_packages.sh render browser
 
-test: system-packages lint typecheck
+render-packages:
+	.ci/system_packages.sh render
+
+test: render-packages lint typecheck
 	$(PY) -m pytest -m "not slow and not gpu" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: system-packages $(STAMP)
@@ -47,7 +51,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-demo: system-packages $(STAMP)
+demo: render-packages $(STAMP)
 	$(PY) -m pipelines.demo
 
 bench-shard: $(STAMP)
