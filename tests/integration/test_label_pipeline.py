@@ -400,6 +400,49 @@ def test_a_kill_at_any_write_boundary_resumes_to_the_same_rows(
     assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
 
 
+_KILLED_REFILTER = (
+    _KILL_AFTER_WRITE.split("from pipelines.config")[0]
+    + """
+from pipelines.config import RefilterJobConfig, compose_config
+from pipelines.label.refilter import run
+run(compose_config("dpmesh_refilter", sys.argv[2:], RefilterJobConfig))
+"""
+)
+
+
+def _refilter_args(labels: str, output: Path) -> list[str]:
+    return [f"input={labels}", f"output={output}", "filter=strict", "log_level=WARNING"]
+
+
+@pytest.fixture(scope="module")
+def fake_refiltered(fake_labeled: tuple[str, dict], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("refiltered") / "out"
+    args = _refilter_args(fake_labeled[0], output)
+    return output, refilter(compose_config("dpmesh_refilter", args, RefilterJobConfig))
+
+
+@pytest.mark.parametrize("boundary", ["intent", "annotations", "marker", "index", "summary"])
+def test_a_refilter_killed_at_any_write_boundary_resumes_to_the_same_rows(
+    fake_labeled: tuple[str, dict], fake_refiltered: tuple[Path, dict], tmp_path: Path, boundary: str
+) -> None:
+    reference, expected = fake_refiltered
+
+    def args(output: Path) -> list[str]:
+        return _refilter_args(fake_labeled[0], output)
+
+    output = tmp_path / "killed"
+    process = subprocess.run(
+        [sys.executable, "-c", _KILLED_REFILTER, _LABEL_BOUNDARIES[boundary], *args(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert process.returncode == -signal.SIGKILL, f"the refilter was not killed after its first {boundary} write"
+    resumed = refilter(compose_config("dpmesh_refilter", args(output), RefilterJobConfig))
+    assert resumed["counts"] == expected["counts"]
+    assert _digests(str(output)) == _digests(str(reference))
+
+
 def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) -> None:
     cfg = _label_config(
         f"input.shards={shards['shards']}/shard-00000*.tar", f"output={tmp_path / 'o'}", "model.batch_size=1"
