@@ -1,14 +1,20 @@
 """Test-time pre-processing of the official 3DPW path (note §3): box from keypoints, square crop, model inputs.
 
-numpy only (no torch, no OpenCV): the affine warp reproduces `cv2.warpAffine(..., INTER_LINEAR)` including its
-1/32-pixel fixed-point source coordinates and its constant-0 border. The crop and keypoint-grid sizes are the
-model's (`DPMeshConfig.crop_geometry`: 256 px and 32 for the official model), never constants of this module.
+The crop is the official one: `cv2.warpAffine(float32 image, img2crop, (S, S), flags=INTER_LINEAR)` with its
+constant-0 border (OpenCV 4: source coordinates in fixed point, rounded to 1/32 px; OpenCV 5 samples at exact
+coordinates and is refused by the dependency pin). The crop and keypoint-grid sizes are the model's
+(`DPMeshConfig.crop_geometry`: 256 px and 32 for the official model), never constants of this module.
+
+`prepare_person` is the official path. `plan_person` + `cut_crop` split it into the geometry (no pixels) and the
+pixels, so that a caller with several persons per image converts the image once, or cuts from an image decoded at
+reduced size (`dpmesh_core.fast_crop`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from dpmesh_core.config import CropGeometry
@@ -89,75 +95,68 @@ def crop_affine(bbox: np.ndarray, out_size: int, inverse: bool = False) -> np.nd
     return np.linalg.solve(lhs, b.astype(np.float64)).T.astype(np.float32)
 
 
-def warp_affine_bilinear(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
-    """Numpy port of `cv2.warpAffine(image, matrix, (out, out), INTER_LINEAR)`, constant-0 border.
-
-    OpenCV inverts the matrix in float64, computes source coordinates in 10-bit fixed point and rounds them to
-    1/32 px (INTER_BITS = 5) before bilinear interpolation; both steps are reproduced.
+def warp_crop(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
+    """`cv2.warpAffine(image, matrix, (out, out), flags=INTER_LINEAR)`, constant-0 border: the official crop.
 
     Args:
-        image: `(H, W, C)` uint8 or float.
+        image: `(H, W, C)` float32 (the official path: values 0-255) or uint8 (the fast path: OpenCV then rounds
+            each output value to an integer, at most 0.5 from the float32 result).
         matrix: `(2, 3)` image → crop affine.
-        out_size: output side.
+        out_size: output side (px).
 
     Returns:
-        `(out, out, C)` float32 in the input's value range.
+        `(out, out, C)` in the input's dtype.
     """
-    m = matrix.astype(np.float64)
-    inv = np.zeros((2, 3))
-    det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
-    det = 1.0 / det if det != 0 else 0.0
-    inv[0, 0], inv[0, 1], inv[1, 0], inv[1, 1] = m[1, 1] * det, -m[0, 1] * det, -m[1, 0] * det, m[0, 0] * det
-    inv[0, 2] = -inv[0, 0] * m[0, 2] - inv[0, 1] * m[1, 2]
-    inv[1, 2] = -inv[1, 0] * m[0, 2] - inv[1, 1] * m[1, 2]
-    grid = np.arange(out_size, dtype=np.float64)
-    ab_scale, round_delta = 1024, 16  # AB_BITS = 10, INTER_TAB_SIZE = 32
-    fx = (np.rint((inv[0, 1] * grid + inv[0, 2]) * ab_scale)[:, None] + round_delta).astype(np.int64)
-    fy = (np.rint((inv[1, 1] * grid + inv[1, 2]) * ab_scale)[:, None] + round_delta).astype(np.int64)
-    xs = (fx + np.rint(inv[0, 0] * grid * ab_scale).astype(np.int64)[None, :]) >> 5
-    ys = (fy + np.rint(inv[1, 0] * grid * ab_scale).astype(np.int64)[None, :]) >> 5
-    x0, y0 = xs >> 5, ys >> 5
-    wx, wy = (xs & 31).astype(np.float32) / 32, (ys & 31).astype(np.float32) / 32
-    src = image.astype(np.float32)
-    height, width = src.shape[:2]
-    out = np.zeros((out_size, out_size, src.shape[2]), dtype=np.float32)
-    for dy, wgt_y in ((0, 1 - wy), (1, wy)):
-        for dx, wgt_x in ((0, 1 - wx), (1, wx)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-            vals = src[np.clip(yi, 0, height - 1), np.clip(xi, 0, width - 1)] * inside[..., None]
-            out += vals * (wgt_y * wgt_x)[..., None]
-    return out
+    return cv2.warpAffine(image, matrix, (out_size, out_size), flags=cv2.INTER_LINEAR)
 
 
-def _check_inputs(image: np.ndarray, joints30: np.ndarray) -> None:
+@dataclass(frozen=True)
+class PersonPlan:
+    """Everything about a person's model inputs except the crop's pixels (see `PersonInputs` for the fields)."""
+
+    joints: np.ndarray
+    joints_mask: np.ndarray
+    focal: float
+    bbox_xywh: np.ndarray
+    img2crop: np.ndarray
+    crop2img: np.ndarray
+    image_hw: tuple[int, int]
+    crop_size: int
+
+
+def _check_image(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3:
         raise InvalidPersonInput("bad_image_shape", f"expected (H, W, 3) RGB, got {image.shape}")
-    if image.shape[0] < 2 or image.shape[1] < 2:  # bilinear sampling needs two pixels each way
-        raise InvalidPersonInput(
-            "bad_image_shape", f"image is {image.shape[1]}x{image.shape[0]} px; at least 2x2 is needed"
-        )
+    _check_size(image.shape[0], image.shape[1])
+
+
+def _check_size(height: int, width: int) -> None:
+    if height < 2 or width < 2:  # bilinear sampling needs two pixels each way
+        raise InvalidPersonInput("bad_image_shape", f"image is {width}x{height} px; at least 2x2 is needed")
+
+
+def _check_joints(joints30: np.ndarray) -> None:
     if joints30.shape != (len(SMPL30_JOINTS), 3):
         raise InvalidPersonInput("bad_keypoints_shape", f"expected (30, 3), got {joints30.shape}")
     if not np.isfinite(joints30).all():
         raise InvalidPersonInput("nonfinite_keypoints", "keypoints contain NaN or inf")
 
 
-def prepare_person(image: np.ndarray, joints30: np.ndarray, geometry: CropGeometry) -> PersonInputs:
-    """Full image + 30-joint keypoints in image px → model inputs (PW3D.py:226-296).
+def plan_person(joints30: np.ndarray, image_hw: tuple[int, int], geometry: CropGeometry) -> PersonPlan:
+    """The crop box, affines, keypoint inputs and mask of a person in an image of `image_hw` (H, W) px.
 
     Args:
-        image: `(H, W, 3)` uint8 RGB.
-        joints30: `(30, 3)` x, y in full-image px and confidence, in `SMPL30_JOINTS` order (see
-            `dpmesh_core.joints.coco17_to_smpl30` / `openpose18_to_smpl30`).
-        geometry: the model's crop and keypoint-grid sizes (`model.config.crop_geometry`).
+        joints30: `(30, 3)` x, y in full-image px and confidence, in `SMPL30_JOINTS` order.
+        image_hw: (H, W) of the full image as displayed (px).
+        geometry: the model's crop and keypoint-grid sizes.
 
     Raises:
         InvalidPersonInput: wrong shapes, non-finite keypoints, no keypoint with conf > 0.05, degenerate box.
     """
-    _check_inputs(image, joints30)
+    height, width = image_hw
+    _check_size(height, width)
+    _check_joints(joints30)
     joints30 = joints30.astype(np.float32)  # the official joint-set conversion yields float32
-    height, width = image.shape[:2]
     valid = joints30[:, 2] > CONF_THRESHOLD
     if not valid.any():
         raise InvalidPersonInput("no_valid_keypoints", f"no keypoint with confidence > {CONF_THRESHOLD}")
@@ -166,17 +165,13 @@ def prepare_person(image: np.ndarray, joints30: np.ndarray, geometry: CropGeomet
         raise InvalidPersonInput("degenerate_bbox", f"crop box {box.tolist()} has no extent")
     crop_size, grid = geometry.crop_size, geometry.heatmap_size
     img2crop = crop_affine(box, crop_size)
-    crop = warp_affine_bilinear(image, img2crop, crop_size)
     # All 30 joints are mapped, invalid ones included: their coordinates still feed the keypoint tokens.
     xy1 = np.concatenate([joints30[:, :2].astype(np.float64), np.ones((30, 1))], axis=1)
     joints = joints30.astype(np.float32).copy()
     joints[:, :2] = (xy1 @ img2crop.astype(np.float64).T).astype(np.float32)
     joints[:, :2] = joints[:, :2] / crop_size * grid
     inside = (joints[:, 0] >= 0) & (joints[:, 0] < grid) & (joints[:, 1] >= 0) & (joints[:, 1] < grid)
-    return PersonInputs(
-        # C-contiguous CHW: a strided view would keep its HWC layout through np.stack and pickling would not,
-        # and the convolutions pick different kernels (different rounding) for the two layouts.
-        image=np.ascontiguousarray((crop / 255.0).transpose(2, 0, 1), dtype=np.float32),
+    return PersonPlan(
         joints=joints,
         joints_mask=(valid & inside).astype(np.float32)[:, None],
         focal=float(np.sqrt(float(height) ** 2 + float(width) ** 2)),
@@ -184,4 +179,51 @@ def prepare_person(image: np.ndarray, joints30: np.ndarray, geometry: CropGeomet
         img2crop=img2crop,
         crop2img=crop_affine(box, crop_size, inverse=True),
         image_hw=(int(height), int(width)),
+        crop_size=crop_size,
     )
+
+
+def inputs_from_crop(plan: PersonPlan, crop: np.ndarray) -> PersonInputs:
+    """The model inputs of `plan` with its `(S, S, 3)` crop (uint8 or float32, values 0-255)."""
+    return PersonInputs(
+        # C-contiguous CHW: a strided view would keep its HWC layout through np.stack and pickling would not,
+        # and the convolutions pick different kernels (different rounding) for the two layouts.
+        image=np.ascontiguousarray((crop.astype(np.float32, copy=False) / 255.0).transpose(2, 0, 1)),
+        joints=plan.joints,
+        joints_mask=plan.joints_mask,
+        focal=plan.focal,
+        bbox_xywh=plan.bbox_xywh,
+        img2crop=plan.img2crop,
+        crop2img=plan.crop2img,
+        image_hw=plan.image_hw,
+    )
+
+
+def cut_crop(image: np.ndarray, plan: PersonPlan) -> PersonInputs:
+    """The official crop of `plan` from the full image: `(H, W, 3)` uint8 RGB, or its float32 copy.
+
+    A caller with several persons per image passes `image.astype(np.float32)` once instead of the uint8 image
+    (the warp then converts nothing); the result is the same.
+    """
+    _check_image(image)
+    if image.shape[:2] != plan.image_hw:
+        raise ValueError(f"image is {image.shape[:2]}, the plan was made for {plan.image_hw}")
+    # The official code warps the float32 image: OpenCV then keeps fractional values instead of rounding to uint8.
+    crop = warp_crop(image.astype(np.float32, copy=False), plan.img2crop, plan.crop_size)
+    return inputs_from_crop(plan, crop)
+
+
+def prepare_person(image: np.ndarray, joints30: np.ndarray, geometry: CropGeometry) -> PersonInputs:
+    """Full image + 30-joint keypoints in image px → model inputs (PW3D.py:226-296).
+
+    Args:
+        image: `(H, W, 3)` uint8 RGB (or the same values as float32).
+        joints30: `(30, 3)` x, y in full-image px and confidence, in `SMPL30_JOINTS` order (see
+            `dpmesh_core.joints.coco17_to_smpl30` / `openpose18_to_smpl30`).
+        geometry: the model's crop and keypoint-grid sizes (`model.config.crop_geometry`).
+
+    Raises:
+        InvalidPersonInput: wrong shapes, non-finite keypoints, no keypoint with conf > 0.05, degenerate box.
+    """
+    _check_image(image)
+    return cut_crop(image, plan_person(joints30, (image.shape[0], image.shape[1]), geometry))

@@ -6,6 +6,7 @@ records. Every storage mode PIL can produce (grayscale, CMYK, 16-bit, palette, a
 """
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -36,12 +37,83 @@ class ImageDecodeError(Exception):
         self.reason = reason
 
 
-def decode_rgb(data: bytes, *, max_image_pixels: int) -> np.ndarray:
-    """Decode ``data`` into an `(H, W, 3)` uint8 RGB array, EXIF orientation applied.
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image decoded at 1/``reduction`` of its size (1: full size).
+
+    Attributes:
+        pixels: `(h, w, 3)` uint8 RGB, EXIF orientation applied; h = ceil(H / reduction), w likewise.
+        reduction: 1, 2, 4 or 8.
+        full_hw: (H, W) of the full-size image as displayed (px): the frame every coordinate is in.
+    """
+
+    pixels: np.ndarray
+    reduction: int
+    full_hw: tuple[int, int]
+
+
+class OpenedImage:
+    """An image whose header is read and checked, not yet decoded: its displayed size decides the decode scale.
+
+    Decode at most once (a JPEG's DCT scale is fixed before its pixels are read).
+    """
+
+    def __init__(self, image: Image.Image) -> None:
+        self._image = image
+        try:
+            self._orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+        except Exception:  # a broken EXIF block: ImageOps.exif_transpose ignores it too
+            self._orientation = 1
+        swap = self._orientation in _SWAPPING_ORIENTATIONS
+        self.full_hw = (image.width, image.height) if swap else (image.height, image.width)
+
+    def max_reduction(self) -> int:
+        """The largest DCT reduction (8, 4, 2, else 1) this image can be decoded at with exact pixel geometry.
+
+        Only JPEGs scale while decoding. An EXIF-rotated or flipped image must divide evenly: otherwise its partial
+        last block of decoded pixels moves to the first row or column and shifts every other one.
+        """
+        if self._image.format != "JPEG":
+            return 1
+        width, height = self._image.size
+        for d in (8, 4, 2):
+            even = width % d == 0 and height % d == 0
+            if min(width, height) >= 2 * d and (self._orientation == 1 or even):
+                return d
+        return 1
+
+    def decode(self, reduction: int = 1) -> DecodedImage:
+        """Decode at 1/``reduction`` (at most :meth:`max_reduction`; 1 gives exactly :func:`decode_rgb`'s pixels).
+
+        Raises:
+            ImageDecodeError: ``corrupt_image`` if the pixels cannot be decoded.
+        """
+        image = self._image
+        used = 1
+        try:
+            if reduction > 1:
+                stored_width = image.width
+                drafted = image.draft("RGB", (image.width // reduction, image.height // reduction))
+                used = round(stored_width / drafted[1][2]) if drafted else 1  # box width = stored width / scale
+            image.load()
+            if self._orientation != 1:  # exif_transpose copies even an upright image: a full-size copy saved
+                image = ImageOps.exif_transpose(image) or image
+        except Exception as exc:  # PIL raises many types for broken data
+            raise ImageDecodeError("corrupt_image", f"cannot decode image: {type(exc).__name__}: {exc}") from None
+        return DecodedImage(_to_rgb8(image), used, self.full_hw)
+
+
+def open_image(data: bytes, *, max_image_pixels: int) -> OpenedImage:
+    """Read ``data``'s header and check its size; no pixel is decoded.
 
     Raises:
         ImageDecodeError: ``decompression_bomb`` if the image has more than ``max_image_pixels`` pixels,
-            ``corrupt_image`` if it cannot be decoded.
+            ``corrupt_image`` if it is no image.
     """
     try:
         image = Image.open(io.BytesIO(data))
@@ -49,13 +121,21 @@ def decode_rgb(data: bytes, *, max_image_pixels: int) -> np.ndarray:
             raise ImageDecodeError(
                 "decompression_bomb", f"{image.width}x{image.height} exceeds max_image_pixels={max_image_pixels}"
             )
-        image.load()
-        image = ImageOps.exif_transpose(image) or image
+        return OpenedImage(image)
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types for broken data
         raise ImageDecodeError("corrupt_image", f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return _to_rgb8(image)
+
+
+def decode_rgb(data: bytes, *, max_image_pixels: int) -> np.ndarray:
+    """Decode ``data`` into an `(H, W, 3)` uint8 RGB array, EXIF orientation applied.
+
+    Raises:
+        ImageDecodeError: ``decompression_bomb`` if the image has more than ``max_image_pixels`` pixels,
+            ``corrupt_image`` if it cannot be decoded.
+    """
+    return open_image(data, max_image_pixels=max_image_pixels).decode().pixels
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

@@ -107,6 +107,7 @@ _NOT_CONTENT = (
     "model.debug_overlap_s",
     "detector.debug_overlap_s",
     "input.allow_incomplete",
+    "input.prep_threads",  # how many threads cut the crops: rows are tested identical for any count
 )
 
 

@@ -267,6 +267,13 @@ class DetectorConfig:
         return self.name != DetectorName.annotations
 
 
+class CropMode(str, Enum):
+    """How person crops are cut (``input.crop_mode``)."""
+
+    reference = "reference"  # the official crop: full-size decode, float32 bilinear warp (OpenCV 4)
+    fast = "fast"  # JPEGs decoded at 1/2-1/8 when every crop keeps >= 1 decoded px per crop px; uint8 warp
+
+
 @dataclass
 class LabelInputConfig:
     """Attributes:
@@ -277,15 +284,24 @@ class LabelInputConfig:
     allow_incomplete: Label a shard set without its ``_manifest.json`` (a ``dpmesh-shard`` run that did not
         finish) or with tars the manifest does not list. Off by default: such a set is refused at launch,
         because labels of a partial set look complete. Shards labeled this way are identified by size only.
+    crop_mode: ``reference`` (default): the official crop, rows identical to the official pre-processing.
+        ``fast``: decodes JPEGs at reduced size where no crop loses resolution and warps uint8; several times
+        less CPU per crop, crops within about 35 dB PSNR of the official ones (README "Performance").
+    prep_threads: Threads that decode and crop images while the model runs (per shard being labeled); null:
+        the worker's cores minus one, at least 1; 0: in the reading thread. Rows do not depend on it.
     """
 
     shards: str = "???"
     max_image_pixels: int | None = None
     allow_incomplete: bool = False
+    crop_mode: CropMode = CropMode.reference
+    prep_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise ConfigError(f"input.max_image_pixels must be >= 1 (or unset), got {self.max_image_pixels}")
+        if self.prep_threads is not None and self.prep_threads < 0:
+            raise ConfigError(f"input.prep_threads must be >= 0 (or null for auto), got {self.prep_threads}")
 
 
 @dataclass

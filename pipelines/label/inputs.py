@@ -14,8 +14,11 @@ import numpy as np
 
 from dpmesh_core.config import CropGeometry
 from dpmesh_core.errors import InvalidPersonInput
+from dpmesh_core.fast_crop import cut_fast_crop, max_reduction
 from dpmesh_core.joints import coco17_to_smpl30
-from dpmesh_core.preprocessing import CONF_THRESHOLD, PersonInputs, prepare_person
+from dpmesh_core.preprocessing import CONF_THRESHOLD, PersonInputs, PersonPlan, cut_crop, plan_person
+from pipelines.common.image_decode import DecodedImage, OpenedImage
+from pipelines.config.label import CropMode
 from pipelines.storage import StorageError
 from schemas import COCO_VISIBILITY_CONFIDENCE
 
@@ -183,8 +186,32 @@ class PersonBatch:
     tasks: tuple[PersonTask, ...]
 
 
+def decode_for_crops(
+    opened: OpenedImage, persons: list[dict[str, Any]], geometry: CropGeometry, crop_mode: CropMode
+) -> DecodedImage:
+    """Decodes an image once for all its persons: full size in ``reference`` mode; in ``fast`` mode at the
+    largest JPEG reduction at which every person's crop keeps at least one decoded pixel per crop pixel
+    (:func:`dpmesh_core.fast_crop.max_reduction`).
+
+    ``persons`` are the sample's raw JSON persons; one that cannot be read or planned does not limit the scale
+    (it becomes an error row later, as in ``reference`` mode).
+
+    Raises:
+        ImageDecodeError: the pixels cannot be decoded.
+    """
+    if crop_mode == CropMode.reference:
+        return opened.decode(1)
+    plans: list[PersonPlan] = []
+    for raw in persons:
+        try:
+            plans.append(plan_person(coco17_to_smpl30(person_from_json(raw).keypoints_2d), opened.full_hw, geometry))
+        except (ValueError, TypeError):
+            continue
+    return opened.decode(max_reduction(plans, opened.max_reduction()))
+
+
 def prepare_tasks(
-    image: np.ndarray,
+    image: np.ndarray | DecodedImage,
     persons: list[tuple[int, AnnotatedPerson]],
     *,
     shard: str,
@@ -193,20 +220,34 @@ def prepare_tasks(
     source: str,
     geometry: CropGeometry,
     shard_uri: str = "",
+    crop_mode: CropMode = CropMode.reference,
 ) -> Iterator[tuple[int, PersonTask | ValueError]]:
     """``(person_idx, task)`` for each indexed person, or ``(person_idx, error)`` for one that cannot be prepared.
 
-    ``image`` is `(H, W, 3)` uint8 RGB; crops are cut with ``geometry``, the model's
-    (``DPMeshPredictor.crop_geometry()``). Errors are ``dpmesh_core.InvalidPersonInput`` (no valid keypoint,
-    non-finite values, degenerate box); they become error rows, one per person. A person that errors still counts
-    as a neighbour of the others (its box and keypoints are in the image, labeled or not).
+    ``image`` is `(H, W, 3)` uint8 RGB, or a :class:`DecodedImage` (possibly reduced, ``fast`` mode only); crops
+    are cut with ``geometry``, the model's (``DPMeshPredictor.crop_geometry()``): ``reference`` mode cuts the
+    official crop (the float32 warp of the full image, converted once for all persons), ``fast`` mode the uint8
+    warp of the decoded image (:mod:`dpmesh_core.fast_crop`). Errors are ``dpmesh_core.InvalidPersonInput`` (no
+    valid keypoint, non-finite values, degenerate box); they become error rows, one per person. A person that
+    errors still counts as a neighbour of the others (its box and keypoints are in the image, labeled or not).
     """
+    decoded = image if isinstance(image, DecodedImage) else DecodedImage(image, 1, (image.shape[0], image.shape[1]))
+    if crop_mode == CropMode.reference and decoded.reduction != 1:
+        raise ValueError("reference crops are cut from the full-size image")
+    height, width = decoded.full_hw
+    full_float: np.ndarray | None = None
     boxes = np.stack([p.bbox_xyxy for _, p in persons]) if persons else np.zeros((0, 4), np.float32)
     keypoints = np.stack([p.keypoints_2d for _, p in persons]) if persons else np.zeros((0, 17, 3), np.float32)
     for position, (idx, person) in enumerate(persons):
         try:
-            _check_inside(person, image.shape[1], image.shape[0])
-            inputs = prepare_person(image, coco17_to_smpl30(person.keypoints_2d), geometry)
+            _check_inside(person, width, height)
+            plan = plan_person(coco17_to_smpl30(person.keypoints_2d), decoded.full_hw, geometry)
+            if crop_mode == CropMode.fast:
+                inputs = cut_fast_crop(decoded.pixels, decoded.reduction, plan)
+            else:
+                if full_float is None:  # once per image, not per person: the official warp reads float32
+                    full_float = decoded.pixels.astype(np.float32)
+                inputs = cut_crop(full_float, plan)
         except ValueError as exc:
             yield idx, exc
             continue
@@ -218,8 +259,8 @@ def prepare_tasks(
                 image_key=image_key,
                 source_uri=source_uri,
                 person_idx=idx,
-                image_width=int(image.shape[1]),
-                image_height=int(image.shape[0]),
+                image_width=int(width),
+                image_height=int(height),
                 person=person,
                 keypoint_source=source,
                 other_boxes=np.delete(boxes, position, axis=0),

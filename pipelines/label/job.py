@@ -108,6 +108,8 @@ def build_pipeline(
         prefetch_batches=cfg.prefetch_batches,
         detector=cfg.detector,
         calibration=calibration,
+        crop_mode=cfg.input.crop_mode,
+        prep_threads=cfg.input.prep_threads,
     )
     label = beam.ParDo(LabelShardFn(settings, handler, *(detect or ())))
     if hints:

@@ -5,8 +5,10 @@
 writes the shard's Parquet and then its marker. No GroupByKey stands between a shard's inference and its write,
 so on every runner a shard is committed as soon as it is done, and decoded crops never cross a shuffle.
 
-Overlap: a producer thread reads, decodes, detects and crops the next batches while the model runs on the
-current one; the queue between them holds at most ``prefetch_batches`` items, which bounds the worker's memory.
+Overlap: a producer thread reads, detects and batches while the model runs on the current batch, and a bounded
+pool of ``input.prep_threads`` threads under it decodes and crops the next samples (Pillow's decoders and OpenCV's
+warp release the GIL); items leave in shard order whatever the pool's size. The queue holds at most
+``prefetch_batches`` items and the pool a few samples per thread, which bounds the worker's memory.
 The model (and the detector) come from their Beam model handlers through
 :func:`pipelines.common.shared_model.acquire_model`, shared across the machine's processes on GPU workers.
 """
@@ -30,6 +32,7 @@ from pipelines.common.label_set import index_entry
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
 from pipelines.config import DetectorConfig
+from pipelines.config.label import CropMode
 from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_row
 from pipelines.label.detection.shard_detector import ShardDetector
@@ -65,6 +68,8 @@ class LabelSettings:
         prefetch_batches: Person batches prepared ahead of the model.
         detector: The detector config (its ``name`` says whether detection runs).
         calibration: The confidence calibration (``filter.calibration``), or None for the fixed confidence.
+        crop_mode: How crops are cut (``input.crop_mode``).
+        prep_threads: Threads decoding and cropping ahead of the model (``input.prep_threads``; None: auto).
     """
 
     storage: StorageConfig
@@ -76,6 +81,8 @@ class LabelSettings:
     prefetch_batches: int
     detector: DetectorConfig
     calibration: ConfidenceCalibration | None = None
+    crop_mode: CropMode = CropMode.reference
+    prep_threads: int | None = None
 
 
 def batch_persons(shard: str, outputs: Any, batch_size: int) -> Iterator[Any]:
@@ -140,7 +147,13 @@ class LabelShardFn(beam.DoFn):
         # Crops are cut at the model's own size (a method call: the model may be a proxy to another process).
         geometry = self._model.crop_geometry()
         self._reader = ShardReader(
-            storage, settings.max_image_pixels, settings.detector.name, shard_detector, geometry=geometry
+            storage,
+            settings.max_image_pixels,
+            settings.detector.name,
+            shard_detector,
+            geometry=geometry,
+            crop_mode=settings.crop_mode,
+            prep_threads=settings.prep_threads,
         )
         self._shard_detector = shard_detector
         self._writer = ShardWriter(storage, settings.output, settings.run_info)

@@ -18,15 +18,21 @@ What is content and what is a fault decides what becomes a row:
 
 import hashlib
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+import cv2
+
 from dpmesh_core.config import CropGeometry
-from pipelines.common.image_decode import ImageDecodeError, decode_rgb
+from pipelines.common.image_decode import DecodedImage, ImageDecodeError, open_image
 from pipelines.common.safe_paths import KEY_GRAMMAR, is_valid_key
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, DetectorName
+from pipelines.config.label import CropMode
 from pipelines.error_rows import error_row
 from pipelines.label.detection.records import ImageDetections
 from pipelines.label.detection.shard_detector import ShardDetector, needs_detection
@@ -35,6 +41,7 @@ from pipelines.label.inputs import (
     PersonTask,
     ShardReadError,
     ShardSampleData,
+    decode_for_crops,
     iter_shard_samples,
     person_from_json,
     prepare_tasks,
@@ -52,6 +59,15 @@ _READ_CHUNK = 1 << 20
 # With detection, images wait for their detection batch to fill; at most this many detection batches' worth of
 # decoded images (annotated ones included) are held before a partial batch is detected anyway.
 _MAX_PENDING_BATCHES = 4
+# Samples decoded and cropped ahead of the one being emitted, per preparation thread: enough to keep every thread
+# busy while the reader waits on the oldest, few enough to bound memory (each holds a decoded image and its crops).
+_SAMPLES_AHEAD_PER_THREAD = 2
+
+
+def default_prep_threads() -> int:
+    """The worker's cores minus one (the model's thread, or the process's own work), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 class _HashingStream:
@@ -80,8 +96,18 @@ class _Pending:
 
     sample: ShardSampleData
     meta: dict[str, Any]
-    image: Any
+    image: DecodedImage
     detect: bool
+
+
+@dataclass
+class _Prepared:
+    """What one sample gave, in order: rows and person tasks, the counts they add, or a sample waiting for
+    detection. Made in a preparation thread, emitted (and counted) by the reading thread in shard order."""
+
+    items: list[PersonTask | dict[str, Any]] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+    pending: _Pending | None = None
 
 
 class ShardReader:
@@ -94,6 +120,9 @@ class ShardReader:
         detector: Where persons come from; with ``vitpose``/``auto``, ``shard_detector`` finds them.
         shard_detector: Runs detection on batches of images (None with ``detector=annotations``).
         geometry: The model's crop geometry, which every person's crop is cut with.
+        crop_mode: ``reference`` (the official crop) or ``fast`` (see :class:`CropMode`).
+        prep_threads: Threads that decode and crop samples ahead of the one being emitted (0: in the calling
+            thread; None: :func:`default_prep_threads`). Items come out in shard order whatever the value.
     """
 
     def __init__(
@@ -104,6 +133,8 @@ class ShardReader:
         shard_detector: ShardDetector | None = None,
         *,
         geometry: CropGeometry,
+        crop_mode: CropMode = CropMode.reference,
+        prep_threads: int | None = 0,
     ) -> None:
         if detector != DetectorName.annotations and shard_detector is None:
             raise ValueError(f"detector={detector.value} needs a ShardDetector")
@@ -112,6 +143,10 @@ class ShardReader:
         self._detector = detector
         self._shard_detector = shard_detector
         self._geometry = geometry
+        self._crop_mode = crop_mode
+        self._threads = default_prep_threads() if prep_threads is None else prep_threads
+        # Parallelism is ours (prep_threads): OpenCV's own thread pool on top would oversubscribe the cores.
+        cv2.setNumThreads(1)
 
     def read(self, task: ShardTask, report: ShardReport) -> Iterator[PersonTask | dict[str, Any]]:
         """Every person task and error row of the shard, in shard order.
@@ -123,16 +158,34 @@ class ShardReader:
         pixel_limit = self._max_pixels or task.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
         seen: set[str] = set()
         pending: list[_Pending] = []
-        with self._storage.open_read(task.uri) as raw:
-            stream = _HashingStream(raw)
-            try:
-                for sample in iter_shard_samples(stream):  # type: ignore[arg-type]
-                    yield from self._sample(task, sample, index, seen, pending, report, pixel_limit)
-                stream.drain()
-            except ShardReadError as exc:
-                yield from self._flush(task, pending, report)
-                yield self._error(task, ErrorStage.LABEL_READ, ErrorReason.TRUNCATED_SHARD, str(exc))
-            report.tar_bytes, report.tar_sha1 = stream.size, stream.sha1.hexdigest()
+        # Samples in flight, oldest first: each a Future of a _Prepared, or a _Prepared made in this thread.
+        ahead: deque[Future[_Prepared] | _Prepared] = deque()
+        depth = max(1, self._threads * _SAMPLES_AHEAD_PER_THREAD)
+        pool = ThreadPoolExecutor(self._threads, thread_name_prefix=f"prep-{task.name}") if self._threads else None
+
+        def emit(block: bool) -> Iterator[PersonTask | dict[str, Any]]:
+            while ahead and (block or len(ahead) > depth or _ready(ahead[0])):
+                head = ahead.popleft()
+                yield from self._emit(task, head.result() if isinstance(head, Future) else head, pending, report)
+
+        try:
+            with self._storage.open_read(task.uri) as raw:
+                stream = _HashingStream(raw)
+                try:
+                    for sample in iter_shard_samples(stream):  # type: ignore[arg-type]
+                        work = self._sample(task, sample, index, seen, report, pixel_limit)
+                        ahead.append(work if isinstance(work, _Prepared) else _run(pool, work))
+                        yield from emit(block=False)
+                    stream.drain()
+                except ShardReadError as exc:
+                    yield from emit(block=True)
+                    yield from self._flush(task, pending, report)
+                    yield self._error(task, ErrorStage.LABEL_READ, ErrorReason.TRUNCATED_SHARD, str(exc))
+                report.tar_bytes, report.tar_sha1 = stream.size, stream.sha1.hexdigest()
+            yield from emit(block=True)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         yield from self._flush(task, pending, report)
         yield from self._missing_samples(task, index, seen, report)
         yield from self._check_identity(task, report)
@@ -153,39 +206,61 @@ class ShardReader:
         sample: ShardSampleData,
         index: dict[str, dict[str, Any]] | None,
         seen: set[str],
-        pending: list[_Pending],
         report: ShardReport,
         pixel_limit: int,
-    ) -> Iterator[PersonTask | dict[str, Any]]:
-        """Checks a sample against the index, decodes it (at most ``pixel_limit`` pixels), and emits it or queues
-        it for detection."""
-        counts = report.counts
-        counts["images_in"] += 1
+    ) -> _Prepared | Callable[[], _Prepared]:
+        """Checks a sample against the index (here, in shard order: ``seen`` decides duplicates); returns its
+        error rows, or the work that decodes it (at most ``pixel_limit`` pixels) and cuts its crops."""
+        report.counts["images_in"] += 1
         problem = self._member_problem(sample, index, seen)
         seen.add(sample.key)
         if problem is not None:
-            counts["images_errored"] += 1
             reason, message = problem
-            yield self._error(task, ErrorStage.LABEL_READ, reason, message, key=sample.key)
-            return
+            error = self._error(task, ErrorStage.LABEL_READ, reason, message, key=sample.key)
+            return _Prepared([error], Counter(images_errored=1))
         try:
             meta = sample_metadata(sample)
         except ValueError as exc:
-            counts["images_errored"] += 1
-            yield self._error(task, ErrorStage.LABEL_DECODE, ErrorReason.INVALID_ANNOTATION, str(exc), key=sample.key)
-            return
+            reason = ErrorReason.INVALID_ANNOTATION
+            error = self._error(task, ErrorStage.LABEL_DECODE, reason, str(exc), key=sample.key)
+            return _Prepared([error], Counter(images_errored=1))
         detect = self._shard_detector is not None and needs_detection(self._detector, meta)
+        return lambda: self._prepare(task, sample, meta, detect, pixel_limit)
+
+    def _prepare(
+        self, task: ShardTask, sample: ShardSampleData, meta: dict[str, Any], detect: bool, pixel_limit: int
+    ) -> _Prepared:
+        """Decodes a sample and, without detection, cuts its persons' crops (in a preparation thread: touches no
+        shared state; its counts travel in the result)."""
+        persons = [] if detect else list(meta.get("persons") or [])
         try:
-            image = decode_rgb(sample.image_bytes() or b"", max_image_pixels=pixel_limit)
+            opened = open_image(sample.image_bytes() or b"", max_image_pixels=pixel_limit)
+            # The detector sees the full image; annotated persons are cut at the crop mode's scale.
+            image = opened.decode(1) if detect else decode_for_crops(opened, persons, self._geometry, self._crop_mode)
         except ImageDecodeError as exc:
-            counts["images_errored"] += 1
-            persons = [] if detect else list(meta.get("persons") or [])
-            counts["persons_in"] += len(persons)
+            done = _Prepared(counts=Counter(images_errored=1, persons_in=len(persons)))
             where = {"key": sample.key, "source_uri": meta.get("source_uri")}
             for idx in range(len(persons)) or [None]:
-                yield self._error(task, ErrorStage.LABEL_DECODE, exc.reason, str(exc), person_idx=idx, **where)
+                done.items.append(
+                    self._error(task, ErrorStage.LABEL_DECODE, exc.reason, str(exc), person_idx=idx, **where)
+                )
+            return done
+        item = _Pending(sample, meta, image, detect)
+        if self._shard_detector is not None:  # every sample waits its turn behind the detection batch
+            return _Prepared(pending=item)
+        done = _Prepared()
+        done.items.extend(self._persons(task, item, None, done.counts))
+        return done
+
+    def _emit(
+        self, task: ShardTask, prepared: _Prepared, pending: list[_Pending], report: ShardReport
+    ) -> Iterator[PersonTask | dict[str, Any]]:
+        """A prepared sample's items and counts, in shard order; a sample for detection joins the pending batch."""
+        report.counts.update(prepared.counts)
+        yield from prepared.items
+        if prepared.pending is None:
             return
-        pending.append(_Pending(sample, meta, image, detect))
+        pending.append(prepared.pending)
         detector = self._shard_detector
         waiting = sum(p.detect for p in pending)
         if (
@@ -225,18 +300,18 @@ class ShardReader:
         waiting = [p for p in pending if p.detect]
         if waiting and self._shard_detector is not None:
             batch_id = f"{task.name}/{waiting[0].sample.key}"
-            found = self._shard_detector.detect(batch_id, [p.sample.key for p in waiting], [p.image for p in waiting])
+            images = [p.image.pixels for p in waiting]
+            found = self._shard_detector.detect(batch_id, [p.sample.key for p in waiting], images)
             detections = found.images
             report.detector_models.update(found.models)
         for item in pending:
             detected = detections.get(item.sample.key) if item.detect else None
-            yield from self._persons(task, item, detected, report)
+            yield from self._persons(task, item, detected, report.counts)
         pending.clear()
 
     def _persons(
-        self, task: ShardTask, item: _Pending, detected: ImageDetections | None, report: ShardReport
+        self, task: ShardTask, item: _Pending, detected: ImageDetections | None, counts: Counter[str]
     ) -> Iterator[PersonTask | dict[str, Any]]:
-        counts = report.counts
         sample, meta = item.sample, item.meta
         where = {"key": sample.key, "source_uri": meta.get("source_uri")}
         if item.detect and (detected is None or detected.error is not None):
@@ -262,6 +337,7 @@ class ShardReader:
         for idx, prepared in prepare_tasks(
             item.image, persons, shard=task.name, image_key=sample.key, source_uri=str(meta.get("source_uri", "")),
             source=source, geometry=self._geometry, shard_uri=task.uri,
+            crop_mode=self._crop_mode,
         ):  # fmt: skip
             if isinstance(prepared, PersonTask):
                 yield prepared
@@ -303,3 +379,12 @@ class ShardReader:
     def _error(task: ShardTask, stage: ErrorStage, reason: Any, message: str, **where: Any) -> dict[str, Any]:
         where.setdefault("source_uri", task.uri)
         return error_row(stage, reason, message, shard=task.name, **where)
+
+
+def _ready(slot: Future[_Prepared] | _Prepared) -> bool:
+    return not isinstance(slot, Future) or slot.done()
+
+
+def _run(pool: ThreadPoolExecutor | None, work: Callable[[], _Prepared]) -> Future[_Prepared] | _Prepared:
+    """``work`` submitted to ``pool``, or done here when there is none (``prep_threads=0``)."""
+    return work() if pool is None else pool.submit(work)

@@ -62,3 +62,14 @@ def test_planning_benchmark_prints_its_last_line() -> None:
     lines = _run("label_planning.py", "--shards", "50")
     match = re.fullmatch(r"shards=50 plan_s=\S+ plan_cold_s=\S+ sequential_s=\S+ speedup=\S+", lines[-1])
     assert match, lines[-1]
+
+
+def test_crop_prep_benchmark_prints_its_last_line() -> None:
+    lines = _run("crop_prep.py", "--images", "4", "--repeats", "1", "--model-s", "0.05")
+    last = (
+        r"ratio_fast_vs_reference=(\d+\.\d+) fast_vs_decode_floor=(\d+\.\d+) crops_per_cpu_s_fast=(\d+) "
+        r"crops_per_cpu_s_reference=(\d+) fast_crop_psnr_db=(\d+\.\d+|inf) pipeline_vs_model_only=(\d+\.\d+)"
+    )
+    match = re.fullmatch(last, lines[-1])
+    assert match, lines[-1]
+    assert all(float(value) > 0 for value in match.groups())

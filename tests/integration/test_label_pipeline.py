@@ -443,6 +443,27 @@ def test_a_refilter_killed_at_any_write_boundary_resumes_to_the_same_rows(
     assert _digests(str(output)) == _digests(str(reference))
 
 
+@pytest.mark.parametrize("threads", [0, 3])
+def test_the_preparation_pool_gives_the_rows_of_a_serial_run(
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path, threads: int
+) -> None:
+    """Decoding and cropping in 0 (the reading thread) or 3 pool threads: the same rows, in the same order."""
+    reference, expected = fake_labeled
+    output = tmp_path / f"threads{threads}"
+    summary = _fake_run(f"input.shards={shards['shards']}", f"output={output}", f"input.prep_threads={threads}")
+    assert summary["counts"] == expected["counts"]
+    assert _digests(str(output)) == _digests(reference)
+
+
+def test_fast_crops_label_every_person_the_reference_crops_label(
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path
+) -> None:
+    _, expected = fake_labeled
+    summary = _fake_run(f"input.shards={shards['shards']}", f"output={tmp_path / 'fast'}", "input.crop_mode=fast")
+    assert summary["reconciled"]
+    assert summary["counts"] == expected["counts"]
+
+
 def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) -> None:
     cfg = _label_config(
         f"input.shards={shards['shards']}/shard-00000*.tar", f"output={tmp_path / 'o'}", "model.batch_size=1"
