@@ -16,7 +16,9 @@ tier cut-offs (``gold_min`` ...) read as "at least this chance of a good label".
 Edge cases: a signal that was not measured (None) has ``f_i = 0``, as it scores 1 in the fixed product; an
 undefined reprojection error (no valid keypoint, NaN) has ``s_i = 0``, so the confidence is 0 when its weight is
 positive. The file is JSON (`CALIBRATION_FORMAT`, `CALIBRATION_VERSION`) and carries each term's signal name,
-soft point, scale, direction and weight, so it stays valid if `SCORE_SCALES` changes later.
+soft point, scale, direction and weight, so it stays valid if `SCORE_SCALES` changes later. Reading it checks it
+against a declared schema (`FILE_FIELDS`, `TERM_FIELDS`): a file changes every confidence it scores, so a value of
+the wrong JSON type (``"no"`` for a boolean, ``true`` for a number) is refused, never coerced.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ from dpmesh_core.confidence import SCORE_SCALES, ConfidenceSignals
 CALIBRATION_FORMAT = "dpmesh-confidence-calibration"
 CALIBRATION_VERSION = 1
 MODEL = "logistic"
+
+
+class CalibrationError(ValueError):
+    """A calibration file that does not follow its schema (one line naming the field); pipelines turn it into a
+    configuration error."""
 
 
 @dataclass(frozen=True)
@@ -129,52 +136,160 @@ class ConfidenceCalibration:
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> ConfidenceCalibration:
-        """Parse and check a calibration file.
+        """Parse and check a calibration file against its declared schema (`FILE_FIELDS`, `TERM_FIELDS`).
 
         Raises:
-            ValueError: not a calibration file, an unknown version or model, an unknown signal, a negative or
-                non-finite weight (the message names the field).
+            CalibrationError: not JSON, a repeated key, a missing or unknown field, a value of the wrong JSON type
+                (booleans are not numbers, numbers are not booleans) or out of its range or enum; one line naming the
+                field and what was expected.
         """
         try:
-            doc = json.loads(data)
+            doc = json.loads(data, object_pairs_hook=_no_repeated_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"calibration file is not JSON: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-            raise ValueError(f"not a confidence calibration file (format must be {CALIBRATION_FORMAT!r})")
-        if doc.get("version") != CALIBRATION_VERSION:
-            raise ValueError(f"calibration version {doc.get('version')!r} is not supported (expected 1)")
-        if doc.get("model") != MODEL:
-            raise ValueError(f"calibration model {doc.get('model')!r} is not supported (expected {MODEL!r})")
-        known = {f for f in ConfidenceSignals.__dataclass_fields__}
-        terms = []
-        for i, t in enumerate(doc.get("terms") or []):
-            if t.get("signal") not in known:
-                raise ValueError(f"calibration terms[{i}].signal={t.get('signal')!r}: not a stored signal")
-            for key in ("soft", "scale", "weight"):
-                if not isinstance(t.get(key), int | float) or not math.isfinite(t[key]):
-                    raise ValueError(f"calibration terms[{i}].{key}={t.get(key)!r}: expected a finite number")
-            if t["weight"] < 0 or t["scale"] <= 0:
-                raise ValueError(f"calibration terms[{i}]: weight must be >= 0 and scale > 0")
-            terms.append(
-                CalibrationTerm(t["signal"], float(t["soft"]), float(t["scale"]), bool(t["higher_is_better"]),
-                                float(t["weight"]))
-            )  # fmt: skip
+            raise CalibrationError(f"calibration file is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise CalibrationError(f"calibration file: expected a JSON object, got {_json_type(doc)}")
+        _check_object(doc, FILE_FIELDS, "")
+        terms = doc["terms"]
         if not terms:
-            raise ValueError("calibration has no terms")
-        intercept, good = doc.get("intercept"), doc.get("good_error_mm")
-        if not isinstance(intercept, int | float) or not math.isfinite(intercept):
-            raise ValueError(f"calibration intercept={intercept!r}: expected a finite number")
-        if not isinstance(good, int | float) or not good > 0:
-            raise ValueError(f"calibration good_error_mm={good!r}: expected a positive number")
+            raise CalibrationError("calibration terms=[]: expected at least one term")
+        seen: dict[str, int] = {}
+        for i, term in enumerate(terms):
+            where = f"terms[{i}]"
+            if not isinstance(term, dict):
+                raise CalibrationError(f"calibration {where}={_show(term)}: expected an object ({_term_keys()})")
+            _check_object(term, TERM_FIELDS, f"{where}.")
+            if term["signal"] in seen:  # two weights for one signal would count it twice
+                raise CalibrationError(
+                    f"calibration {where}.signal={_show(term['signal'])}: repeats terms[{seen[term['signal']]}]"
+                )
+            seen[term["signal"]] = i
         return cls(
-            terms=tuple(terms),
-            intercept=float(intercept),
-            good_error_mm=float(good),
-            error_metric=str(doc.get("error_metric", "pa_mpjpe_mm")),
-            joint_set=str(doc.get("joint_set", "smpl24")),
+            terms=tuple(
+                CalibrationTerm(
+                    t["signal"], float(t["soft"]), float(t["scale"]), t["higher_is_better"], float(t["weight"])
+                )
+                for t in terms
+            ),
+            intercept=float(doc["intercept"]),
+            good_error_mm=float(doc["good_error_mm"]),
+            error_metric=doc.get("error_metric", "pa_mpjpe_mm"),
+            joint_set=doc.get("joint_set", "smpl24"),
             fit=dict(doc.get("fit") or {}),
             sha256=hashlib.sha256(data).hexdigest(),
         )
+
+
+@dataclass(frozen=True)
+class _Field:
+    """What one JSON field must hold.
+
+    ``kind``: ``number`` (finite, never a boolean), ``integer`` (never a boolean), ``boolean`` (a JSON ``true`` or
+    ``false``), ``string``, ``object``, ``array``. ``choices``: the allowed values (an enum); ``minimum`` /
+    ``above``: inclusive / exclusive lower bounds for numbers.
+    """
+
+    kind: str
+    required: bool = True
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    above: float | None = None
+
+
+_SIGNAL_NAMES = tuple(ConfidenceSignals.__dataclass_fields__)
+# The declared schema of the file (`ConfidenceCalibration.to_dict` writes exactly these fields).
+FILE_FIELDS: dict[str, _Field] = {
+    "format": _Field("string", choices=(CALIBRATION_FORMAT,)),
+    "version": _Field("integer", choices=(CALIBRATION_VERSION,)),
+    "model": _Field("string", choices=(MODEL,)),
+    "target": _Field("string", required=False),
+    "good_error_mm": _Field("number", above=0.0),
+    "error_metric": _Field("string", required=False),
+    "joint_set": _Field("string", required=False),
+    "intercept": _Field("number"),
+    "terms": _Field("array"),
+    "fit": _Field("object", required=False),
+}
+TERM_FIELDS: dict[str, _Field] = {
+    "signal": _Field("string", choices=_SIGNAL_NAMES),
+    "soft": _Field("number"),
+    "scale": _Field("number", above=0.0),
+    "higher_is_better": _Field("boolean"),
+    "weight": _Field("number", minimum=0.0),
+}
+_EXPECTED = {
+    "number": "a finite number",
+    "integer": "an integer",
+    "boolean": "a JSON boolean (true or false)",
+    "string": "a string",
+    "object": "a JSON object",
+    "array": "a JSON array",
+}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (``true`` is a boolean, not a number)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message (JSON spelling, cut to 60 characters)."""
+    text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else _json_type(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _term_keys() -> str:
+    return ", ".join(TERM_FIELDS)
+
+
+def _check_value(value: Any, spec: _Field, where: str) -> None:
+    kind = _json_type(value)
+    ok = kind == spec.kind or (spec.kind == "number" and kind == "integer")
+    if ok and spec.kind == "number":
+        ok = math.isfinite(value)
+    if not ok:
+        raise CalibrationError(f"calibration {where}={_show(value)}: expected {_EXPECTED[spec.kind]}")
+    if spec.choices and value not in spec.choices:
+        allowed = " or ".join(json.dumps(c) for c in spec.choices[:20])
+        raise CalibrationError(f"calibration {where}={_show(value)}: expected {allowed}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise CalibrationError(f"calibration {where}={_show(value)}: expected a number >= {spec.minimum:g}")
+    if spec.above is not None and not value > spec.above:
+        raise CalibrationError(f"calibration {where}={_show(value)}: expected a number > {spec.above:g}")
+
+
+def _check_object(doc: dict[str, Any], fields: dict[str, _Field], prefix: str) -> None:
+    """Every field of ``fields`` present when required and of its kind; no field outside ``fields``."""
+    for name, spec in fields.items():
+        if name not in doc:
+            if spec.required:
+                raise CalibrationError(f"calibration {prefix}{name}: missing (expected {_EXPECTED[spec.kind]})")
+            continue
+        _check_value(doc[name], spec, prefix + name)
+    unknown = sorted(set(doc) - set(fields))
+    if unknown:  # a misspelt field would otherwise be ignored while its intended value is not applied
+        raise CalibrationError(
+            f"calibration {prefix}{unknown[0]}: not a field of this format (expected {', '.join(fields)})"
+        )
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a key given twice is an error, not "the last one wins"."""
+    doc: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in doc:
+            raise CalibrationError(f"calibration field {key!r} is given twice")
+        doc[key] = value
+    return doc
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

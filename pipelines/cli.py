@@ -6,6 +6,7 @@ Unknown keys fail too, including those added with Hydra's ``+key=value`` (which 
 """
 
 import dataclasses
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -43,8 +44,12 @@ def hydra_app(
             configure_logging(getattr(cfg, "log_level", "INFO"))
             result = run(cfg)
         except ConfigError as exc:
-            print(f"{command}: configuration error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            print(f"{command}: configuration error: {exc}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            # Straight out, not through interpreter teardown: the launch may have started native thread pools
+            # (Arrow's, DuckDB's) whose destruction at exit can abort the process (exit 134 instead of 2) after the
+            # one-line message; nothing is left to clean up at this point.
+            os._exit(2)
         runner = getattr(cfg, "runner", None)
         if not getattr(runner, "dry_run", False):
             print(report(result, cfg))

@@ -28,9 +28,9 @@ from pipelines.storage import Storage
 from pipelines.storage.uri import join, literal_prefix, parse_uri
 
 
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,96}$")
+KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,96}")  # use fullmatch: `$` would admit a trailing newline
 KEY_GRAMMAR = "1-96 characters of [A-Za-z0-9_-] (no dots, no separators)"
-SAMPLE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,96}_p[0-9]{1,6}$")
+SAMPLE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,96}_p[0-9]{1,6}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -40,7 +40,7 @@ class UnsafeName(ValueError):  # noqa: N818 (a name, refused: reads as the error
 
 def is_valid_key(key: object) -> bool:
     """Whether ``key`` is a sample key of the one grammar (:data:`KEY_PATTERN`)."""
-    return isinstance(key, str) and KEY_PATTERN.match(key) is not None
+    return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
 
 
 def validate_key(key: str) -> str:
@@ -60,7 +60,7 @@ def validate_sample_id(sample_id: str) -> str:
     Raises:
         UnsafeName: naming the value.
     """
-    if not isinstance(sample_id, str) or SAMPLE_ID_PATTERN.match(sample_id) is None:
+    if not isinstance(sample_id, str) or SAMPLE_ID_PATTERN.fullmatch(sample_id) is None:
         raise UnsafeName(f"invalid sample_id {sample_id!r}: expected <key>_p<person index>, keys being {KEY_GRAMMAR}")
     return sample_id
 

@@ -25,6 +25,12 @@ and give the body by at least one of:
                                      ``body_model_male`` / ``body_model_female`` when given, else the neutral model
 ====================  =============  ==========================================================================
 
+Every row is checked before it is used: an identifying column of the right type (strings; ``person_idx`` an
+integer >= 0), exactly 72 joint values, 3 orientation and 69 pose values, at least 10 betas, all finite, a known
+gender. A row that fails is never cut or coerced to fit: it is left out and counted by reason (`PROBLEM_REASONS`;
+``ground_truth_problems`` in ``eval.json``). Two rows with the same join key are refused (`DuplicateGroundTruthError`):
+which one is the answer cannot be decided.
+
 Translation is not needed: every metric is pelvis-aligned or Procrustes-aligned. Rotation is: MPJPE and PVE
 compare orientations, so the ground truth must be in the camera frame of the labels (3DPW world poses are rotated
 by the camera extrinsics in `pipelines.eval.pw3d`).
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +50,21 @@ from pipelines.storage import Storage
 
 
 GENDERS = {"neutral": "neutral", "n": "neutral", "male": "male", "m": "male", "female": "female", "f": "female"}
+# Why a ground-truth person is left out (the keys of ``ground_truth_problems`` in ``eval.json``).
+PROBLEM_REASONS = ("missing_id", "invalid_id", "missing_body", "wrong_length", "not_numeric", "non_finite",
+                   "invalid_gender")  # fmt: skip
+
+
+class GroundTruthRowError(ValueError):
+    """One ground-truth person that cannot be used: counted under ``reason`` (`PROBLEM_REASONS`) and left out."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DuplicateGroundTruthError(ValueError):
+    """Two ground-truth persons with the same join key: which one is the answer cannot be decided."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,7 @@ class GroundTruthPerson:
         joints_3d: `(24, 3)` metres, camera frame, or None.
         global_orient: `(3,)`; body_pose: `(69,)`; betas: `(10,)`; each None when the row has no SMPL parameters.
         gender: ``neutral``, ``male`` or ``female``.
+        origin: where it was read (file and row, or sequence frame and actor), for messages.
     """
 
     sample_id: str | None
@@ -66,48 +88,107 @@ class GroundTruthPerson:
     body_pose: np.ndarray | None
     betas: np.ndarray | None
     gender: str = "neutral"
+    origin: str = field(default="", compare=False)
 
     @property
     def has_smpl(self) -> bool:
         return self.global_orient is not None and self.body_pose is not None and self.betas is not None
 
+    def join_key(self) -> tuple[str, Any]:
+        """``(kind, key)``: the one key the index files it under (sample_id, else image key or path with index)."""
+        if self.sample_id is not None:
+            return "sample_id", self.sample_id
+        if self.image_key is not None:
+            return "image_key + person_idx", (self.image_key, self.person_idx)
+        return "image_path + person_idx", ((self.image_path or "").strip("/"), self.person_idx)
 
-def _array(value: Any, size: int, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+
+def _array(value: Any, size: int, name: str, shape: tuple[int, ...] | None = None, at_least: bool = False) -> Any:
+    """``value`` as float64 with exactly ``size`` values (``at_least``: ``size`` or more, the first ``size`` kept,
+    as documented for betas), all finite; None stays None.
+
+    Raises:
+        GroundTruthRowError: not numbers, another number of values, or a NaN/inf among them.
+    """
     if value is None:
         return None
-    arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    if arr.size < size:
-        raise ValueError(f"ground truth {name}: expected {size} values, got {arr.size}")
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:  # strings, ragged lists, objects
+        raise GroundTruthRowError("not_numeric", f"ground truth {name}: not a list of numbers ({exc})") from exc
+    if arr.size != size and not (at_least and arr.size > size):
+        expected = f"{size} or more" if at_least else str(size)
+        raise GroundTruthRowError("wrong_length", f"ground truth {name}: expected {expected} values, got {arr.size}")
+    if not np.isfinite(arr).all():
+        raise GroundTruthRowError("non_finite", f"ground truth {name}: holds NaN or inf")
     arr = arr[:size]
     return arr.reshape(shape) if shape else arr
 
 
-def person_from_row(row: dict[str, Any]) -> GroundTruthPerson:
+def _text(row: dict[str, Any], name: str) -> str | None:
+    value = row.get(name)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise GroundTruthRowError("invalid_id", f"ground truth {name}={value!r}: expected a non-empty string")
+    return value
+
+
+def _person_idx(value: Any) -> int | None:
+    """A person index: a non-negative integer (an integral float, as pandas writes a column with gaps, is one)."""
+    if value is None:
+        return None
+    integral = isinstance(value, int | np.integer) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < 0:
+        raise GroundTruthRowError("invalid_id", f"ground truth person_idx={value!r}: expected an integer >= 0")
+    return int(value)
+
+
+def person_from_row(row: dict[str, Any], origin: str = "") -> GroundTruthPerson:
     """A `GroundTruthPerson` from one row of the documented layout.
 
     Raises:
-        ValueError: no identifying column, no body (neither joints nor SMPL), a wrong length or gender.
+        GroundTruthRowError: no identifying column, no body (neither joints nor SMPL), a value that is not a number,
+            another number of values than documented (never cut to fit), a NaN/inf, an unknown gender.
     """
     gender = GENDERS.get(str(row.get("gender") or "neutral").lower())
     if gender is None:
-        raise ValueError(f"ground truth gender={row.get('gender')!r}: expected neutral, male or female")
+        raise GroundTruthRowError(
+            "invalid_gender", f"ground truth gender={row.get('gender')!r}: expected neutral, male or female"
+        )
     person = GroundTruthPerson(
-        sample_id=row.get("sample_id"),
-        image_key=row.get("image_key"),
-        image_path=row.get("image_path"),
-        person_idx=None if row.get("person_idx") is None else int(row["person_idx"]),
+        sample_id=_text(row, "sample_id"),
+        image_key=_text(row, "image_key"),
+        image_path=_text(row, "image_path"),
+        person_idx=_person_idx(row.get("person_idx")),
         joints_3d=_array(row.get("joints_3d"), 72, "joints_3d", (24, 3)),
         global_orient=_array(row.get("global_orient"), 3, "global_orient"),
         body_pose=_array(row.get("body_pose"), 69, "body_pose"),
-        betas=_array(row.get("betas"), 10, "betas"),
+        betas=_array(row.get("betas"), 10, "betas", at_least=True),
         gender=gender,
+        origin=origin,
     )
     if person.sample_id is None and person.person_idx is None:
-        raise ValueError("ground truth row: needs sample_id, or person_idx with image_key or image_path")
+        raise GroundTruthRowError(
+            "missing_id", "ground truth row: needs sample_id, or person_idx with image_key or image_path"
+        )
     if person.sample_id is None and person.image_key is None and person.image_path is None:
-        raise ValueError("ground truth row: needs sample_id, image_key or image_path")
+        raise GroundTruthRowError("missing_id", "ground truth row: needs sample_id, image_key or image_path")
     if person.joints_3d is None and not person.has_smpl:
-        raise ValueError("ground truth row: needs joints_3d or global_orient + body_pose + betas")
+        raise GroundTruthRowError(
+            "missing_body", "ground truth row: needs joints_3d or global_orient + body_pose + betas"
+        )
+    return person
+
+
+def check_finite(person: GroundTruthPerson) -> GroundTruthPerson:
+    """``person`` if every array it holds is finite (for persons not built by `person_from_row`, e.g. 3DPW's).
+
+    Raises:
+        GroundTruthRowError: ``non_finite``.
+    """
+    for name in ("joints_3d", "global_orient", "body_pose", "betas"):
+        value = getattr(person, name)
+        if value is not None and not np.isfinite(value).all():
+            raise GroundTruthRowError("non_finite", f"ground truth {name}: holds NaN or inf")
     return person
 
 
@@ -120,15 +201,19 @@ def ground_truth_uris(storage: Storage, uri: str, suffixes: tuple[str, ...]) -> 
     return sorted(info.uri for info in storage.list(uri) if info.uri.endswith(suffixes))
 
 
-def read_parquet_ground_truth(storage: Storage, uris: Iterable[str]) -> Iterator[GroundTruthPerson]:
-    """Every person of the ground-truth Parquet files ``uris``."""
+def read_parquet_ground_truth(
+    storage: Storage, uris: Iterable[str]
+) -> Iterator[GroundTruthPerson | GroundTruthRowError]:
+    """Every row of the ground-truth Parquet files ``uris``: a person, or the problem that leaves it out (its
+    message names the file and row)."""
     for uri in uris:
         table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-        for row in table.to_pylist():
+        for i, row in enumerate(table.to_pylist()):
+            where = f"{uri} row {i}"
             try:
-                yield person_from_row(row)
-            except ValueError as exc:
-                raise ValueError(f"{uri}: {exc}") from exc
+                yield person_from_row(row, where)
+            except GroundTruthRowError as exc:
+                yield GroundTruthRowError(exc.reason, f"{where}: {exc}")
 
 
 def _path_suffixes(source_uri: str) -> Iterator[str]:
@@ -138,33 +223,66 @@ def _path_suffixes(source_uri: str) -> Iterator[str]:
 
 
 class GroundTruthIndex:
-    """Looks up the ground truth of a label row by sample_id, image key + person, or image path suffix + person."""
+    """Looks up the ground truth of a label row by sample_id, image key + person, or image path suffix + person.
 
-    def __init__(self, persons: Iterable[GroundTruthPerson]) -> None:
+    Args:
+        persons: the usable ground-truth persons.
+        problems: persons left out, by reason (`PROBLEM_REASONS`); ``examples``: a few of their messages.
+
+    Raises:
+        DuplicateGroundTruthError: two persons with the same join key (`GroundTruthPerson.join_key`): the last one must
+            not silently win.
+    """
+
+    def __init__(
+        self,
+        persons: Iterable[GroundTruthPerson],
+        problems: dict[str, int] | None = None,
+        examples: Iterable[str] = (),
+    ) -> None:
         self._by_sample: dict[str, GroundTruthPerson] = {}
         self._by_key: dict[tuple[str, int], GroundTruthPerson] = {}
         self._by_path: dict[tuple[str, int], GroundTruthPerson] = {}
         self.persons: list[GroundTruthPerson] = []
+        self.problems = dict(problems or {})
+        self.examples = list(examples)
+        seen: dict[tuple[str, Any], GroundTruthPerson] = {}
         for p in persons:
+            kind, key = p.join_key()
+            if (kind, key) in seen:
+                first = seen[(kind, key)]
+                shown = key if isinstance(key, str) else f"{key[0]!r} person {key[1]}"
+                raise DuplicateGroundTruthError(
+                    f"ground-truth {kind} {shown!r} is given twice ({first.origin or '?'} and {p.origin or '?'}): "
+                    "keep one row per person"
+                )
+            seen[(kind, key)] = p
             self.persons.append(p)
-            if p.sample_id is not None:
-                self._by_sample[p.sample_id] = p
-            elif p.image_key is not None and p.person_idx is not None:
-                self._by_key[(p.image_key, p.person_idx)] = p
-            elif p.image_path is not None and p.person_idx is not None:
-                self._by_path[(p.image_path.strip("/"), p.person_idx)] = p
+            if kind == "sample_id":
+                self._by_sample[key] = p
+            elif kind == "image_key + person_idx":
+                self._by_key[key] = p
+            else:
+                self._by_path[key] = p
 
     def __len__(self) -> int:
         return len(self.persons)
 
+    @property
+    def n_invalid(self) -> int:
+        """Ground-truth persons left out for a problem."""
+        return sum(self.problems.values())
+
     def match(self, row: dict[str, Any]) -> GroundTruthPerson | None:
         """The ground truth of a label row (``sample_id``, ``image_key``, ``person_idx``, ``source_uri``)."""
-        found = self._by_sample.get(row.get("sample_id") or "")
-        if found is None and row.get("person_idx") is not None:
-            idx = int(row["person_idx"])
-            found = self._by_key.get((row.get("image_key") or "", idx))
-            if found is None and self._by_path and row.get("source_uri"):
-                for suffix in _path_suffixes(str(row["source_uri"])):
+        sample_id = row.get("sample_id")
+        found = self._by_sample.get(sample_id) if isinstance(sample_id, str) else None
+        idx = row.get("person_idx")
+        if found is None and isinstance(idx, int) and not isinstance(idx, bool):
+            image_key = row.get("image_key")
+            found = self._by_key.get((image_key, idx)) if isinstance(image_key, str) else None
+            if found is None and self._by_path and isinstance(row.get("source_uri"), str):
+                for suffix in _path_suffixes(row["source_uri"]):
                     found = self._by_path.get((suffix, idx))
                     if found is not None:
                         break

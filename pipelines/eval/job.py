@@ -7,6 +7,11 @@ occlusion level, confidence quality), ``<output>/eval_persons.json`` (every matc
 and writes the calibration file (default ``<output>/confidence_calibration.json``) that ``dpmesh-label`` and
 ``dpmesh-refilter`` take as ``filter.calibration=<file>``. Runs in-process (no Beam): an evaluation set is a few
 thousand persons. Torch is imported only when a body model is given.
+
+Hostile input: `check_outputs` refuses, at launch, an ``output`` that is a file or overlaps an input and a
+``calibration.output`` inside an input or over a file that is not a calibration; ground-truth rows that cannot be used
+are counted and left out (`pipelines.eval.ground_truth`), a repeated ground-truth id or a 3DPW pickle that would run
+code is a one-line configuration error.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import io
 import json
 import logging
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-from dpmesh_core.calibration import fit_calibration
+from dpmesh_core.calibration import CalibrationError, ConfidenceCalibration, fit_calibration
 from pipelines.cli import hydra_app
+from pipelines.common.safe_paths import check_output_location
 from pipelines.config import ConfigError, EvalJobConfig
 from pipelines.eval.evaluate import (
     EvaluationResult,
@@ -34,6 +41,7 @@ from pipelines.eval.evaluate import (
 )
 from pipelines.eval.quality import spearman
 from pipelines.storage import Storage, join
+from pipelines.storage.uri import parse_uri
 
 
 logger = logging.getLogger(__name__)
@@ -73,25 +81,61 @@ def load_h36m_regressor(cfg: EvalJobConfig, storage: Storage, num_vertices: int)
         regressor = np.load(io.BytesIO(storage.read_bytes(cfg.h36m_regressor)), allow_pickle=False)
     except FileNotFoundError as exc:
         raise ConfigError(f"h36m_regressor={cfg.h36m_regressor!r}: file not found") from exc
-    if regressor.shape != (17, num_vertices):
+    except (ValueError, OSError) as exc:  # not .npy, or a pickled object array (never loaded)
+        raise ConfigError(f"h36m_regressor={cfg.h36m_regressor!r}: not a readable .npy array ({exc})") from exc
+    if not isinstance(regressor, np.ndarray) or regressor.shape != (17, num_vertices):
         raise ConfigError(
-            f"h36m_regressor={cfg.h36m_regressor!r}: expected shape (17, {num_vertices}), got {regressor.shape}"
+            f"h36m_regressor={cfg.h36m_regressor!r}: expected a (17, {num_vertices}) array, got "
+            f"{getattr(regressor, 'shape', type(regressor).__name__)}"
         )
     return np.asarray(regressor, dtype=np.float64)
+
+
+def check_outputs(cfg: EvalJobConfig, storage: Storage) -> None:
+    """At launch, before anything is read or written: ``output`` is a folder that overlaps no input, and
+    ``calibration.output`` (a file) is new, outside every input, or an earlier calibration file.
+
+    Raises:
+        ConfigError: naming the key, the value and the input it overlaps.
+    """
+    inputs = {"input.labels": cfg.input.labels, "input.ground_truth": cfg.input.ground_truth}
+    check_output_location(storage, cfg.output, inputs)
+    uri = cfg.calibration.output
+    if not cfg.fit_confidence or not uri:
+        return
+    parsed = parse_uri(uri)
+    if parsed.scheme == "file" and os.path.isdir(parsed.key):
+        raise ConfigError(f"calibration.output={uri!r} is a folder: give the calibration file's path")
+    try:
+        existing = storage.read_bytes(uri)
+    except FileNotFoundError:  # a new file: it must not land inside an input
+        check_output_location(storage, uri, inputs, key="calibration.output")
+        return
+    # An existing file is replaced only when it is an earlier calibration: no input of this job is one (labels and
+    # ground truth are Parquet or pickles), and nothing else is overwritten by mistake.
+    try:
+        ConfidenceCalibration.from_json_bytes(existing)
+    except CalibrationError as exc:
+        raise ConfigError(
+            f"calibration.output={uri!r} is an existing file that is not a confidence calibration ({exc}); it is "
+            "never overwritten: give a new path"
+        ) from exc
 
 
 def run(cfg: EvalJobConfig) -> dict[str, Any]:
     """Evaluate, write ``eval.json`` / ``eval.md`` (and the calibration), return the ``eval.json`` document."""
     storage = Storage(cfg.storage)
+    check_outputs(cfg, storage)
     meshes = load_meshes(cfg, storage)
     h36m = load_h36m_regressor(cfg, storage, meshes.num_vertices if meshes else 0)
+    # Ground truth first: its refusals (a pickle that would run code, a repeated id) come before the label read.
+    try:
+        ground_truth = read_ground_truth(storage, cfg.input.ground_truth)
+    except ValueError as exc:  # a pickle refused by the restricted loader, a repeated join key, a damaged file
+        raise ConfigError(f"input.ground_truth={cfg.input.ground_truth!r}: {exc}") from exc
     rows = read_label_rows(storage, cfg.input.labels, cfg.input.include_rejected)
     if not rows:
         raise ConfigError(f"input.labels={cfg.input.labels!r} holds no label rows (annotations/, rejected/)")
-    try:
-        ground_truth = read_ground_truth(storage, cfg.input.ground_truth)
-    except ValueError as exc:
-        raise ConfigError(f"input.ground_truth={cfg.input.ground_truth!r}: {exc}") from exc
     result = evaluate_rows(
         rows,
         ground_truth,
@@ -103,9 +147,11 @@ def run(cfg: EvalJobConfig) -> dict[str, Any]:
         ground_truth_uri=cfg.input.ground_truth,
     )
     if result.counts["matched"] == 0:
+        invalid = result.ground_truth_problems["counts"]
+        left_out = f" ({sum(invalid.values())} ground-truth rows left out: {invalid})" if invalid else ""
         raise ConfigError(
             "no label row matched the ground truth: check the join keys (sample_id, image_key + person_idx, or "
-            "image_path + person_idx; see README 'Auditing labels')"
+            f"image_path + person_idx; see README 'Auditing labels'){left_out}"
         )
     if not result.metrics:
         raise ConfigError(

@@ -19,7 +19,7 @@ annotations must list the actors in the pickle's order. The global orientation i
 
 Safety: `RestrictedUnpickler` resolves only numpy's array and scalar reconstruction globals (the allow-list of
 `dpmesh_core.smpl_convert`, the project's other restricted unpickler); anything else, such as ``os.system``
-smuggled in through ``__reduce__``, raises `pickle.UnpicklingError` before it can run.
+smuggled in through ``__reduce__``, raises `RefusedGlobalError` (a `pickle.UnpicklingError`) before it can run.
 """
 
 from __future__ import annotations
@@ -36,20 +36,25 @@ from dpmesh_core.smpl_convert import _NUMPY_GLOBALS
 from pipelines.eval.ground_truth import GENDERS, GroundTruthPerson
 
 
+class RefusedGlobalError(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list: it was stopped before that global could be called."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Resolves numpy array / dtype / scalar reconstruction only; every other global is refused."""
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _NUMPY_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name}: not numpy array data")
+        raise RefusedGlobalError(f"refused to load global {module}.{name}: not numpy array data")
 
 
 def load_sequence(data: bytes) -> dict[str, Any]:
     """The dict of one 3DPW sequence file.
 
     Raises:
-        pickle.UnpicklingError: the pickle names a global outside the numpy allow-list.
+        RefusedGlobalError: the pickle names a global outside the numpy allow-list (a `pickle.UnpicklingError`).
+        pickle.UnpicklingError: a damaged pickle.
         ValueError: it is not a dict with the keys above.
     """
     obj = RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
@@ -101,8 +106,11 @@ def matrix_to_axis_angle(rot: np.ndarray) -> np.ndarray:
     return out
 
 
-def sequence_persons(seq: dict[str, Any]) -> Iterator[GroundTruthPerson]:
-    """Every actor in every frame whose camera pose is valid, in (frame, actor) order (module docstring)."""
+def sequence_persons(seq: dict[str, Any], source: str = "") -> Iterator[GroundTruthPerson]:
+    """Every actor in every frame whose camera pose is valid, in (frame, actor) order (module docstring).
+
+    ``source`` (the file) prefixes each person's ``origin``, which messages about it quote.
+    """
     name = str(seq["sequence"])
     cam_poses = np.asarray(seq["cam_poses"], dtype=np.float64)
     genders = seq.get("genders", seq.get("gender")) or []
@@ -127,4 +135,5 @@ def sequence_persons(seq: dict[str, Any]) -> Iterator[GroundTruthPerson]:
                 body_pose=pose[3:72].copy(),
                 betas=np.asarray(seq["betas"][actor], dtype=np.float64).reshape(-1)[:10],
                 gender=gender,
+                origin=f"{source} frame {frame} actor {actor}".strip(),
             )

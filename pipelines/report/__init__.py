@@ -2,5 +2,6 @@
 
 Modules: ``data`` (reading the label output and shard crops), ``plots`` (matplotlib figures), ``mesh`` (posing the
 body model), ``render`` (headless OpenGL), ``gallery`` (tiles), ``eval_section`` (a ``dpmesh-eval`` result),
-``html`` (the page) and ``job`` (the command). Importing this package loads no torch.
+``html`` (the page), ``assets`` (its files: names from data checked, URLs encoded) and ``job`` (the command).
+Importing this package loads no torch.
 """

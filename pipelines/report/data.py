@@ -18,11 +18,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.common.label_set import marker_uri, read_markers
+from pipelines.common.safe_paths import check_segment
 from pipelines.common.shard_members import MemberError, MemberRef, check_member, decode_upright, iter_members
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import ConfigError
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
 from pipelines.label.summary import SUMMARY_NAME
+from pipelines.report.assets import gallery_problem
 from pipelines.storage import ObjectNotFoundError, Storage, join
 from schemas.annotations import QualityTier
 
@@ -59,13 +61,15 @@ class LabelOutput:
         summary: ``_summary.json``, or ``None`` when the run never wrote one (it died before its last step).
         markers: ``_done/<shard>.json`` by shard name (the fields the marker index keeps, at least).
         rows: The plotted columns of every accepted and rejected row (column ``folder``: ``annotations`` or
-            ``rejected``), in shard, then row order; at most ``max_rows`` rows (a seeded sample) when
-            ``sampled`` is true.
+            ``rejected``; column ``shard``: the shard file the row was read from, whatever the row says), in shard,
+            then row order; at most ``max_rows`` rows (a seeded sample) when ``sampled`` is true.
         n_rows: Accepted plus rejected rows in the output (before sampling).
         tier_counts / reason_counts: Over every row (never sampled).
         errors: ``errors/`` rows (``shard``, ``stage``, ``reason``) of every shard.
         shard_errors: The shard set's ``_errors.parquet`` (``stage``, ``reason``), or ``None`` when unreachable.
         columns: Every column name the annotation files hold (for "absent column" notes).
+        gallery_left_out: Rows (of every row) whose sample id or tier cannot name a gallery file, by problem
+            (`pipelines.report.assets.gallery_problem`).
     """
 
     uri: str
@@ -79,6 +83,7 @@ class LabelOutput:
     errors: pa.Table
     shard_errors: pa.Table | None
     columns: list[str]
+    gallery_left_out: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def occlusion_columns(self) -> list[str]:
@@ -89,7 +94,18 @@ class LabelOutput:
 def ordered_tiers(tiers: list[str] | set[str] | dict[str, Any]) -> list[str]:
     """The given tiers best first (unknown names last, sorted)."""
     known = [t for t in TIER_ORDER if t in tiers]
-    return known + sorted(t for t in tiers if t not in TIER_ORDER)
+    return known + sorted((t for t in tiers if t not in TIER_ORDER), key=str)  # a null tier sorts too
+
+
+def _shard_file(base: str, folder: str, shard: str, suffix: str) -> str:
+    """``<base>/<folder>/<shard><suffix>``; the shard name (from the marker listing) must be one plain segment.
+
+    Reads only, so symbolic links inside the user's input are followed as before.
+
+    Raises:
+        UnsafeName: a shard name that is not one segment.
+    """
+    return join(base, folder, check_segment(f"{shard}{suffix}", "shard name"))
 
 
 def _read_table(storage: Storage, uri: str, columns: list[str] | None = None) -> pa.Table:
@@ -137,15 +153,24 @@ def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -
     columns: list[str] = []
     for shard in sorted(markers):
         for folder in ROW_FOLDERS:
-            data = _read_optional(storage, join(uri, folder, f"{shard}.parquet"))
+            data = _read_optional(storage, _shard_file(uri, folder, shard, ".parquet"))
             if data is None:
                 continue  # a shard whose every person errored may have no rows here
             schema = pq.read_schema(io.BytesIO(data))
             columns = columns or list(schema.names)
-            wanted = [c for c in schema.names if c in PLOT_COLUMNS or is_occlusion(c)]
+            wanted = [c for c in schema.names if (c in PLOT_COLUMNS or is_occlusion(c)) and c != "shard"]
             table = pq.read_table(io.BytesIO(data), columns=wanted)
-            parts.append(table.append_column("folder", pa.array([folder] * table.num_rows, pa.string())))
+            # Where the gallery reads the full row again: the file's shard, never a name taken from the row.
+            for name, value in (("folder", folder), ("shard", shard)):
+                table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
+            parts.append(table)
     rows = _concat(parts)
+    gallery_left_out: dict[str, int] = defaultdict(int)
+    if rows.num_rows and {"sample_id", "quality_tier"} <= set(rows.column_names):
+        for row in rows.select(["sample_id", "quality_tier"]).to_pylist():
+            problem = gallery_problem(row)
+            if problem is not None:
+                gallery_left_out[problem] += 1
     tier_counts = _value_counts(rows, "quality_tier")
     reason_counts: dict[str, int] = defaultdict(int)
     if rows.num_rows and "reasons" in rows.column_names:
@@ -156,7 +181,7 @@ def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -
     if sampled:
         keep = np.sort(np.random.default_rng(seed).choice(n_rows, size=max_rows, replace=False))
         rows = rows.take(pa.array(keep))
-    error_files = [join(uri, ERRORS_FOLDER, f"{shard}.parquet") for shard in sorted(markers)]
+    error_files = [_shard_file(uri, ERRORS_FOLDER, shard, ".parquet") for shard in sorted(markers)]
     errors = _concat(_read_tables(storage, error_files, ["shard", "stage", "reason"]))
     return LabelOutput(
         uri=uri,
@@ -170,6 +195,7 @@ def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -
         errors=errors,
         shard_errors=_shard_set_errors(storage, summary),
         columns=columns,
+        gallery_left_out=dict(gallery_left_out),
     )
 
 
@@ -207,7 +233,7 @@ def read_rows(storage: Storage, uri: str, wanted: dict[tuple[str, str], set[str]
     """Full rows by ``sample_id`` for ``wanted``: ``{(folder, shard): {sample_id, ...}}``."""
     found: dict[str, dict[str, Any]] = {}
     for (folder, shard), ids in sorted(wanted.items()):
-        table = _read_table(storage, join(uri, folder, f"{shard}.parquet"))
+        table = _read_table(storage, _shard_file(uri, folder, shard, ".parquet"))
         mask = pc.is_in(table.column("sample_id"), value_set=pa.array(sorted(ids), pa.string()))
         for row in table.filter(mask).to_pylist():
             found[row["sample_id"]] = row
@@ -222,7 +248,7 @@ def shard_tar_uri(storage: Storage, labels: str, shards: str | None, shard: str)
         ObjectNotFoundError: the marker names no tar.
     """
     if shards:
-        return join(shards, f"{shard}.tar")
+        return _shard_file(shards, "", shard, ".tar")
     marker = json.loads(storage.read_bytes(marker_uri(labels, shard)))
     if not marker.get("shard_uri"):
         raise ObjectNotFoundError(f"the marker of {shard} names no shard_uri; pass input.shards=<shard set>")

@@ -1,7 +1,8 @@
 """The report's evaluation section: a ``dpmesh-eval`` result (``eval.json``) drawn as tables and plots.
 
-The document is `pipelines.eval.evaluate.EvaluationResult.to_dict` (read back with
-`pipelines.eval.evaluate.read_evaluation`): counts of the join, errors in mm (mean, and ``median_<metric>``)
+The document is `pipelines.eval.evaluate.EvaluationResult.to_dict` (read back, and checked against its schema, with
+`pipelines.eval.evaluate.read_evaluation`; its metric names name plot files, so the schema admits plain path
+segments only): counts of the join, errors in mm (mean, and ``median_<metric>``)
 overall / ``by_tier`` / ``by_occlusion_level``, and per metric the confidence quality (Spearman, the
 sparsification curve against its oracle, AUSE); optionally ``persons`` (one entry per matched person), which feeds
 a confidence-versus-error scatter.
@@ -34,7 +35,11 @@ def render_eval(doc: dict[str, Any], add_asset: Callable[[str, bytes], str]) -> 
     groups += [(f"tier {t}", g) for t, g in (doc.get("by_tier") or {}).items()]
     occlusion = doc.get("by_occlusion_level")
     groups += [(f"occlusion {level}", g) for level, g in (occlusion or {}).items()]
-    parts.append("<h3>Errors (mm; mean, median in brackets)</h3>")
+    problems = (doc.get("ground_truth_problems") or {}).get("counts") or {}
+    if problems:
+        listed = ", ".join(f"{reason} {n}" for reason, n in sorted(problems.items()))
+        parts.append(html.note(f"Ground-truth rows left out (never cut or coerced to fit): {listed}."))
+    parts.append("<h3>Errors (mm; mean, median in brackets; n: the persons each figure covers)</h3>")
     rows = [[name, g.get("n"), *(_mean_median(g, m) for m in metrics)] for name, g in groups]
     parts.append(html.table(["group", "n", *metrics], rows))
     if occlusion is None:
@@ -77,7 +82,9 @@ def render_eval(doc: dict[str, Any], add_asset: Callable[[str, bytes], str]) -> 
 
 
 def _mean_median(group: dict[str, Any], metric: str) -> str:
-    mean, median = group.get(metric), group.get(f"median_{metric}")
+    """``mean (median)``, and the persons it covers when that is not the group's ``n``."""
+    mean, median, covered = group.get(metric), group.get(f"median_{metric}"), group.get(f"n_{metric}")
     if mean is None:
         return "–"
-    return f"{mean:.1f}" + (f" ({median:.1f})" if median is not None else "")
+    text = f"{mean:.1f}" + (f" ({median:.1f})" if median is not None else "")
+    return text + ("" if covered is None or covered == group.get("n") else f" n={covered}")

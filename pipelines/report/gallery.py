@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from dpmesh_core.confidence import ConfidenceSignals
 from dpmesh_core.joints import COCO17_JOINTS
 from pipelines.report import html
+from pipelines.report.assets import gallery_problem
 from pipelines.report.mesh import Body, pose_vertices, project
 from pipelines.report.render import MESH_RGB, MeshRenderer, composite, front_view_window
 
@@ -57,10 +58,13 @@ def draw_picks(rows: list[dict[str, Any]], per_tier: int, seed: int) -> dict[str
     """``per_tier`` persons per tier (all of a smaller tier), drawn with ``seed``; picks sorted by ``sample_id``.
 
     ``rows`` hold ``quality_tier``, ``sample_id``, ``shard``, ``folder``. The draw is over rows sorted by
-    ``sample_id``, so it does not depend on read order.
+    ``sample_id``, so it does not depend on read order. Rows whose sample id or tier cannot name a tile's file
+    (`pipelines.report.assets.gallery_problem`) are not drawn; the label output counts them.
     """
     by_tier: dict[str, list[Pick]] = defaultdict(list)
     for row in rows:
+        if gallery_problem(row) is not None:
+            continue
         by_tier[row["quality_tier"]].append(Pick(row["quality_tier"], row["sample_id"], row["shard"], row["folder"]))
     rng = np.random.default_rng(seed)
     picks: dict[str, list[Pick]] = {}

@@ -2,7 +2,8 @@
 
 The page opens from disk (``file://``) in any browser: every asset is a relative path under ``assets/``. One inline
 script marks the page when every image has loaded (``<body data-images="loaded N/N">``), which is what the
-browser test reads; a broken image shows as ``data-images="broken K/N"``.
+browser test reads; a broken image shows as ``data-images="broken K/N"``. Image sources arrive percent-encoded
+(`pipelines.report.assets.url`) and are HTML-escaped here.
 """
 
 from collections.abc import Iterable, Sequence
@@ -102,7 +103,7 @@ def section(anchor: str, title: str, body: str) -> str:
 def tile(src: str, sample_id: str, headline: str, reasons: Sequence[str], values: Sequence[tuple[str, Any]]) -> str:
     """A gallery entry: the drawn crop, its id, a headline (tier, confidence), reasons and a signal table."""
     rows = "".join(f"<tr><th>{text(k)}</th><td class='num'>{text(v)}</td></tr>" for k, v in values)
-    why = f'<div class="reasons">{text(", ".join(reasons))}</div>' if reasons else ""
+    why = f'<div class="reasons">{text(", ".join(map(str, reasons)))}</div>' if reasons else ""
     return (
         f'<div class="tile"><img src="{escape(src)}" alt="{escape(sample_id)}" width="256" height="256">'
         f'<div class="id">{text(sample_id)}</div><div>{text(headline)}</div>{why}<table>{rows}</table></div>'

@@ -6,6 +6,10 @@
 writes ``<output>/index.html`` and ``<output>/assets/`` (plots, gallery tiles): one folder that opens from disk, with
 no server and no network. Runs on the launching machine (no Beam): it reads the run's summary and markers, the
 plotted columns of every row, and for the gallery the few rows, shard images and meshes it shows.
+
+Hostile input: the launch refuses a negative ``report.seed`` and an ``output`` that is a file or overlaps an input
+(`check_launch`), and an evaluation document that breaks its schema (`pipelines.eval.document`); rows whose
+``sample_id`` or tier cannot name a file are left out of the gallery and counted (`pipelines.report.assets`).
 """
 
 import json
@@ -20,10 +24,12 @@ import pyarrow as pa
 import pipelines
 from dpmesh_core.joints import SMPL24_JOINTS
 from pipelines.cli import hydra_app
+from pipelines.common.safe_paths import UnsafeName, check_output_location, check_segment, safe_join
 from pipelines.config import ConfigError, ReportJobConfig
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
 from pipelines.label.summary import SUMMARY_NAME
 from pipelines.report import gallery, html, plots
+from pipelines.report.assets import Assets
 from pipelines.report.data import (
     LabelOutput,
     load_label_output,
@@ -43,19 +49,6 @@ from schemas.occlusion import OcclusionLevel
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.html"
-ASSETS = "assets"
-
-
-class _Assets:
-    """Files of the report, by path relative to ``index.html``; written when the page is."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-
-    def add(self, name: str, data: bytes) -> str:
-        path = f"{ASSETS}/{name}"
-        self.files[path] = data
-        return path
 
 
 def _column(rows: pa.Table, name: str) -> np.ndarray:
@@ -131,7 +124,7 @@ def _sum_marker_counts(markers: dict[str, dict[str, Any]]) -> dict[str, int]:
     return dict(total)
 
 
-def _counts_section(out: LabelOutput, assets: _Assets) -> str:
+def _counts_section(out: LabelOutput, assets: Assets) -> str:
     figures = []
     tiers = {t: out.tier_counts[t] for t in ordered_tiers(out.tier_counts)}
     if tiers:
@@ -162,7 +155,7 @@ def _counts_section(out: LabelOutput, assets: _Assets) -> str:
     return body
 
 
-def _confidence_section(out: LabelOutput, assets: _Assets) -> str:
+def _confidence_section(out: LabelOutput, assets: Assets) -> str:
     if not out.rows.num_rows:
         return html.note("No rows.")
     values = _by_tier(out.rows, _column(out.rows, "confidence"))
@@ -177,15 +170,21 @@ def _confidence_section(out: LabelOutput, assets: _Assets) -> str:
     return html.grid(figures)
 
 
-def _occlusion_section(out: LabelOutput, assets: _Assets) -> str:
+def _occlusion_section(out: LabelOutput, assets: Assets) -> str:
     columns = [c for c in out.occlusion_columns if c in out.rows.column_names]
     if not columns:
         return html.note(
             "This output has no occlusion columns (occlusion_level none / partial / heavy, visible / occluded / "
             "missing keypoint counts, crowd index): it was labeled with a schema before them. Relabel to see them."
         )
-    figures = []
+    figures, unnamed = [], []
     for name in columns:
+        plot_name = f"occlusion_{name}.png"
+        try:
+            check_segment(plot_name, "column name")  # before plotting: the plot file is named after the column
+        except UnsafeName:
+            unnamed.append(name)
+            continue
         column = out.rows.column(name)
         if pa.types.is_string(column.type) or pa.types.is_dictionary(column.type):
             tiers = out.rows.column("quality_tier").to_pylist()
@@ -205,11 +204,14 @@ def _occlusion_section(out: LabelOutput, assets: _Assets) -> str:
             png = plots.histograms_by_tier(_by_tier(out.rows, values), name, name, bins=bins)
         else:
             continue
-        figures.append(html.figure(assets.add(f"occlusion_{name}.png", png), name))
-    return html.grid(figures)
+        figures.append(html.figure(assets.add(plot_name, png), name))
+    body = html.grid(figures)
+    if unnamed:
+        body += html.note(f"Not plotted: columns whose names cannot name a file: {', '.join(map(repr, unnamed))}.")
+    return body
 
 
-def _box_section(out: LabelOutput, assets: _Assets) -> str:
+def _box_section(out: LabelOutput, assets: Assets) -> str:
     if "box_size_px" not in out.rows.column_names or not out.rows.num_rows:
         return html.note("No box_size_px column.")
     values = _by_tier(out.rows, _column(out.rows, "box_size_px"))
@@ -217,7 +219,7 @@ def _box_section(out: LabelOutput, assets: _Assets) -> str:
     return html.figure(assets.add("box_sizes.png", png), "Person box sizes", "log scale")
 
 
-def _body_section(out: LabelOutput, assets: _Assets) -> str:
+def _body_section(out: LabelOutput, assets: Assets) -> str:
     if not out.rows.num_rows:
         return html.note("No rows.")
     betas = _column(out.rows, "betas")
@@ -233,7 +235,7 @@ def _body_section(out: LabelOutput, assets: _Assets) -> str:
     return html.grid(figures)
 
 
-def _shards_section(out: LabelOutput, assets: _Assets) -> str:
+def _shards_section(out: LabelOutput, assets: Assets) -> str:
     shards = sorted(out.markers)
     counts = [out.markers[s].get("counts") or {} for s in shards]
     outcomes = {k: [c.get(f"persons_{k}", 0) for c in counts] for k in ("accepted", "rejected", "errored")}
@@ -265,7 +267,7 @@ def _gallery_section(
     out: LabelOutput,
     body_model: Body | None,
     renderer: MeshRenderer | None,
-    assets: _Assets,
+    assets: Assets,
 ) -> tuple[str, dict[str, int]]:
     """The gallery's HTML (tiles written to ``assets``) and the persons shown per tier."""
     if not out.rows.num_rows or cfg.report.per_tier == 0:
@@ -296,6 +298,12 @@ def _gallery_section(
             missing_shards.append(shard)
     extra = [c for c in out.occlusion_columns if c in next(iter(rows.values()), {})]
     body = gallery.legend_html()
+    if out.gallery_left_out:
+        problems = "; ".join(f"{why}: {n}" for why, n in sorted(out.gallery_left_out.items()))
+        body += html.note(
+            f"{sum(out.gallery_left_out.values())} rows are left out of the gallery, never used as file names "
+            f"({problems}). dpmesh-label writes no such rows: the Parquet was made or edited elsewhere."
+        )
     if missing_shards:
         body += html.note(f"Crops unavailable for {', '.join(missing_shards)} (shard tar not found): grey tiles.")
     if out.sampled:
@@ -306,17 +314,24 @@ def _gallery_section(
         tiles = gallery.make_tiles(tier_rows, images, body_model, renderer, cfg.report.crop_px)
         entries = []
         for t in tiles:
-            src = assets.add(f"gallery/{tier}/{t.row['sample_id']}.png", gallery.png_bytes(t.image))
-            headline = f"{tier} · confidence {t.row['confidence']:.3f}"
+            src = assets.add(f"{t.row['sample_id']}.png", gallery.png_bytes(t.image), folder=("gallery", tier))
+            headline = f"{tier} · confidence {_confidence_text(t.row.get('confidence'))}"
             if t.mesh_in_crop is not None:
                 headline += f" · mesh in crop {100 * t.mesh_in_crop:.0f} %"
             entries.append(
-                html.tile(src, t.row["sample_id"], headline, t.row["reasons"], gallery.signals_of(t.row, extra))
+                html.tile(
+                    src, t.row["sample_id"], headline, t.row.get("reasons") or [], gallery.signals_of(t.row, extra)
+                )
             )
         shown[tier] = len(entries)
         total = out.tier_counts.get(tier, 0)
         body += f"<h3>{html.text(tier)}: {len(entries)} of {total}</h3><div class='tiles'>{''.join(entries)}</div>"
     return body, shown
+
+
+def _confidence_text(value: Any) -> str:
+    """A row's confidence for a tile's headline (a null or non-numeric value from an edited Parquet shows as –)."""
+    return f"{value:.3f}" if isinstance(value, int | float) and not isinstance(value, bool) else "–"
 
 
 def _source_summary(storage: Storage, summary: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
@@ -332,9 +347,15 @@ def _source_summary(storage: Storage, summary: dict[str, Any] | None) -> tuple[d
 
 
 def _load_eval(storage: Storage, uri: str) -> dict[str, Any]:
-    """The ``dpmesh-eval`` document at ``uri`` (its own reader checks format and version), with ``persons`` from the
-    ``eval_persons.json`` beside it when the document does not hold them and that file exists."""
+    """The ``dpmesh-eval`` document at ``uri``, checked against its schema (`pipelines.eval.document`), with
+    ``persons`` from the ``eval_persons.json`` beside it (checked too) when the document does not hold them and
+    that file exists.
+
+    Raises:
+        ConfigError: one line naming the file and the field that breaks the schema.
+    """
     # Imported here: the eval package is needed only with report.eval.
+    from pipelines.eval.document import parse_persons
     from pipelines.eval.evaluate import read_evaluation
     from pipelines.eval.job import EVAL_PERSONS
 
@@ -342,22 +363,44 @@ def _load_eval(storage: Storage, uri: str) -> dict[str, Any]:
         doc = read_evaluation(storage, uri)
     except (ObjectNotFoundError, FileNotFoundError) as exc:
         raise ConfigError(f"report.eval={uri!r}: no such file (the eval.json of a dpmesh-eval run)") from exc
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+    except ValueError as exc:  # not JSON, or a field that breaks the schema
         raise ConfigError(f"report.eval={uri!r}: {exc}") from exc
     persons_uri = join(uri.rstrip("/").rsplit("/", 1)[0], EVAL_PERSONS)
     if "persons" not in doc and storage.exists(persons_uri):
-        doc["persons"] = json.loads(storage.read_bytes(persons_uri)).get("persons") or []
+        try:
+            doc["persons"] = parse_persons(storage.read_bytes(persons_uri), doc["metrics"])
+        except ValueError as exc:
+            raise ConfigError(f"report.eval={uri!r}: its {persons_uri}: {exc}") from exc
     return doc
+
+
+def check_launch(cfg: ReportJobConfig, storage: Storage) -> None:
+    """What can be refused before anything is read or written: the draw's seed, and an output that is a file or
+    overlaps an input (the report replaces files in its folder).
+
+    Raises:
+        ConfigError: one line naming the key.
+    """
+    if cfg.report.seed < 0:  # numpy's generators take seeds >= 0 only
+        raise ConfigError(f"report.seed={cfg.report.seed} must be >= 0")
+    inputs = {
+        "input.labels": cfg.input.labels,
+        "input.shards": cfg.input.shards,
+        "report.eval": cfg.report.eval,
+        "report.smpl_model": cfg.report.smpl_model,
+    }
+    check_output_location(storage, cfg.output, inputs)
 
 
 def run(cfg: ReportJobConfig) -> dict[str, Any]:
     """Writes the report of ``cfg.input.labels`` into ``cfg.output`` and returns what it holds."""
     started = time.monotonic()
     storage = Storage(cfg.storage)
+    check_launch(cfg, storage)
     evaluation = _load_eval(storage, cfg.report.eval) if cfg.report.eval else None  # fail before the slow part
     out = load_label_output(storage, cfg.input.labels, max_rows=cfg.report.max_rows, seed=cfg.report.seed)
     source_summary, source_note = _source_summary(storage, out.summary)
-    assets = _Assets()
+    assets = Assets()
     body_model: Body | None = None
     renderer: MeshRenderer | None = None
     render_line = "off (report.render_mesh=false): keypoints only"
@@ -395,9 +438,8 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
     ]
     sections.append(("about", "About this report", html.table(["", ""], about)))
     page = html.page("dpmesh label report", cfg.input.labels, sections)
-    for path, data in sorted(assets.files.items()):
-        storage.write_bytes(join(cfg.output, path), data)
-    index = join(cfg.output, INDEX_NAME)
+    assets.write(storage, cfg.output)
+    index = safe_join(cfg.output, INDEX_NAME)
     storage.write_bytes(index, page.encode("utf-8"))  # last: a report with an index is complete
     return {
         "index": index,
@@ -405,6 +447,7 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
         "rows": out.n_rows,
         "tiers": dict(out.tier_counts),
         "gallery": shown,
+        "gallery_left_out": dict(out.gallery_left_out),
         "body_model": body_model.source if body_model else None,
         "renderer": render_line,
         "evaluation": evaluation is not None,

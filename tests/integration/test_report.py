@@ -41,8 +41,9 @@ from pipelines.config import (
 from pipelines.label.job import run as label
 from pipelines.label.refilter import run as refilter
 from pipelines.report import gallery
+from pipelines.report.assets import Assets
 from pipelines.report.data import LabelOutput, read_images
-from pipelines.report.job import _Assets, _occlusion_section
+from pipelines.report.job import _occlusion_section
 from pipelines.report.job import run as write_report
 from pipelines.report.mesh import TINY_BODY_VERTICES, resolve_body
 from pipelines.report.render import MeshRenderer
@@ -315,8 +316,9 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
 
 
 def test_no_markers_is_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "labels").mkdir()
     with pytest.raises(ConfigError, match="no labeled shards"):
-        _report(tmp_path, tmp_path / "out")
+        _report(tmp_path / "labels", tmp_path / "out")
 
 
 def test_the_evaluation_section_renders_a_dpmesh_eval_result(labeled: dict[str, Any], tmp_path: Path) -> None:
@@ -371,7 +373,7 @@ def _output_with(columns: dict[str, list[Any]]) -> LabelOutput:
 
 
 def test_occlusion_columns_are_plotted_when_present_and_their_absence_said() -> None:
-    assets = _Assets()
+    assets = Assets()
     present = _output_with({
         "occlusion_level": ["none", "partial", "heavy", "none"], "n_kp_occluded": [0, 3, 9, 1],
         "crowd_index": [0.0, 0.2, 0.7, 0.1],
@@ -383,12 +385,12 @@ def test_occlusion_columns_are_plotted_when_present_and_their_absence_said() -> 
         "assets/occlusion_occlusion_level.png",
     ]
     assert "no occlusion columns" not in page
-    absent = _occlusion_section(_output_with({"confidence": [0.1, 0.2, 0.3, 0.4]}), _Assets())
+    absent = _occlusion_section(_output_with({"confidence": [0.1, 0.2, 0.3, 0.4]}), Assets())
     assert "no occlusion columns" in absent
 
 
 def test_draw_picks_is_seeded_and_per_tier() -> None:
-    rows = [{"quality_tier": t, "sample_id": f"{t}_{i}", "shard": "shard-000000", "folder": "annotations"}
+    rows = [{"quality_tier": t, "sample_id": f"{t}{i}_p0", "shard": "shard-000000", "folder": "annotations"}
             for t, n in (("gold", 10), ("silver", 2), ("reject", 7)) for i in range(n)]  # fmt: skip
     picks = gallery.draw_picks(rows, 3, seed=5)
     assert {t: len(p) for t, p in picks.items()} == {"gold": 3, "silver": 2, "reject": 3}

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import os
 import pickle
+import re
 from typing import Any
 
 import numpy as np
@@ -16,8 +18,14 @@ import pytest
 from dpmesh_core.calibration import CALIBRATION_FORMAT, ConfidenceCalibration, default_terms, fit_calibration
 from dpmesh_core.confidence import ConfidenceSignals, combine, default_thresholds
 from pipelines.eval import metrics as m
-from pipelines.eval.evaluate import MeshBuilder, evaluate_rows, format_markdown
-from pipelines.eval.ground_truth import GroundTruthIndex, person_from_row
+from pipelines.eval.document import EvalDocumentError, parse_document
+from pipelines.eval.evaluate import MeshBuilder, evaluate_rows, format_markdown, read_ground_truth
+from pipelines.eval.ground_truth import (
+    DuplicateGroundTruthError,
+    GroundTruthIndex,
+    GroundTruthRowError,
+    person_from_row,
+)
 from pipelines.eval.pw3d import (
     RestrictedUnpickler,
     axis_angle_to_matrix,
@@ -26,6 +34,7 @@ from pipelines.eval.pw3d import (
     sequence_persons,
 )
 from pipelines.eval.quality import confidence_quality, sparsification, spearman
+from pipelines.storage import Storage
 from tests.fakes.tiny_smpl import make_fake_smpl_data
 
 
@@ -205,8 +214,8 @@ def test_evaluate_rows_breaks_down_by_tier_and_handles_a_missing_occlusion_colum
     gt = GroundTruthIndex([person_from_row({"sample_id": s, "joints_3d": JOINTS.tolist()}) for s in ("a_p0", "b_p0")])
     result = evaluate_rows(rows, gt)
     assert result.counts == {
-        "label_rows": 3, "ground_truth_persons": 2, "matched": 2, "unmatched_labels": 1, "unmatched_ground_truth": 0,
-        "non_finite": 0,
+        "label_rows": 3, "ground_truth_persons": 2, "ground_truth_invalid": 0, "matched": 2, "unmatched_labels": 1,
+        "unmatched_ground_truth": 0, "non_finite": 0, "no_metric": 0, "evaluated": 2,
     }  # fmt: skip
     assert result.metrics == ("mpjpe_mm", "pa_mpjpe_mm")
     assert result.by_occlusion_level is None
@@ -228,6 +237,104 @@ def test_evaluate_rows_breaks_down_by_tier_and_handles_a_missing_occlusion_colum
     result = evaluate_rows(occluded, gt)
     assert result.by_occlusion_level is not None
     assert sorted(result.by_occlusion_level) == ["heavy", "unknown"]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "message"),
+    [
+        ({"joints_3d": [0.0] * 87}, "wrong_length", "joints_3d: expected 72 values, got 87"),
+        ({"joints_3d": [0.0] * 71}, "wrong_length", "joints_3d: expected 72 values, got 71"),
+        ({"betas": [0.0] * 9}, "wrong_length", "betas: expected 10 or more values, got 9"),
+        ({"body_pose": [0.0] * 70}, "wrong_length", "body_pose: expected 69 values, got 70"),
+        ({"joints_3d": [math.nan] + [0.0] * 71}, "non_finite", "joints_3d: holds NaN or inf"),
+        ({"betas": [math.inf] * 10}, "non_finite", "betas: holds NaN or inf"),
+        ({"joints_3d": ["a"] * 72}, "not_numeric", "joints_3d: not a list of numbers"),
+        ({"sample_id": None, "image_key": "k", "person_idx": 1.5}, "invalid_id", "person_idx=1.5"),
+        ({"sample_id": None, "image_key": "k", "person_idx": True}, "invalid_id", "person_idx=True"),
+        ({"sample_id": None, "image_key": "k", "person_idx": -1}, "invalid_id", "person_idx=-1"),
+        ({"sample_id": 7}, "invalid_id", "sample_id=7: expected a non-empty string"),
+    ],
+)
+def test_a_ground_truth_row_is_never_cut_or_coerced_to_fit(change: dict[str, Any], reason: str, message: str) -> None:
+    row = {"sample_id": "a_p0", "joints_3d": JOINTS.reshape(-1).tolist(), "global_orient": [0.0] * 3,
+           "body_pose": [0.0] * 69, "betas": [0.0] * 10, **change}  # fmt: skip
+    with pytest.raises(GroundTruthRowError, match=re.escape(message)) as exc:
+        person_from_row(row)
+    assert exc.value.reason == reason
+
+
+def test_ground_truth_accepts_more_betas_and_an_integral_float_index() -> None:
+    """As documented: 10 or more betas (the first 10 used); a pandas-written index column is float."""
+    person = person_from_row({"image_key": "k", "person_idx": 2.0, "global_orient": [0.0] * 3,
+                              "body_pose": [0.0] * 69, "betas": list(range(300))})  # fmt: skip
+    assert person.person_idx == 2
+    assert person.betas is not None
+    assert person.betas.tolist() == list(range(10))
+
+
+def test_a_repeated_join_key_is_refused_naming_both_rows() -> None:
+    for key in (
+        {"sample_id": "a_p0"},
+        {"image_key": "k", "person_idx": 1},
+        {"image_path": "/s/i.jpg", "person_idx": 0},
+    ):
+        first = person_from_row({**key, "joints_3d": JOINTS.tolist()}, "gt.parquet row 3")
+        second = person_from_row({**key, "joints_3d": (JOINTS + 1).tolist()}, "gt.parquet row 9")
+        with pytest.raises(
+            DuplicateGroundTruthError, match=r"is given twice \(gt\.parquet row 3 and gt\.parquet row 9\)"
+        ):
+            GroundTruthIndex([first, second])
+
+
+def test_malformed_or_nan_labels_are_counted_and_left_out_of_every_n() -> None:
+    """A label with NaN joints, or joints of the wrong length (a hand-edited Parquet), is counted as non-finite and
+    left out of the groups and the confidence quality: each ``n`` is the persons its figures cover."""
+    moved = JOINTS.copy()
+    moved[5, 0] += 0.024  # 1 mm
+    rows = [
+        _label_row("a", 0, JOINTS, "gold", 0.9),
+        _label_row("b", 0, moved, "gold", 0.8),
+        _label_row("c", 0, np.full((24, 3), np.nan), "gold", 0.7),
+        {**_label_row("d", 0, JOINTS, "gold", 0.6), "joints_3d": [1.0] * 10},
+        {**_label_row("e", 0, JOINTS, "gold", 0.5), "confidence": "high", "occlusion_level": 3},
+    ]
+    gt = GroundTruthIndex([person_from_row({"sample_id": f"{s}_p0", "joints_3d": JOINTS.tolist()}) for s in "abcde"])
+    result = evaluate_rows(rows, gt)
+    assert (result.counts["matched"], result.counts["non_finite"], result.counts["evaluated"]) == (5, 2, 3)
+    doc = result.to_dict()
+    assert doc["overall"]["n"] == doc["overall"]["n_mpjpe_mm"] == 3
+    assert doc["overall"]["mpjpe_mm"] == pytest.approx(1.0 / 3)
+    assert doc["by_tier"]["gold"]["n"] == 3
+    assert doc["confidence_quality"]["mpjpe_mm"]["n"] == 2, "e's confidence is not a number"
+    assert "evaluated 3 (left out: 2 with non-finite or malformed label values)" in format_markdown(doc)
+    parse_document(json.dumps(result.to_dict(include_persons=True)).encode())  # what dpmesh-eval writes is valid
+
+
+def test_the_eval_document_refuses_unsafe_metric_names_and_repeated_keys() -> None:
+    rows = [_label_row("a", 0, JOINTS, "gold", 0.9)]
+    doc = evaluate_rows(rows, GroundTruthIndex([person_from_row({"sample_id": "a_p0", "joints_3d": JOINTS.tolist()})]))
+    good = doc.to_dict()
+    for name in ("../x", "a/b", "..", "", "a\nb"):
+        bad = {**good, "metrics": [*good["metrics"], name]}
+        with pytest.raises(EvalDocumentError, match=r"metrics\[2\]: metric name"):
+            parse_document(json.dumps(bad).encode())
+    with pytest.raises(EvalDocumentError, match="'version' is given twice"):
+        parse_document(b'{"format": "dpmesh-eval", "version": 1, "version": 1}')
+    with pytest.raises(EvalDocumentError, match=r"format: missing \(not a dpmesh-eval document\)"):
+        parse_document(b'{"spearman": 1.0}')
+
+
+def test_3dpw_nan_persons_are_counted_and_a_damaged_file_is_named(tmp_path: Any) -> None:
+    seq = _sequence()
+    seq["poses"][0][1, 5] = np.nan  # actor 0, frame 1
+    (tmp_path / "seq.pkl").write_bytes(pickle.dumps(seq, protocol=2))
+    index = read_ground_truth(Storage(), str(tmp_path / "seq.pkl"))
+    assert len(index) == 4
+    assert index.problems == {"non_finite": 1}
+    assert "seq.pkl frame 1 actor 0: ground truth body_pose: holds NaN or inf" in index.examples[0]
+    (tmp_path / "cut.pkl").write_bytes(pickle.dumps(seq, protocol=2)[:200])
+    with pytest.raises(ValueError, match=r"cut\.pkl: not a readable 3DPW sequence file"):
+        read_ground_truth(Storage(), str(tmp_path / "cut.pkl"))
 
 
 # --- 3DPW --------------------------------------------------------------------------------------------------------
