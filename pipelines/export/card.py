@@ -2,7 +2,8 @@
 
 ``stats.json`` adds up the ``_done/`` markers of every exported shard (this run's and earlier runs'), so a resumed
 export reports the whole dataset. The card states where the labels came from (label run, model, config hashes,
-thresholds), what was selected, the counts by tier and occlusion level, and the licence terms a user inherits.
+thresholds), what was selected, the counts by tier and occlusion level, what was not exported and why (persons by
+reason, the shards refused whole), and the licence terms a user inherits.
 """
 
 from collections import Counter
@@ -25,9 +26,14 @@ LICENCE_NOTES = (
 
 
 def aggregate(markers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts over every shard marker: images, persons, tiers, occlusion levels, skipped images, model ids."""
+    """Counts over every shard marker: images, persons, tiers, occlusion levels, persons not exported by reason,
+    refused shards, error rows, skipped images, model ids."""
     counts: Counter[str] = Counter()
     tiers: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    shard_errors: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    reconciled = True
     occlusion: Counter[str] = Counter()
     occlusion_recorded = bool(markers)
     model_ids: set[str] = set()
@@ -36,6 +42,11 @@ def aggregate(markers: list[dict[str, Any]]) -> dict[str, Any]:
     for marker in markers:
         counts.update(marker["counts"])
         tiers.update(marker["tiers"])
+        by_reason.update(marker.get("skipped_by_reason") or {})
+        reconciled = reconciled and marker.get("reconciled", True)
+        if marker.get("shard_error"):
+            shard_errors.append({"shard": marker["shard"], **marker["shard_error"]})
+        errors.extend({"shard": marker["shard"], **e} for e in marker.get("errors", []))
         if marker.get("occlusion_levels") is None:
             occlusion_recorded = False
         else:
@@ -49,15 +60,42 @@ def aggregate(markers: list[dict[str, Any]]) -> dict[str, Any]:
         "tiers": dict(sorted(tiers.items())),
         # None, not {}: labels without the occlusion columns say nothing about occlusion, which is not "no occlusion".
         "occlusion_levels": dict(sorted(occlusion.items())) if occlusion_recorded else None,
+        "skipped_by_reason": dict(sorted(by_reason.items())),
+        "reconciled": reconciled,
+        "shard_errors": shard_errors,
         "model_ids": sorted(model_ids),
         "body_models": sorted(body_models),
+        "errors": errors,
         "skipped_images": skipped,
     }
+
+
+def reasons_line(stats: dict[str, Any]) -> str:
+    """``"invalid_key 2, lineage_mismatch 4"``: persons not exported, by reason ("none" when all were)."""
+    return ", ".join(f"{reason} {n}" for reason, n in stats.get("skipped_by_reason", {}).items()) or "none"
+
+
+def refused_line(stats: dict[str, Any], limit: int = 5) -> str:
+    """``"shard-000002 (lineage_mismatch), ..."``: the shards that exported nothing, the first ``limit`` named."""
+    refused = stats.get("shard_errors") or []
+    named = ", ".join(f"{e['shard']} ({e['reason']})" for e in refused[:limit])
+    return named + (f" and {len(refused) - limit} more" if len(refused) > limit else "")
 
 
 def build_stats(markers: list[dict[str, Any]], provenance: dict[str, Any]) -> dict[str, Any]:
     """``stats.json``: the aggregate of ``markers`` and the run's provenance."""
     return {**aggregate(markers), "provenance": provenance}
+
+
+def _refused_lines(stats: dict[str, Any]) -> list[str]:
+    """Card lines naming the shards that exported nothing, and the index rows never used."""
+    lines = []
+    if stats.get("shard_errors"):
+        lines.append(f"- shards refused whole (nothing exported from them): {refused_line(stats, limit=20)}")
+    invalid = stats["counts"].get("index_keys_invalid", 0)
+    if invalid:
+        lines.append(f"- shard index rows with an invalid key, never used: {invalid}")
+    return lines
 
 
 def _table(title: str, counts: dict[str, int] | None, missing: str) -> list[str]:
@@ -93,8 +131,10 @@ def render_card(stats: dict[str, Any]) -> str:
         "## Contents",
         "",
         f"- shards: {stats['shards']}; images: {counts.get('images', 0)}; persons: {counts.get('persons', 0)} "
-        f"(of {counts.get('rows_in', 0)} accepted label rows; {counts.get('persons_skipped', 0)} skipped with "
-        f"their image, listed in `stats.json`)",
+        f"(of {counts.get('rows_in', 0)} accepted label rows, {counts.get('rows_selected', 0)} selected; "
+        f"{counts.get('persons_skipped', 0)} not exported, by reason: {reasons_line(stats)}; each listed in "
+        "`stats.json`)",
+        *_refused_lines(stats),
         "- `has_body_pose` / `has_betas`: 1 for `gold` and `silver`, 0 for `bronze` (2D keypoints only)",
         "",
         *_table("tier", stats["tiers"], ""),

@@ -1,23 +1,28 @@
 """``dpmesh-export``: labels + shards to a training-ready dataset (``format=hmr2|camerahmr|crops``), per shard.
 
-Per labeled shard ``shard-NNNNNN`` it selects the accepted rows, reads their images from the shard tar by
-``tar_offset`` (one forward pass, no tar scan), bakes the EXIF orientation, writes the format's files, then
-``_done/shard-NNNNNN.json`` last; a rerun exports only shards without a marker, and again those relabeled since
-(their label lineage, :data:`LABEL_LINEAGE`, differs from the one the marker recorded). The graph has the labeler's
-shape::
+Per labeled shard ``shard-NNNNNN`` it checks the shard (its tar is the one labeled, its labels are there), selects the
+accepted rows, reads their images from the shard tar by ``tar_offset`` (one forward pass, no tar scan), bakes the
+EXIF orientation, writes the format's files, then ``_done/shard-NNNNNN.json`` last
+(:class:`~pipelines.export.export_shard.ExportShardFn`); a rerun exports only shards without a marker, again those
+relabeled since (their label lineage, :data:`LABEL_LINEAGE`, differs from the one the marker recorded) and those it
+refused before. The graph has the labeler's shape::
 
-    Create(shards) -> Reshuffle -> ExportShards (select, read, write, marker; per shard)
+    Create(shards) -> Reshuffle -> ExportShards (check, select, read, write, marker; per shard)
                                 -> CollectExported -> WriteCard (stats.json, README.md)
 
 No barrier stands between a shard's rows and its files; the only one feeds the card.
+
+Launch checks, in order, before anything is read or written: ``output=`` neither overlaps an input nor is a file
+(:func:`~pipelines.common.safe_paths.check_output_location`); ``select.where`` is one expression
+(:func:`~pipelines.export.selection.parse_where`: no SQL runs before it passes); the labeled shards are in
+``input.shards``; the output holds no other config's export. Only then does the selection run once on an empty
+table, are a killed run's temporary files removed, and does the pipeline start.
 """
 
 import dataclasses
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from itertools import groupby
 from typing import Any
 
 import apache_beam as beam
@@ -25,37 +30,35 @@ import pyarrow as pa
 
 import pipelines
 from pipelines.cli import hydra_app
-from pipelines.common.image_decode import ImageDecodeError
 from pipelines.common.label_set import (
     LABEL_RUN,
     SUMMARY_NAME,
     fetch_markers,
     listed_markers,
-    marker_uri,
     read_markers,
 )
-from pipelines.common.shard_members import (
-    MemberError,
-    MemberRef,
-    check_member,
-    decode_upright,
-    encode_jpeg,
-    iter_members,
+from pipelines.common.safe_paths import check_output_location
+from pipelines.common.shard_set import (
+    MANIFEST_NAME,
+    SHARD_TAR,
+    folder_of,
+    index_uri_of,
+    manifest_pixel_limit,
+    shard_name_of,
 )
-from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, index_uri_of, manifest_pixel_limit, shard_name_of
 from pipelines.config import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ConfigError,
     ExportFormat,
     ExportJobConfig,
     RunnerName,
-    config_hash,
     config_to_dict,
 )
-from pipelines.export.card import CARD_NAME, STATS_NAME, build_stats, render_card
-from pipelines.export.formats import WRITERS
-from pipelines.export.records import ExportImage, ExportPerson, ExportTask
-from pipelines.export.selection import check_selection, select_rows
+from pipelines.export import scratch
+from pipelines.export.card import CARD_NAME, STATS_NAME, build_stats, reasons_line, refused_line, render_card
+from pipelines.export.export_shard import LABEL_LINEAGE, ExportShardFn, export_config_hash, label_lineage
+from pipelines.export.records import ExportTask
+from pipelines.export.selection import check_selection, parse_where
 from pipelines.options import pipeline_options, running_pipeline
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage, join
@@ -64,43 +67,57 @@ from schemas import ANNOTATION_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-# What of a label marker decides a labeled shard's rows: the tar labeled, the labeling config, the calibration's
-# content and, for a dpmesh-refilter output, the labeling run behind it. Each is in the markers' index, so planning
-# reads them for 100k shards without a GET per marker. An export marker records them; a difference means the shard
-# was relabeled since it was exported.
-LABEL_LINEAGE = ("shard_identity", "config_hash", "calibration_sha256", LABEL_RUN)
-
-# Keys that do not change what is written: where and how the job runs.
-_NOT_CONTENT = ("input", "output", "runner", "storage", "log_level", "overwrite")
+__all__ = ["LABEL_LINEAGE", "export_config_hash", "label_lineage", "main", "plan_pending", "plan_tasks", "run"]
 
 
-def export_config_hash(cfg: ExportJobConfig) -> str:
-    """Fingerprint of what decides the exported bytes (format, selection, image options)."""
-    return config_hash(cfg, exclude=_NOT_CONTENT)
+def manifest_entries(storage: Storage, tar_uris: list[str]) -> dict[str, dict[str, Any]]:
+    """The shard set manifests' records of ``tar_uris`` (``tar_bytes``, ``tar_sha1``), by tar URI; a tar no
+    manifest lists has none (its sha1 is then hashed by the worker that checks it).
+
+    Raises:
+        ConfigError: a manifest that is not JSON.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    for folder in sorted({folder_of(uri) for uri in tar_uris}):
+        uri = join(folder, MANIFEST_NAME)
+        try:
+            manifest = json.loads(storage.read_bytes(uri))
+        except FileNotFoundError:
+            continue
+        except ValueError:
+            raise ConfigError(f"{uri} is not JSON: rerun dpmesh-shard for that shard set") from None
+        shards = manifest.get("shards") if isinstance(manifest, dict) else None
+        for entry in shards if isinstance(shards, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("shard"), str):
+                entries[join(folder, f"{entry['shard']}.tar")] = entry
+    return entries
 
 
 def plan_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
-    """Every labeled shard, joined to its tar and index.
+    """Every labeled shard, joined to its tar, its index and the manifest's record of the tar.
 
     Raises:
-        ConfigError: no labeled shards; a labeled shard whose tar or index is not in ``input.shards``.
+        ConfigError: no labeled shards; a labeled shard whose tar is not in ``input.shards``.
     """
     labeled = sorted(listed_markers(storage, cfg.input.labels))
     if not labeled:
         raise ConfigError(f"input.labels={cfg.input.labels!r} holds no labeled shards (no _done/ markers)")
-    tars = {shard_name_of(obj.uri): obj.uri for obj in storage.list(cfg.input.shards) if SHARD_TAR.search(obj.uri)}
+    tars = {shard_name_of(obj.uri): obj for obj in storage.list(cfg.input.shards) if SHARD_TAR.search(obj.uri)}
     missing = [name for name in labeled if name not in tars]
     if missing:
         raise ConfigError(
             f"input.shards={cfg.input.shards!r} lacks {len(missing)} labeled shard(s), e.g. {missing[0]}.tar: "
             "point it at the shard set the labels were made from"
         )
+    manifests = manifest_entries(storage, [tars[name].uri for name in labeled])
     return [
         ExportTask(
             name=name,
             labels_uri=join(cfg.input.labels, "annotations", f"{name}.parquet"),
-            tar_uri=tars[name],
-            index_uri=index_uri_of(tars[name]),
+            tar_uri=tars[name].uri,
+            index_uri=index_uri_of(tars[name].uri),
+            tar_bytes=tars[name].size,
+            manifest_entry=manifests.get(tars[name].uri),
         )
         for name in labeled
     ]
@@ -111,7 +128,7 @@ def labels_schema(storage: Storage, tasks: list[ExportTask]) -> pa.Schema:
     for task in tasks:
         try:
             return read_parquet_bytes(storage.read_bytes(task.labels_uri)).schema
-        except FileNotFoundError:
+        except (FileNotFoundError, pa.ArrowException):  # the shard's worker counts it; the schema comes from another
             continue
     return ANNOTATION_SCHEMA
 
@@ -120,8 +137,10 @@ def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dic
     """What the card and stats record about where the dataset came from (no secrets: configs hold none)."""
     try:
         summary = json.loads(storage.read_bytes(join(cfg.input.labels, SUMMARY_NAME)))
-    except FileNotFoundError:
-        logger.warning("%s has no %s: the card will lack the label run's lineage", cfg.input.labels, SUMMARY_NAME)
+    except (FileNotFoundError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        logger.warning("%s has no readable %s: the card lacks the label run's lineage", cfg.input.labels, SUMMARY_NAME)
         summary = {}
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
     # A dpmesh-refilter output keeps the labeling run under "label_run"; its own top level is the refilter's.
@@ -154,121 +173,6 @@ def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dic
     }
 
 
-def _images(table: pa.Table) -> list[tuple[str, list[ExportPerson]]]:
-    """Rows (in image-key, person order) grouped by image."""
-    return [(key, list(group)) for key, group in groupby(ExportPerson.from_table(table), key=lambda p: p.image_key)]
-
-
-class ExportShardFn(beam.DoFn):
-    """Input: an :class:`ExportTask`. Writes the shard's export files, then its marker; outputs the marker."""
-
-    def __init__(self, cfg: ExportJobConfig, max_image_pixels: int) -> None:
-        self._cfg = cfg
-        self._max_pixels = max_image_pixels
-        self._hash = export_config_hash(cfg)
-
-    def setup(self) -> None:
-        self._storage = Storage(self._cfg.storage)
-
-    def process(self, task: ExportTask) -> Iterator[dict[str, Any]]:
-        storage, cfg = self._storage, self._cfg
-        label_marker = json.loads(storage.read_bytes(marker_uri(cfg.input.labels, task.name)))
-        try:
-            table = read_parquet_bytes(storage.read_bytes(task.labels_uri))
-        except FileNotFoundError:  # a marker without annotations: nothing was accepted
-            table = ANNOTATION_SCHEMA.empty_table()
-        selected = select_rows(table, cfg.select)
-        images = _images(selected)
-        index = {r["key"]: r for r in read_parquet_bytes(storage.read_bytes(task.index_uri)).to_pylist()}
-        persons = dict(images)
-        skipped: list[dict[str, Any]] = []
-        refs = []
-        for key, people in images:
-            if key in index:
-                refs.append(MemberRef.from_index_row(index[key]))
-            else:
-                skipped.append({"key": key, "reason": "not in the shard index", "persons": len(people)})
-        writer = WRITERS[cfg.format](storage, cfg.output, task.name, cfg.export)
-        exported: list[ExportPerson] = []
-        try:
-            with storage.open_read(task.tar_uri) as stream:
-                for ref, data in self._members(stream, refs, skipped):
-                    try:  # the label run read and decoded this image: a failure means the shard changed since
-                        pixels = decode_upright(check_member(ref, data), max_image_pixels=self._max_pixels)
-                    except (MemberError, ImageDecodeError) as exc:
-                        skipped.append({"key": ref.key, "reason": str(exc), "persons": len(persons[ref.key])})
-                        continue
-                    jpeg = encode_jpeg(pixels, cfg.export.jpeg_quality)
-                    writer.add(ExportImage(ref.key, pixels, jpeg, persons[ref.key]))
-                    exported.extend(persons[ref.key])
-            files = writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        if task.exported_before:  # after the new files, before the marker: a kill in between redoes the shard
-            writer.remove_unselected(set(index) - {p.image_key for p in exported})
-        occlusion_recorded = "occlusion_level" in table.column_names
-        marker = self._marker(
-            task, label_marker, table.num_rows, occlusion_recorded, exported, skipped, persons, files
-        )
-        storage.write_bytes(marker_uri(cfg.output, task.name), json.dumps(marker, indent=1).encode())
-        yield marker
-
-    @staticmethod
-    def _members(
-        stream: Any, refs: list[MemberRef], skipped: list[dict[str, Any]]
-    ) -> Iterator[tuple[MemberRef, bytes]]:
-        """The wanted members; a truncated tar ends the shard's reading with one skip entry for the rest."""
-        try:
-            yield from iter_members(stream, refs)
-        except MemberError as exc:
-            skipped.append({"key": None, "reason": f"shard read stopped: {exc}", "persons": None})
-
-    def _marker(
-        self,
-        task: ExportTask,
-        label_marker: dict[str, Any],
-        rows_in: int,
-        occlusion_recorded: bool,
-        exported: list[ExportPerson],
-        skipped: list[dict[str, Any]],
-        persons: dict[str, list[ExportPerson]],
-        files: list[str],
-    ) -> dict[str, Any]:
-        exported_ids = {p.sample_id for p in exported}
-        selected = [p for people in persons.values() for p in people]
-        # Rows from before schema 1.1.0 read back with a null level: "unrecorded", never counted as "none".
-        occlusion = (
-            Counter(p.row.get("occlusion_level") or "unrecorded" for p in exported) if occlusion_recorded else None
-        )
-        return {
-            "shard": task.name,
-            "format": self._cfg.format.value,
-            "config_hash": self._hash,
-            "pipeline_version": pipelines.__version__,
-            "label": {"shard_uri": label_marker.get("shard_uri"), **label_lineage(label_marker)},
-            "counts": {
-                "rows_in": rows_in,
-                "rows_selected": len(selected),
-                "images": len({p.image_key for p in exported}),
-                "persons": len(exported),
-                "persons_skipped": sum(1 for p in selected if p.sample_id not in exported_ids),
-            },
-            "tiers": dict(sorted(Counter(p.tier for p in exported).items())),
-            "occlusion_levels": dict(sorted(occlusion.items())) if occlusion is not None else None,
-            "model_ids": sorted({str(p.row.get("model_id")) for p in exported}),
-            "body_models": sorted(
-                {
-                    f"{p.row['body_model']} (sha256 {p.row.get('body_model_sha256')})"
-                    for p in exported
-                    if p.row.get("body_model")
-                }
-            ),
-            "skipped_images": skipped,
-            "files": [uri.rsplit("/", 1)[-1] for uri in files if not uri.endswith(".jpg")],
-        }
-
-
 class WriteCardFn(beam.DoFn):
     """Input: the markers this run wrote (once). Writes ``stats.json`` and ``README.md`` over every exported shard."""
 
@@ -288,13 +192,9 @@ class WriteCardFn(beam.DoFn):
         yield stats
 
 
-def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`LABEL_LINEAGE` fields of a label marker (None where it has none)."""
-    return {k: label_marker.get(k) for k in LABEL_LINEAGE}
-
-
 def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]) -> list[ExportTask]:
-    """The tasks without a marker of this config, or whose shard was relabeled since (all with ``overwrite``).
+    """The tasks without a marker of this config, whose shard was relabeled since, or that were refused
+    (``shard_error``: the user may have fixed ``input.shards`` or the labels since); all with ``overwrite``.
 
     Files of a re-exported shard are replaced under the same names (its tar, or its npz), and with
     ``format=camerahmr`` the loose images it no longer selects are removed (``ExportTask.exported_before``).
@@ -323,10 +223,12 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
         logger.info(
             "%d exported shards were relabeled since (e.g. %s): exporting them again", len(relabeled), min(relabeled)
         )
+    refused = {t.name for t in tasks if (done.get(t.name) or {}).get("shard_error")}
+    again = relabeled | refused
     return [
-        dataclasses.replace(t, exported_before=True) if t.name in relabeled else t
+        dataclasses.replace(t, exported_before=True) if t.name in again else t
         for t in tasks
-        if t.name not in done or t.name in relabeled
+        if t.name not in done or t.name in again
     ]
 
 
@@ -349,26 +251,33 @@ def _shard_set_pixel_limit(storage: Storage, shards: str) -> int:
     """The pixel limit the labels' images were checked with: the label run followed its shard set's (manifest)."""
     try:
         manifest = json.loads(storage.read_bytes(join(shards, MANIFEST_NAME)))
-    except FileNotFoundError:
+        return manifest_pixel_limit(manifest) or DEFAULT_MAX_IMAGE_PIXELS
+    except (FileNotFoundError, ValueError, AttributeError):  # none, or not a manifest: the default limit
         return DEFAULT_MAX_IMAGE_PIXELS
-    return manifest_pixel_limit(manifest) or DEFAULT_MAX_IMAGE_PIXELS
 
 
 def run(cfg: ExportJobConfig) -> dict[str, Any]:
     """Exports every labeled shard not yet exported, then writes the card; returns ``stats.json``'s content (the
     launch plan on a dry run)."""
     default_pixels = DEFAULT_MAX_IMAGE_PIXELS
+    if cfg.select.where:  # parsing runs nothing on any data: it precedes every other check, dry run included
+        parse_where(cfg.select.where)
     if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
         from pipelines.launch_plan import print_launch_plan
 
         stand_in = [ExportTask("shard-000000", "labels.parquet", "shard-000000.tar", "shard-000000.parquet")]
         return print_launch_plan("dpmesh-export", cfg, lambda p: build_pipeline(p, cfg, stand_in, {}, default_pixels))
     storage = Storage(cfg.storage)
+    # Before anything is read or written: an output over an input would have its source shards or labels replaced.
+    check_output_location(storage, cfg.output, {"input.labels": cfg.input.labels, "input.shards": cfg.input.shards})
     tasks = plan_tasks(cfg, storage)
-    schema = labels_schema(storage, tasks)
-    check_selection(cfg.select, schema)
-    prov = provenance(cfg, storage, schema)
     pending = plan_pending(cfg, storage, tasks)
+    schema = labels_schema(storage, tasks)
+    check_selection(cfg.select, schema)  # the one expression, bound to the labels' columns on an empty table
+    prov = provenance(cfg, storage, schema)
+    removed = scratch.clear(cfg.output)  # what a killed run left: nothing of this run is written yet
+    if removed:
+        logger.info("removed %d temporary files a killed run left in %s", removed, cfg.output)
     logger.info(
         "%d labeled shards, %d to export, %d already exported", len(tasks), len(pending), len(tasks) - len(pending)
     )
@@ -384,18 +293,26 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
     max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, cfg.input.shards)
     with running_pipeline(pipeline_options(runner, job_name="dpmesh-export")) as p:
         build_pipeline(p, cfg, pending, prov, max_pixels)
+    scratch.remove_if_empty(cfg.output)
     stats: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, STATS_NAME)))
     return stats
 
 
 def report(stats: dict[str, Any], cfg: ExportJobConfig) -> str:
-    """The end-of-run lines."""
+    """The end-of-run lines: what was exported, what was not and why, the shards refused whole."""
     counts = stats["counts"]
-    return (
+    lines = [
         f"dpmesh-export {cfg.format.value}: {stats['shards']} shards, {counts.get('images', 0)} images, "
-        f"{counts.get('persons', 0)} persons (tiers {stats['tiers']}, occlusion {stats['occlusion_levels']})\n"
-        f"output: {cfg.output} (dataset card: {join(cfg.output, CARD_NAME)})"
-    )
+        f"{counts.get('persons', 0)} persons (tiers {stats['tiers']}, occlusion {stats['occlusion_levels']})",
+        f"not exported: {counts.get('persons_skipped', 0)} of {counts.get('rows_selected', 0)} selected persons "
+        f"(by reason: {reasons_line(stats)}); counts reconcile: {stats.get('reconciled', True)}",
+    ]
+    if stats.get("shard_errors"):
+        lines.append(f"refused shards (nothing exported; see stats.json shard_errors): {refused_line(stats)}")
+    if counts.get("index_keys_invalid"):
+        lines.append(f"shard index rows with an invalid key, never used: {counts['index_keys_invalid']}")
+    lines.append(f"output: {cfg.output} (dataset card: {join(cfg.output, CARD_NAME)})")
+    return "\n".join(lines)
 
 
 main = hydra_app("dpmesh-export", "dpmesh_export", ExportJobConfig, run, report)

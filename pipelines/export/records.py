@@ -5,6 +5,7 @@ conversions all trainer formats share: the 72-d pose, the box as ``center`` / ``
 the 44-joint keypoints and the ``has_body_pose`` / ``has_betas`` rule (:func:`smpl_supervised`).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class ExportTask:
         tar_uri, index_uri: The shard tar and its index Parquet (``key``, ``tar_offset``, ``bytes``, ``sha1``).
         exported_before: An earlier export of this shard is in the output (it was relabeled since): files of
             images it no longer selects are removed (see :meth:`ShardWriter.remove_unselected`).
+        tar_bytes: The tar's size as listed at planning. manifest_entry: The shard set manifest's record of the tar
+            (``tar_bytes``, ``tar_sha1``), None without one: with the size, what the export compares with the label
+            marker's ``shard_identity`` (:func:`pipelines.export.checks.lineage_problem`).
     """
 
     name: str
@@ -59,6 +63,8 @@ class ExportTask:
     tar_uri: str
     index_uri: str
     exported_before: bool = False
+    tar_bytes: int = 0
+    manifest_entry: dict[str, Any] | None = None
 
 
 _ARRAY_COLUMNS = (
@@ -153,13 +159,19 @@ class ExportPerson:
         return keypoints
 
     def extra(self) -> dict[str, Any]:
-        """Identity, verdict and whichever lineage / occlusion columns the labels carry (None-valued ones dropped)."""
+        """Identity, verdict and whichever lineage / occlusion columns the labels carry (None-valued and non-finite
+        ones dropped: metadata is never a NaN in a training file either)."""
         keys = (
             *("sample_id", "image_key", "person_idx", "shard", "source_uri", "quality_tier", "confidence", "model_id"),
             *LINEAGE_COLUMNS,
             *OCCLUSION_COLUMNS,
         )
-        return {k: self.row[k] for k in keys if self.row.get(k) is not None}
+        return {k: self.row[k] for k in keys if _finite_or_text(self.row.get(k))}
+
+
+def _finite_or_text(value: Any) -> bool:
+    """Whether a metadata value is worth writing: not None, and finite if it is a float."""
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
 
 
 @dataclass(frozen=True)

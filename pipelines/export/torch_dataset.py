@@ -11,8 +11,9 @@ tar scan; on S3 or GCS one ranged GET, ``Storage.read_range``), checks the sha1,
 Arrow's flatten + ``to_numpy`` (no Python lists) and held as numpy arrays, so the dataset pickles small to
 ``DataLoader`` workers; local tar files are opened lazily, once per worker process.
 
-Labels and shards may be anywhere the storage layer reads (local, ``s3://``, ``gs://``). This is the only module
-of :mod:`pipelines.export` that imports torch.
+Labels and shards may be anywhere the storage layer reads (local, ``s3://``, ``gs://``). A label row's ``shard``
+names a tar only through :func:`~pipelines.common.safe_paths.safe_join` (one plain segment inside ``shards``; else
+``UnsafeName``, a ``ValueError``). This is the only module of :mod:`pipelines.export` that imports torch.
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipelines.common.safe_paths import safe_join
 from pipelines.common.shard_members import MemberRef, check_member, decode_upright, read_member_at
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, SelectConfig, StorageConfig
@@ -98,7 +100,7 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
         members: dict[str, dict[str, MemberRef]] = {}
         tar_number: dict[str, int] = {}
         for shard in sorted(set(shard_of)):
-            tar = join(shards, f"{shard}.tar")
+            tar = safe_join(shards, f"{shard}.tar", what="label row shard")  # a name from data: one plain segment
             index = read_parquet_bytes(reader.read_bytes(index_uri_of(tar))).to_pylist()
             members[shard] = {row["key"]: MemberRef.from_index_row(row) for row in index}
             tar_number[shard] = len(self._tars)

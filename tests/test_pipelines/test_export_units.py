@@ -13,16 +13,21 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
 from pipelines.cli import unknown_keys
+from pipelines.common.safe_paths import UnsafeName
 from pipelines.common.shard_members import MemberError, MemberRef, iter_members, read_member_at
 from pipelines.config import ConfigError, ExportFormat, ExportJobConfig, SelectConfig, compose_config
 from pipelines.config.compose import register_configs, to_job_config
 from pipelines.export.card import aggregate, build_stats, render_card
+from pipelines.export.checks import CHECKED_COLUMNS, check_rows, lineage_problem, usable_index
 from pipelines.export.crop import crop_transform, square_crop, to_crop_pixels
+from pipelines.export.formats.base import TarBuilder
+from pipelines.export.formats.camerahmr import CameraHmrWriter
 from pipelines.export.formats.crops import keypoints_in_crop
 from pipelines.export.job import run as export
 from pipelines.export.joints44 import HMR44_JOINT_NAMES, coco17_to_hmr44
 from pipelines.export.records import LINEAGE_COLUMNS, OCCLUSION_COLUMNS, smpl_supervised
-from pipelines.export.selection import check_selection, select_rows
+from pipelines.export.selection import check_selection, parse_where, select_rows
+from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA, COCO17_KEYPOINT_NAMES
 
 
@@ -289,3 +294,181 @@ def test_provenance_of_a_refiltered_output_is_the_labeling_run_behind_it(tmp_pat
     assert prov["label_run"]["refiltered_by"] == "dpmesh-refilter"
     assert prov["label_run"]["thresholds"] == {"gold_min": 0.9}  # the tiers come from the refilter's thresholds
     assert prov["body_model"] == f"synthetic_random_body_64v (sha256 {'f' * 64})"
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("true); COPY (SELECT 1) TO 'x.csv'; SELECT 1 WHERE (true", "';'"),
+        ("true) TO 'x.csv' --", "not one SQL expression"),
+        ("confidence > 0, n_kp_valid > 1", "not one SQL expression"),
+        ("confidence > (SELECT 1)", "subquery"),
+        ("EXISTS (SELECT * FROM read_text('/etc/hostname'))", "subquery"),
+        ("confidence IN (SELECT confidence FROM read_parquet('x.parquet'))", "subquery"),
+    ],
+)
+def test_a_where_that_is_not_one_plain_expression_is_refused_in_one_line(where: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_where(where)
+    assert str(raised.value).startswith(f"select.where={where!r}")
+    assert "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match=message):  # the launch check parses before it binds or runs anything
+        check_selection(SelectConfig(where=where), ANNOTATION_SCHEMA)
+
+
+def test_plain_where_expressions_pass_and_the_engine_has_no_file_access() -> None:
+    for where in ("n_kp_valid >= 12 AND crowding_iou > 0.3", "source_uri LIKE '%select%'", "betas[1] < 3 -- note"):
+        check_selection(SelectConfig(where=where), ANNOTATION_SCHEMA)
+    import duckdb
+
+    from pipelines.export.selection import _connect  # the connection every where runs on: defence in depth
+
+    connection = _connect()
+    try:
+        with pytest.raises(duckdb.Error, match="disabled"):
+            connection.execute("SELECT * FROM read_text('/etc/hostname')")
+    finally:
+        connection.close()
+
+
+def _rows_table(rows: list[dict[str, object]]) -> pa.Table:
+    """A table of the columns :func:`check_rows` reads, typed as in the annotation schema."""
+    fields = [ANNOTATION_SCHEMA.field(name) for name in ("image_key", "sample_id", "person_idx", *CHECKED_COLUMNS)]
+    schema = pa.schema([field.with_nullable(True) for field in fields])
+    good = {
+        "keypoints_2d": [[1.0, 2.0, 1.0]] * 17,
+        "bbox_xyxy": [0.0, 0.0, 10.0, 10.0],
+        "crop_bbox_xywh": [0.0, 0.0, 10.0, 10.0],
+        "global_orient": [0.0] * 3,
+        "body_pose": [0.0] * 69,
+        "betas": [0.0] * 10,
+        "transl": [0.0, 0.0, 3.0],
+        "focal_length": 100.0,
+        "principal_point": [5.0, 5.0],
+        "confidence": 0.5,
+    }
+    return pa.Table.from_pylist([{**good, **row} for row in rows], schema=schema)
+
+
+def test_rows_with_bad_keys_or_values_become_error_entries_and_the_rest_go_on() -> None:
+    table = _rows_table(
+        [
+            {"image_key": "a-1", "sample_id": "a-1_p0", "person_idx": 0},
+            {"image_key": "../../x/EXPORT", "sample_id": "../../x/EXPORT_p0", "person_idx": 0},
+            {"image_key": "a-1", "sample_id": "b-2_p1", "person_idx": 1},  # another image's id
+            {"image_key": "a-1", "sample_id": "a-1_p0", "person_idx": 0},  # the same person again
+            {"image_key": "c-3", "sample_id": "c-3_p0", "person_idx": 0, "betas": [float("nan")] + [0.0] * 9},
+            {"image_key": "c-3", "sample_id": "c-3_p1", "person_idx": 1, "transl": [0.0, float("inf"), 1.0]},
+            {"image_key": "c-3", "sample_id": "c-3_p2", "person_idx": 2, "focal_length": None},
+            {"image_key": "d-4", "sample_id": "d-4_p0", "person_idx": 0},
+        ]
+    )
+    kept, errors = check_rows(table)
+    assert kept["sample_id"].to_pylist() == ["a-1_p0", "d-4_p0"]
+    assert [(e["sample_id"], e["reason"]) for e in errors] == [
+        ("../../x/EXPORT_p0", "invalid_key"),
+        ("b-2_p1", "invalid_key"),
+        ("a-1_p0", "duplicate_sample_id"),
+        ("c-3_p0", "non_finite_label"),
+        ("c-3_p1", "non_finite_label"),
+        ("c-3_p2", "invalid_label_value"),
+    ]
+    assert "betas" in errors[3]["error"]
+
+
+def test_index_rows_with_bad_keys_are_never_used() -> None:
+    rows = [{"key": "a-1", "tar_offset": 512}, {"key": "../../x/victim", "tar_offset": 0}, {"key": None}]
+    index, skipped = usable_index(rows)
+    assert list(index) == ["a-1"]
+    assert [(s["reason"], s["persons"]) for s in skipped] == [("invalid_key", 0), ("invalid_key", 0)]
+
+
+def _shard_file(tmp_path: Path) -> tuple[str, int, str]:
+    data = b"a shard tar" * 100
+    path = tmp_path / "shard-000000.tar"
+    path.write_bytes(data)
+    return str(path), len(data), hashlib.sha1(data).hexdigest()
+
+
+def test_lineage_compares_the_tar_with_what_the_labels_were_made_from(tmp_path: Path) -> None:
+    storage = Storage()
+    uri, size, sha1 = _shard_file(tmp_path)
+    marker = {"shard_identity": {"tar_bytes": size, "tar_sha1": sha1}}
+    manifest = {"tar_bytes": size, "tar_sha1": sha1}
+    assert lineage_problem(storage, uri, size, manifest, marker) is None
+    assert lineage_problem(storage, uri, size, None, marker) is None  # no manifest record: the tar is hashed
+    other = {"tar_bytes": size, "tar_sha1": "0" * 40}
+    assert "sha1" in (lineage_problem(storage, uri, size, other, marker) or "")  # a resharded set's manifest
+    stale = {"tar_bytes": size + 1, "tar_sha1": sha1}  # the manifest no longer speaks for the tar: hashed
+    assert lineage_problem(storage, uri, size, stale, marker) is None
+    assert "bytes" in (lineage_problem(storage, uri, size + 5, manifest, marker) or "")
+    wrong_content = {"shard_identity": {"tar_bytes": size, "tar_sha1": "f" * 40}}
+    assert "sha1" in (lineage_problem(storage, uri, size, None, wrong_content) or "")
+    # Labeled without a manifest: the identity holds no sha1, what the label run read does.
+    unlisted = {"shard_identity": {"tar_bytes": size, "tar_sha1": None}, "tar_read": {"tar_sha1": "f" * 40}}
+    assert "sha1" in (lineage_problem(storage, uri, size, None, unlisted) or "")
+    assert "no shard_identity" in (lineage_problem(storage, uri, size, manifest, {}) or "")
+
+
+def test_tar_members_and_loose_images_are_plain_names_inside_output(tmp_path: Path) -> None:
+    storage = Storage()
+    out = tmp_path / "a" / "out"
+    builder = TarBuilder(storage, str(out), str(out / "shard-000000.tar"))
+    assert Path(builder.path).parent == out / "_tmp"  # built in the output's own scratch folder
+    for name in ("../x.jpg", "/abs.jpg", "sub/k.jpg", ".."):
+        with pytest.raises(UnsafeName):
+            builder.add(name, b"")
+    builder.add("k-1.jpg", b"jpeg")
+    builder.publish()
+    with tarfile.open(out / "shard-000000.tar") as tar:
+        assert tar.getnames() == ["k-1.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["_tmp", "shard-000000.tar"]
+    assert not list((out / "_tmp").iterdir()), "the scratch file is gone once published"
+
+    victim = tmp_path / "x" / "victim.jpg"
+    victim.parent.mkdir()
+    victim.write_bytes(b"not ours")
+    (out / "images").mkdir()
+    (out / "images" / "k-2.jpg").write_bytes(b"ours")
+    CameraHmrWriter.withdraw(storage, str(out), "shard-000000", {"../../x/victim", "k-2", ""})
+    assert victim.read_bytes() == b"not ours"
+    assert not (out / "images" / "k-2.jpg").exists()
+    assert not (out / "shard-000000.npz").exists()
+
+
+def test_card_and_stats_name_what_was_not_exported() -> None:
+    exported = {
+        "shard": "shard-000000",
+        "counts": {"rows_in": 3, "rows_selected": 3, "images": 1, "persons": 2, "persons_skipped": 1},
+        "skipped_by_reason": {"non_finite_label": 1},
+        "reconciled": True,
+        "shard_error": None,
+        "tiers": {"gold": 2},
+        "occlusion_levels": {},
+        "errors": [{"sample_id": "k-1_p2", "image_key": "k-1", "reason": "non_finite_label", "error": "betas"}],
+        "skipped_images": [],
+    }
+    refused = {
+        **exported,
+        "shard": "shard-000001",
+        "counts": {"rows_in": 4, "rows_selected": 4, "images": 0, "persons": 0, "persons_skipped": 4},
+        "skipped_by_reason": {"lineage_mismatch": 4},
+        "shard_error": {"reason": "lineage_mismatch", "error": "sha1 differs"},
+        "tiers": {},
+        "errors": [],
+    }
+    stats = build_stats(
+        [exported, refused],
+        {
+            "export": {"format": "hmr2", "pipeline_version": "0", "config_hash": "h", "select": {}},
+            "labels": "L",
+            "shards": "S",
+        },
+    )
+    assert stats["skipped_by_reason"] == {"lineage_mismatch": 4, "non_finite_label": 1}
+    assert stats["shard_errors"] == [{"shard": "shard-000001", "reason": "lineage_mismatch", "error": "sha1 differs"}]
+    assert stats["errors"][0]["shard"] == "shard-000000"
+    card = render_card(stats)
+    assert "persons: 2 (of 7 accepted label rows, 7 selected; 5 not exported" in card
+    assert "lineage_mismatch 4, non_finite_label 1" in card
+    assert "shard-000001 (lineage_mismatch)" in card

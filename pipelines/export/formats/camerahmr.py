@@ -21,6 +21,9 @@ key              shape        value
                               export ``select.tiers=[gold,silver]`` for it)
 ``sample_id``, ``quality_tier``  (N,) str; ``confidence`` (N,)
 ===============  ===========  ==========================================================================
+Image keys name files only through :func:`~pipelines.common.safe_paths.safe_join`, for writing and for the removal
+of a re-exported shard's unselected images alike; no array holds a NaN or inf (such rows never reach the writer,
+:mod:`pipelines.export.checks`).
 """
 
 import io
@@ -28,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.common.safe_paths import UnsafeName, is_valid_key, safe_join
 from pipelines.export.formats.base import ShardWriter
 from pipelines.export.records import ExportImage, ExportPerson
-from pipelines.storage import join
+from pipelines.storage import Storage
 
 
 IMAGES_FOLDER = "images"
@@ -67,8 +71,33 @@ def label_arrays(persons: list[tuple[str, ExportPerson]]) -> dict[str, np.ndarra
     }
 
 
+def image_uri(output: str, image_key: str) -> str:
+    """Where an image's loose JPEG goes: ``<output>/images/<image_key>.jpg``, the key one plain segment inside
+    ``output`` (:func:`safe_join`: else :class:`UnsafeName`)."""
+    return safe_join(output, IMAGES_FOLDER, f"{image_key}.jpg", what="image key")
+
+
+def _remove_images(storage: Storage, output: str, image_keys: set[str]) -> None:
+    """Deletes the loose images of ``image_keys``: only keys of the key grammar whose path resolves inside
+    ``output``; any other name is left alone (the job never passes one: it drops such index rows first)."""
+    for key in sorted(image_keys):
+        if not is_valid_key(key):
+            continue
+        try:
+            uri = image_uri(output, key)
+        except UnsafeName:  # e.g. a link planted in images/ that leads outside the output
+            continue
+        storage.delete(uri)
+
+
 class CameraHmrWriter(ShardWriter):
-    """Writes ``<output>/images/<image_key>.jpg`` per image and ``<output>/<shard>.npz``."""
+    """Writes ``<output>/images/<image_key>.jpg`` per image and ``<output>/<shard>.npz``.
+
+    Image paths are made with :func:`safe_join`: only a key that is one plain segment, resolving inside ``output``,
+    names a file to write or, on a re-export, to delete.
+    """
+
+    SHARD_SUFFIX = ".npz"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,20 +105,25 @@ class CameraHmrWriter(ShardWriter):
         self._written: list[str] = []
 
     def add(self, image: ExportImage) -> None:
-        name = image_name(image.image_key)
-        uri = join(self.output, name)
+        uri = image_uri(self.output, image.image_key)
         self.storage.write_bytes(uri, image.jpeg)
         self._written.append(uri)
+        name = image_name(image.image_key)
         self._persons.extend((name, p) for p in image.persons)
 
     def remove_unselected(self, image_keys: set[str]) -> None:
         """Loose images are per image: after a relabel, an image no longer selected would stay, named by no npz."""
-        for key in sorted(image_keys):
-            self.storage.delete(join(self.output, image_name(key)))
+        _remove_images(self.storage, self.output, image_keys)
+
+    @classmethod
+    def withdraw(cls, storage: Storage, output: str, shard: str, image_keys: set[str]) -> None:
+        """Removes the shard's npz, then its loose images (an npz never names a missing image)."""
+        super().withdraw(storage, output, shard, image_keys)
+        _remove_images(storage, output, image_keys)
 
     def close(self) -> list[str]:
         buffer = io.BytesIO()
         np.savez(buffer, **label_arrays(self._persons))  # type: ignore[arg-type]
-        uri = join(self.output, f"{self.shard}.npz")
+        uri = safe_join(self.output, f"{self.shard}{self.SHARD_SUFFIX}", what="shard name")
         self.storage.write_bytes(uri, buffer.getvalue())
         return [*self._written, uri]

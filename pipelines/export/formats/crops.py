@@ -5,6 +5,11 @@ Each crop is the label's ``crop_bbox_xywh`` (DPMesh's square crop, black past th
 pixels) and the crop frame (``crop``): ``box_xywh`` and ``size``, ``keypoints_2d`` (17, 3) and ``keypoints_44``
 (44, 3) in crop pixels (missing joints stay ``(0, 0, 0)``), ``cam_int`` (3, 3) the intrinsics of the crop
 (``A @ K``, see :func:`pipelines.export.crop.crop_transform`), and ``has_body_pose`` / ``has_betas`` by tier.
+
+Member names are ``<sample_id>``s the job has checked (``<key>_p<n>``, one plain segment; the tar builder refuses
+any other). A row with a null, NaN or inf in a value the crop is made from
+(:data:`pipelines.export.checks.CHECKED_COLUMNS`) never reaches this writer; other non-finite values of the row
+(diagnostic columns) are written as ``null``, so the JSON is strict.
 """
 
 import json
@@ -60,5 +65,6 @@ class CropsWriter(TarShardWriter):
         for person in image.persons:
             crop = square_crop(image.pixels, person.crop_bbox_xywh, size)
             self.tar.add(f"{person.sample_id}.jpg", encode_jpeg(crop, self.options.jpeg_quality))
-            document = json.dumps(crop_document(person, size), allow_nan=False, sort_keys=True)
+            # default=str: a column of a type JSON lacks (a hand-added binary or date column) is written as text.
+            document = json.dumps(crop_document(person, size), allow_nan=False, sort_keys=True, default=str)
             self.tar.add(f"{person.sample_id}.json", document.encode())

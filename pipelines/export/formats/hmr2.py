@@ -19,6 +19,10 @@ key                shape       value
 ``extra_info``     dict        ids, tier, confidence, lineage / occlusion columns when present
 =================  ==========  ======================================================================
 
+Member names are image keys the job has checked (one plain segment; the tar builder refuses any other), and no
+value is NaN or inf: rows with one in a value above never reach the writer (:mod:`pipelines.export.checks`) and
+non-finite metadata is left out of ``extra_info``.
+
 ``extra_info`` has no ``fitting_loss``: the loader's reprojection filter then keeps every person (our reprojection
 error is not in ProHMR's units). The pickle holds only numpy arrays and Python builtins, so it loads without this
 project installed. The image is the upright JPEG (EXIF baked), never the tar's original bytes.
