@@ -30,6 +30,7 @@ import pyarrow as pa
 
 import pipelines
 from pipelines.cli import hydra_app
+from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_set import (
     LABEL_RUN,
     SUMMARY_NAME,
@@ -205,6 +206,8 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
     listed = listed_markers(storage, cfg.output)
     if cfg.overwrite:
         return [dataclasses.replace(t, exported_before=t.name in listed) for t in tasks]
+    if not listed:  # nothing committed yet: the intent says whose unfinished files the output may hold
+        check_intent(storage, cfg.output, export_config_hash(cfg), "an unfinished export")
     done = fetch_markers(storage, list(listed.values()))
     current = export_config_hash(cfg)
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
@@ -291,6 +294,7 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
         # The DaskRunner ignores Reshuffle: its only parallelism is how Create is split, so one shard per partition.
         runner = dataclasses.replace(runner, partitions=max(1, len(pending)))
     max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, cfg.input.shards)
+    record_intent(storage, cfg.output, "dpmesh-export", export_config_hash(cfg))  # before the first shard's files
     with running_pipeline(pipeline_options(runner, job_name="dpmesh-export")) as p:
         build_pipeline(p, cfg, pending, prov, max_pixels)
     scratch.remove_if_empty(cfg.output)

@@ -501,3 +501,49 @@ def test_an_object_store_export_builds_tars_in_its_own_scratch_folder(
     tars = [o.uri for o in Storage(cfg.storage).list(out) if o.uri.endswith(".tar")]
     assert len(tars) == stats["shards"]
     assert not local.exists(), "the scratch folder is cleared at launch and gone once the run is over"
+
+
+# An export killed (SIGKILL, no cleanup) right after its first write whose URI matches argv[1].
+_KILL_AFTER_WRITE = (
+    "import os, re, signal, sys\n"
+    "from pipelines.storage import Storage\n"
+    "pattern = re.compile(sys.argv[1]); sys.argv = ['dpmesh-export', *sys.argv[2:]]\n"
+    "def killing(original):\n"
+    "    def wrapped(self, *args, **kwargs):\n"
+    "        result = original(self, *args, **kwargs)\n"
+    "        if pattern.search(args[-1] if original.__name__ == 'upload_file' else args[0]):\n"
+    "            os.kill(os.getpid(), signal.SIGKILL)\n"
+    "        return result\n"
+    "    return wrapped\n"
+    "Storage.write_bytes = killing(Storage.write_bytes)\n"
+    "Storage.upload_file = killing(Storage.upload_file)\n"
+    "from pipelines.export.job import main; main()\n"
+)
+_EXPORT_BOUNDARIES = {
+    "intent": r"/_intent\.json$",
+    "tar": r"/shard-\d+\.tar$",
+    "marker": r"/_done/shard-\d+\.json$",
+    "stats": r"/stats\.json$",
+    "card": r"/README\.md$",
+}
+
+
+@pytest.mark.parametrize("boundary", list(_EXPORT_BOUNDARIES))
+def test_an_export_killed_at_any_write_boundary_resumes_to_the_same_bytes(
+    source: Path, tmp_path: Path, boundary: str
+) -> None:
+    labels, shards = source / "labels", source / "shards"
+    reference = tmp_path / "reference"
+    export(_config(labels, shards, reference, "hmr2"))
+    out = tmp_path / "killed"
+    args = [f"input.labels={labels}", f"input.shards={shards}", f"output={out}", "format=hmr2", "log_level=WARNING"]
+    process = subprocess.run(
+        [sys.executable, "-c", _KILL_AFTER_WRITE, _EXPORT_BOUNDARIES[boundary], *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert process.returncode == -signal.SIGKILL, f"the export was not killed after its first {boundary} write"
+    export(_config(labels, shards, out, "hmr2"))  # no overwrite=true: the run's own unfinished work is taken up
+    assert not (out / "_tmp").exists()
+    assert _digests(out) == _digests(reference), "the same bytes as an uninterrupted export"
