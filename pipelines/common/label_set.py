@@ -17,10 +17,15 @@ by hand are gone from the listing, so their entries are ignored.
 
 import gzip
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from pipelines.config import ConfigError
 from pipelines.storage import Storage, join
+
+
+logger = logging.getLogger(__name__)
 
 
 DONE_FOLDER = "_done"
@@ -41,14 +46,46 @@ def listed_markers(storage: Storage, output: str) -> dict[str, str]:
 
 
 def fetch_markers(storage: Storage, uris: list[str]) -> dict[str, dict[str, Any]]:
-    """The markers at ``uris``, read :data:`MARKER_READERS` at a time, by their ``shard`` field."""
+    """The markers at ``uris``, read :data:`MARKER_READERS` at a time, by their ``shard`` field.
+
+    A marker is data like any other: one that is not a JSON object, or whose ``shard`` is not the name of the
+    file it is in (a name later joined into paths), is refused rather than trusted.
+
+    Raises:
+        ConfigError: naming the marker and how to get past it.
+    """
     with ThreadPoolExecutor(MARKER_READERS) as pool:
         documents = list(pool.map(storage.read_bytes, uris))
     markers = {}
-    for data in documents:
-        marker = json.loads(data)
-        markers[marker["shard"]] = marker
+    for uri, data in zip(uris, documents, strict=True):
+        name = uri.rsplit("/", 1)[-1].removesuffix(".json")
+        try:
+            marker = json.loads(data)
+        except ValueError:
+            marker = None
+        if not isinstance(marker, dict) or marker.get("shard") != name or not isinstance(marker.get("counts"), dict):
+            raise ConfigError(
+                f"{uri} is not a marker this pipeline wrote (not a JSON object with shard={name!r} and its counts): "
+                "remove it, or rerun the job that wrote the folder with overwrite=true"
+            )
+        markers[name] = marker
     return markers
+
+
+def read_summary(storage: Storage, output: str) -> dict[str, Any] | None:
+    """``<output>/_summary.json``, or None when there is none or it is not a JSON object (logged): the summary
+    is a record of a run, never the truth about a shard (the markers are), so readers can go on without it."""
+    uri = join(output, SUMMARY_NAME)
+    try:
+        document = json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        document = None
+    if not isinstance(document, dict):
+        logger.warning("%s is not a JSON object: read as absent", uri)
+        return None
+    return document
 
 
 INDEX_NAME = "_done_index.json.gz"
@@ -100,12 +137,22 @@ def read_markers(
 
 
 def read_index(storage: Storage, output: str) -> dict[str, dict[str, Any]]:
-    """The marker index by shard name; empty when there is none yet."""
+    """The marker index by shard name; empty when there is none yet, or when it is unreadable (it is a cache of
+    the markers: without it they are read one by one)."""
+    uri = join(output, INDEX_NAME)
     try:
-        data = storage.read_bytes(join(output, INDEX_NAME))
+        data = storage.read_bytes(uri)
     except FileNotFoundError:
         return {}
-    entries: dict[str, dict[str, Any]] = json.loads(gzip.decompress(data))["markers"]
+    try:
+        entries = json.loads(gzip.decompress(data))["markers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        entries = None
+    if not isinstance(entries, dict) or not all(
+        isinstance(v, dict) and v.get("shard") == k and isinstance(v.get("counts"), dict) for k, v in entries.items()
+    ):
+        logger.warning("%s is not a marker index: the markers are read instead", uri)
+        return {}
     return entries
 
 

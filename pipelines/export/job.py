@@ -37,6 +37,7 @@ from pipelines.common.label_set import (
     fetch_markers,
     listed_markers,
     read_markers,
+    read_summary,
 )
 from pipelines.common.safe_paths import check_output_location
 from pipelines.common.shard_set import (
@@ -136,11 +137,8 @@ def labels_schema(storage: Storage, tasks: list[ExportTask]) -> pa.Schema:
 
 def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dict[str, Any]:
     """What the card and stats record about where the dataset came from (no secrets: configs hold none)."""
-    try:
-        summary = json.loads(storage.read_bytes(join(cfg.input.labels, SUMMARY_NAME)))
-    except (FileNotFoundError, ValueError):
-        summary = None
-    if not isinstance(summary, dict):
+    summary = read_summary(storage, cfg.input.labels)
+    if summary is None:
         logger.warning("%s has no readable %s: the card lacks the label run's lineage", cfg.input.labels, SUMMARY_NAME)
         summary = {}
     meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}

@@ -38,7 +38,7 @@ from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.cli import hydra_app
 from pipelines.common.intent import check_intent, record_intent
-from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, write_index
+from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, read_summary, write_index
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
     ConfigError,
@@ -161,11 +161,10 @@ def label_run_of_summary(storage: Storage, labels: str) -> dict[str, Any]:
     A label output whose run died before its summary has none: then only ``labels`` is known here (the markers and
     files still carry each shard's config hash).
     """
-    try:
-        summary = json.loads(storage.read_bytes(join(labels, SUMMARY_NAME)))
-    except FileNotFoundError:
+    summary = read_summary(storage, labels)
+    if summary is None:
         return {"labels": labels, "summary": None}
-    if LABEL_RUN in summary:
+    if isinstance(summary.get(LABEL_RUN), dict):
         carried: dict[str, Any] = summary[LABEL_RUN]
         return carried
     return {"labels": labels, **{k: summary[k] for k in _LABEL_SUMMARY_LINEAGE if k in summary}}

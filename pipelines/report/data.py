@@ -17,13 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.common.label_set import marker_uri, read_markers
+from pipelines.common.label_set import marker_uri, read_markers, read_summary
 from pipelines.common.safe_paths import check_segment
 from pipelines.common.shard_members import MemberError, MemberRef, check_member, decode_upright, iter_members
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import ConfigError
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
-from pipelines.label.summary import SUMMARY_NAME
 from pipelines.report.assets import gallery_problem
 from pipelines.storage import ObjectNotFoundError, Storage, join
 from schemas.annotations import QualityTier
@@ -121,12 +120,6 @@ def _read_optional(storage: Storage, uri: str) -> bytes | None:
         return None
 
 
-def _read_json(storage: Storage, uri: str) -> dict[str, Any] | None:
-    data = _read_optional(storage, uri)
-    document: dict[str, Any] | None = None if data is None else json.loads(data)
-    return document
-
-
 def _read_tables(storage: Storage, uris: list[str], columns: list[str]) -> list[pa.Table]:
     """``columns`` of each Parquet object of ``uris`` that exists (a shard without errors has no errors file)."""
     tables = []
@@ -148,7 +141,7 @@ def load_label_output(storage: Storage, uri: str, *, max_rows: int, seed: int) -
         raise ConfigError(
             f"input.labels={uri!r} holds no labeled shards (no _done/ markers): is it a dpmesh-label output?"
         )
-    summary = _read_json(storage, join(uri, SUMMARY_NAME))
+    summary = read_summary(storage, uri)
     parts: list[pa.Table] = []
     columns: list[str] = []
     for shard in sorted(markers):

@@ -12,7 +12,6 @@ Hostile input: the launch refuses a negative ``report.seed`` and an ``output`` t
 ``sample_id`` or tier cannot name a file are left out of the gallery and counted (`pipelines.report.assets`).
 """
 
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -24,10 +23,10 @@ import pyarrow as pa
 import pipelines
 from dpmesh_core.joints import SMPL24_JOINTS
 from pipelines.cli import hydra_app
+from pipelines.common.label_set import read_summary
 from pipelines.common.safe_paths import UnsafeName, check_output_location, check_segment, safe_join
 from pipelines.config import ConfigError, ReportJobConfig
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
-from pipelines.label.summary import SUMMARY_NAME
 from pipelines.report import gallery, html, plots
 from pipelines.report.assets import Assets
 from pipelines.report.data import (
@@ -337,13 +336,15 @@ def _confidence_text(value: Any) -> str:
 def _source_summary(storage: Storage, summary: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str]:
     """For a ``dpmesh-refilter`` output, the summary of the labels it re-split (which holds the model config)."""
     source = (summary or {}).get("source")
-    if not source:
+    if not source or not isinstance(source, str):
         return None, ""
     try:
-        source_summary = json.loads(storage.read_bytes(join(source, SUMMARY_NAME)))
-        return source_summary, f"Re-split by dpmesh-refilter from {source}."
-    except (ObjectNotFoundError, FileNotFoundError):
+        source_summary = read_summary(storage, source)
+    except (ObjectNotFoundError, ValueError):  # a location that is no storage URI
+        source_summary = None
+    if source_summary is None:
         return None, f"Re-split by dpmesh-refilter from {source} (its summary is not reachable)."
+    return source_summary, f"Re-split by dpmesh-refilter from {source}."
 
 
 def _load_eval(storage: Storage, uri: str) -> dict[str, Any]:

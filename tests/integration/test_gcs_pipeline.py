@@ -120,7 +120,8 @@ def test_shard_gcs_to_gcs_equals_gcs_to_local(
     shard(cfg)
     storage = Storage(cfg.storage)
     remote = _digests(storage, output, "*.*")
-    assert len(remote) == 2 * len(manifest["shards"]) + 2  # tar + index per shard, _errors.parquet, _manifest.json
+    # tar + index per shard, _errors.parquet, _manifest.json, _intent.json
+    assert len(remote) == 2 * len(manifest["shards"]) + 3
     written = {name: digest for name, digest in remote.items() if name != "_manifest.json"}
     assert written == {k: v for k, v in _digests(storage, local, "*.*").items() if k != "_manifest.json"}
     manifests = [json.loads(storage.read_bytes(f"{root}/_manifest.json")) for root in (output, local)]

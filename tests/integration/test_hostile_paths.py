@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import shutil
 import tarfile
@@ -239,3 +240,46 @@ def test_generated_names_never_leave_the_output_of_any_tool(tmp_path: Path) -> N
     for tar_path in exported:  # nothing a `tar -x` would place outside the folder it is unpacked in
         with tarfile.open(tar_path) as tar:
             assert all("/" not in m.name and ".." not in m.name.split(".")[0] for m in tar.getmembers()), tar_path
+
+
+def test_a_planted_marker_is_refused_and_a_bad_summary_or_index_is_read_as_absent(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from pipelines.config import ExportJobConfig, ReportJobConfig
+    from pipelines.export.job import run as export
+    from pipelines.report.job import run as report
+
+    labels = tmp_path / "labels"
+    shutil.copytree(corpus / "labels", labels)
+    summary = (labels / "_summary.json").read_text()
+    (labels / "_summary.json").write_text("[1, 2, 3]")  # not an object: a record of the run, not the truth
+    (labels / "_done_index.json.gz").write_bytes(b"not gzip")  # a cache: the markers are read instead
+    refiltered = refilter(
+        compose_config("dpmesh_refilter", [f"input={labels}", f"output={tmp_path / 'r'}"], RefilterJobConfig)
+    )
+    assert refiltered["reconciled"]
+    export_args = [f"input.labels={labels}", f"input.shards={corpus / 'shards'}", "format=crops"]
+    exported = export(compose_config("dpmesh_export", [*export_args, f"output={tmp_path / 'e'}"], ExportJobConfig))
+    assert exported["counts"]["persons"] > 0
+    with pytest.raises(ConfigError, match="summary does not say which body model"):  # one line, not a traceback
+        report(
+            compose_config("dpmesh_report", [f"input.labels={labels}", f"output={tmp_path / 'rep'}"], ReportJobConfig)
+        )
+    (labels / "_summary.json").write_text(summary)
+
+    marker = sorted((labels / "_done").glob("*.json"))[0]
+    planted = json.loads(marker.read_text()) | {"shard": "../../../x/evil"}  # a name later joined into paths
+    marker.write_text(json.dumps(planted))
+    (labels / "_done_index.json.gz").unlink()
+    refused = "is not a marker this pipeline wrote"
+    with pytest.raises(ConfigError, match=refused):
+        refilter(
+            compose_config("dpmesh_refilter", [f"input={labels}", f"output={tmp_path / 'r2'}"], RefilterJobConfig)
+        )
+    with pytest.raises(ConfigError, match=refused):
+        export(compose_config("dpmesh_export", [*export_args, f"output={tmp_path / 'e2'}"], ExportJobConfig))
+    with pytest.raises(ConfigError, match=refused):
+        report(
+            compose_config("dpmesh_report", [f"input.labels={labels}", f"output={tmp_path / 'rep2'}"], ReportJobConfig)
+        )
+    assert not (tmp_path / "x").exists()
