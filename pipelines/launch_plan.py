@@ -24,8 +24,9 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineRunner
 
+from pipelines.common.launch import Launch
 from pipelines.config import EnvironmentType, RunnerConfig, RunnerName
-from pipelines.options import accelerator_spec, beam_flags, discard_unrun, inference_resource_hints
+from pipelines.options import accelerator_spec, discard_unrun
 
 
 _VIEWS: dict[RunnerName, tuple[type, ...]] = {
@@ -87,6 +88,15 @@ def _model_copies(runner: RunnerConfig, device: str | None) -> str:
             "one copy per SDK harness (container/process) on each node: keep runner.sdk_worker_parallelism=1 per GPU"
         )
     return "one copy per machine (share_model_across_processes)"
+
+
+def _dask_partitions(runner: RunnerConfig) -> str | None:
+    """How the DaskRunner splits the work (it ignores Reshuffle: its only parallelism is how Create is split)."""
+    if runner.name != RunnerName.dask:
+        return None
+    if runner.partitions is not None:
+        return str(runner.partitions)
+    return "one per pending unit of work, counted when the run plans its units (a dry run reads no storage)"
 
 
 def _dask_cluster(runner: RunnerConfig) -> str | None:
@@ -176,11 +186,13 @@ def _problems(runner: RunnerConfig, device: str | None, steps: list[dict[str, An
     return problems
 
 
-def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> dict[str, Any]:
-    """Builds the pipeline of ``app`` for ``cfg.runner`` without running it and returns the launch plan."""
-    runner: RunnerConfig = cfg.runner
-    flags = beam_flags(runner, app=app)
-    options = PipelineOptions(flags)  # from the same flags: one generated job name in both
+def launch_plan(launch: Launch, build: Callable[[beam.Pipeline], None]) -> dict[str, Any]:
+    """Builds the pipeline of ``launch`` without running it and returns the launch plan: the launch's own flags
+    (the ones the run uses), its steps with their resource hints, and the problems found in the combination."""
+    runner: RunnerConfig = launch.runner
+    app = launch.app
+    flags = list(launch.flags)
+    options = PipelineOptions(flags)
     pipeline = beam.Pipeline(runner=_NoSubmitRunner(), options=options)
     try:
         build(pipeline)
@@ -188,8 +200,7 @@ def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> d
         steps = _steps(pipeline)
     finally:
         discard_unrun(pipeline)  # a plan never runs its pipeline
-    model = getattr(cfg, "model", None)
-    device = model.device.value if model is not None else None
+    device = launch.device
     image = None
     if runner.name == RunnerName.dataflow:
         image = runner.image
@@ -214,7 +225,9 @@ def launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> d
         "image": image,
         "cluster": _dask_cluster(runner),
         "accelerator": accelerator,
-        "inference_resource_hints": inference_resource_hints(runner),
+        "inference_resource_hints": dict(launch.hints),
+        "devices": dict(launch.devices),
+        "dask_partitions": _dask_partitions(runner),
         "model_copies": _model_copies(runner, device),
         "steps": steps,
         "n_transforms": len(proto.components.transforms),
@@ -235,6 +248,10 @@ def _own_options(options: beam.options.pipeline_options.PipelineOptions, views: 
     return result
 
 
+def _devices(devices: dict[str, str]) -> str:
+    return ", ".join(f"{model}={device}" for model, device in devices.items())
+
+
 def format_launch_plan(plan: dict[str, Any]) -> str:
     """The plan as text for a terminal."""
     lines = [
@@ -242,6 +259,8 @@ def format_launch_plan(plan: dict[str, Any]) -> str:
         f"  runner       {plan['runner']} -> {plan['beam_runner']}",
         f"  worker image {plan['image'] or '(none: workers run in this Python environment)'}",
         *([f"  cluster      {plan['cluster']}"] if plan.get("cluster") else []),
+        *([f"  partitions   {plan['dask_partitions']}"] if plan.get("dask_partitions") else []),
+        *([f"  devices      {_devices(plan['devices'])}"] if plan.get("devices") else []),
         f"  GPUs         {plan['accelerator'] or 'none'}",
         f"  model copies {plan['model_copies']}",
         "  beam flags",
@@ -260,8 +279,8 @@ def format_launch_plan(plan: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_launch_plan(app: str, cfg: Any, build: Callable[[beam.Pipeline], None]) -> dict[str, Any]:
+def print_launch_plan(launch: Launch, build: Callable[[beam.Pipeline], None]) -> dict[str, Any]:
     """:func:`launch_plan`, printed; returns the plan."""
-    plan = launch_plan(app, cfg, build)
+    plan = launch_plan(launch, build)
     print(format_launch_plan(plan), flush=True)
     return plan

@@ -39,6 +39,7 @@ from pipelines.common.label_set import (
     read_markers,
     read_summary,
 )
+from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.common.shard_set import (
     MANIFEST_NAME,
@@ -53,7 +54,6 @@ from pipelines.config import (
     ConfigError,
     ExportFormat,
     ExportJobConfig,
-    RunnerName,
     config_to_dict,
 )
 from pipelines.export import scratch
@@ -61,13 +61,14 @@ from pipelines.export.card import CARD_NAME, STATS_NAME, build_stats, reasons_li
 from pipelines.export.export_shard import LABEL_LINEAGE, ExportShardFn, export_config_hash, label_lineage
 from pipelines.export.records import ExportTask
 from pipelines.export.selection import check_selection, parse_where
-from pipelines.options import pipeline_options, running_pipeline
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA
 
 
 logger = logging.getLogger(__name__)
+
+APP = "dpmesh-export"
 
 __all__ = ["LABEL_LINEAGE", "export_config_hash", "label_lineage", "main", "plan_pending", "plan_tasks", "run"]
 
@@ -264,10 +265,9 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
     if cfg.select.where:  # parsing runs nothing on any data: it precedes every other check, dry run included
         parse_where(cfg.select.where)
     if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
-        from pipelines.launch_plan import print_launch_plan
-
         stand_in = [ExportTask("shard-000000", "labels.parquet", "shard-000000.tar", "shard-000000.parquet")]
-        return print_launch_plan("dpmesh-export", cfg, lambda p: build_pipeline(p, cfg, stand_in, {}, default_pixels))
+        launch = resolve_launch(APP, cfg.runner)
+        return launch.plan(lambda p: build_pipeline(p, cfg, stand_in, {}, default_pixels))
     storage = Storage(cfg.storage)
     # Before anything is read or written: an output over an input would have its source shards or labels replaced.
     check_output_location(storage, cfg.output, {"input.labels": cfg.input.labels, "input.shards": cfg.input.shards})
@@ -287,13 +287,10 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
             "format=camerahmr with bronze rows: CameraHMR's loader has no per-person SMPL switch, so it would "
             "train on bronze SMPL; pass select.tiers=[gold,silver] to leave them out"
         )
-    runner = cfg.runner
-    if runner.name == RunnerName.dask and runner.partitions is None:
-        # The DaskRunner ignores Reshuffle: its only parallelism is how Create is split, so one shard per partition.
-        runner = dataclasses.replace(runner, partitions=max(1, len(pending)))
     max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, cfg.input.shards)
-    record_intent(storage, cfg.output, "dpmesh-export", export_config_hash(cfg))  # before the first shard's files
-    with running_pipeline(pipeline_options(runner, job_name="dpmesh-export")) as p:
+    launch = resolve_launch(APP, cfg.runner, units=len(pending))
+    record_intent(storage, cfg.output, APP, export_config_hash(cfg))  # before the first shard's files
+    with launch.pipeline() as p:
         build_pipeline(p, cfg, pending, prov, max_pixels)
     scratch.remove_if_empty(cfg.output)
     stats: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, STATS_NAME)))

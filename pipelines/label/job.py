@@ -16,17 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines
+from dpmesh_core.calibration import ConfidenceCalibration
 from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent
+from pipelines.common.launch import Launch, resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
+    Device,
     LabelJobConfig,
     RunnerName,
     config_hash,
@@ -38,7 +40,6 @@ from pipelines.label.progress import ProgressReporter, format_summary
 from pipelines.label.records import ShardTask
 from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
 from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
-from pipelines.options import inference_resource_hints, pipeline_options, running_pipeline
 from pipelines.storage import Storage, join
 
 
@@ -48,6 +49,14 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+
+APP = "dpmesh-label"
+
+
+def model_devices(cfg: LabelJobConfig) -> dict[str, Device]:
+    """The device of every model the run loads: DPMesh, and the detection models when persons are detected."""
+    return {"model": cfg.model.device, **({"detector": cfg.detector.device} if cfg.detector.detects else {})}
 
 
 def run_info(cfg: LabelJobConfig) -> dict[str, Any]:
@@ -85,18 +94,23 @@ def build_pipeline(
     p: beam.Pipeline,
     cfg: LabelJobConfig,
     plan: LabelPlan,
+    launch: Launch,
+    calibration: ConfidenceCalibration | None,
     *,
     handler: DPMeshModelHandler | None = None,
     detector_handlers: tuple[PersonDetectorHandler, KeypointHandler] | None = None,
     started_at: float | None = None,
 ) -> None:
-    """Adds the labeling steps for ``plan.pending`` to ``p``; the handlers replace the real ones (tests)."""
-    hints = inference_resource_hints(cfg.runner)  # right fitting on Dataflow: the labeling step on GPU workers
+    """Adds the labeling steps for ``plan.pending`` to ``p``; the handlers replace the real ones (tests).
+
+    ``launch.hints`` go on the labeling step (right fitting on Dataflow: only it runs on GPU workers);
+    ``calibration`` is the one ``run`` loaded (None on a dry run, which reads no storage).
+    """
+    hints = launch.hints
     handler = handler or _model_handler(cfg, hints)
     detect = None
     if cfg.detector.detects:
         detect = detector_handlers or _detector_handlers(cfg, hints)
-    calibration = load_calibration(cfg.filter, cfg.storage)
     lineage = calibration_lineage(calibration, cfg.filter.calibration)  # its sha256 in every file, marker, summary
     settings = LabelSettings(
         storage=cfg.storage,
@@ -151,13 +165,15 @@ def run(
     handler: DPMeshModelHandler | None = None,
     detector_handlers: tuple[PersonDetectorHandler, KeypointHandler] | None = None,
 ) -> dict[str, Any]:
-    """Labels every pending shard in one pipeline run; returns the run summary (the launch plan on a dry run)."""
-    if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
-        from pipelines.launch_plan import print_launch_plan
+    """Labels every pending shard in one pipeline run; returns the run summary (the launch plan on a dry run).
 
+    plan (shards, pending) -> resolve the launch -> execute -> read the summary the pipeline wrote.
+    """
+    if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
+        launch = resolve_launch(APP, cfg.runner, devices=model_devices(cfg))
         stand_in = [ShardTask(cfg.input.shards, "shard-000000", {"tar_bytes": 0, "tar_sha1": None})]
-        return print_launch_plan(
-            "dpmesh-label", cfg, lambda p: build_pipeline(p, cfg, LabelPlan(stand_in, stand_in), handler=handler)
+        return launch.plan(
+            lambda p: build_pipeline(p, cfg, LabelPlan(stand_in, stand_in), launch, None, handler=handler)
         )
     if cfg.runner.name in (RunnerName.direct, RunnerName.portable):
         _check_local_devices(cfg)  # a local run must see its GPU; remote drivers usually have none
@@ -171,15 +187,14 @@ def run(
     logger.info("%d shards, %d to label, %d already done", len(plan.shards), len(plan.pending), done)
     started_at = time.time()
     pending_names = [t.name for t in plan.pending]
-    runner = cfg.runner
-    if runner.name == RunnerName.dask and runner.partitions is None:
-        # The DaskRunner ignores Reshuffle: its only parallelism is how Create is split, so one shard per partition.
-        runner = replace(runner, partitions=max(1, len(plan.pending)))
-    options = options or pipeline_options(runner, job_name="dpmesh-label")
-    record_intent(storage, cfg.output, "dpmesh-label", config_hash(cfg))  # before the first shard's files
+    launch = resolve_launch(APP, cfg.runner, units=len(plan.pending), devices=model_devices(cfg))
+    record_intent(storage, cfg.output, APP, config_hash(cfg))  # before the first shard's files
     progress = ProgressReporter(storage, cfg.output, pending_names, cfg.progress_interval_s)
-    with progress, running_pipeline(options) as p:
-        build_pipeline(p, cfg, plan, handler=handler, detector_handlers=detector_handlers, started_at=started_at)
+    with progress, launch.pipeline(options) as p:
+        build_pipeline(
+            p, cfg, plan, launch, calibration, handler=handler, detector_handlers=detector_handlers,
+            started_at=started_at,
+        )  # fmt: skip
     summary: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, SUMMARY_NAME)))
     return summary
 

@@ -39,6 +39,7 @@ from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.cli import hydra_app
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, read_summary, write_index
+from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
     ConfigError,
@@ -52,13 +53,14 @@ from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.summary import SUMMARY_NAME
 from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.label.write import shard_marker
-from pipelines.options import pipeline_options, running_pipeline
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, fixed_list_to_numpy, with_file_metadata
 
 
 logger = logging.getLogger(__name__)
+
+APP = "dpmesh-refilter"
 
 _SIGNALS = [f.name for f in fields(ConfidenceSignals)]
 """Key of the labeling run's lineage in refilter markers, file metadata and ``_summary.json``."""
@@ -282,13 +284,10 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary
     (the launch plan on a dry run, which reads and writes nothing)."""
     if cfg.runner.dry_run:
-        from pipelines.launch_plan import print_launch_plan
-
         stand_in = {"pipeline_version": pipelines.__version__, "config_hash": refilter_config_hash(cfg)}
         thresholds = filter_thresholds(cfg.filter)  # bad overrides fail a dry run too
-        return print_launch_plan(
-            "dpmesh-refilter", cfg, lambda p: build_pipeline(p, cfg, ["shard-000000"], thresholds, stand_in, None)
-        )
+        launch = resolve_launch(APP, cfg.runner)
+        return launch.plan(lambda p: build_pipeline(p, cfg, ["shard-000000"], thresholds, stand_in, None))
     storage = Storage(cfg.storage)
     check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
     thresholds = filter_thresholds(cfg.filter)
@@ -316,8 +315,8 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)
     )
     started = time.monotonic()
-    record_intent(storage, cfg.output, "dpmesh-refilter", info["config_hash"])  # before the first shard's files
-    with running_pipeline(pipeline_options(cfg.runner, job_name="dpmesh-refilter")) as p:
+    record_intent(storage, cfg.output, APP, info["config_hash"])  # before the first shard's files
+    with resolve_launch(APP, cfg.runner, units=len(pending)).pipeline() as p:
         build_pipeline(p, cfg, pending, thresholds, info, calibration)
     # This run's markers are read back (an index left by an earlier run may hold older entries for them).
     written = fetch_markers(storage, [marker_uri(cfg.output, s) for s in pending])

@@ -28,10 +28,10 @@ from apache_beam.transforms.combiners import ToList
 import pipelines
 from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent, recorded_intent, refuse_another_run
+from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.common.shard_set import MANIFEST_NAME
 from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
-from pipelines.options import pipeline_options, running_pipeline
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
 from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
@@ -61,6 +61,8 @@ from pipelines.storage import ObjectNotFoundError, Storage, join
 
 
 logger = logging.getLogger(__name__)
+
+APP = "dpmesh-shard"
 
 
 def run_info(cfg: ShardJobConfig, annotation_report: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -250,7 +252,7 @@ def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
         for uri in [*previous, *markers, join(cfg.output, MANIFEST_NAME), join(cfg.output, ERRORS_NAME)]:
             storage.delete(uri)
     remove_stale_temporaries(cfg.output, folders=("", MARKERS_FOLDER))
-    record_intent(storage, cfg.output, "dpmesh-shard", config_hash(cfg))  # before the first shard is written
+    record_intent(storage, cfg.output, APP, config_hash(cfg))  # before the first shard is written
 
 
 def run(
@@ -258,14 +260,13 @@ def run(
 ) -> dict[str, Any]:
     """Runs the sharding job to completion and returns the manifest it wrote (the launch plan on a dry run)."""
     if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
-        from pipelines.launch_plan import print_launch_plan
-
-        return print_launch_plan("dpmesh-shard", cfg, lambda p: build_pipeline(p, cfg))
+        return resolve_launch(APP, cfg.runner).plan(lambda p: build_pipeline(p, cfg))
     storage = Storage(cfg.storage)
     annotation_report = check_annotations(cfg, storage)
     prepare_output(cfg, storage)
     started = time.monotonic()
-    with running_pipeline(options or pipeline_options(cfg.runner, app="dpmesh-shard")) as p:
+    # The listing's tasks are the units; the DaskRunner gets its partitions from runner.partitions or its default.
+    with resolve_launch(APP, cfg.runner).pipeline(options) as p:
         build_pipeline(p, cfg, annotation_report, listing_tasks(storage, cfg.input))
     manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
     manifest["elapsed_s"] = round(time.monotonic() - started, 3)

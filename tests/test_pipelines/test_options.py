@@ -25,6 +25,7 @@ from apache_beam.runners.runner import PipelineRunner, create_runner
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import options as options_module
+from pipelines.common.launch import resolve_launch
 from pipelines.config import ConfigError, LabelJobConfig, RunnerConfig, RunnerName, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.launch_plan import launch_plan
@@ -407,10 +408,11 @@ def test_dask_dry_run_names_steps_with_tagged_outputs(no_submit: None) -> None:
         _ = p | beam.Create([1, 2]) | "Split" >> beam.ParDo(Split()).with_outputs("odd", main="even")
 
     cfg = _shard("runner=dask", "runner.dry_run=true")
-    plan = launch_plan("tagged", cfg, build)
+    plan = launch_plan(resolve_launch("tagged", cfg.runner), build)
     assert len(plan["problems"]) == 1
     assert "Split" in plan["problems"][0]
-    assert launch_plan("tagged", _shard("runner.dry_run=true"), build)["problems"] == []  # other runners: fine
+    other = resolve_launch("tagged", _shard("runner.dry_run=true").runner)
+    assert launch_plan(other, build)["problems"] == []  # other runners: fine
 
 
 def test_dask_dry_run_names_steps_that_would_never_run(no_submit: None) -> None:
@@ -422,7 +424,7 @@ def test_dask_dry_run_names_steps_that_would_never_run(no_submit: None) -> None:
         total = numbers | "Total" >> beam.CombineGlobally(sum)  # a side input, so reached
         _ = numbers | "LastSink" >> beam.Map(lambda x, t: x / t, t=beam.pvalue.AsSingleton(total))
 
-    plan = launch_plan("two-sinks", _shard("runner=dask", "runner.dry_run=true"), build)
+    plan = launch_plan(resolve_launch("two-sinks", _shard("runner=dask", "runner.dry_run=true").runner), build)
     assert plan["problems"] == [
         "Beam's DaskRunner computes only the last step and what it reads, so these steps would never run: FirstSink"
     ]
@@ -463,7 +465,7 @@ def test_worker_images_pin_what_pyproject_and_beam_pin(kind: str) -> None:
 def test_a_plan_leaves_no_local_temp_folder(no_submit: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Beam makes a local temp folder per Pipeline and removes it only when the pipeline runs; a plan never runs."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    launch_plan("empty", _shard("runner.dry_run=true"), lambda p: p | beam.Create([1]))
+    launch_plan(resolve_launch("empty", _shard("runner.dry_run=true").runner), lambda p: p | beam.Create([1]))
     assert list(tmp_path.iterdir()) == []
 
 
