@@ -34,11 +34,11 @@ def recorded_intent(storage: Storage, output: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def refuse_another_run(output: str, what: str) -> ConfigError:
-    """The one wording of "this output is another run's": names the output and the two ways out."""
+def refuse_another_run(output: str, what: str, differs: str = "a different config or input") -> ConfigError:
+    """The one wording, for every job, of "this output holds another run's work": names the output, what it holds,
+    how that run differs, and the two ways out."""
     return ConfigError(
-        f"output={output!r} holds {what} of another run (a different config or input); "
-        "choose another output or pass overwrite=true"
+        f"output={output!r} holds {what} of another run ({differs}); choose another output or pass overwrite=true"
     )
 
 

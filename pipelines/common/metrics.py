@@ -11,6 +11,7 @@ from apache_beam.metrics import Metrics
 SHARD_METRICS = "dpmesh_shard"  # dpmesh-shard's writing step
 LABEL_METRICS = "dpmesh"  # dpmesh-label's per-shard step and the DPMesh handler
 DETECTION_METRICS = "dpmesh_detection"  # the person detector and keypoint handlers
+EXPORT_METRICS = "dpmesh_export"  # dpmesh-export's per-shard step
 
 
 def counter(namespace: str, name: str) -> Any:

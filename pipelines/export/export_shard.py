@@ -24,10 +24,13 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.metrics import Metrics
 
 import pipelines
+from pipelines.common.commit_log import committed_marker
 from pipelines.common.image_decode import ImageDecodeError
 from pipelines.common.label_set import LABEL_RUN, marker_uri
+from pipelines.common.metrics import EXPORT_METRICS
 from pipelines.common.safe_paths import UnsafeName
 from pipelines.common.shard_members import (
     MemberError,
@@ -117,6 +120,9 @@ class ExportShardFn(beam.DoFn):
         table: pa.Table | None = None
         try:
             label_marker = self._label_marker(task)
+            if (committed := self._committed(task, label_marker)) is not None:
+                yield committed  # a retried or recomputed work item: the shard is exported, its files stay
+                return
             table = self._labels(task, label_marker)
             self._check_lineage(task, label_marker)
             marker = self._export(task, label_marker, table)
@@ -124,6 +130,19 @@ class ExportShardFn(beam.DoFn):
             marker = self._refused(task, label_marker, table, refused)
         self._storage.write_bytes(marker_uri(self._cfg.output, task.name), json.dumps(marker, indent=1).encode())
         yield marker
+
+    def _committed(self, task: ExportTask, label_marker: dict[str, Any]) -> dict[str, Any] | None:
+        """The shard's export marker when it already covers these labels under this config (checked again where
+        the unit runs: planning may predate a commit by an earlier attempt); None under ``overwrite``."""
+        if self._cfg.overwrite:
+            return None
+        committed = committed_marker(self._storage, self._cfg.output, task.name, {"config_hash": self._hash})
+        if committed is None or committed.get("shard_error"):
+            return None
+        if label_lineage(committed.get("label") or {}) != label_lineage(label_marker):
+            return None
+        Metrics.counter(EXPORT_METRICS, "shards_already_committed").inc()
+        return committed
 
     def _label_marker(self, task: ExportTask) -> dict[str, Any]:
         data = self._storage.read_bytes(marker_uri(self._cfg.input.labels, task.name))

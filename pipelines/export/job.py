@@ -30,6 +30,7 @@ import pyarrow as pa
 
 import pipelines
 from pipelines.cli import hydra_app
+from pipelines.common.commit_log import refuse_other_units
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_set import (
     LABEL_RUN,
@@ -211,10 +212,7 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
     current = export_config_hash(cfg)
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
     if foreign:
-        raise ConfigError(
-            f"output={cfg.output!r} holds an export made with another config (e.g. {foreign[0]}); "
-            "use another output, or overwrite=true to re-export"
-        )
+        raise refuse_other_units(cfg.output, "exported shards", foreign, "another config")
     labels = read_markers(storage, cfg.input.labels, names={t.name for t in tasks})
     relabeled = {
         t.name

@@ -124,6 +124,7 @@ def build_pipeline(
         calibration=calibration,
         crop_mode=cfg.input.crop_mode,
         prep_threads=cfg.input.prep_threads,
+        overwrite=cfg.overwrite,
     )
     label = beam.ParDo(LabelShardFn(settings, handler, *(detect or ())))
     if hints:

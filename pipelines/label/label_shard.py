@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import FilterThresholds
+from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import index_entry
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
@@ -70,6 +71,7 @@ class LabelSettings:
         calibration: The confidence calibration (``filter.calibration``), or None for the fixed confidence.
         crop_mode: How crops are cut (``input.crop_mode``).
         prep_threads: Threads decoding and cropping ahead of the model (``input.prep_threads``; None: auto).
+        overwrite: ``overwrite=true``: every planned shard is relabeled, committed or not.
     """
 
     storage: StorageConfig
@@ -83,6 +85,7 @@ class LabelSettings:
     calibration: ConfidenceCalibration | None = None
     crop_mode: CropMode = CropMode.reference
     prep_threads: int | None = None
+    overwrite: bool = False
 
 
 def batch_persons(shard: str, outputs: Any, batch_size: int) -> Iterator[Any]:
@@ -130,6 +133,7 @@ class LabelShardFn(beam.DoFn):
         self._rejected = Metrics.counter(LABEL_METRICS, "persons_rejected")
         self._errored = Metrics.counter(LABEL_METRICS, "persons_errored")
         self._batch_sizes = Metrics.distribution(LABEL_METRICS, "batch_size")
+        self._already_committed = Metrics.counter(LABEL_METRICS, "shards_already_committed")
 
     def setup(self) -> None:
         settings = self._settings
@@ -157,8 +161,15 @@ class LabelShardFn(beam.DoFn):
         )
         self._shard_detector = shard_detector
         self._writer = ShardWriter(storage, settings.output, settings.run_info)
+        self._storage = storage
 
     def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
+        if not self._settings.overwrite:
+            committed = committed_marker(self._storage, self._settings.output, task.name, self._expected(task))
+            if committed is not None:  # a retried or recomputed work item: its shard is done, keep its files
+                self._already_committed.inc()
+                yield {**index_entry(committed), ALREADY_COMMITTED: True}
+                return
         started = time.monotonic()
         report = ShardReport()
         rows: dict[str, list[dict[str, Any]]] = {"accepted": [], "rejected": [], "errors": []}
@@ -177,6 +188,15 @@ class LabelShardFn(beam.DoFn):
         self._persons.inc(counts["persons_in"])
         self._errored.inc(counts["persons_errored"])
         yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
+
+    def _expected(self, task: ShardTask) -> dict[str, Any]:
+        """What a marker records when it commits this shard as this run would: its identity, config, calibration."""
+        run_info = self._settings.run_info
+        return {
+            "shard_identity": task.identity,
+            "config_hash": run_info["config_hash"],
+            "calibration_sha256": run_info.get("calibration_sha256"),
+        }
 
     def _model_hosts(self) -> dict[str, dict[str, Any]]:
         """How each model that labeled the shard is hosted (shared or not, its concurrency, callers seen so far)."""

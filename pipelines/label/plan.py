@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.common.commit_log import refuse_other_units
 from pipelines.common.intent import check_intent
 from pipelines.common.label_set import read_markers
 from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, manifest_pixel_limit, shard_name_of
@@ -136,10 +137,7 @@ def plan_shards(cfg: LabelJobConfig, storage: Storage, calibration_sha256: str |
         check_intent(storage, cfg.output, config_hash(cfg), "unfinished labels")
     foreign, differs = made_otherwise(markers, config_hash(cfg), calibration_sha256)
     if foreign:
-        raise ConfigError(
-            f"output={cfg.output!r} holds labels made with {differs} (e.g. {foreign[0]}); "
-            "use another output, or overwrite=true to relabel"
-        )
+        raise refuse_other_units(cfg.output, "labels", foreign, differs)
     pending = [t for t in tasks if markers.get(t.name, {}).get("shard_identity") != t.identity]
     changed = sum(1 for t in pending if t.name in markers)
     if changed:

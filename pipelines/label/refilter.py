@@ -32,14 +32,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
 
 import pipelines
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.cli import hydra_app
+from pipelines.common.commit_log import committed_marker, refuse_other_units
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, read_summary, write_index
 from pipelines.common.launch import resolve_launch
+from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
     ConfigError,
@@ -213,6 +216,13 @@ class RefilterShardFn(beam.DoFn):
     def process(self, shard: str) -> Iterator[dict[str, Any]]:
         cfg = self._cfg
         source_marker = json.loads(self._storage.read_bytes(marker_uri(cfg.input, shard)))
+        if not cfg.overwrite:  # checked again where it runs: a retried work item finds its shard committed
+            expected = {"calibration_sha256": self._run_info.get("calibration_sha256")}
+            committed = committed_marker(self._storage, cfg.output, shard, expected)
+            if committed is not None and is_refiltered(committed, source_marker, self._run_info["config_hash"]):
+                Metrics.counter(LABEL_METRICS, "shards_already_committed").inc()
+                yield committed
+                return
         label_run = label_run_of_marker(source_marker, cfg.input)
         accepted_in, accepted_meta = self._table("annotations", shard, ANNOTATION_SCHEMA)
         rejected_in, _ = self._table("rejected", shard, ANNOTATION_SCHEMA)
@@ -306,10 +316,7 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         check_intent(storage, cfg.output, info["config_hash"], "unfinished refiltered labels")
     foreign, differs = made_otherwise(done, info["config_hash"], info.get("calibration_sha256"))
     if foreign:
-        raise ConfigError(
-            f"output={cfg.output!r} holds labels refiltered with {differs} (e.g. {foreign[0]}); "
-            "choose another output, or pass overwrite=true"
-        )
+        raise refuse_other_units(cfg.output, "refiltered labels", foreign, differs)
     pending = [s for s in shards if not is_refiltered(done.get(s), sources[s], info["config_hash"])]
     logger.info(
         "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)

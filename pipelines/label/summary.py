@@ -15,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 
 from dpmesh_core.confidence import FilterThresholds
+from pipelines.common.commit_log import ALREADY_COMMITTED
 from pipelines.common.label_set import SUMMARY_NAME, read_markers, write_index
 from pipelines.config.storage import StorageConfig
 from pipelines.label.progress import build_summary
@@ -48,7 +49,10 @@ class WriteSummaryFn(beam.DoFn):
 
     def process(self, labeled: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         storage = Storage(self._storage_cfg)
-        known = {entry["shard"]: entry for entry in labeled}  # this run's markers, as the labeling step wrote them
+        entries = list(labeled)
+        # Shards a retried or recomputed work item found committed (by an earlier attempt of this run): done, kept.
+        already = sorted(e["shard"] for e in entries if e.get(ALREADY_COMMITTED))
+        known = {e["shard"]: {k: v for k, v in e.items() if k != ALREADY_COMMITTED} for e in entries}
         processed = sorted(known)
         markers = read_markers(storage, self._output, known=known)
         write_index(storage, self._output, markers)
@@ -60,6 +64,7 @@ class WriteSummaryFn(beam.DoFn):
             run_info=self._run_info,
             thresholds=self._thresholds,
         )
+        summary["shards"]["already_committed"] = len(already)
         document = json.dumps(summary, indent=1, sort_keys=True).encode()
         storage.write_bytes(join(self._output, SUMMARY_NAME), document)
         yield summary

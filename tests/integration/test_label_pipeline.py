@@ -10,12 +10,14 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +25,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import ConfigError, LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
+from pipelines.label import job as label_job
 from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
+from pipelines.label.plan import LabelPlan, shard_tasks
 from pipelines.label.refilter import run as refilter
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
@@ -462,6 +466,35 @@ def test_fast_crops_label_every_person_the_reference_crops_label(
     summary = _fake_run(f"input.shards={shards['shards']}", f"output={tmp_path / 'fast'}", "input.crop_mode=fast")
     assert summary["reconciled"]
     assert summary["counts"] == expected["counts"]
+
+
+def _file_identities(output: Path) -> dict[str, tuple[int, int]]:
+    """(inode, size) of every shard file and marker: a rewrite (write to a temporary name, rename) changes it."""
+    files = [*output.glob("*/shard-*.parquet"), *output.glob("_done/*.json")]
+    return {p.relative_to(output).as_posix(): (p.stat().st_ino, p.stat().st_size) for p in files}
+
+
+def test_a_unit_committed_since_planning_is_not_redone_where_it_runs(
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when the runner retries or recomputes a work item after its shard was committed: the plan says "label
+    it", the worker finds the shard's marker (same identity and config) and hands it on without touching a file."""
+    output = tmp_path / "o"
+    shutil.copytree(fake_labeled[0], output)
+    (output / "_done_index.json.gz").unlink()
+    before = _file_identities(output)
+    assert before
+
+    def plan_everything(cfg: LabelJobConfig, storage: Any, calibration_sha256: Any = None) -> LabelPlan:
+        tasks = shard_tasks(cfg, storage)
+        return LabelPlan(tasks, tasks)  # a plan made before the markers were written
+
+    monkeypatch.setattr(label_job, "plan_shards", plan_everything)
+    summary = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
+    assert summary["shards"]["already_committed"] == summary["shards"]["total"] == len(before) // 4
+    assert summary["reconciled"]
+    assert summary["counts"] == fake_labeled[1]["counts"]
+    assert _file_identities(output) == before, "committed files are not rewritten"
 
 
 def test_failed_batches_become_inference_errors(shards: dict, tmp_path: Path) -> None:
