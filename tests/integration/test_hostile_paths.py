@@ -155,7 +155,7 @@ def test_unfinished_files_of_another_config_are_refused_by_their_intent(corpus: 
     (output / "annotations").mkdir(parents=True)
     (output / "annotations" / "shard-000000.parquet").write_bytes(b"a killed run's unmarked file")
     (output / "_intent.json").write_text('{"config_hash": "0123456789abcdef", "created_by": "dpmesh-label"}')
-    with pytest.raises(ConfigError, match="holds unfinished labels of another run .*overwrite=true"):
+    with pytest.raises(ConfigError, match=r"holds unfinished labels of another run .*overwrite=true"):
         _fake_label(_label_config(corpus / "shards", output))
     summary = _fake_label(_label_config(corpus / "shards", output, "overwrite=true"))
     assert summary["reconciled"]
