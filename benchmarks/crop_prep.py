@@ -4,28 +4,33 @@ Generates a seeded corpus (in memory) of 1920x1080 and 640x480 JPEGs (q90, photo
 texture, edges and sensor noise) with 1-4 persons each, square keypoint boxes from 60 px to the full image height,
 and in one run, on the same images, on one thread:
   reference      - ``input.crop_mode=reference``: full decode, float32 image, official float32 warp, per image;
-  fast           - ``input.crop_mode=fast``: JPEG decode at 1/2-1/8 where every crop keeps >= 1 decoded px per crop
-                   px, uint8 warp;
-  decode floor   - ``cv2.imdecode`` at the same reduction the fast path chose (libjpeg-turbo, no EXIF, no crop):
-                   the least any path that decodes these files can spend;
+  fast           - ``input.crop_mode=fast``: JPEG decode (OpenCV's libjpeg-turbo, straight to RGB) at 1/2-1/8 where
+                   every crop keeps >= 1 decoded px per crop px, uint8 warp;
+  decode floor   - the fast path's own decode only (header, then the same decoder at the same reduction, no planning,
+                   no crop): what the fast path would cost if cropping were free;
 and the PSNR of every fast crop against its reference crop (pooled over all crops, and the worst one). Rates are
-crops per CPU second (``time.process_time``: user + system of this process), best of ``--repeats``.
+crops per CPU second (``time.process_time``: user + system of this process), median of ``--repeats``.
 
-Then it shards the corpus with ``dpmesh-shard`` and runs ``dpmesh-label input.crop_mode=fast`` with a stand-in model
-that sleeps ``--model-s`` per batch (``tests/fakes/fake_dpmesh.py`` with 256 px crops), and compares the persons/s
-of labeling (the sum of the shards' own ``elapsed_s``: reading, decoding, cropping, the model, scoring, writing;
-Beam's start-up excluded) with the stand-in alone (``batch_size / model_s``).
+Then it shards ``--pipeline-images`` images (the corpus repeated under new keys) with ``dpmesh-shard`` and runs
+``dpmesh-label input.crop_mode=fast`` with a stand-in model that sleeps ``--model-s`` per batch
+(``tests/fakes/fake_dpmesh.py`` with 256 px crops; at 0.2 s per batch of 8 it is the slower side: 40 persons/s against
+a few hundred crops/s per preparation core), and compares the persons/s of labeling (the sum of the shards' own
+``elapsed_s``: reading, decoding, cropping, the model, scoring, writing; Beam's start-up excluded) with the stand-in
+alone (``batch_size / model_s``). The default 400 images (about 1,000 persons, 125 batches) make a shard's fixed
+costs a few percent of it.
 
 Last line: ``ratio_fast_vs_reference=<x> fast_vs_decode_floor=<x> crops_per_cpu_s_fast=<n>
 crops_per_cpu_s_reference=<n> fast_crop_psnr_db=<n> pipeline_vs_model_only=<x>`` (ratios on the 1080p images).
 
-Usage: python benchmarks/crop_prep.py [--images 24] [--repeats 3] [--model-s 0.2] [--batch-size 8] [--cache DIR]
+Usage: python benchmarks/crop_prep.py [--images 24] [--repeats 3] [--pipeline-images 400] [--model-s 0.2]
+                                     [--batch-size 8] [--cache DIR]
 """
 
 import argparse
 import io
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -56,12 +61,6 @@ from tests.fakes.fake_dpmesh import FakeDPMeshHandler, FakePredictor, fake_predi
 GEOMETRY = official_config().crop_geometry  # 256 px crops, as the official model cuts them
 SIZES = ((1920, 1080), (640, 480))
 PIXEL_LIMIT = 100_000_000
-CV2_REDUCED = {
-    1: cv2.IMREAD_COLOR,
-    2: cv2.IMREAD_REDUCED_COLOR_2,
-    4: cv2.IMREAD_REDUCED_COLOR_4,
-    8: cv2.IMREAD_REDUCED_COLOR_8,
-}
 
 
 @dataclass(frozen=True)
@@ -134,14 +133,14 @@ def chosen_reduction(sample: Sample) -> int:
 
 
 def cpu_time(work: Callable[[], object], repeats: int) -> float:
-    """Best CPU seconds of ``repeats`` runs of ``work`` (after one untimed warm-up)."""
+    """Median CPU seconds of ``repeats`` runs of ``work`` (after one untimed warm-up)."""
     work()
-    best = float("inf")
+    times = []
     for _ in range(repeats):
         start = time.process_time()
         work()
-        best = min(best, time.process_time() - start)
-    return best
+        times.append(time.process_time() - start)
+    return statistics.median(times)
 
 
 def psnr_db(mse: float) -> float:
@@ -155,7 +154,7 @@ def measure_crops(samples: Sequence[Sample], repeats: int) -> dict[str, float]:
     fast_s = cpu_time(lambda: [prepare(s, CropMode.fast) for s in samples], repeats)
     floor_s = cpu_time(
         lambda: [
-            cv2.imdecode(np.frombuffer(s.data, np.uint8), CV2_REDUCED[d])
+            open_image(s.data, max_image_pixels=PIXEL_LIMIT).decode(d, fast=True)
             for s, d in zip(samples, reductions, strict=True)
         ],
         repeats,
@@ -193,14 +192,19 @@ class _Handler256(FakeDPMeshHandler):
         return _Predictor256(super().load_model()._gate)
 
 
-def measure_pipeline(samples: Sequence[Sample], root: Path, model_s: float, batch_size: int) -> dict[str, float]:
-    """dpmesh-label (fast crops) persons/s with the stand-in model, against the stand-in alone."""
+def measure_pipeline(
+    samples: Sequence[Sample], root: Path, model_s: float, batch_size: int, n_images: int
+) -> dict[str, float]:
+    """dpmesh-label (fast crops) persons/s with the stand-in model, against the stand-in alone, on ``n_images``
+    images (``samples`` repeated under new names)."""
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
     coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
-    for image_id, s in enumerate(samples, start=1):
-        (images / f"{s.name}.jpg").write_bytes(s.data)
-        coco["images"].append({"id": image_id, "file_name": f"{s.name}.jpg", "width": s.width, "height": s.height})
+    for image_id in range(1, n_images + 1):
+        s = samples[(image_id - 1) % len(samples)]
+        name = f"img_{image_id:06d}"
+        (images / f"{name}.jpg").write_bytes(s.data)
+        coco["images"].append({"id": image_id, "file_name": f"{name}.jpg", "width": s.width, "height": s.height})
         for p in s.persons:
             coco["annotations"].append({
                 "id": len(coco["annotations"]) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
@@ -233,6 +237,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pipeline-images", type=int, default=400, help="images labeled by dpmesh-label")
     parser.add_argument("--model-s", type=float, default=0.2, help="stand-in model seconds per batch")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cache", type=Path, default=None, help="work folder (default: a temporary one)")
@@ -256,7 +261,7 @@ def main() -> None:
               f"{r['reductions']} |")  # fmt: skip
     root = args.cache or Path(tempfile.mkdtemp(prefix="crop-prep-"))
     try:
-        pipe = measure_pipeline(samples, root, args.model_s, args.batch_size)
+        pipe = measure_pipeline(samples, root, args.model_s, args.batch_size, args.pipeline_images)
     finally:
         if args.cache is None:
             shutil.rmtree(root, ignore_errors=True)

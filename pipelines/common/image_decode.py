@@ -8,6 +8,7 @@ records. Every storage mode PIL can produce (grayscale, CMYK, 16-bit, palette, a
 import io
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -40,6 +41,38 @@ class ImageDecodeError(Exception):
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _EXIF_ORIENTATION = 0x0112
+# OpenCV decode flags: RGB out (no BGR swap to undo), the EXIF orientation left to us (Pillow's reading of it decides
+# ``full_hw``, so both decoders apply the same one), DCT scaling by libjpeg's scale_denom (the REDUCED_GRAYSCALE_n
+# flags are the bare scale bits; with COLOR_RGB they give reduced RGB).
+_CV2_RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+_CV2_REDUCED = {
+    1: 0,
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+# JPEG storage modes whose OpenCV decode is Pillow's to the bit (libjpeg-turbo's YCbCr/RGB/grey conversions); CMYK
+# and the rest stay with Pillow, whose conversions OpenCV does not share.
+_CV2_MODES = {"RGB", "L"}
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``ImageOps.exif_transpose``'s pixels for EXIF ``orientation`` 2-8 (1 or unknown: unchanged), as views."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:  # transpose
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:  # rotate 90° clockwise
+        return pixels.transpose(1, 0, 2)[:, ::-1]
+    if orientation == 7:  # transverse
+        return pixels.transpose(1, 0, 2)[::-1, ::-1]
+    if orientation == 8:  # rotate 90° counter-clockwise
+        return pixels.transpose(1, 0, 2)[::-1]
+    return pixels
 
 
 @dataclass(frozen=True)
@@ -63,8 +96,9 @@ class OpenedImage:
     Decode at most once (a JPEG's DCT scale is fixed before its pixels are read).
     """
 
-    def __init__(self, image: Image.Image) -> None:
+    def __init__(self, image: Image.Image, data: bytes = b"") -> None:
         self._image = image
+        self._data = data
         try:
             self._orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
         except Exception:  # a broken EXIF block: ImageOps.exif_transpose ignores it too
@@ -87,12 +121,20 @@ class OpenedImage:
                 return d
         return 1
 
-    def decode(self, reduction: int = 1) -> DecodedImage:
+    def decode(self, reduction: int = 1, *, fast: bool = False) -> DecodedImage:
         """Decode at 1/``reduction`` (at most :meth:`max_reduction`; 1 gives exactly :func:`decode_rgb`'s pixels).
+
+        With ``fast``, a colour or grey JPEG is decoded by OpenCV's libjpeg-turbo straight to RGB (no Pillow image
+        and no copy out of it: 1.2-1.3x faster), the EXIF orientation applied here; anything else, or a JPEG OpenCV
+        refuses (truncated, corrupt), goes through Pillow, whose error is the one raised.
 
         Raises:
             ImageDecodeError: ``corrupt_image`` if the pixels cannot be decoded.
         """
+        if fast and self._data and self._image.format == "JPEG" and self._image.mode in _CV2_MODES:
+            decoded = self._decode_cv2(reduction)
+            if decoded is not None:
+                return decoded
         image = self._image
         used = 1
         try:
@@ -106,6 +148,19 @@ class OpenedImage:
         except Exception as exc:  # PIL raises many types for broken data
             raise ImageDecodeError("corrupt_image", f"cannot decode image: {type(exc).__name__}: {exc}") from None
         return DecodedImage(_to_rgb8(image), used, self.full_hw)
+
+    def _decode_cv2(self, reduction: int) -> DecodedImage | None:
+        """The JPEG at 1/``reduction`` through OpenCV, or None where OpenCV cannot decode it as Pillow would."""
+        if reduction not in _CV2_REDUCED:
+            return None
+        pixels = cv2.imdecode(np.frombuffer(self._data, np.uint8), _CV2_RGB | _CV2_REDUCED[reduction])
+        width, height = self._image.size  # stored, before the orientation
+        expected = (-(-height // reduction), -(-width // reduction), 3)
+        if pixels is None or pixels.shape != expected or pixels.dtype != np.uint8:
+            return None
+        if self._orientation != 1:
+            pixels = np.ascontiguousarray(_orient(pixels, self._orientation))
+        return DecodedImage(pixels, reduction, self.full_hw)
 
 
 def open_image(data: bytes, *, max_image_pixels: int) -> OpenedImage:
@@ -121,7 +176,7 @@ def open_image(data: bytes, *, max_image_pixels: int) -> OpenedImage:
             raise ImageDecodeError(
                 "decompression_bomb", f"{image.width}x{image.height} exceeds max_image_pixels={max_image_pixels}"
             )
-        return OpenedImage(image)
+        return OpenedImage(image, data)
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types for broken data

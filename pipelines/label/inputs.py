@@ -186,12 +186,23 @@ class PersonBatch:
     tasks: tuple[PersonTask, ...]
 
 
+@dataclass(frozen=True)
+class PlannedImage(DecodedImage):
+    """A decoded image with the plans its decode scale was chosen from, keyed by the person's `(17, 3)` float32
+    keypoints' bytes (a plan is a function of the keypoints, the image size and the geometry only):
+    :func:`prepare_tasks` reuses them instead of planning each person twice."""
+
+    plans: dict[bytes, PersonPlan] = field(default_factory=dict)
+    geometry: CropGeometry | None = None  # the plans' (reused only for the same)
+
+
 def decode_for_crops(
     opened: OpenedImage, persons: list[dict[str, Any]], geometry: CropGeometry, crop_mode: CropMode
 ) -> DecodedImage:
     """Decodes an image once for all its persons: full size in ``reference`` mode; in ``fast`` mode at the
     largest JPEG reduction at which every person's crop keeps at least one decoded pixel per crop pixel
-    (:func:`dpmesh_core.fast_crop.max_reduction`).
+    (:func:`dpmesh_core.fast_crop.max_reduction`), by OpenCV where it decodes as Pillow does
+    (:meth:`OpenedImage.decode`).
 
     ``persons`` are the sample's raw JSON persons; one that cannot be read or planned does not limit the scale
     (it becomes an error row later, as in ``reference`` mode).
@@ -201,13 +212,15 @@ def decode_for_crops(
     """
     if crop_mode == CropMode.reference:
         return opened.decode(1)
-    plans: list[PersonPlan] = []
+    plans: dict[bytes, PersonPlan] = {}
     for raw in persons:
         try:
-            plans.append(plan_person(coco17_to_smpl30(person_from_json(raw).keypoints_2d), opened.full_hw, geometry))
+            keypoints = person_from_json(raw).keypoints_2d
+            plans[keypoints.tobytes()] = plan_person(coco17_to_smpl30(keypoints), opened.full_hw, geometry)
         except (ValueError, TypeError):
             continue
-    return opened.decode(max_reduction(plans, opened.max_reduction()))
+    decoded = opened.decode(max_reduction(list(plans.values()), opened.max_reduction()), fast=True)
+    return PlannedImage(decoded.pixels, decoded.reduction, decoded.full_hw, plans, geometry)
 
 
 def prepare_tasks(
@@ -235,13 +248,16 @@ def prepare_tasks(
     if crop_mode == CropMode.reference and decoded.reduction != 1:
         raise ValueError("reference crops are cut from the full-size image")
     height, width = decoded.full_hw
+    planned = decoded.plans if isinstance(decoded, PlannedImage) and decoded.geometry == geometry else {}
     full_float: np.ndarray | None = None
     boxes = np.stack([p.bbox_xyxy for _, p in persons]) if persons else np.zeros((0, 4), np.float32)
     keypoints = np.stack([p.keypoints_2d for _, p in persons]) if persons else np.zeros((0, 17, 3), np.float32)
     for position, (idx, person) in enumerate(persons):
         try:
             _check_inside(person, width, height)
-            plan = plan_person(coco17_to_smpl30(person.keypoints_2d), decoded.full_hw, geometry)
+            plan = planned.get(person.keypoints_2d.tobytes()) if person.keypoints_2d.dtype == np.float32 else None
+            if plan is None:
+                plan = plan_person(coco17_to_smpl30(person.keypoints_2d), decoded.full_hw, geometry)
             if crop_mode == CropMode.fast:
                 inputs = cut_fast_crop(decoded.pixels, decoded.reduction, plan)
             else:

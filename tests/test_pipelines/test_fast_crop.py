@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from dpmesh_core.config import official_config
-from pipelines.common.image_decode import decode_rgb, open_image
+from pipelines.common.image_decode import DecodedImage, ImageDecodeError, decode_rgb, open_image
 from pipelines.config.label import CropMode
-from pipelines.label.inputs import PersonTask, decode_for_crops, person_from_json, prepare_tasks
+from pipelines.label.inputs import PersonTask, PlannedImage, decode_for_crops, person_from_json, prepare_tasks
 
 
 GEOMETRY = official_config().crop_geometry
@@ -99,3 +99,81 @@ def test_a_reduced_decode_is_a_fraction_of_the_displayed_size() -> None:
     assert opened.full_hw == (1200, 800)  # rotated: displayed height is the stored width
     decoded = opened.decode(4)
     assert (decoded.reduction, decoded.pixels.shape) == (4, (300, 200, 3))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("reduction", [1, 2, 4])
+def test_the_fast_decoder_gives_pillows_pixels_for_every_orientation(orientation: int, reduction: int) -> None:
+    """OpenCV's decode (RGB out, EXIF orientation applied here) is Pillow's decode to the bit, at every scale."""
+    data = _encode(_photo(96, 64, seed=orientation), orientation=orientation)
+    fast = open_image(data, max_image_pixels=10**8).decode(reduction, fast=True)
+    pillow = open_image(data, max_image_pixels=10**8).decode(reduction)
+    assert fast.full_hw == pillow.full_hw
+    assert fast.reduction == pillow.reduction == reduction
+    assert fast.pixels.flags.c_contiguous
+    np.testing.assert_array_equal(fast.pixels, pillow.pixels)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+@pytest.mark.parametrize("reduction", [1, 4])
+def test_the_fast_decoder_gives_pillows_pixels_for_grey_and_cmyk(mode: str, reduction: int) -> None:
+    """Grey JPEGs are OpenCV's (same pixels); CMYK ones stay with Pillow, whose conversion OpenCV does not share."""
+    data = _encode(_photo(128, 96), mode=mode)
+    fast = open_image(data, max_image_pixels=10**8).decode(reduction, fast=True)
+    np.testing.assert_array_equal(fast.pixels, open_image(data, max_image_pixels=10**8).decode(reduction).pixels)
+    assert fast.pixels.shape == (96 // reduction, 128 // reduction, 3)
+
+
+@pytest.mark.parametrize("cut", ["truncated", "corrupt"])
+def test_the_fast_decoder_refuses_broken_jpegs_as_pillow_does(cut: str) -> None:
+    good = _encode(_photo(320, 240))
+    data = good[: len(good) // 2] if cut == "truncated" else good[:200] + b"\xff\xd9"
+    with pytest.raises(ImageDecodeError) as caught:
+        decode_for_crops(open_image(data, max_image_pixels=10**8), [_person(160, 20, 200)], GEOMETRY, CropMode.fast)
+    assert caught.value.reason == "corrupt_image"
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_fast_crops_of_rotated_images_match_the_official_crops(orientation: int) -> None:
+    data = _encode(_photo(1600, 1200), orientation=orientation)
+    persons = [_person(500, 80, 1100), _person(1100, 700, 1000)]  # the second partly outside the image
+    used, fast = _crops(data, persons, CropMode.fast)
+    _, reference = _crops(data, persons, CropMode.reference)
+    assert used > 1  # a reduced decode, rotated after it
+    for a, b in zip(fast, reference, strict=True):
+        assert _psnr(a, b) >= MIN_PSNR_DB
+
+
+def test_reused_plans_give_the_crops_of_fresh_plans() -> None:
+    """``decode_for_crops`` hands its plans to ``prepare_tasks``: the same model inputs as planning again."""
+    data = _encode(_photo(1600, 1200))
+    persons = [_person(800, 50, 1100), _person(300, 400, 700), {"keypoints": [[0, 0, 0]] * 17}]
+    decoded = decode_for_crops(open_image(data, max_image_pixels=10**8), persons, GEOMETRY, CropMode.fast)
+    assert isinstance(decoded, PlannedImage)
+    assert len(decoded.plans) == 3 - 1  # no valid keypoint: no plan
+    bare = DecodedImage(decoded.pixels, decoded.reduction, decoded.full_hw)
+    indexed = [(i, person_from_json(p)) for i, p in enumerate(persons)]
+    runs = [
+        list(
+            prepare_tasks(
+                image,
+                indexed,
+                shard="s",
+                image_key="k",
+                source_uri="",
+                source="annotations",
+                geometry=GEOMETRY,
+                crop_mode=CropMode.fast,
+            )
+        )
+        for image in (decoded, bare)
+    ]
+    assert [i for i, _ in runs[0]] == [i for i, _ in runs[1]] == [0, 1, 2]
+    for (_, a), (_, b) in zip(*runs, strict=True):
+        if isinstance(a, PersonTask):
+            assert isinstance(b, PersonTask)
+            np.testing.assert_array_equal(a.inputs.image, b.inputs.image)
+            np.testing.assert_array_equal(a.inputs.joints, b.inputs.joints)
+        else:
+            assert type(a) is type(b)
+            assert str(a) == str(b)
