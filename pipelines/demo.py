@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import LabelJobConfig, ReportJobConfig, ShardJobConfig, compose_config
+from pipelines.label.finish import format_summary as format_label_summary
 from pipelines.label.job import run as label
-from pipelines.label.progress import format_summary as format_label_summary
 from pipelines.logging_setup import configure_logging
 from pipelines.report.job import run as write_report
 from pipelines.shard.job import format_summary, run

@@ -6,8 +6,9 @@ finite values; the one home of the export's problem reasons), :mod:`~pipelines.e
 joints of 4D-Humans / CameraHMR), :mod:`~pipelines.export.records` (the typed person and image records every writer
 takes), :mod:`~pipelines.export.crop` (square person crops), :mod:`~pipelines.export.formats` (one writer per trainer
 format; every name from data through the safe join), :mod:`~pipelines.export.scratch` (the output's own temp folder),
-:mod:`~pipelines.export.export_shard` (one shard: check, select, read, write, marker), :mod:`~pipelines.export.card`
-(``stats.json`` and the dataset card), :mod:`~pipelines.export.job` (launch checks and the Beam job) and
+:mod:`~pipelines.export.plan` (the units and which are pending), :mod:`~pipelines.export.export_shard` (one shard:
+check, select, read, write, marker), :mod:`~pipelines.export.finish` (provenance, ``stats.json`` and the dataset
+card), :mod:`~pipelines.export.job` (launch checks, the resolved launch, the Beam job) and
 :mod:`~pipelines.export.torch_dataset` (the only module here that imports torch). Image bytes come out of the shard
 tars by ``tar_offset`` through :mod:`pipelines.common.shard_members`.
 """

@@ -34,11 +34,11 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
+from pipelines.label.finish import SUMMARY_NAME, WriteSummaryFn, format_summary
 from pipelines.label.label_shard import LabelSettings, LabelShardFn
 from pipelines.label.plan import LabelPlan, plan_shards
-from pipelines.label.progress import ProgressReporter, format_summary
+from pipelines.label.progress import ProgressReporter
 from pipelines.label.records import ShardTask
-from pipelines.label.summary import SUMMARY_NAME, WriteSummaryFn
 from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.storage import Storage, join
 

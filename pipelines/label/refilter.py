@@ -50,10 +50,9 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
+from pipelines.label.finish import SUMMARY_NAME, build_summary, format_summary
 from pipelines.label.plan import made_otherwise
-from pipelines.label.progress import build_summary, format_summary
 from pipelines.label.records import ShardReport, ShardTask
-from pipelines.label.summary import SUMMARY_NAME
 from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.label.write import shard_marker
 from pipelines.parquet_io import parquet_bytes

@@ -34,8 +34,7 @@ from pipelines.common.shard_set import MANIFEST_NAME
 from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
-from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
-from pipelines.shard.manifest import (
+from pipelines.shard.finish import (
     BUCKETS_KIND,
     DUPLICATES_KIND,
     ERRORS_NAME,
@@ -46,6 +45,7 @@ from pipelines.shard.manifest import (
     index_sha1s,
     repeated_sha1s,
 )
+from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
 from pipelines.shard.plan import PlannedFile, bucket_of, count_and_bytes, num_buckets
 from pipelines.shard.publish import remove_stale_temporaries
 from pipelines.shard.steps import (

@@ -4,7 +4,7 @@ Only metadata travels here: listing entries become :class:`~pipelines.shard.plan
 meet their annotations by file name and then their bucket; the bytes are read once, by the shard writer.
 
 Each step has one output: the records it passes on mixed with
-:class:`~pipelines.shard.manifest.ManifestRecord` reports; the next step selects its records by type. No
+:class:`~pipelines.shard.finish.ManifestRecord` reports; the next step selects its records by type. No
 tagged outputs, because Beam's DaskRunner merges them into the main output.
 """
 
@@ -20,8 +20,8 @@ from pipelines.config import InputConfig, ShardConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.shard.annotation_formats import parse_annotations
 from pipelines.shard.coco import ImageAnnotations, join_name
+from pipelines.shard.finish import FILES_LISTED_KIND, JOIN_KIND, ManifestRecord
 from pipelines.shard.listing import ListingTask, list_task
-from pipelines.shard.manifest import FILES_LISTED_KIND, JOIN_KIND, ManifestRecord
 from pipelines.shard.plan import PlannedFile, planned_file
 from pipelines.storage import ObjectNotFoundError, Storage
 

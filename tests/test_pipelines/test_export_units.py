@@ -17,9 +17,9 @@ from pipelines.common.safe_paths import UnsafeName
 from pipelines.common.shard_members import MemberError, MemberRef, iter_members, read_member_at
 from pipelines.config import ConfigError, ExportFormat, ExportJobConfig, SelectConfig, compose_config
 from pipelines.config.compose import register_configs, to_job_config
-from pipelines.export.card import aggregate, build_stats, render_card
 from pipelines.export.checks import CHECKED_COLUMNS, check_rows, lineage_problem, usable_index
 from pipelines.export.crop import crop_transform, square_crop, to_crop_pixels
+from pipelines.export.finish import aggregate, build_stats, render_card
 from pipelines.export.formats.base import TarBuilder
 from pipelines.export.formats.camerahmr import CameraHmrWriter
 from pipelines.export.formats.crops import keypoints_in_crop
@@ -271,7 +271,7 @@ def test_a_dry_run_prints_the_per_shard_graph_and_touches_nothing(tmp_path: Path
 def test_provenance_of_a_refiltered_output_is_the_labeling_run_behind_it(tmp_path: Path) -> None:
     import json
 
-    from pipelines.export.job import provenance
+    from pipelines.export.finish import provenance
     from pipelines.storage import Storage
 
     label_run = {

@@ -14,9 +14,9 @@ from PIL import Image
 
 from pipelines.config import ShardConfig
 from pipelines.shard.coco import join_name, parse_coco
+from pipelines.shard.finish import build_manifest
 from pipelines.shard.keys import make_key, shard_name, stable_bucket, validate_key
 from pipelines.shard.listing import SourceFile
-from pipelines.shard.manifest import build_manifest
 from pipelines.shard.plan import PlannedFile, num_buckets, plan_bucket
 from pipelines.shard.probe import ImageRejectedError, probe_image
 from pipelines.shard.tar_format import ShardSample, ShardTarWriter, index_rows

@@ -6,8 +6,23 @@ thresholds), what was selected, the counts by tier and occlusion level, what was
 reason, the shards refused whole), and the licence terms a user inherits.
 """
 
+import json
+import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+
+import pipelines
+from pipelines.common.label_set import LABEL_RUN, SUMMARY_NAME, fetch_markers, listed_markers, read_summary
+from pipelines.config import ExportJobConfig, config_to_dict
+from pipelines.export.export_shard import export_config_hash
+from pipelines.storage import Storage, join
+
+
+logger = logging.getLogger(__name__)
 
 
 STATS_NAME = "stats.json"
@@ -161,3 +176,59 @@ def render_card(stats: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dict[str, Any]:
+    """What the card and stats record about where the dataset came from (no secrets: configs hold none)."""
+    summary = read_summary(storage, cfg.input.labels)
+    if summary is None:
+        logger.warning("%s has no readable %s: the card lacks the label run's lineage", cfg.input.labels, SUMMARY_NAME)
+        summary = {}
+    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    # A dpmesh-refilter output keeps the labeling run under "label_run"; its own top level is the refilter's.
+    label_run = summary.get(LABEL_RUN) or summary
+    config = label_run.get("config") or {}
+    body_models = label_run.get("body_models") or {}
+    return {
+        "labels": cfg.input.labels,
+        "shards": cfg.input.shards,
+        "label_run": {
+            "created_by": label_run.get("created_by"),
+            "pipeline_version": label_run.get("pipeline_version"),
+            "config_hash": label_run.get("config_hash"),
+            "model": config.get("model"),
+            "model_ids": label_run.get("model_ids"),
+            "detector": (config.get("detector") or {}).get("name"),
+            "thresholds": summary.get("thresholds"),  # the tiers' filter: the refilter's own after a refilter
+            "refiltered_by": summary.get("created_by") if LABEL_RUN in summary else None,
+            "max_image_pixels": (config.get("input") or {}).get("max_image_pixels"),
+        },
+        "body_model": ", ".join(f"{name} (sha256 {digest})" for name, digest in sorted(body_models.items())) or None,
+        "labels_schema_version": meta.get("schema_version"),
+        "export": {
+            "format": cfg.format.value,
+            "pipeline_version": pipelines.__version__,
+            "config_hash": export_config_hash(cfg),
+            "select": config_to_dict(cfg.select),
+            "options": config_to_dict(cfg.export),
+        },
+    }
+
+
+class WriteCardFn(beam.DoFn):
+    """Input: the markers this run wrote (once). Writes ``stats.json`` and ``README.md`` over every exported shard."""
+
+    def __init__(self, cfg: ExportJobConfig, provenance: dict[str, Any]) -> None:
+        self._cfg = cfg
+        self._provenance = provenance
+
+    def process(self, written: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        storage = Storage(self._cfg.storage)
+        markers = {m["shard"]: m for m in written}
+        listed = listed_markers(storage, self._cfg.output)
+        earlier = fetch_markers(storage, [uri for name, uri in listed.items() if name not in markers])
+        markers.update(earlier)  # shards exported by earlier runs of this export
+        stats = build_stats([markers[k] for k in sorted(markers)], self._provenance)
+        storage.write_bytes(join(self._cfg.output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode())
+        storage.write_bytes(join(self._cfg.output, CARD_NAME), render_card(stats).encode())
+        yield stats
