@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from dpmesh_core.confidence import SCORE_SCALES, ConfidenceSignals
+from dpmesh_core.json_values import EXPECTED, json_type, show_value
 
 
 CALIBRATION_FORMAT = "dpmesh-confidence-calibration"
@@ -148,7 +149,7 @@ class ConfidenceCalibration:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CalibrationError(f"calibration file is not JSON: {exc}") from exc
         if not isinstance(doc, dict):
-            raise CalibrationError(f"calibration file: expected a JSON object, got {_json_type(doc)}")
+            raise CalibrationError(f"calibration file: expected a JSON object, got {json_type(doc)}")
         _check_object(doc, FILE_FIELDS, "")
         terms = doc["terms"]
         if not terms:
@@ -157,11 +158,11 @@ class ConfidenceCalibration:
         for i, term in enumerate(terms):
             where = f"terms[{i}]"
             if not isinstance(term, dict):
-                raise CalibrationError(f"calibration {where}={_show(term)}: expected an object ({_term_keys()})")
+                raise CalibrationError(f"calibration {where}={show_value(term)}: expected an object ({_term_keys()})")
             _check_object(term, TERM_FIELDS, f"{where}.")
             if term["signal"] in seen:  # two weights for one signal would count it twice
                 raise CalibrationError(
-                    f"calibration {where}.signal={_show(term['signal'])}: repeats terms[{seen[term['signal']]}]"
+                    f"calibration {where}.signal={show_value(term['signal'])}: repeats terms[{seen[term['signal']]}]"
                 )
             seen[term["signal"]] = i
         return cls(
@@ -217,34 +218,6 @@ TERM_FIELDS: dict[str, _Field] = {
     "higher_is_better": _Field("boolean"),
     "weight": _Field("number", minimum=0.0),
 }
-_EXPECTED = {
-    "number": "a finite number",
-    "integer": "an integer",
-    "boolean": "a JSON boolean (true or false)",
-    "string": "a string",
-    "object": "a JSON object",
-    "array": "a JSON array",
-}
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type (``true`` is a boolean, not a number)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    """A value for a one-line message (JSON spelling, cut to 60 characters)."""
-    text = json.dumps(value) if isinstance(value, str | int | float | bool | type(None)) else _json_type(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _term_keys() -> str:
@@ -252,19 +225,19 @@ def _term_keys() -> str:
 
 
 def _check_value(value: Any, spec: _Field, where: str) -> None:
-    kind = _json_type(value)
+    kind = json_type(value)
     ok = kind == spec.kind or (spec.kind == "number" and kind == "integer")
     if ok and spec.kind == "number":
         ok = math.isfinite(value)
     if not ok:
-        raise CalibrationError(f"calibration {where}={_show(value)}: expected {_EXPECTED[spec.kind]}")
+        raise CalibrationError(f"calibration {where}={show_value(value)}: expected {EXPECTED[spec.kind]}")
     if spec.choices and value not in spec.choices:
         allowed = " or ".join(json.dumps(c) for c in spec.choices[:20])
-        raise CalibrationError(f"calibration {where}={_show(value)}: expected {allowed}")
+        raise CalibrationError(f"calibration {where}={show_value(value)}: expected {allowed}")
     if spec.minimum is not None and value < spec.minimum:
-        raise CalibrationError(f"calibration {where}={_show(value)}: expected a number >= {spec.minimum:g}")
+        raise CalibrationError(f"calibration {where}={show_value(value)}: expected a number >= {spec.minimum:g}")
     if spec.above is not None and not value > spec.above:
-        raise CalibrationError(f"calibration {where}={_show(value)}: expected a number > {spec.above:g}")
+        raise CalibrationError(f"calibration {where}={show_value(value)}: expected a number > {spec.above:g}")
 
 
 def _check_object(doc: dict[str, Any], fields: dict[str, _Field], prefix: str) -> None:
@@ -272,7 +245,7 @@ def _check_object(doc: dict[str, Any], fields: dict[str, _Field], prefix: str) -
     for name, spec in fields.items():
         if name not in doc:
             if spec.required:
-                raise CalibrationError(f"calibration {prefix}{name}: missing (expected {_EXPECTED[spec.kind]})")
+                raise CalibrationError(f"calibration {prefix}{name}: missing (expected {EXPECTED[spec.kind]})")
             continue
         _check_value(doc[name], spec, prefix + name)
     unknown = sorted(set(doc) - set(fields))

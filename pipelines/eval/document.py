@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpmesh_core.json_values import EXPECTED, json_type, show_value
 from pipelines.common.safe_paths import UnsafeName, check_segment
 
 
@@ -47,40 +48,13 @@ class Spec:
     check: Callable[[Any, str, dict[str, Any]], None] | None = None
 
 
-_EXPECTED = {
-    "number": "a finite number",
-    "integer": "an integer",
-    "string": "a string",
-    "array": "a JSON array",
-    "object": "a JSON object",
-}
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if _json_type(value) not in ("array", "object") else _json_type(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _fail(path: str, value: Any, expected: str) -> EvalDocumentError:
-    return EvalDocumentError(f"eval document {path}={_show(value)}: expected {expected}")
+    return EvalDocumentError(f"eval document {path}={show_value(value)}: expected {expected}")
 
 
 def check_value(value: Any, spec: Spec, path: str, doc: dict[str, Any]) -> None:
     """``value`` (at ``path`` of ``doc``) against ``spec``; raises `EvalDocumentError` at the first mismatch."""
-    kind = _json_type(value)
+    kind = json_type(value)
     if value is None and spec.nullable:
         return
     if spec.kind != "any":
@@ -88,7 +62,7 @@ def check_value(value: Any, spec: Spec, path: str, doc: dict[str, Any]) -> None:
         if ok and spec.kind == "number":
             ok = math.isfinite(value)
         if not ok:
-            raise _fail(path, value, _EXPECTED[spec.kind] + (" or null" if spec.nullable else ""))
+            raise _fail(path, value, EXPECTED[spec.kind] + (" or null" if spec.nullable else ""))
     if spec.choices and value not in spec.choices:
         raise _fail(path, value, " or ".join(json.dumps(c) for c in spec.choices))
     if spec.minimum is not None and value < spec.minimum:
@@ -248,7 +222,7 @@ def parse_document(data: bytes) -> dict[str, Any]:
     """
     doc = _parse(data)
     if not isinstance(doc, dict):
-        raise EvalDocumentError(f"eval document: expected a JSON object, got {_json_type(doc)}")
+        raise EvalDocumentError(f"eval document: expected a JSON object, got {json_type(doc)}")
     # Format and version first, so another kind of file is named as such before its fields are looked at.
     for name in ("format", "version"):
         spec, _ = EVAL_DOCUMENT.fields[name]
