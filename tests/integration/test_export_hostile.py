@@ -31,6 +31,7 @@ from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.kill import kill_after_write
 
 
 ESCAPE = "../../../x/EXPORT"  # from <out>/images/ (camerahmr) three levels up lands beside the output's parent
@@ -503,22 +504,8 @@ def test_an_object_store_export_builds_tars_in_its_own_scratch_folder(
     assert not local.exists(), "the scratch folder is cleared at launch and gone once the run is over"
 
 
-# An export killed (SIGKILL, no cleanup) right after its first write whose URI matches argv[1].
-_KILL_AFTER_WRITE = (
-    "import os, re, signal, sys\n"
-    "from pipelines.storage import Storage\n"
-    "pattern = re.compile(sys.argv[1]); sys.argv = ['dpmesh-export', *sys.argv[2:]]\n"
-    "def killing(original):\n"
-    "    def wrapped(self, *args, **kwargs):\n"
-    "        result = original(self, *args, **kwargs)\n"
-    "        if pattern.search(args[-1] if original.__name__ == 'upload_file' else args[0]):\n"
-    "            os.kill(os.getpid(), signal.SIGKILL)\n"
-    "        return result\n"
-    "    return wrapped\n"
-    "Storage.write_bytes = killing(Storage.write_bytes)\n"
-    "Storage.upload_file = killing(Storage.upload_file)\n"
-    "from pipelines.export.job import main; main()\n"
-)
+# An export killed right after its first write whose URI matches argv[1] (tests/fakes/kill.py).
+_KILL_AFTER_WRITE = kill_after_write("sys.argv[0] = 'dpmesh-export'\nfrom pipelines.export.job import main; main()\n")
 _EXPORT_BOUNDARIES = {
     "intent": r"/_intent\.json$",
     "tar": r"/shard-\d+\.tar$",

@@ -35,6 +35,7 @@ from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, OCCLUSION_LEVELS, fixed_list_to_numpy
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.kill import kill_after_write
 
 
 N_IMAGES = 8
@@ -357,23 +358,14 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
     assert resumed["reconciled"]
 
 
-# A labeling run killed (SIGKILL, no cleanup) right after its first write whose URI matches argv[1].
-_KILL_AFTER_WRITE = """
-import os, re, signal, sys
-from pipelines.storage import Storage
-pattern = re.compile(sys.argv[1])
-original = Storage.write_bytes
-def write_then_die(self, uri, *args, **kwargs):
-    original(self, uri, *args, **kwargs)
-    if pattern.search(uri):
-        os.kill(os.getpid(), signal.SIGKILL)
-Storage.write_bytes = write_then_die
-from pipelines.config import LabelJobConfig, compose_config
-from pipelines.label.job import run
-from tests.fakes.fake_dpmesh import FakeDPMeshHandler
-cfg = compose_config("dpmesh_label", sys.argv[2:], LabelJobConfig)
-run(cfg, handler=FakeDPMeshHandler(cfg.model))
-"""
+# A labeling run killed right after its first write whose URI matches argv[1] (tests/fakes/kill.py).
+_KILL_AFTER_WRITE = kill_after_write(
+    "from pipelines.config import LabelJobConfig, compose_config\n"
+    "from pipelines.label.job import run\n"
+    "from tests.fakes.fake_dpmesh import FakeDPMeshHandler\n"
+    "cfg = compose_config('dpmesh_label', sys.argv[1:], LabelJobConfig)\n"
+    "run(cfg, handler=FakeDPMeshHandler(cfg.model))\n"
+)
 _LABEL_BOUNDARIES = {
     "intent": r"/_intent\.json$",
     "annotations": r"/annotations/shard-\d+\.parquet$",
@@ -404,13 +396,10 @@ def test_a_kill_at_any_write_boundary_resumes_to_the_same_rows(
     assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
 
 
-_KILLED_REFILTER = (
-    _KILL_AFTER_WRITE.split("from pipelines.config")[0]
-    + """
-from pipelines.config import RefilterJobConfig, compose_config
-from pipelines.label.refilter import run
-run(compose_config("dpmesh_refilter", sys.argv[2:], RefilterJobConfig))
-"""
+_KILLED_REFILTER = kill_after_write(
+    "from pipelines.config import RefilterJobConfig, compose_config\n"
+    "from pipelines.label.refilter import run\n"
+    "run(compose_config('dpmesh_refilter', sys.argv[1:], RefilterJobConfig))\n"
 )
 
 

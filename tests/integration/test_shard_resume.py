@@ -15,6 +15,7 @@ import pytest
 from pipelines.config import ConfigError, ShardJobConfig, compose_config
 from pipelines.shard.job import run
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.kill import kill_after_write
 
 
 # The killed run is slowed per shard so that the kill lands part-way whatever the machine's speed.
@@ -109,24 +110,8 @@ def test_a_finished_set_is_refused_and_another_configs_shards_too(corpus: Path, 
     assert run(_config(corpus, output))["counts"]["reconciled"]
 
 
-# Runs dpmesh-shard and kills it (SIGKILL, no cleanup) right after the first write whose URI matches argv[1]:
-# the tar's publish (its final name), the index, the marker, the errors file or the manifest.
-_KILL_AFTER_WRITE = (
-    "import os, re, signal, sys\n"
-    "from pipelines.storage import Storage\n"
-    "from pipelines.shard.publish import TarSink\n"
-    "pattern = re.compile(sys.argv[1]); sys.argv = ['dpmesh-shard', *sys.argv[2:]]\n"
-    "def killing(original, uri_of):\n"
-    "    def wrapped(self, *args, **kwargs):\n"
-    "        result = original(self, *args, **kwargs)\n"
-    "        if pattern.search(uri_of(self, args)):\n"
-    "            os.kill(os.getpid(), signal.SIGKILL)\n"
-    "        return result\n"
-    "    return wrapped\n"
-    "Storage.write_bytes = killing(Storage.write_bytes, lambda self, args: args[0])\n"
-    "TarSink.publish = killing(TarSink.publish, lambda self, args: self._uri)\n"
-    "from pipelines.shard.job import main; main()\n"
-)
+# dpmesh-shard, killed right after its first write whose URI matches argv[1] (tests/fakes/kill.py).
+_KILL_AFTER_WRITE = kill_after_write("sys.argv[0] = 'dpmesh-shard'\nfrom pipelines.shard.job import main; main()\n")
 _BOUNDARIES = {
     "intent": r"/_intent\.json$",
     "tar": r"/shard-\d+\.tar$",
