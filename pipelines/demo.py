@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pipelines.common.label_summary import format_summary as format_label_summary
 from pipelines.config import LabelJobConfig, ReportJobConfig, ShardJobConfig, compose_config
-from pipelines.label.finish import format_summary as format_label_summary
 from pipelines.label.job import run as label
 from pipelines.logging_setup import configure_logging
 from pipelines.report.job import run as write_report

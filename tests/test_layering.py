@@ -109,7 +109,7 @@ assert "torch" not in sys.modules, "importing {module} imported torch"
     ("module", "module_file"),
     [
         ("pipelines.shard.job", "pipelines/shard/job.py"),
-        ("pipelines.label.refilter", "pipelines/label/refilter.py"),
+        ("pipelines.refilter.job", "pipelines/refilter/job.py"),
         # The label job and its per-shard step reach the model only through the handler they are given, so
         # launch checks answer without torch and a test double's worker processes never load it.
         ("pipelines.label.job", "pipelines/label/job.py"),

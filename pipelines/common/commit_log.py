@@ -49,3 +49,20 @@ def refuse_other_units(output: str, what: str, foreign: list[str], differs: str)
     """The refusal of an output whose committed units were made otherwise (``differs``: "another config", ...),
     in the one wording of :func:`~pipelines.common.intent.refuse_another_run`."""
     return refuse_another_run(output, f"{what} (e.g. {foreign[0]})", differs)
+
+
+def made_otherwise(
+    markers: dict[str, dict[str, Any]], config_hash: str, calibration_sha256: str | None
+) -> tuple[list[str], str]:
+    """The shards of ``markers`` made with another config or another calibration, and what differs.
+
+    The config hash covers ``filter.calibration`` as a path; a calibration file replaced in place keeps its path, so
+    its content (``calibration_sha256``, absent without one) is compared too. Returns ``([], "")`` when none differ.
+    """
+    other_config = sorted(name for name, m in markers.items() if m.get("config_hash") != config_hash)
+    if other_config:
+        return other_config, "another config"
+    other_calibration = sorted(n for n, m in markers.items() if m.get("calibration_sha256") != calibration_sha256)
+    if other_calibration:
+        return other_calibration, "another filter.calibration file content (sha256)"
+    return [], ""

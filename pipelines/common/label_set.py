@@ -105,7 +105,7 @@ INDEXED_FIELDS = (
     "tiers",
     "model_ids",
     "body_models",
-    LABEL_RUN,  # dpmesh-refilter outputs: the labeling run behind the rows (see pipelines.label.refilter)
+    LABEL_RUN,  # dpmesh-refilter outputs: the labeling run behind the rows (see pipelines.refilter)
 )
 
 

@@ -25,6 +25,10 @@ import pipelines
 from dpmesh_core.calibration import ConfidenceCalibration
 from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent
+from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
+from pipelines.common.label_set import SUMMARY_NAME
+from pipelines.common.label_summary import format_summary
+from pipelines.common.label_units import ShardTask
 from pipelines.common.launch import Launch, resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import (
@@ -34,12 +38,10 @@ from pipelines.config import (
     config_hash,
     config_to_dict,
 )
-from pipelines.label.finish import SUMMARY_NAME, WriteSummaryFn, format_summary
+from pipelines.label.finish import WriteSummaryFn
 from pipelines.label.label_shard import LabelSettings, LabelShardFn
 from pipelines.label.plan import LabelPlan, plan_shards
 from pipelines.label.progress import ProgressReporter
-from pipelines.label.records import ShardTask
-from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.storage import Storage, join
 
 

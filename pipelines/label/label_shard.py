@@ -30,6 +30,7 @@ from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import FilterThresholds
 from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import index_entry
+from pipelines.common.label_units import ShardReport, ShardTask
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
 from pipelines.config import DetectorConfig
@@ -39,7 +40,6 @@ from pipelines.error_rows import error_row
 from pipelines.label.detection.shard_detector import ShardDetector
 from pipelines.label.inputs import PersonBatch, PersonTask
 from pipelines.label.read import ShardReader
-from pipelines.label.records import ShardReport, ShardTask
 from pipelines.label.score import ACCEPTED, score_labeled
 from pipelines.label.write import ShardWriter
 from pipelines.storage import Storage

@@ -12,12 +12,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.common.commit_log import refuse_other_units
+from pipelines.common.commit_log import made_otherwise, refuse_other_units
 from pipelines.common.intent import check_intent
 from pipelines.common.label_set import read_markers
+from pipelines.common.label_units import ShardTask
 from pipelines.common.shard_set import MANIFEST_NAME, SHARD_TAR, folder_of, manifest_pixel_limit, shard_name_of
 from pipelines.config import ConfigError, LabelJobConfig, config_hash
-from pipelines.label.records import ShardTask
 from pipelines.storage import ObjectInfo, Storage, join
 
 
@@ -102,23 +102,6 @@ def _manifest_shards(
         for entry in manifest.get("shards", [])
     }
     return shards, manifest_pixel_limit(manifest)
-
-
-def made_otherwise(
-    markers: dict[str, dict[str, Any]], config_hash: str, calibration_sha256: str | None
-) -> tuple[list[str], str]:
-    """The shards of ``markers`` made with another config or another calibration, and what differs.
-
-    The config hash covers ``filter.calibration`` as a path; a calibration file replaced in place keeps its path, so
-    its content (``calibration_sha256``, absent without one) is compared too. Returns ``([], "")`` when none differ.
-    """
-    other_config = sorted(name for name, m in markers.items() if m.get("config_hash") != config_hash)
-    if other_config:
-        return other_config, "another config"
-    other_calibration = sorted(n for n, m in markers.items() if m.get("calibration_sha256") != calibration_sha256)
-    if other_calibration:
-        return other_calibration, "another filter.calibration file content (sha256)"
-    return [], ""
 
 
 def plan_shards(cfg: LabelJobConfig, storage: Storage, calibration_sha256: str | None = None) -> LabelPlan:

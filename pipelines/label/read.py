@@ -29,6 +29,7 @@ import cv2
 
 from dpmesh_core.config import CropGeometry
 from pipelines.common.image_decode import DecodedImage, ImageDecodeError, open_image
+from pipelines.common.label_units import ShardReport, ShardTask
 from pipelines.common.safe_paths import KEY_GRAMMAR, is_valid_key
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, DetectorName
@@ -47,7 +48,6 @@ from pipelines.label.inputs import (
     prepare_tasks,
     sample_metadata,
 )
-from pipelines.label.records import ShardReport, ShardTask
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage, KeypointSource

@@ -6,15 +6,14 @@ a shard with a marker is complete, a shard without one is relabeled by the next 
 
 import json
 import logging
-from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 
 from pipelines.common.label_set import marker_uri
+from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.error_rows import error_sort_key
 from pipelines.label.annotation_rows import annotation_sort_key
-from pipelines.label.records import ShardReport, ShardTask
 from pipelines.parquet_io import parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_metadata
@@ -78,47 +77,3 @@ class ShardWriter:
         if not marker["reconciled"]:
             logger.error("shard %s does not reconcile: %s", task.name, marker["counts"])
         return marker
-
-
-def shard_marker(
-    task: ShardTask,
-    report: ShardReport,
-    accepted: list[dict[str, Any]],
-    rejected: list[dict[str, Any]],
-    errors: list[dict[str, Any]],
-    run_info: dict[str, str],
-) -> dict[str, Any]:
-    """The ``_done/<shard>.json`` document: what the shard was, and per-shard counts that reconcile.
-
-    ``shard_identity`` is the manifest's record of the tar the run planned to label (what the next run compares
-    to decide whether the shard changed); ``tar_read`` is what was actually read. ``model_ids`` and ``body_models``
-    (``{name: sha256}``) are the distinct model lineage of the shard's labels, from its rows (so ``dpmesh-refilter``,
-    which carries the rows, records the same).
-    """
-    person_errors = [e for e in errors if e["person_idx"] is not None]
-    counts = {
-        **{k: report.counts[k] for k in ("images_in", "images_ok", "images_errored", "persons_in")},
-        "persons_accepted": len(accepted),
-        "persons_rejected": len(rejected),
-        "persons_errored": len(person_errors),
-    }
-    labels = accepted + rejected
-    body_models = {row["body_model"]: row.get("body_model_sha256") for row in labels if row.get("body_model")}
-    persons_ok = counts["persons_in"] == len(accepted) + len(rejected) + len(person_errors)
-    images_ok = counts["images_in"] == counts["images_ok"] + counts["images_errored"]
-    return {
-        "shard": task.name,
-        "shard_uri": task.uri,
-        "shard_identity": task.identity,
-        "tar_read": {"tar_bytes": report.tar_bytes, "tar_sha1": report.tar_sha1},
-        **({"detector_models": dict(sorted(report.detector_models.items()))} if report.detector_models else {}),
-        **run_info,
-        "model_ids": sorted({row["model_id"] for row in labels if row.get("model_id")}),
-        "body_models": dict(sorted(body_models.items())),
-        "counts": counts,
-        "reconciled": persons_ok and images_ok,
-        "rejected_by_reason": dict(sorted(Counter(r for row in rejected for r in row["reasons"]).items())),
-        "errors_by_stage": dict(sorted(Counter(e["stage"] for e in errors).items())),
-        "errors_by_reason": dict(sorted(Counter(e["reason"] for e in errors).items())),
-        "tiers": dict(sorted(Counter(row["quality_tier"] for row in accepted + rejected).items())),
-    }

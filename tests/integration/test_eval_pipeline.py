@@ -31,7 +31,7 @@ from pipelines.eval.evaluate import read_evaluation
 from pipelines.eval.job import report as eval_report
 from pipelines.eval.job import run as evaluate
 from pipelines.label.job import run as label
-from pipelines.label.refilter import run as refilter
+from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import make_images, write_coco, write_corpus

@@ -21,7 +21,7 @@ import pytest
 
 from pipelines.config import ConfigError, LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
-from pipelines.label.refilter import run as refilter
+from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler

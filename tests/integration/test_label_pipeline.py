@@ -29,7 +29,7 @@ from pipelines.label import job as label_job
 from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
 from pipelines.label.plan import LabelPlan, shard_tasks
-from pipelines.label.refilter import run as refilter
+from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, OCCLUSION_LEVELS, fixed_list_to_numpy
@@ -398,7 +398,7 @@ def test_a_kill_at_any_write_boundary_resumes_to_the_same_rows(
 
 _KILLED_REFILTER = kill_after_write(
     "from pipelines.config import RefilterJobConfig, compose_config\n"
-    "from pipelines.label.refilter import run\n"
+    "from pipelines.refilter.job import run\n"
     "run(compose_config('dpmesh_refilter', sys.argv[1:], RefilterJobConfig))\n"
 )
 

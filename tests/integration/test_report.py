@@ -39,7 +39,7 @@ from pipelines.config import (
     compose_config,
 )
 from pipelines.label.job import run as label
-from pipelines.label.refilter import run as refilter
+from pipelines.refilter.job import run as refilter
 from pipelines.report import gallery
 from pipelines.report.assets import Assets
 from pipelines.report.data import LabelOutput, read_images

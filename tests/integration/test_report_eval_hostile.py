@@ -39,7 +39,7 @@ from pipelines.config import (
 )
 from pipelines.eval.job import run as evaluate
 from pipelines.label.job import run as label
-from pipelines.label.refilter import run as refilter
+from pipelines.refilter.job import run as refilter
 from pipelines.report.assets import INVALID_SAMPLE_ID
 from pipelines.report.job import run as write_report
 from pipelines.shard.job import run as shard

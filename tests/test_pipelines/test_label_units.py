@@ -13,6 +13,8 @@ from PIL import Image
 from dpmesh_core.confidence import FilterThresholds, default_thresholds, strict_thresholds
 from dpmesh_core.config import tiny_config
 from pipelines.common.image_decode import ImageDecodeError, decode_rgb
+from pipelines.common.label_filter import filter_thresholds
+from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.config import (
     ConfigError,
     Device,
@@ -33,10 +35,8 @@ from pipelines.label.inputs import (
     prepare_tasks,
 )
 from pipelines.label.model_handler import DPMeshModelHandler, check_device, load_model
-from pipelines.label.records import LabeledPerson, ShardReport, ShardTask
-from pipelines.label.refilter import rescore_row
-from pipelines.label.thresholds import filter_thresholds
-from pipelines.label.write import shard_marker
+from pipelines.label.records import LabeledPerson
+from pipelines.refilter.refilter_shard import rescore_row
 from tests.fakes.corpus import draw_scene
 
 

@@ -27,7 +27,7 @@ from pipelines.config import (
 )
 from pipelines.export.job import run as export
 from pipelines.label.job import run as label
-from pipelines.label.refilter import run as refilter
+from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler

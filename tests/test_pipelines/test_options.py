@@ -258,7 +258,7 @@ def test_refilter_dry_run_prints_its_plan_and_writes_nothing(
     no_submit: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from pipelines.config import RefilterJobConfig
-    from pipelines.label.refilter import run as refilter
+    from pipelines.refilter.job import run as refilter
 
     output = tmp_path / "refiltered"
     cfg = compose_config(

@@ -1,27 +1,9 @@
-"""``dpmesh-refilter``: re-split existing labels by new thresholds, without running the model again.
-
-Every signal a threshold reads is stored in the annotation rows, so a new filter is a pass over the
-Parquet: each accepted and rejected row is re-scored with ``dpmesh_core.confidence.combine`` and
-written to the new output's ``annotations/`` or ``rejected/``; ``errors/`` rows are carried over.
-
-**Lineage is kept, not replaced.** Rows are carried whole (``model_id``, ``shard``, ``shard_uri``, ``annotation_id``,
-``body_model``...). The labeling run behind them is recorded as ``label_run`` in three places: each shard's marker
-and each Parquet file's metadata (JSON ``{"labels": <label output>, "config_hash", "pipeline_version"}`` of the
-label marker), and ``_summary.json`` (the label run's summary lineage: config, config hash, versions, runner,
-model ids, body models). Refiltering a refiltered output carries the original ``label_run`` forward. The file
-metadata's own ``config_hash`` / ``pipeline_version`` are the refilter run's (they describe these bytes); the
-shard's ``shard_uri`` / ``shard_identity`` / ``tar_read`` and ``detector_models`` come from the label marker.
-
-**Resume, like the labeler.** One element per shard; each writes its three Parquet files, then its
-``_done/<shard>.json`` marker, last. A rerun skips a shard whose marker has this run's config hash and the same
-source (label shard identity and label config hash), so after a kill it refilters only the missing shards; an
-output holding another filter config is refused unless ``overwrite=true``, which redoes every shard.
-"""
+"""The per-shard step of ``dpmesh-refilter``: re-score a label shard's rows with the new thresholds (the signals are
+in the rows), write its three Parquet files with the label run's lineage, then its marker (last)."""
 
 import io
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import fields
@@ -34,42 +16,29 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-import pipelines
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
-from pipelines.cli import hydra_app
-from pipelines.common.commit_log import committed_marker, refuse_other_units
-from pipelines.common.intent import check_intent, record_intent
-from pipelines.common.label_set import LABEL_RUN, fetch_markers, marker_uri, read_markers, read_summary, write_index
-from pipelines.common.launch import resolve_launch
-from pipelines.common.metrics import LABEL_METRICS
-from pipelines.common.safe_paths import check_output_location
-from pipelines.config import (
-    ConfigError,
-    RefilterJobConfig,
-    config_hash,
-    config_to_dict,
+from pipelines.common.commit_log import committed_marker
+from pipelines.common.label_set import (
+    LABEL_RUN,
+    marker_uri,
 )
-from pipelines.label.finish import SUMMARY_NAME, build_summary, format_summary
-from pipelines.label.plan import made_otherwise
-from pipelines.label.records import ShardReport, ShardTask
-from pipelines.label.thresholds import calibration_lineage, filter_thresholds, load_calibration
-from pipelines.label.write import shard_marker
+from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
+from pipelines.common.metrics import LABEL_METRICS
+from pipelines.config import (
+    RefilterJobConfig,
+)
 from pipelines.parquet_io import parquet_bytes
+from pipelines.refilter.plan import is_refiltered
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, fixed_list_to_numpy, with_file_metadata
 
 
 logger = logging.getLogger(__name__)
 
-APP = "dpmesh-refilter"
-
 _SIGNALS = [f.name for f in fields(ConfidenceSignals)]
 """Key of the labeling run's lineage in refilter markers, file metadata and ``_summary.json``."""
 # What the refilter summary keeps of the label run's summary (its counts describe the label split, not this one).
-_LABEL_SUMMARY_LINEAGE = (
-    "created_by", "pipeline_version", "config_hash", "runner", "config", "versions", "model_ids", "body_models",
-)  # fmt: skip
 _CARRIED_FILE_METADATA = (b"detector_models",)  # label-run facts in the Parquet metadata, copied unchanged
 
 
@@ -159,35 +128,6 @@ def label_run_of_marker(source_marker: dict[str, Any], labels: str) -> dict[str,
     }
 
 
-def label_run_of_summary(storage: Storage, labels: str) -> dict[str, Any]:
-    """The label run's lineage from ``<labels>/_summary.json`` (carried when ``labels`` is itself refiltered).
-
-    A label output whose run died before its summary has none: then only ``labels`` is known here (the markers and
-    files still carry each shard's config hash).
-    """
-    summary = read_summary(storage, labels)
-    if summary is None:
-        return {"labels": labels, "summary": None}
-    if isinstance(summary.get(LABEL_RUN), dict):
-        carried: dict[str, Any] = summary[LABEL_RUN]
-        return carried
-    return {"labels": labels, **{k: summary[k] for k in _LABEL_SUMMARY_LINEAGE if k in summary}}
-
-
-def _label_config_hash(marker: dict[str, Any]) -> Any:
-    """The config hash of the labeling run behind a marker (a label marker's own, or a refilter marker's record)."""
-    return (marker.get(LABEL_RUN) or {}).get("config_hash", marker.get("config_hash"))
-
-
-def is_refiltered(output_marker: dict[str, Any] | None, source_marker: dict[str, Any], current_hash: str) -> bool:
-    """True when ``output_marker`` already covers the source shard under this config (the shard is skipped)."""
-    if output_marker is None or output_marker.get("config_hash") != current_hash:
-        return False
-    if output_marker.get("shard_identity") != source_marker.get("shard_identity"):
-        return False  # the label shard was relabeled from a rebuilt tar since
-    return bool(_label_config_hash(output_marker) == _label_config_hash(source_marker))
-
-
 class RefilterShardFn(beam.DoFn):
     """Input: a shard name. Re-scores its labels into the new output, then writes its marker (last)."""
 
@@ -265,94 +205,3 @@ class RefilterShardFn(beam.DoFn):
         )
         self._storage.write_bytes(marker_uri(cfg.output, shard), json.dumps(marker, indent=1).encode())
         yield marker
-
-
-def build_pipeline(
-    p: beam.Pipeline,
-    cfg: RefilterJobConfig,
-    pending: list[str],
-    thresholds: FilterThresholds,
-    info: dict[str, Any],
-    calibration: ConfidenceCalibration | None,
-) -> None:
-    """Adds the refiltering steps for the ``pending`` shard names to ``p``."""
-    _ = (
-        p
-        | "Shards" >> beam.Create(pending)
-        | "SpreadShards" >> beam.Reshuffle()
-        | "Refilter" >> beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
-    )
-
-
-def refilter_config_hash(cfg: RefilterJobConfig) -> str:
-    """What decides the refiltered rows: the filter (where and how the job runs changes none)."""
-    return config_hash(cfg, exclude=("input", "output", "runner", "storage", "log_level", "overwrite"))
-
-
-def run(cfg: RefilterJobConfig) -> dict[str, Any]:
-    """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary
-    (the launch plan on a dry run, which reads and writes nothing)."""
-    if cfg.runner.dry_run:
-        stand_in = {"pipeline_version": pipelines.__version__, "config_hash": refilter_config_hash(cfg)}
-        thresholds = filter_thresholds(cfg.filter)  # bad overrides fail a dry run too
-        launch = resolve_launch(APP, cfg.runner)
-        return launch.plan(lambda p: build_pipeline(p, cfg, ["shard-000000"], thresholds, stand_in, None))
-    storage = Storage(cfg.storage)
-    check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
-    thresholds = filter_thresholds(cfg.filter)
-    calibration = load_calibration(cfg.filter, cfg.storage)
-    sources = read_markers(storage, cfg.input)
-    if not sources:
-        raise ConfigError(f"input={cfg.input!r} holds no labeled shards (no _done/ markers)")
-    shards = sorted(sources)
-    info: dict[str, Any] = {
-        "pipeline_version": pipelines.__version__,
-        "config_hash": refilter_config_hash(cfg),
-        **calibration_lineage(calibration, cfg.filter.calibration),
-    }
-    done = {} if cfg.overwrite else read_markers(storage, cfg.output)
-    if not cfg.overwrite and not done:  # nothing committed yet: whose unfinished files may the output hold
-        check_intent(storage, cfg.output, info["config_hash"], "unfinished refiltered labels")
-    foreign, differs = made_otherwise(done, info["config_hash"], info.get("calibration_sha256"))
-    if foreign:
-        raise refuse_other_units(cfg.output, "refiltered labels", foreign, differs)
-    pending = [s for s in shards if not is_refiltered(done.get(s), sources[s], info["config_hash"])]
-    logger.info(
-        "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)
-    )
-    started = time.monotonic()
-    record_intent(storage, cfg.output, APP, info["config_hash"])  # before the first shard's files
-    with resolve_launch(APP, cfg.runner, units=len(pending)).pipeline() as p:
-        build_pipeline(p, cfg, pending, thresholds, info, calibration)
-    # This run's markers are read back (an index left by an earlier run may hold older entries for them).
-    written = fetch_markers(storage, [marker_uri(cfg.output, s) for s in pending])
-    markers = read_markers(storage, cfg.output, known=written)
-    write_index(storage, cfg.output, markers)
-    summary = build_summary(
-        markers=markers,
-        shards_total=shards,
-        processed=pending,
-        elapsed_s=time.monotonic() - started,
-        run_info={
-            **info,
-            "created_by": "dpmesh-refilter",
-            "source": cfg.input,
-            "config": {"filter": config_to_dict(cfg.filter)},
-            LABEL_RUN: label_run_of_summary(storage, cfg.input),
-        },
-        thresholds=thresholds,
-    )
-    storage.write_bytes(join(cfg.output, SUMMARY_NAME), json.dumps(summary, indent=1, sort_keys=True).encode())
-    return summary
-
-
-def report(summary: dict[str, Any], cfg: RefilterJobConfig) -> str:
-    """The end-of-run table."""
-    return format_summary(summary, cfg.output)
-
-
-main = hydra_app("dpmesh-refilter", "dpmesh_refilter", RefilterJobConfig, run, report)
-
-
-if __name__ == "__main__":
-    main()

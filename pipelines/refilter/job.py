@@ -1,0 +1,151 @@
+"""``dpmesh-refilter``: re-split existing labels by new thresholds, without running the model again.
+
+Every signal a threshold reads is stored in the annotation rows, so a new filter is a pass over the
+Parquet: each accepted and rejected row is re-scored with ``dpmesh_core.confidence.combine`` and
+written to the new output's ``annotations/`` or ``rejected/``; ``errors/`` rows are carried over.
+
+**Lineage is kept, not replaced.** Rows are carried whole (``model_id``, ``shard``, ``shard_uri``, ``annotation_id``,
+``body_model``...). The labeling run behind them is recorded as ``label_run`` in three places: each shard's marker
+and each Parquet file's metadata (JSON ``{"labels": <label output>, "config_hash", "pipeline_version"}`` of the
+label marker), and ``_summary.json`` (the label run's summary lineage: config, config hash, versions, runner,
+model ids, body models). Refiltering a refiltered output carries the original ``label_run`` forward. The file
+metadata's own ``config_hash`` / ``pipeline_version`` are the refilter run's (they describe these bytes); the
+shard's ``shard_uri`` / ``shard_identity`` / ``tar_read`` and ``detector_models`` come from the label marker.
+
+**Resume, like the labeler.** One element per shard; each writes its three Parquet files, then its
+``_done/<shard>.json`` marker, last. A rerun skips a shard whose marker has this run's config hash and the same
+source (label shard identity and label config hash), so after a kill it refilters only the missing shards; an
+output holding another filter config is refused unless ``overwrite=true``, which redoes every shard.
+"""
+
+import json
+import logging
+import time
+from typing import Any
+
+import apache_beam as beam
+
+import pipelines
+from dpmesh_core.calibration import ConfidenceCalibration
+from dpmesh_core.confidence import FilterThresholds
+from pipelines.cli import hydra_app
+from pipelines.common.commit_log import made_otherwise, refuse_other_units
+from pipelines.common.intent import check_intent, record_intent
+from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
+from pipelines.common.label_set import (
+    LABEL_RUN,
+    SUMMARY_NAME,
+    fetch_markers,
+    marker_uri,
+    read_markers,
+    write_index,
+)
+from pipelines.common.label_summary import build_summary, format_summary
+from pipelines.common.launch import resolve_launch
+from pipelines.common.safe_paths import check_output_location
+from pipelines.config import (
+    ConfigError,
+    RefilterJobConfig,
+    config_hash,
+    config_to_dict,
+)
+from pipelines.refilter.finish import label_run_of_summary
+from pipelines.refilter.plan import is_refiltered
+from pipelines.refilter.refilter_shard import RefilterShardFn
+from pipelines.storage import Storage, join
+
+
+logger = logging.getLogger(__name__)
+
+APP = "dpmesh-refilter"
+
+
+def build_pipeline(
+    p: beam.Pipeline,
+    cfg: RefilterJobConfig,
+    pending: list[str],
+    thresholds: FilterThresholds,
+    info: dict[str, Any],
+    calibration: ConfidenceCalibration | None,
+) -> None:
+    """Adds the refiltering steps for the ``pending`` shard names to ``p``."""
+    _ = (
+        p
+        | "Shards" >> beam.Create(pending)
+        | "SpreadShards" >> beam.Reshuffle()
+        | "Refilter" >> beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
+    )
+
+
+def refilter_config_hash(cfg: RefilterJobConfig) -> str:
+    """What decides the refiltered rows: the filter (where and how the job runs changes none)."""
+    return config_hash(cfg, exclude=("input", "output", "runner", "storage", "log_level", "overwrite"))
+
+
+def run(cfg: RefilterJobConfig) -> dict[str, Any]:
+    """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary
+    (the launch plan on a dry run, which reads and writes nothing)."""
+    if cfg.runner.dry_run:
+        stand_in = {"pipeline_version": pipelines.__version__, "config_hash": refilter_config_hash(cfg)}
+        thresholds = filter_thresholds(cfg.filter)  # bad overrides fail a dry run too
+        launch = resolve_launch(APP, cfg.runner)
+        return launch.plan(lambda p: build_pipeline(p, cfg, ["shard-000000"], thresholds, stand_in, None))
+    storage = Storage(cfg.storage)
+    check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
+    thresholds = filter_thresholds(cfg.filter)
+    calibration = load_calibration(cfg.filter, cfg.storage)
+    sources = read_markers(storage, cfg.input)
+    if not sources:
+        raise ConfigError(f"input={cfg.input!r} holds no labeled shards (no _done/ markers)")
+    shards = sorted(sources)
+    info: dict[str, Any] = {
+        "pipeline_version": pipelines.__version__,
+        "config_hash": refilter_config_hash(cfg),
+        **calibration_lineage(calibration, cfg.filter.calibration),
+    }
+    done = {} if cfg.overwrite else read_markers(storage, cfg.output)
+    if not cfg.overwrite and not done:  # nothing committed yet: whose unfinished files may the output hold
+        check_intent(storage, cfg.output, info["config_hash"], "unfinished refiltered labels")
+    foreign, differs = made_otherwise(done, info["config_hash"], info.get("calibration_sha256"))
+    if foreign:
+        raise refuse_other_units(cfg.output, "refiltered labels", foreign, differs)
+    pending = [s for s in shards if not is_refiltered(done.get(s), sources[s], info["config_hash"])]
+    logger.info(
+        "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)
+    )
+    started = time.monotonic()
+    record_intent(storage, cfg.output, APP, info["config_hash"])  # before the first shard's files
+    with resolve_launch(APP, cfg.runner, units=len(pending)).pipeline() as p:
+        build_pipeline(p, cfg, pending, thresholds, info, calibration)
+    # This run's markers are read back (an index left by an earlier run may hold older entries for them).
+    written = fetch_markers(storage, [marker_uri(cfg.output, s) for s in pending])
+    markers = read_markers(storage, cfg.output, known=written)
+    write_index(storage, cfg.output, markers)
+    summary = build_summary(
+        markers=markers,
+        shards_total=shards,
+        processed=pending,
+        elapsed_s=time.monotonic() - started,
+        run_info={
+            **info,
+            "created_by": "dpmesh-refilter",
+            "source": cfg.input,
+            "config": {"filter": config_to_dict(cfg.filter)},
+            LABEL_RUN: label_run_of_summary(storage, cfg.input),
+        },
+        thresholds=thresholds,
+    )
+    storage.write_bytes(join(cfg.output, SUMMARY_NAME), json.dumps(summary, indent=1, sort_keys=True).encode())
+    return summary
+
+
+def report(summary: dict[str, Any], cfg: RefilterJobConfig) -> str:
+    """The end-of-run table."""
+    return format_summary(summary, cfg.output)
+
+
+main = hydra_app("dpmesh-refilter", "dpmesh_refilter", RefilterJobConfig, run, report)
+
+
+if __name__ == "__main__":
+    main()
