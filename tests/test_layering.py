@@ -137,7 +137,17 @@ def test_cpu_entry_points_do_not_import_torch(module: str, module_file: str) -> 
 
 @pytest.mark.parametrize(
     ("job", "other"),
-    [("shard", "label"), ("label", "shard"), ("export", "label"), ("export", "shard"), ("label", "export")],
+    [
+        ("shard", "label"),
+        ("label", "shard"),
+        ("export", "label"),
+        ("export", "shard"),
+        ("label", "export"),
+        ("refilter", "label"),
+        ("label", "refilter"),
+        ("refilter", "shard"),
+        ("refilter", "export"),
+    ],
 )
 def test_jobs_do_not_import_each_other(job: str, other: str) -> None:
     """DESIGN.md section 2: jobs (shard, label, export) share only ``common/``, ``dpmesh_core`` and ``schemas``."""
