@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,6 +27,31 @@ _FACE_KEYS = ("nose", "reye", "leye", "rear", "lear")
 # SMPL vertex used as head top when no J_regressor_extra is supplied (the official code uses row 3 of
 # data/J_regressor_extra.npy, which is not part of the checkpoint).
 DEFAULT_HEAD_TOP_VERTEX = 411
+
+
+def read_smpl_arrays(data: bytes, name: str) -> dict[str, np.ndarray]:
+    """The arrays of an SMPL file's bytes, never unpickling anything.
+
+    Args:
+        data: the file's bytes.
+        name: its name or URI; `.safetensors` (the `smpl.safetensors` of a `dpmesh-convert` folder) is read as
+            safetensors, anything else as an `.npz` (`dpmesh-convert-smpl`) with `allow_pickle=False`.
+
+    Returns:
+        smplx-style keys (`v_template, shapedirs, posedirs, J_regressor, weights, f`, ...) to arrays.
+
+    Raises:
+        ValueError: the bytes are not a readable file of that kind (`np.load` raises ValueError or OSError).
+    """
+    if name.endswith(".safetensors"):
+        from safetensors.numpy import load
+
+        try:
+            return dict(load(data))
+        except Exception as exc:  # safetensors raises its own error type: one kind of failure for callers
+            raise ValueError(f"{name}: not a readable safetensors file ({exc})") from exc
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
 
 
 @dataclass(frozen=True)
@@ -74,6 +100,12 @@ class SMPLData:
             faces=np.asarray(arrays["f"], dtype=np.int64),
             head_top_regressor=None if head_top is None else np.asarray(head_top, dtype=np.float32),
         )
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> SMPLData:
+        """From an SMPL file on local disk (see `read_smpl_arrays`): the one way every tool reads a body model."""
+        with open(path, "rb") as file:
+            return cls.from_arrays(read_smpl_arrays(file.read(), os.fspath(path)))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Inverse of `from_arrays`."""

@@ -53,9 +53,10 @@ CALIBRATION_NAME = "confidence_calibration.json"
 
 
 def _npz(storage: Storage, uri: str, key: str) -> dict[str, np.ndarray]:
+    from dpmesh_core.body_model import read_smpl_arrays  # here: dpmesh_core.body_model imports torch
+
     try:
-        with np.load(io.BytesIO(storage.read_bytes(uri)), allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+        return read_smpl_arrays(storage.read_bytes(uri), uri)
     except FileNotFoundError as exc:
         raise ConfigError(f"{key}={uri!r}: file not found") from exc
     except (ValueError, OSError) as exc:

@@ -8,7 +8,6 @@ called by several processes at once: its forward passes keep their state call-lo
 :class:`~pipelines.common.model_host.CallGate` decides how many run together (``model.concurrent_calls``).
 """
 
-import io
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -72,8 +71,7 @@ def _load_network(cfg: ModelConfig, storage_cfg: StorageConfig, device: torch.de
         return DPMesh.from_pretrained(local_copy(cfg.pretrained, cache, storage_cfg), device=device, dtype=dtype)
     smpl = None
     if cfg.smpl_model:
-        with open(local_copy(cfg.smpl_model, cache, storage_cfg), "rb") as f:
-            smpl = SMPLData.from_arrays(dict(np.load(io.BytesIO(f.read()))))
+        smpl = SMPLData.read(local_copy(cfg.smpl_model, cache, storage_cfg))
     checkpoint = local_copy(str(cfg.checkpoint), cache, storage_cfg)
     return DPMesh.from_official_checkpoint(checkpoint, device=device, dtype=dtype, smpl=smpl)
 

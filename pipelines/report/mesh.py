@@ -8,7 +8,6 @@ posing with ``transl`` does). Torch is imported here only when a mesh is needed:
 """
 
 import dataclasses
-import io
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +47,7 @@ def _npz_body(uri: str, storage_cfg: StorageConfig, what: str) -> Body:
     """An SMPL ``.npz`` (``dpmesh-convert-smpl``), read as the label job reads ``model.smpl_model``."""
     from dpmesh_core.body_model import SMPLData
 
-    with open(local_copy(uri, os.path.expanduser(_CACHE_DIR), storage_cfg), "rb") as f:
-        arrays = dict(np.load(io.BytesIO(f.read())))
-    return Body(SMPLData.from_arrays(arrays), f"{what} {uri}")
+    return Body(SMPLData.read(local_copy(uri, os.path.expanduser(_CACHE_DIR), storage_cfg)), f"{what} {uri}")
 
 
 def resolve_body(
@@ -87,13 +84,11 @@ def resolve_body(
     if model.get("smpl_model"):
         return _npz_body(str(model["smpl_model"]), storage_cfg, "model.smpl_model")
     if model.get("pretrained"):
-        from safetensors.numpy import load_file
-
         from dpmesh_core.body_model import SMPLData
         from dpmesh_core.pretrained import SMPL_NAME
 
         folder = local_copy(str(model["pretrained"]), os.path.expanduser(_CACHE_DIR), storage_cfg)
-        data = SMPLData.from_arrays(load_file(os.path.join(folder, SMPL_NAME)))
+        data = SMPLData.read(os.path.join(folder, SMPL_NAME))
         return Body(data, f"{SMPL_NAME} of model.pretrained {model['pretrained']}")
     raise ConfigError(f"the labels were made from an official checkpoint whose SMPL arrays live inside it; {fix}")
 

@@ -61,3 +61,23 @@ def test_converter_refuses_arbitrary_code(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"v_template": Evil()}, protocol=2))
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         read_smpl_pickle(path)
+
+
+def test_every_tool_reads_a_body_model_file_one_way(tmp_path: Path) -> None:
+    """`.npz` and `.safetensors` give the same body; an object array (a pickle inside the npz) is refused."""
+    from safetensors.numpy import save_file
+
+    from dpmesh_core.body_model import read_smpl_arrays
+
+    data = make_fake_smpl_data(num_vertices=30, seed=6)
+    np.savez(tmp_path / "smpl.npz", **data.to_arrays())
+    save_file({k: np.ascontiguousarray(v) for k, v in data.to_arrays().items()}, str(tmp_path / "smpl.safetensors"))
+    for name in ("smpl.npz", "smpl.safetensors"):
+        read = SMPLData.read(tmp_path / name)
+        for key, value in data.to_arrays().items():
+            np.testing.assert_array_equal(read.to_arrays()[key], value, err_msg=f"{name}: {key}")
+    np.savez(tmp_path / "pickled.npz", v_template=np.array([object()], dtype=object))
+    with pytest.raises(ValueError, match="pickle"):
+        SMPLData.read(tmp_path / "pickled.npz")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        read_smpl_arrays(b"not safetensors", "smpl.safetensors")
