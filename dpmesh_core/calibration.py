@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dpmesh_core.confidence import SCORE_SCALES, ConfidenceSignals
-from dpmesh_core.json_values import EXPECTED, json_type, show_value
+from dpmesh_core.json_values import EXPECTED, json_type, refusing_repeated_keys, show_value
 
 
 CALIBRATION_FORMAT = "dpmesh-confidence-calibration"
@@ -145,7 +145,7 @@ class ConfidenceCalibration:
                 field and what was expected.
         """
         try:
-            doc = json.loads(data, object_pairs_hook=_no_repeated_keys)
+            doc = json.loads(data, object_pairs_hook=_REPEATED_KEYS_REFUSED)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CalibrationError(f"calibration file is not JSON: {exc}") from exc
         if not isinstance(doc, dict):
@@ -255,14 +255,9 @@ def _check_object(doc: dict[str, Any], fields: dict[str, _Field], prefix: str) -
         )
 
 
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads`` hook: a key given twice is an error, not "the last one wins"."""
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise CalibrationError(f"calibration field {key!r} is given twice")
-        doc[key] = value
-    return doc
+_REPEATED_KEYS_REFUSED = refusing_repeated_keys(
+    lambda key: CalibrationError(f"calibration field {key!r} is given twice")
+)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ evaluation document in ``pipelines.eval.document``), so both describe a wrong va
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -39,3 +40,20 @@ def show_value(value: Any) -> str:
     """A value for a one-line message: its JSON spelling (containers by their type), cut to 60 characters."""
     text = json.dumps(value) if json_type(value) not in ("array", "object") else json_type(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def refusing_repeated_keys(
+    error: Callable[[str], Exception],
+) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A ``json.loads`` ``object_pairs_hook`` that raises ``error(key)`` for a key given twice in one object
+    (``json``'s default keeps the last one silently)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in doc:
+                raise error(key)
+            doc[key] = value
+        return doc
+
+    return hook

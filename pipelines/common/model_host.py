@@ -121,6 +121,12 @@ class OverlapProbe:
         self._arrivals = 0
         self.met = 0  # arrivals that saw another call reach the point while they were held there
 
+    @property
+    def arrivals(self) -> int:
+        """Calls that have reached the probe's point so far."""
+        with self._arrived:
+            return self._arrivals
+
     def __call__(self, *_hook_args: Any) -> None:
         with self._arrived:
             self._arrivals += 1

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpmesh_core.json_values import EXPECTED, json_type, show_value
+from dpmesh_core.json_values import EXPECTED, json_type, refusing_repeated_keys, show_value
 from pipelines.common.safe_paths import UnsafeName, check_segment
 
 
@@ -204,14 +204,9 @@ EVAL_DOCUMENT = Spec(
 )
 
 
-def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads`` hook: a key given twice is an error, not "the last one wins"."""
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise EvalDocumentError(f"eval document: key {key!r} is given twice in one object")
-        doc[key] = value
-    return doc
+no_repeated_keys = refusing_repeated_keys(
+    lambda key: EvalDocumentError(f"eval document: key {key!r} is given twice in one object")
+)
 
 
 def parse_document(data: bytes) -> dict[str, Any]:

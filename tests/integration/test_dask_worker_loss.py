@@ -20,11 +20,11 @@ from typing import Any
 import distributed
 import pytest
 
-from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.config import LabelJobConfig, compose_config
 from pipelines.label.job import run as label
-from pipelines.shard.job import run as shard
-from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.shard_set import label_shards, shard_annotated
 from tests.integration.conftest import DaskCluster
 
 
@@ -52,15 +52,9 @@ def _digests(output: Path) -> dict[str, str]:
 
 def test_a_worker_killed_mid_run_leaves_committed_shards_untouched(dask_cluster: DaskCluster, tmp_path: Path) -> None:
     images = make_images(8, seed=31, width=160, height=120, persons=(1, 1))
-    write_corpus(str(tmp_path / "images"), images)
-    write_coco(str(tmp_path / "coco.json"), images)
-    shard_overrides = [f"input.images={tmp_path / 'images'}", f"input.annotations={tmp_path / 'coco.json'}"]
-    shard_cfg = compose_config(
-        "dpmesh_shard", [*shard_overrides, f"output={tmp_path / 'shards'}", "shard.max_samples=1"], ShardJobConfig
-    )
-    shards = len(shard(shard_cfg)["shards"])
-    direct = _label_config(tmp_path / "shards", tmp_path / "direct")
-    expected = label(direct, handler=FakeDPMeshHandler(direct.model))
+    shards_folder = shard_annotated(tmp_path, images, "shard.max_samples=1")
+    shards = len(list(shards_folder.glob("shard-*.tar")))
+    expected = label_shards(shards_folder, tmp_path / "direct", handler=FakeDPMeshHandler)
 
     output = tmp_path / "dask"
     cfg = _label_config(

@@ -23,15 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import ConfigError, ExportJobConfig, LabelJobConfig, ShardJobConfig, compose_config
+from pipelines.config import ConfigError, ExportJobConfig, ShardJobConfig, compose_config
 from pipelines.export import scratch
 from pipelines.export.job import report
 from pipelines.export.job import run as export
-from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
-from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.corpus import make_images
 from tests.fakes.kill import kill_after_write
+from tests.fakes.shard_set import label_shards, shard_annotated
 
 
 ESCAPE = "../../../x/EXPORT"  # from <out>/images/ (camerahmr) three levels up lands beside the output's parent
@@ -42,12 +42,8 @@ VICTIM = "../../../x/victim"
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 annotated images (same size, 1-2 persons) in several shards, labeled with the tiny model, ``filter=off``."""
     root = tmp_path_factory.mktemp("hostile_export")
-    images = make_images(8, seed=5, width=96, height=80, persons=(1, 2))
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    shard(compose_config("dpmesh_shard", _shard_args(root, root / "shards"), ShardJobConfig))
-    overrides = [f"input.shards={root / 'shards'}", f"output={root / 'labels'}", "filter=off", "log_level=WARNING"]
-    label(compose_config("dpmesh_label", [*overrides, "progress_interval_s=0"], LabelJobConfig))
+    shards = shard_annotated(root, make_images(8, seed=5, width=96, height=80, persons=(1, 2)), "shard.max_samples=2")
+    label_shards(shards, root / "labels", "filter=off")
     return root
 
 

@@ -19,12 +19,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.common.safe_paths import safe_member_name
 from pipelines.config import ConfigError, LabelJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.shard_set import label_shards, shard_annotated
 
 
 def _shard_config(images: Path, output: Path, *more: str) -> ShardJobConfig:
@@ -51,14 +53,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four annotated images in shards of two, and a labeled copy (fake model)."""
     root = tmp_path_factory.mktemp("hostile")
     images = make_images(4, seed=5, width=160, height=120, persons=(1, 1))
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    shard(
-        _shard_config(
-            root / "images", root / "shards", f"input.annotations={root / 'coco.json'}", "shard.max_samples=2"
-        )
-    )
-    _fake_label(_label_config(root / "shards", root / "labels"))
+    shards = shard_annotated(root, images, "shard.max_samples=2")
+    label_shards(shards, root / "labels", handler=FakeDPMeshHandler)
     return root
 
 
@@ -239,7 +235,8 @@ def test_generated_names_never_leave_the_output_of_any_tool(tmp_path: Path) -> N
     assert exported
     for tar_path in exported:  # nothing a `tar -x` would place outside the folder it is unpacked in
         with tarfile.open(tar_path) as tar:
-            assert all("/" not in m.name and ".." not in m.name.split(".")[0] for m in tar.getmembers()), tar_path
+            for member in tar.getmembers():
+                safe_member_name(member.name)  # one plain segment: raises for a folder, "..", a separator
 
 
 def test_a_planted_marker_is_refused_and_a_bad_summary_or_index_is_read_as_absent(

@@ -31,19 +31,16 @@ from dpmesh_core.calibration import ConfidenceCalibration, default_terms
 from pipelines.config import (
     ConfigError,
     EvalJobConfig,
-    LabelJobConfig,
     RefilterJobConfig,
     ReportJobConfig,
-    ShardJobConfig,
     compose_config,
 )
 from pipelines.eval.job import run as evaluate
-from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
 from pipelines.report.assets import INVALID_SAMPLE_ID
 from pipelines.report.job import run as write_report
-from pipelines.shard.job import run as shard
-from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.corpus import make_images
+from tests.fakes.shard_set import label_shards, shard_annotated
 from tests.integration.test_report import CHROMIUM, _chromium
 
 
@@ -54,17 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
 def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 annotated images sharded and labeled by the tiny model with the filter off (every finite label kept)."""
     root = tmp_path_factory.mktemp("hostile")
-    images = make_images(4, seed=5, width=320, height=240, persons=(1, 2))
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    shard(compose_config("dpmesh_shard", [
-        f"input.images={root / 'images'}", f"input.annotations={root / 'coco.json'}", f"output={root / 'shards'}",
-        "log_level=WARNING",
-    ], ShardJobConfig))  # fmt: skip
-    label(compose_config("dpmesh_label", [
-        f"input.shards={root / 'shards'}", f"output={root / 'labels'}", "filter=off", "log_level=WARNING",
-        "progress_interval_s=0",
-    ], LabelJobConfig))  # fmt: skip
+    shards = shard_annotated(root, make_images(4, seed=5, width=320, height=240, persons=(1, 2)))
+    label_shards(shards, root / "labels", "filter=off")
     return root / "labels"
 
 

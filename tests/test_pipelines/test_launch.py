@@ -29,8 +29,9 @@ from pipelines.export.job import run as export
 from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
-from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.shard_set import label_shards, shard_annotated
 
 
 IMAGE = "us-central1-docker.pkg.dev/my-project/dpmesh/dpmesh-cpu:0.1.0"
@@ -59,15 +60,10 @@ class _StoppedError(Exception):
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A shard set and its labels (numpy stand-in model), the inputs of every job."""
     root = tmp_path_factory.mktemp("launch")
-    images = make_images(4, seed=3, width=160, height=120, persons=(1, 1))
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    overrides = [f"input.images={root / 'images'}", f"input.annotations={root / 'coco.json'}", "shard.max_samples=2"]
-    shard(compose_config("dpmesh_shard", [*overrides, f"output={root / 'shards'}"], ShardJobConfig))
-    cfg = compose_config(
-        "dpmesh_label", [f"input.shards={root / 'shards'}", f"output={root / 'labels'}"], LabelJobConfig
+    shards = shard_annotated(
+        root, make_images(4, seed=3, width=160, height=120, persons=(1, 1)), "shard.max_samples=2"
     )
-    label(cfg, handler=FakeDPMeshHandler(cfg.model))
+    label_shards(shards, root / "labels", handler=FakeDPMeshHandler)
     return root
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -58,10 +59,10 @@ def test_the_probe_holds_a_call_until_the_next_arrives() -> None:
     order: list[str] = []
     first = threading.Thread(target=lambda: (probe(), order.append("first released")))
     first.start()
-    while True:  # the first call is held at the probe (an arrival is counted under its condition)
-        with probe._arrived:
-            if probe._arrivals == 1:
-                break
+    deadline = time.monotonic() + 30
+    while probe.arrivals < 1:  # the first call is held at the probe (an arrival is counted under its condition)
+        assert time.monotonic() < deadline, "the first call never reached the probe"
+        time.sleep(0.001)
     order.append("second arrives")
     # the second arrival releases the first; it then waits for a third that never comes (until its timeout, in a
     # daemon thread the test does not wait for)
