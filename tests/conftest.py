@@ -18,6 +18,9 @@ from tests.s3_server import S3ServerInfo, SeaweedS3Server, s3_client
 
 logger = logging.getLogger(__name__)
 
+# Beam's job service, the SDK worker pool and a dask cluster, for the job tests that run on them.
+pytest_plugins = ["tests.services"]
+
 _LOOPBACK = "127.0.0.1,localhost,::1"
 
 

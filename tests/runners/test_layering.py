@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("schemas", "dpmesh_core", "pipelines", "infra")
 
 ALLOWED_THIRD_PARTY: dict[str, frozenset[str]] = {"schemas": frozenset({"pyarrow", "numpy"})}

@@ -25,7 +25,7 @@ from pipelines.label.job import run as label
 from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.shard_set import label_shards, shard_annotated
-from tests.integration.conftest import DaskCluster
+from tests.services import DaskCluster
 
 
 pytestmark = pytest.mark.slow  # a cluster of its own (one of its workers is killed) and a deliberately slow model

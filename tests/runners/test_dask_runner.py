@@ -1,6 +1,6 @@
 """Both jobs on Beam's DaskRunner (dask.distributed), compared byte for byte with DirectRunner runs.
 
-``dask_cluster`` (tests/integration/conftest.py) is a real ``dask scheduler`` with two ``dask worker`` processes;
+``dask_cluster`` (tests/services.py) is a real ``dask scheduler`` with two ``dask worker`` processes;
 one test lets the DaskRunner start its own LocalCluster instead. What Beam's DaskRunner does and does not do, and
 why the shard graph is shaped the way it is, is in README "Dask".
 """
@@ -19,7 +19,7 @@ from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
-from tests.integration.conftest import DaskCluster
+from tests.services import DaskCluster
 
 
 N_IMAGES = 12

@@ -1,7 +1,7 @@
 """Behaviour of ``pipelines.storage`` on ``gs://`` against a real GCS API server: the GCS emulator started by
 the ``gcs_server`` fixture (tests/gcs_server.py), reached through ``StorageConfig.gcs_endpoint_url`` only.
 
-These mirror tests/test_pipelines/test_storage.py. Where the emulator does less than GCS (no pagination, no
+These mirror tests/storage/test_storage.py. Where the emulator does less than GCS (no pagination, no
 generation preconditions), the client side is checked on the requests it sends, or faults are injected into the
 real client; the module docstring of tests/gcs_server.py lists those gaps.
 """

@@ -34,8 +34,8 @@ from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
+from tests.eval.test_eval import GOOD
 from tests.fakes.corpus import make_images, write_coco, write_corpus
-from tests.test_pipelines.test_eval import GOOD
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""Fixtures for pipeline runs: Beam's local job service (portable runner) and an SDK worker pool (EXTERNAL)."""
+"""Services for pipeline runs, as fixtures (tests/conftest.py loads them): Beam's local job service (portable
+runner), an SDK worker pool (EXTERNAL) and a dask cluster."""
 
 import contextlib
 import dataclasses
@@ -96,7 +97,7 @@ class DaskCluster:
     worker_logs: tuple[Path, ...]
 
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager

@@ -41,7 +41,7 @@ from pipelines.report.assets import INVALID_SAMPLE_ID
 from pipelines.report.job import run as write_report
 from tests.fakes.corpus import make_images
 from tests.fakes.shard_set import label_shards, shard_annotated
-from tests.integration.test_report import CHROMIUM, _chromium
+from tests.report.test_report import CHROMIUM, _chromium
 
 
 REPO = Path(__file__).resolve().parents[2]
