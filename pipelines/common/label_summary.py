@@ -1,14 +1,27 @@
 """A label set's ``_summary.json`` document and its end-of-run table: totals over every shard marker (earlier,
 resumed runs included), this run's throughput, how its models were hosted, and versions. Shared by the jobs that
-write label sets (``dpmesh-label`` from its last pipeline step, ``dpmesh-refilter`` from its driver).
+write label sets (``dpmesh-label`` and ``dpmesh-refilter``), each from its pipeline's own last step
+(:class:`WriteLabelSummary`), not from the launcher: the launching machine may not survive a long Dataflow or Spark
+job. The step gathers the indexed marker fields of the shards this run committed (small records, the only thing it
+waits for; shards themselves never wait for it), takes the other markers from the marker index (reading only those
+it lacks), rewrites the index and writes the summary.
 """
 
 import dataclasses
+import json
 import platform
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import metadata
 from typing import Any
+
+import apache_beam as beam
+
+from pipelines.common.commit_log import ALREADY_COMMITTED
+from pipelines.common.label_set import SUMMARY_NAME, read_markers, write_index
+from pipelines.config.storage import StorageConfig
+from pipelines.storage import Storage, join
 
 
 _VERSIONED = ("apache-beam", "torch", "diffusers", "smplx", "pyarrow", "numpy", "webdataset")
@@ -98,6 +111,75 @@ def build_summary(
             "persons_per_s": round(this_run / elapsed_s, 3) if elapsed_s > 0 else None,
         },
     }
+
+
+class WriteSummaryFn(beam.DoFn):
+    """Input: the list of the indexed marker fields of the shards this run committed (once, possibly empty).
+
+    Args:
+        shards_total: Names of every shard of the input (committed earlier or now).
+        run_info: Lineage and config recorded in the summary (``created_by`` names the job).
+        started_at: Wall-clock time (s since the epoch) the driver launched the run, for the throughput.
+    """
+
+    def __init__(
+        self,
+        storage_cfg: StorageConfig,
+        output: str,
+        shards_total: list[str],
+        run_info: dict[str, Any],
+        thresholds: Any,
+        started_at: float,
+    ) -> None:
+        self._storage_cfg = storage_cfg
+        self._output = output
+        self._shards_total = shards_total
+        self._run_info = run_info
+        self._thresholds = thresholds
+        self._started_at = started_at
+
+    def process(self, committed: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        storage = Storage(self._storage_cfg)
+        entries = list(committed)
+        # Shards a retried or recomputed work item found committed (by an earlier attempt of this run): done, kept.
+        already = sorted(e["shard"] for e in entries if e.get(ALREADY_COMMITTED))
+        known = {e["shard"]: {k: v for k, v in e.items() if k != ALREADY_COMMITTED} for e in entries}
+        processed = sorted(known)
+        markers = read_markers(storage, self._output, known=known)
+        write_index(storage, self._output, markers)
+        summary = build_summary(
+            markers=markers,
+            shards_total=self._shards_total,
+            processed=processed,
+            elapsed_s=max(time.time() - self._started_at, 0.0),
+            run_info=self._run_info,
+            thresholds=self._thresholds,
+        )
+        summary["shards"]["already_committed"] = len(already)
+        document = json.dumps(summary, indent=1, sort_keys=True).encode()
+        storage.write_bytes(join(self._output, SUMMARY_NAME), document)
+        yield summary
+
+
+class WriteLabelSummary(beam.PTransform):  # type: ignore[misc]
+    """The last step of a job that writes a label set: its input is one indexed marker record per shard the run
+    committed (:func:`pipelines.common.label_set.index_entry`, with ``ALREADY_COMMITTED`` set on shards a retried
+    work item found done); it writes the marker index and ``_summary.json`` (arguments: :class:`WriteSummaryFn`)."""
+
+    def __init__(
+        self,
+        storage_cfg: StorageConfig,
+        output: str,
+        shards_total: list[str],
+        run_info: dict[str, Any],
+        thresholds: Any,
+        started_at: float,
+    ) -> None:
+        super().__init__()
+        self._fn = WriteSummaryFn(storage_cfg, output, shards_total, run_info, thresholds, started_at)
+
+    def expand(self, committed: beam.PCollection) -> beam.PCollection:
+        return committed | "CollectCommitted" >> beam.combiners.ToList() | "WriteSummary" >> beam.ParDo(self._fn)
 
 
 def _hosting(stats: dict[str, Any]) -> str:

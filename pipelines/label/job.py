@@ -5,7 +5,7 @@ Per input shard ``shard-NNNNNN`` it writes ``annotations/``, ``rejected/`` and `
 is one job, whatever the size of the input::
 
     Create(shard tasks) -> Reshuffle -> LabelShards (read, detect, batch, infer, score, write, marker; per shard)
-                                     -> CollectLabeled (names only) -> WriteSummary (_summary.json)
+                                     -> Finish (indexed marker fields -> marker index, _summary.json)
 
 Nothing waits for other shards before a shard is committed: the only barrier feeds the summary. See README
 "Labeling".
@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-import pipelines
 from dpmesh_core.calibration import ConfidenceCalibration
 from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent
@@ -36,9 +35,8 @@ from pipelines.config import (
     LabelJobConfig,
     RunnerName,
     config_hash,
-    config_to_dict,
 )
-from pipelines.label.finish import WriteSummaryFn
+from pipelines.label.finish import run_info, write_summary
 from pipelines.label.label_shard import LabelSettings, LabelShardFn
 from pipelines.label.plan import LabelPlan, plan_shards
 from pipelines.label.progress import ProgressReporter
@@ -59,11 +57,6 @@ APP = "dpmesh-label"
 def model_devices(cfg: LabelJobConfig) -> dict[str, Device]:
     """The device of every model the run loads: DPMesh, and the detection models when persons are detected."""
     return {"model": cfg.model.device, **({"detector": cfg.detector.device} if cfg.detector.detects else {})}
-
-
-def run_info(cfg: LabelJobConfig) -> dict[str, Any]:
-    """What markers and the summary record about the run (no secrets: configs hold none)."""
-    return {"pipeline_version": pipelines.__version__, "config_hash": config_hash(cfg)}
 
 
 # The model stack (torch, diffusers, transformers) is imported where a real model is first needed, not with this
@@ -138,27 +131,9 @@ def build_pipeline(
         | "SpreadShards" >> beam.Reshuffle()
         | "LabelShards" >> label
     )
-    _ = (
-        labeled
-        | "CollectLabeled" >> beam.combiners.ToList()
-        | "WriteSummary"
-        >> beam.ParDo(
-            WriteSummaryFn(
-                cfg.storage,
-                cfg.output,
-                [t.name for t in plan.shards],
-                {**summary_run_info(cfg), **lineage},
-                settings.thresholds,
-                time.time() if started_at is None else started_at,
-            )
-        )
-    )
-
-
-def summary_run_info(cfg: LabelJobConfig) -> dict[str, Any]:
-    """What the summary records about the run besides counts: lineage, runner and the content config."""
-    config = {k: v for k, v in config_to_dict(cfg).items() if k in ("input", "output", "model", "filter", "detector")}
-    return {**run_info(cfg), "runner": cfg.runner.name.value, "config": config}
+    started_at = time.time() if started_at is None else started_at
+    shards_total = [t.name for t in plan.shards]
+    _ = labeled | "Finish" >> write_summary(cfg, shards_total, lineage, settings.thresholds, started_at)
 
 
 def run(

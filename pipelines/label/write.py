@@ -8,9 +8,8 @@ import json
 import logging
 from typing import Any
 
-import pyarrow as pa
-
 from pipelines.common.label_set import marker_uri
+from pipelines.common.label_stats import shard_stats
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.error_rows import error_sort_key
 from pipelines.label.annotation_rows import annotation_sort_key
@@ -65,14 +64,14 @@ class ShardWriter:
             annotation_schema = annotation_schema.with_metadata(
                 {**annotation_schema.metadata, b"detector_models": models}
             )
-        tables: list[tuple[str, list[dict[str, Any]], pa.Schema]] = [
-            ("annotations", accepted, annotation_schema),
-            ("rejected", rejected, annotation_schema),
-            ("errors", errors, self._error_schema),
-        ]
-        for folder, rows, schema in tables:
-            data = parquet_bytes(table_from_rows(rows, schema))
-            self._storage.write_bytes(join(self._output, folder, f"{task.name}.parquet"), data)
+        tables = {
+            "annotations": table_from_rows(accepted, annotation_schema),
+            "rejected": table_from_rows(rejected, annotation_schema),
+            "errors": table_from_rows(errors, self._error_schema),
+        }
+        marker["stats"] = shard_stats(tables, tables["errors"])  # what the report plots, made where the rows are
+        for folder, table in tables.items():
+            self._storage.write_bytes(join(self._output, folder, f"{task.name}.parquet"), parquet_bytes(table))
         self._storage.write_bytes(marker_uri(self._output, task.name), json.dumps(marker, indent=1).encode())
         if not marker["reconciled"]:
             logger.error("shard %s does not reconcile: %s", task.name, marker["counts"])

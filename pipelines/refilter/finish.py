@@ -1,11 +1,13 @@
-"""What ``dpmesh-refilter``'s summary carries of the labeling run behind it (its lineage)."""
+"""The end of ``dpmesh-refilter``: what its ``_summary.json`` records (the filter, and the lineage of the labeling
+run behind it), written by the pipeline's own last step
+(:class:`pipelines.common.label_summary.WriteLabelSummary`, shared with ``dpmesh-label``)."""
 
 from typing import Any
 
-from pipelines.common.label_set import (
-    LABEL_RUN,
-    read_summary,
-)
+from dpmesh_core.confidence import FilterThresholds
+from pipelines.common.label_set import LABEL_RUN, read_summary
+from pipelines.common.label_summary import WriteLabelSummary
+from pipelines.config import RefilterJobConfig, config_to_dict
 from pipelines.storage import Storage
 
 
@@ -27,3 +29,23 @@ def label_run_of_summary(storage: Storage, labels: str) -> dict[str, Any]:
         carried: dict[str, Any] = summary[LABEL_RUN]
         return carried
     return {"labels": labels, **{k: summary[k] for k in _LABEL_SUMMARY_LINEAGE if k in summary}}
+
+
+def write_summary(
+    cfg: RefilterJobConfig,
+    shards_total: list[str],
+    info: dict[str, Any],
+    label_run: dict[str, Any],
+    thresholds: FilterThresholds,
+    started_at: float,
+) -> WriteLabelSummary:
+    """The last step: ``_summary.json`` over every labeled shard of the input (``info``: lineage and config hash;
+    ``label_run``: :func:`label_run_of_summary` of the input)."""
+    run_info = {
+        **info,
+        "created_by": "dpmesh-refilter",
+        "source": cfg.input,
+        "config": {"filter": config_to_dict(cfg.filter)},
+        LABEL_RUN: label_run,
+    }
+    return WriteLabelSummary(cfg.storage, cfg.output, shards_total, run_info, thresholds, started_at)

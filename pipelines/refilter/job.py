@@ -32,24 +32,12 @@ from pipelines.cli import hydra_app
 from pipelines.common.commit_log import made_otherwise, refuse_other_units
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
-from pipelines.common.label_set import (
-    LABEL_RUN,
-    SUMMARY_NAME,
-    fetch_markers,
-    marker_uri,
-    read_markers,
-    write_index,
-)
-from pipelines.common.label_summary import build_summary, format_summary
+from pipelines.common.label_set import SUMMARY_NAME, read_markers
+from pipelines.common.label_summary import format_summary
 from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
-from pipelines.config import (
-    ConfigError,
-    RefilterJobConfig,
-    config_hash,
-    config_to_dict,
-)
-from pipelines.refilter.finish import label_run_of_summary
+from pipelines.config import ConfigError, RefilterJobConfig, config_hash
+from pipelines.refilter.finish import label_run_of_summary, write_summary
 from pipelines.refilter.plan import is_refiltered
 from pipelines.refilter.refilter_shard import RefilterShardFn
 from pipelines.storage import Storage, join
@@ -63,17 +51,21 @@ APP = "dpmesh-refilter"
 def build_pipeline(
     p: beam.Pipeline,
     cfg: RefilterJobConfig,
+    shards: list[str],
     pending: list[str],
     thresholds: FilterThresholds,
     info: dict[str, Any],
     calibration: ConfidenceCalibration | None,
+    label_run: dict[str, Any],
+    started_at: float,
 ) -> None:
-    """Adds the refiltering steps for the ``pending`` shard names to ``p``."""
+    """Adds the refiltering steps for the ``pending`` shard names (of ``shards``, the input's) to ``p``."""
     _ = (
         p
         | "Shards" >> beam.Create(pending)
         | "SpreadShards" >> beam.Reshuffle()
         | "Refilter" >> beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
+        | "Finish" >> write_summary(cfg, shards, info, label_run, thresholds, started_at)
     )
 
 
@@ -89,7 +81,10 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
         stand_in = {"pipeline_version": pipelines.__version__, "config_hash": refilter_config_hash(cfg)}
         thresholds = filter_thresholds(cfg.filter)  # bad overrides fail a dry run too
         launch = resolve_launch(APP, cfg.runner)
-        return launch.plan(lambda p: build_pipeline(p, cfg, ["shard-000000"], thresholds, stand_in, None))
+        stand_ins = ["shard-000000"]
+        return launch.plan(
+            lambda p: build_pipeline(p, cfg, stand_ins, stand_ins, thresholds, stand_in, None, {}, time.time())
+        )
     storage = Storage(cfg.storage)
     check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
     thresholds = filter_thresholds(cfg.filter)
@@ -113,29 +108,12 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     logger.info(
         "%d labeled shards, %d to refilter, %d already done", len(shards), len(pending), len(shards) - len(pending)
     )
-    started = time.monotonic()
+    label_run = label_run_of_summary(storage, cfg.input)
+    started_at = time.time()
     record_intent(storage, cfg.output, APP, info["config_hash"])  # before the first shard's files
     with resolve_launch(APP, cfg.runner, units=len(pending)).pipeline() as p:
-        build_pipeline(p, cfg, pending, thresholds, info, calibration)
-    # This run's markers are read back (an index left by an earlier run may hold older entries for them).
-    written = fetch_markers(storage, [marker_uri(cfg.output, s) for s in pending])
-    markers = read_markers(storage, cfg.output, known=written)
-    write_index(storage, cfg.output, markers)
-    summary = build_summary(
-        markers=markers,
-        shards_total=shards,
-        processed=pending,
-        elapsed_s=time.monotonic() - started,
-        run_info={
-            **info,
-            "created_by": "dpmesh-refilter",
-            "source": cfg.input,
-            "config": {"filter": config_to_dict(cfg.filter)},
-            LABEL_RUN: label_run_of_summary(storage, cfg.input),
-        },
-        thresholds=thresholds,
-    )
-    storage.write_bytes(join(cfg.output, SUMMARY_NAME), json.dumps(summary, indent=1, sort_keys=True).encode())
+        build_pipeline(p, cfg, shards, pending, thresholds, info, calibration, label_run, started_at)
+    summary: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, SUMMARY_NAME)))
     return summary
 
 

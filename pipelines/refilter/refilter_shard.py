@@ -18,11 +18,9 @@ from apache_beam.metrics import Metrics
 
 from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
-from pipelines.common.commit_log import committed_marker
-from pipelines.common.label_set import (
-    LABEL_RUN,
-    marker_uri,
-)
+from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
+from pipelines.common.label_set import LABEL_RUN, index_entry, marker_uri
+from pipelines.common.label_stats import shard_stats
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.config import (
@@ -129,7 +127,8 @@ def label_run_of_marker(source_marker: dict[str, Any], labels: str) -> dict[str,
 
 
 class RefilterShardFn(beam.DoFn):
-    """Input: a shard name. Re-scores its labels into the new output, then writes its marker (last)."""
+    """Input: a shard name. Re-scores its labels into the new output, then writes its marker (last); outputs the
+    marker's indexed fields (``ALREADY_COMMITTED`` set when a retried work item found the shard done)."""
 
     def __init__(
         self,
@@ -160,7 +159,7 @@ class RefilterShardFn(beam.DoFn):
             committed = committed_marker(self._storage, cfg.output, shard, expected)
             if committed is not None and is_refiltered(committed, source_marker, self._run_info["config_hash"]):
                 Metrics.counter(LABEL_METRICS, "shards_already_committed").inc()
-                yield committed
+                yield {**index_entry(committed), ALREADY_COMMITTED: True}
                 return
         label_run = label_run_of_marker(source_marker, cfg.input)
         accepted_in, accepted_meta = self._table("annotations", shard, ANNOTATION_SCHEMA)
@@ -203,5 +202,6 @@ class RefilterShardFn(beam.DoFn):
             errors.select(["person_idx", "stage", "reason"]).to_pylist(),
             {**self._run_info, LABEL_RUN: label_run},
         )
+        marker["stats"] = shard_stats({"annotations": accepted, "rejected": rejected}, errors)
         self._storage.write_bytes(marker_uri(cfg.output, shard), json.dumps(marker, indent=1).encode())
-        yield marker
+        yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back

@@ -8,17 +8,13 @@ file outside ``output=``. The page links a file by its percent-encoded relative 
 """
 
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import quote
 
-from pipelines.common.safe_paths import UnsafeName, check_segment, safe_join, validate_sample_id
+from pipelines.common.safe_paths import check_segment, safe_join
 from pipelines.storage import Storage
 
 
 ASSETS = "assets"
-# Why a row cannot be a gallery tile (its file would be named after the value); keys of `gallery_problem`.
-INVALID_SAMPLE_ID = "sample_id is not <key>_p<person index>"
-INVALID_TIER = "quality_tier cannot name a folder"
 
 
 def url(path: str) -> str:
@@ -47,21 +43,3 @@ class Assets:
         """Writes every file under ``output`` (each segment was checked when added; the join checks again)."""
         for path, data in sorted(self.files.items()):
             storage.write_bytes(safe_join(output, *path.split("/"), what="report file name"), data)
-
-
-def gallery_problem(row: dict[str, Any]) -> str | None:
-    """Why ``row`` (``sample_id``, ``quality_tier``) cannot be a gallery tile, or None when it can.
-
-    A tile is written as ``assets/gallery/<tier>/<sample_id>.png``: a sample id outside the one grammar, or a tier
-    that is not one plain path segment, is left out of the gallery (and counted), never used as a path.
-    """
-    try:
-        # Both checks: the grammar, and one segment (the grammar's ``$`` also admits a trailing newline).
-        check_segment(validate_sample_id(row.get("sample_id", "")), "sample_id")
-    except UnsafeName:
-        return INVALID_SAMPLE_ID
-    try:
-        check_segment(row.get("quality_tier", ""), "quality_tier")
-    except UnsafeName:
-        return INVALID_TIER
-    return None

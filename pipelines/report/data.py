@@ -18,12 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.common.label_set import marker_uri, read_markers, read_summary
+from pipelines.common.label_stats import gallery_problem
 from pipelines.common.safe_paths import check_segment
 from pipelines.common.shard_members import MemberError, MemberRef, check_member, decode_upright, iter_members
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import ConfigError
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
-from pipelines.report.assets import gallery_problem
 from pipelines.storage import ObjectNotFoundError, Storage, join
 from schemas.annotations import QualityTier
 
@@ -68,7 +68,7 @@ class LabelOutput:
         shard_errors: The shard set's ``_errors.parquet`` (``stage``, ``reason``), or ``None`` when unreachable.
         columns: Every column name the annotation files hold (for "absent column" notes).
         gallery_left_out: Rows (of every row) whose sample id or tier cannot name a gallery file, by problem
-            (`pipelines.report.assets.gallery_problem`).
+            (`pipelines.common.label_stats.gallery_problem`).
     """
 
     uri: str

@@ -20,8 +20,8 @@ from PIL import Image, ImageDraw
 
 from dpmesh_core.confidence import ConfidenceSignals
 from dpmesh_core.joints import COCO17_JOINTS
+from pipelines.common.label_stats import gallery_problem
 from pipelines.report import html
-from pipelines.report.assets import gallery_problem
 from pipelines.report.mesh import Body, pose_vertices, project
 from pipelines.report.render import MESH_RGB, MeshRenderer, composite, front_view_window
 
@@ -59,7 +59,7 @@ def draw_picks(rows: list[dict[str, Any]], per_tier: int, seed: int) -> dict[str
 
     ``rows`` hold ``quality_tier``, ``sample_id``, ``shard``, ``folder``. The draw is over rows sorted by
     ``sample_id``, so it does not depend on read order. Rows whose sample id or tier cannot name a tile's file
-    (`pipelines.report.assets.gallery_problem`) are not drawn; the label output counts them.
+    (`pipelines.common.label_stats.gallery_problem`) are not drawn; the label output counts them.
     """
     by_tier: dict[str, list[Pick]] = defaultdict(list)
     for row in rows:

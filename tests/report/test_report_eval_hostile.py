@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dpmesh_core.calibration import ConfidenceCalibration, default_terms
+from pipelines.common.label_stats import INVALID_SAMPLE_ID
 from pipelines.config import (
     ConfigError,
     EvalJobConfig,
@@ -37,7 +38,6 @@ from pipelines.config import (
 )
 from pipelines.eval.job import run as evaluate
 from pipelines.refilter.job import run as refilter
-from pipelines.report.assets import INVALID_SAMPLE_ID
 from pipelines.report.job import run as write_report
 from tests.fakes.corpus import make_images
 from tests.fakes.shard_set import label_shards, shard_annotated

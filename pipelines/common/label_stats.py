@@ -1,0 +1,316 @@
+"""Statistics of a label set made where its rows are: per shard, when the shard is committed, mergeable over shards.
+
+``dpmesh-label`` and ``dpmesh-refilter`` put a shard's statistics in its ``_done/`` marker (field ``stats``), and
+the marker index carries them, so ``dpmesh-report`` reads one object for the whole output (plus the few rows its
+gallery shows) instead of every row. Outputs labeled before statistics existed get them computed shard by shard in
+a Beam step (`pipelines.report.backfill`), from the same function as here.
+
+The format (``version`` :data:`STATS_VERSION`), a JSON object::
+
+    {"version": 1,
+     "rows": {tier: n},                                 # accepted + rejected rows by quality tier
+     "reasons": {reason: n},                            # a row counts once for each of its reasons
+     "errors": {"<stage>/<reason>": n},                 # error rows (image and person) by stage and reason
+     "hist": {column: {tier: [[bin, n], ...]}},         # fixed bins (:data:`HISTOGRAMS`), non-empty bins only;
+                                                        # bin -1 is below the first edge, `count` above the last
+     "nulls": {column: {tier: n}},                      # null or NaN values of a histogram column
+     "levels": {column: {tier: {value: n}}},            # discrete columns (:data:`LEVEL_COLUMNS`) counted by value
+     "gallery_left_out": {problem: n},                  # rows whose sample id or tier cannot name a file
+     "pool": {tier: [[priority, folder, row, sample_id], ...]}}  # the gallery's sample, see below
+
+Histograms have fixed edges, so merging is adding counts and a bin's count is exact; quantiles read from them
+(the report's box plots) are within one bin width of the exact ones (:meth:`Bins.width`). The gallery's sample is
+a bottom-k sample: each row's priority is a hash of its ``sample_id`` and a shard keeps its :data:`GALLERY_POOL`
+lowest per tier, so the lowest :data:`GALLERY_POOL` over all shards are a uniform sample of the tier (whatever
+the shard sizes), found by merging shard by shard. ``row`` is the row's position in its ``folder``'s Parquet file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dpmesh_core.joints import SMPL24_JOINTS
+from pipelines.common.safe_paths import UnsafeName, check_segment, validate_sample_id
+from schemas import fixed_list_to_numpy
+
+
+STATS_VERSION = 1
+GALLERY_POOL = 32
+"""Rows per tier a shard keeps for the gallery, and the most a report may show per tier."""
+ROW_FOLDERS = ("annotations", "rejected")
+"""The label set's row folders: accepted persons, rejected persons (one schema)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bins:
+    """Fixed histogram edges: ``count`` bins from ``low`` to ``high``, equal in value (``log=False``) or in
+    log10 (``log=True``, for values spanning decades: reprojection errors, box sizes)."""
+
+    low: float
+    high: float
+    count: int
+    log: bool = False
+
+    def edges(self) -> np.ndarray:
+        """`(count + 1,)` bin edges, increasing."""
+        if self.log:
+            return np.geomspace(self.low, self.high, self.count + 1)
+        return np.linspace(self.low, self.high, self.count + 1)
+
+    def width(self) -> float:
+        """The widest bin: the bound on a quantile read from the histogram (in log10 units when ``log``)."""
+        if self.log:
+            return float(np.log10(self.high / self.low) / self.count)
+        return (self.high - self.low) / self.count
+
+    def index(self, values: np.ndarray) -> np.ndarray:
+        """The bin of each finite value: -1 below ``low``, ``count`` at or above ``high``."""
+        edges = self.edges()
+        bins = np.searchsorted(edges, values, side="right") - 1
+        return np.where(values >= edges[-1], self.count, bins)
+
+
+_ANGLE = Bins(0.0, 180.0, 360)  # a joint's rotation angle, degrees (0.5 degree bins)
+_BETA = Bins(-5.0, 5.0, 200)  # SMPL shape coefficients (0.05 bins; the prior's unit variance)
+_FRACTION = Bins(0.0, 1.0, 20)
+HISTOGRAMS: dict[str, Bins] = {
+    "confidence": _FRACTION,
+    "reproj_err_norm": Bins(1e-4, 1e2, 60, log=True),
+    "box_size_px": Bins(1.0, 1e5, 50, log=True),
+    "truncation": _FRACTION,
+    "crowding_iou": _FRACTION,
+    "joints_in_image_frac": Bins(0.0, 1.0, 24),
+    "crowd_index": Bins(0.0, 5.0, 50),
+    **{f"betas/{i}": _BETA for i in range(10)},
+    **{f"pose_angle/{joint}": _ANGLE for joint in SMPL24_JOINTS},
+}
+"""Every histogram column and its bins. ``betas/<i>``: the i-th shape coefficient; ``pose_angle/<joint>``: the
+magnitude of the joint's axis-angle rotation relative to its parent in degrees (pelvis: the global orientation)."""
+LEVEL_COLUMNS = ("occlusion_level", "keypoint_source", "n_kp_valid", "n_kp_visible", "n_kp_occluded", "n_kp_missing")
+"""Columns counted by value (labels, or small integer counts: one bar per value)."""
+
+
+# Why a row cannot be a gallery tile (its file would be named after the value); keys of `gallery_problem`.
+INVALID_SAMPLE_ID = "sample_id is not <key>_p<person index>"
+INVALID_TIER = "quality_tier cannot name a folder"
+
+
+def gallery_problem(row: Mapping[str, Any]) -> str | None:
+    """Why ``row`` (``sample_id``, ``quality_tier``) cannot be a gallery tile, or None when it can.
+
+    A tile is written as ``assets/gallery/<tier>/<sample_id>.png``: a sample id outside the one grammar, or a tier
+    that is not one plain path segment, is left out of the gallery's sample (and counted), never used as a path.
+    """
+    try:
+        # Both checks: the grammar, and one segment (the grammar's ``$`` also admits a trailing newline).
+        check_segment(validate_sample_id(row.get("sample_id", "")), "sample_id")
+    except UnsafeName:
+        return INVALID_SAMPLE_ID
+    try:
+        check_segment(row.get("quality_tier", ""), "quality_tier")
+    except UnsafeName:
+        return INVALID_TIER
+    return None
+
+
+def row_priority(sample_id: str) -> int:
+    """The row's place in the gallery's bottom-k sample: the first 8 bytes of its id's BLAKE2b (uniform, and the
+    same wherever the row is)."""
+    return int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "big")
+
+
+def _float_column(table: pa.Table, name: str) -> np.ndarray | None:
+    """`(N,)` or `(N, K)` float64 of a numeric or fixed-size-list column (nulls as NaN); None when absent."""
+    if name not in table.column_names:
+        return None
+    column = table.column(name)
+    if pa.types.is_fixed_size_list(column.type):
+        if column.null_count:
+            column = pc.fill_null(column, pa.scalar([float("nan")] * column.type.list_size, column.type))
+        return np.asarray(fixed_list_to_numpy(column), dtype=np.float64)
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """Every histogram column of ``table`` as `(N,)` float64 (NaN where null)."""
+    columns: dict[str, np.ndarray] = {}
+    for name in HISTOGRAMS:
+        if "/" not in name and (values := _float_column(table, name)) is not None:
+            columns[name] = values
+    betas = _float_column(table, "betas")
+    if betas is not None:
+        columns.update({f"betas/{i}": betas[:, i] for i in range(betas.shape[1])})
+    orient, pose = _float_column(table, "global_orient"), _float_column(table, "body_pose")
+    if orient is not None and pose is not None:
+        rotations = np.concatenate([orient, pose], axis=1).reshape(table.num_rows, -1, 3)
+        angles = np.degrees(np.linalg.norm(rotations, axis=2))
+        columns.update({f"pose_angle/{joint}": angles[:, j] for j, joint in enumerate(SMPL24_JOINTS)})
+    return columns
+
+
+def _sparse(bins: np.ndarray, size: int) -> list[list[int]]:
+    counts = np.bincount(bins + 1, minlength=size + 2)
+    return [[int(i) - 1, int(n)] for i, n in enumerate(counts) if n]
+
+
+def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict[str, Any]:
+    """The statistics of one shard from its rows as written (``tables``: :data:`ROW_FOLDERS` -> the table in file
+    order, so a row's position is its place in the file) and its error rows (``stage``, ``reason``)."""
+    rows: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    hist: dict[str, dict[str, list[list[int]]]] = {}
+    nulls: dict[str, dict[str, int]] = {}
+    levels: dict[str, dict[str, dict[str, int]]] = {}
+    left_out: Counter[str] = Counter()
+    candidates: dict[str, list[tuple[int, str, int, str]]] = {}
+    for folder in ROW_FOLDERS:
+        table = tables.get(folder)
+        if table is None or not table.num_rows:
+            continue
+        tiers = np.asarray(table.column("quality_tier").to_pylist(), dtype=object).astype(str)
+        ids = table.column("sample_id").to_pylist()
+        rows.update(tiers.tolist())
+        if "reasons" in table.column_names:
+            reasons.update(str(r) for r in pc.list_flatten(table.column("reasons")).to_pylist())
+        for position, (sample_id, tier) in enumerate(zip(ids, table.column("quality_tier").to_pylist(), strict=True)):
+            problem = gallery_problem({"sample_id": sample_id, "quality_tier": tier})
+            if problem is not None:
+                left_out[problem] += 1
+                continue
+            candidates.setdefault(tier, []).append((row_priority(sample_id), folder, position, sample_id))
+        columns = _columns(table)
+        for tier in np.unique(tiers):
+            in_tier = tiers == tier
+            for name, values in columns.items():
+                v = values[in_tier]
+                finite = np.isfinite(v)
+                if (~finite).any():
+                    nulls.setdefault(name, {})[tier] = nulls.get(name, {}).get(tier, 0) + int((~finite).sum())
+                if finite.any():
+                    spec = HISTOGRAMS[name]
+                    merged = _dense(hist.get(name, {}).get(tier, []), spec.count)
+                    merged += np.bincount(spec.index(v[finite]) + 1, minlength=spec.count + 2)
+                    hist.setdefault(name, {})[tier] = [[i - 1, int(n)] for i, n in enumerate(merged) if n]
+            for name in LEVEL_COLUMNS:
+                if name in table.column_names:
+                    values = [str(x) for x in np.asarray(table.column(name).to_pylist(), dtype=object)[in_tier]]
+                    counted = levels.setdefault(name, {}).setdefault(str(tier), {})
+                    for value, n in Counter(values).items():
+                        counted[value] = counted.get(value, 0) + n
+    error_counts: Counter[str] = Counter()
+    if errors is not None and errors.num_rows:
+        stages, error_reasons = errors.column("stage").to_pylist(), errors.column("reason").to_pylist()
+        error_counts.update(f"{s}/{r}" for s, r in zip(stages, error_reasons, strict=True))
+    pool = {tier: [list(c) for c in sorted(found)[:GALLERY_POOL]] for tier, found in sorted(candidates.items())}
+    return {
+        "version": STATS_VERSION,
+        "rows": dict(sorted(rows.items())),
+        "reasons": dict(sorted(reasons.items())),
+        "errors": dict(sorted(error_counts.items())),
+        "hist": hist,
+        "nulls": nulls,
+        "levels": levels,
+        "gallery_left_out": dict(sorted(left_out.items())),
+        "pool": pool,
+    }
+
+
+def _dense(sparse: Iterable[Iterable[int]], count: int) -> np.ndarray:
+    """`(count + 2,)` int64 counts from ``[[bin, n], ...]`` (slot 0 below the first edge, the last above)."""
+    dense = np.zeros(count + 2, np.int64)
+    for b, n in sparse:
+        dense[int(b) + 1] += int(n)
+    return dense
+
+
+class StatsError(ValueError):
+    """Statistics in a version or shape this code does not read."""
+
+
+@dataclasses.dataclass
+class MergedStats:
+    """The statistics of many shards merged (:meth:`add` one shard's, in any order: the result is the same).
+
+    Attributes:
+        shards: Shards merged.
+        rows / reasons / errors / gallery_left_out: Counts as in the per-shard format, summed.
+        hist: ``{column: {tier: (count + 2,) int64}}``, the first and last slots below and above the edges.
+        nulls / levels: Summed.
+        pool: ``{tier: [(priority, shard, folder, row, sample_id), ...]}``, the :data:`GALLERY_POOL` lowest.
+    """
+
+    shards: int = 0
+    rows: Counter[str] = dataclasses.field(default_factory=Counter)
+    reasons: Counter[str] = dataclasses.field(default_factory=Counter)
+    errors: Counter[str] = dataclasses.field(default_factory=Counter)
+    gallery_left_out: Counter[str] = dataclasses.field(default_factory=Counter)
+    hist: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    nulls: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
+    levels: dict[str, dict[str, Counter[str]]] = dataclasses.field(default_factory=dict)
+    pool: dict[str, list[tuple[int, str, str, int, str]]] = dataclasses.field(default_factory=dict)
+
+    def add(self, shard: str, stats: Mapping[str, Any]) -> None:
+        """Merges one shard's statistics (the format above).
+
+        Raises:
+            StatsError: another version, or a column this code has no bins for.
+        """
+        if stats.get("version") != STATS_VERSION:
+            raise StatsError(f"statistics of {shard}: version {stats.get('version')!r}, not {STATS_VERSION}")
+        try:
+            self.shards += 1
+            self.rows.update(stats["rows"])
+            self.reasons.update(stats["reasons"])
+            self.errors.update(stats["errors"])
+            self.gallery_left_out.update(stats["gallery_left_out"])
+            for name, by_tier in stats["hist"].items():
+                spec = HISTOGRAMS[name]
+                for tier, sparse in by_tier.items():
+                    column = self.hist.setdefault(name, {})
+                    dense = column.get(tier)
+                    column[tier] = _dense(sparse, spec.count) + (0 if dense is None else dense)
+            for name, by_tier in stats["nulls"].items():
+                self.nulls.setdefault(name, Counter()).update(by_tier)
+            for name, by_tier in stats["levels"].items():
+                for tier, counts in by_tier.items():
+                    self.levels.setdefault(name, {}).setdefault(tier, Counter()).update(counts)
+            for tier, entries in stats["pool"].items():
+                merged = self.pool.get(tier, []) + [(int(p), shard, str(f), int(r), str(s)) for p, f, r, s in entries]
+                self.pool[tier] = sorted(merged)[:GALLERY_POOL]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StatsError(f"statistics of {shard} are not in the version {STATS_VERSION} format: {exc}") from exc
+
+    def quantiles(self, column: str, qs: Iterable[float]) -> np.ndarray:
+        """Quantiles (``qs`` in 0..1) of ``column`` over every tier, read from its histogram by linear interpolation
+        inside a bin: within one bin (:meth:`Bins.width`) of the exact value for values inside the edges."""
+        spec = HISTOGRAMS[column]
+        dense = sum(self.hist.get(column, {}).values(), np.zeros(spec.count + 2, np.int64))
+        edges = spec.edges()
+        total = dense.sum()
+        if not total:
+            return np.full(len(list(qs)), np.nan)
+        cumulative = np.cumsum(dense)
+        out = []
+        for q in qs:
+            target = q * total
+            slot = int(np.searchsorted(cumulative, target, side="left"))
+            if slot == 0:
+                out.append(edges[0])
+                continue
+            if slot >= spec.count + 1:
+                out.append(edges[-1])
+                continue
+            low, high = edges[slot - 1], edges[slot]
+            before = cumulative[slot - 1]
+            inside = dense[slot]
+            fraction = (target - before) / inside if inside else 0.0
+            out.append(low + (high - low) * fraction)
+        return np.asarray(out, dtype=np.float64)
