@@ -20,13 +20,15 @@ from schemas.arrays import fixed_list_shape, fixed_list_to_numpy
 from schemas.errors import ERROR_REASONS, ERROR_SCHEMA, ERROR_STAGES, ErrorReason, ErrorStage
 from schemas.metadata import SCHEMA_VERSION, empty_table, table_from_rows, with_file_metadata
 from schemas.occlusion import COCO_VISIBILITY_CONFIDENCE, OCCLUSION_LEVELS, OcclusionLevel
-from schemas.shard_index import SHARD_INDEX_SCHEMA
+from schemas.shard_index import NEAR_DUPLICATES_SCHEMA, SHARD_INDEX_SCHEMA, SHARD_RETIRED_SCHEMA
 
 
 ALL_SCHEMAS: dict[str, pa.Schema] = {
     "shard_index": SHARD_INDEX_SCHEMA,
     "annotations": ANNOTATION_SCHEMA,
     "errors": ERROR_SCHEMA,
+    "shard_retired": SHARD_RETIRED_SCHEMA,
+    "near_duplicates": NEAR_DUPLICATES_SCHEMA,
 }
 """Every schema, keyed by its ``schema_name`` metadata."""
 
@@ -38,10 +40,12 @@ __all__ = [
     "ERROR_REASONS",
     "ERROR_SCHEMA",
     "ERROR_STAGES",
+    "NEAR_DUPLICATES_SCHEMA",
     "OCCLUSION_LEVELS",
     "QUALITY_TIERS",
     "SCHEMA_VERSION",
     "SHARD_INDEX_SCHEMA",
+    "SHARD_RETIRED_SCHEMA",
     "SMPL24_JOINT_NAMES",
     "ErrorReason",
     "ErrorStage",

@@ -69,6 +69,8 @@ class ErrorReason(str, Enum):
     """More pixels than the configured limit."""
     DUPLICATE = "duplicate"
     """Same key (or same sha1 when deduplicating) as an earlier sample."""
+    BENCHMARK_OVERLAP = "benchmark_overlap"
+    """An exact or near duplicate (perceptual hash) of an image of the benchmark set given to ``exclude.*``."""
     INVALID_KEY = "invalid_key"
     """A sample key (tar member or index row) outside the key grammar: 1-96 of [A-Za-z0-9_-]; never labeled."""
     INVALID_ANNOTATION = "invalid_annotation"

@@ -2,6 +2,10 @@
 
 Only samples that were read and decoded successfully are indexed; the others are rows of
 :data:`schemas.errors.ERROR_SCHEMA`. Rows are sorted by ``key``, the order of the tar members.
+
+Beside the index, a shard set holds two more tables about its samples: which samples later generations retired
+(:data:`SHARD_RETIRED_SCHEMA`, one file per generation) and which live samples are near-duplicates of each other
+(:data:`NEAR_DUPLICATES_SCHEMA`, ``_near_duplicates.parquet``). See ``pipelines.common.shard_set``.
 """
 
 from __future__ import annotations
@@ -47,6 +51,51 @@ SHARD_INDEX_SCHEMA: pa.Schema = make_schema(
             "Byte offset of the image member's data (after its tar header) in the tar, for random access.",
             unit="byte",
         ),
+        make_field(
+            "phash",
+            pa.uint64(),
+            "64-bit perceptual hash of the upright image (colour DCT hash v1, pipelines.shard.perceptual_hash); "
+            "near-duplicates differ in few bits. Null when the pixels could not be decoded.",
+            nullable=True,
+        ),
     ],
 )
 """Arrow schema of the shard index written next to every shard tar."""
+
+SHARD_RETIRED_SCHEMA_NAME = "shard_retired"
+
+SHARD_RETIRED_SCHEMA: pa.Schema = make_schema(
+    SHARD_RETIRED_SCHEMA_NAME,
+    [
+        make_field("key", pa.string(), "Sample key of the retired sample."),
+        make_field("shard", pa.string(), "Shard (of an earlier generation) that holds the retired sample."),
+        make_field("sha1", pa.string(), "SHA-1 of the retired sample's bytes, as its index recorded it."),
+        make_field("source_uri", pa.string(), "Where the retired sample was read from."),
+        make_field("generation", pa.int32(), "Generation whose run retired it.", unit="count"),
+        make_field(
+            "reason",
+            pa.string(),
+            "'superseded': the file at its key changed (the new bytes are a sample of this generation, or one of "
+            "its error rows); 'removed': the file is gone from the listing (input.record_removals=true).",
+        ),
+    ],
+)
+"""One row per sample a generation retired: ``_generations/NNNNNN/retired.parquet``."""
+
+NEAR_DUPLICATES_SCHEMA_NAME = "near_duplicates"
+
+NEAR_DUPLICATES_SCHEMA: pa.Schema = make_schema(
+    NEAR_DUPLICATES_SCHEMA_NAME,
+    [
+        make_field("key", pa.string(), "Sample key of a live sample that has at least one near-duplicate."),
+        make_field("shard", pa.string(), "Shard holding the sample."),
+        make_field(
+            "group",
+            pa.string(),
+            "Near-duplicate group: the smallest sample key in it. Groups are connected components of the pairs "
+            "whose phash differ in at most near_duplicates.threshold bits (recorded in the manifest).",
+        ),
+        make_field("group_size", pa.int32(), "Samples in the group (>= 2).", unit="count"),
+    ],
+)
+"""One row per live sample in a near-duplicate group, sorted by group then key: ``_near_duplicates.parquet``."""

@@ -39,9 +39,13 @@ from pipelines.config.report import ReportInputConfig, ReportJobConfig, ReportOp
 from pipelines.config.runner import DataflowConfig, EnvironmentType, RunnerConfig, RunnerName, RunningMode
 from pipelines.config.shard import (
     DEFAULT_MAX_IMAGE_PIXELS,
+    CompareMode,
+    ExcludeConfig,
     InputConfig,
+    NearDuplicateConfig,
     ShardConfig,
     ShardJobConfig,
+    ShardMode,
     ValidateMode,
 )
 from pipelines.config.storage import AddressingStyle, RetryMode, StorageConfig
@@ -51,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "AddressingStyle",
     "CalibrationFitConfig",
+    "CompareMode",
     "ConfigError",
     "DType",
     "DataflowConfig",
@@ -60,6 +65,7 @@ __all__ = [
     "EnvironmentType",
     "EvalInputConfig",
     "EvalJobConfig",
+    "ExcludeConfig",
     "ExportFormat",
     "ExportInputConfig",
     "ExportJobConfig",
@@ -71,6 +77,7 @@ __all__ = [
     "LabelJobConfig",
     "ModelConfig",
     "ModelName",
+    "NearDuplicateConfig",
     "RefilterJobConfig",
     "ReportInputConfig",
     "ReportJobConfig",
@@ -82,6 +89,7 @@ __all__ = [
     "SelectConfig",
     "ShardConfig",
     "ShardJobConfig",
+    "ShardMode",
     "ShareMode",
     "StorageConfig",
     "ValidateMode",

@@ -9,6 +9,13 @@ from pipelines.config.storage import StorageConfig
 from pipelines.shard.annotation_formats import AnnotationFormat
 
 
+class CompareMode(str, Enum):
+    """How ``mode=append`` tells that a listed file whose key the set holds is unchanged."""
+
+    size = "size"  # same listed size as the sample's: no read (an edit that keeps the byte count is not seen)
+    sha1 = "sha1"  # same size, then same sha1: reads every such file once (catches any edit)
+
+
 # The pixel limit of a shard set (``shard.max_image_pixels``), which dpmesh-label and the readers of labels follow.
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
@@ -30,6 +37,10 @@ class InputConfig:
         follow_symlinks: Whether a symbolic link in a local input folder that leads outside it is read. Off by
             default, so that a link cannot pull files from elsewhere on the machine into a shard; such links are
             reported (``outside_input``). Links that stay inside the input folder are always followed.
+        record_removals: With ``mode=append``: a sample whose file is gone from the listing is recorded as removed
+            (retired; readers leave it out). Off by default: a listing of part of a corpus removes nothing.
+        compare: With ``mode=append``: ``size`` (default) takes a listed file as unchanged when the set holds its key
+            with the same size (no read); ``sha1`` also reads it and compares its sha1 with the index's.
     """
 
     images: str | None = None
@@ -38,6 +49,8 @@ class InputConfig:
     annotation_format: AnnotationFormat = AnnotationFormat.auto
     extensions: list[str] = field(default_factory=list)
     follow_symlinks: bool = False
+    record_removals: bool = False
+    compare: CompareMode = CompareMode.size
 
     def __post_init__(self) -> None:
         self.extensions = [ext.lower().lstrip(".") for ext in self.extensions]
@@ -91,6 +104,58 @@ class ShardConfig:
             raise ConfigError(f"shard.fill_target must be in [0.1, 1.0], got {self.fill_target}")
 
 
+class ShardMode(str, Enum):
+    """What ``dpmesh-shard`` does with its output."""
+
+    create = "create"  # a new shard set (an existing one is refused unless overwrite=true)
+    append = "append"  # a new generation on a finished shard set: shards for new and changed files only
+
+
+# Hamming bits of the 64-bit perceptual hash within which two images are near-duplicates (README "Growing a corpus").
+DEFAULT_NEAR_DUPLICATE_THRESHOLD = 8
+_MAX_THRESHOLD = 16
+
+
+@dataclass
+class NearDuplicateConfig:
+    """Near-duplicate grouping of a shard set (``_near_duplicates.parquet``).
+
+    Attributes:
+        threshold: Two samples are near-duplicates when their perceptual hashes differ in at most this many bits
+            (0-16; 0 finds identical hashes only).
+    """
+
+    threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.threshold <= _MAX_THRESHOLD:
+            raise ConfigError(f"near_duplicates.threshold must be in [0, {_MAX_THRESHOLD}] bits, got {self.threshold}")
+
+
+@dataclass
+class ExcludeConfig:
+    """Benchmark overlap guard: corpus images that are exact or near duplicates of a benchmark's are left out.
+
+    Attributes:
+        images: Folder, glob or object-store prefix of the benchmark images (hashed at launch).
+        hashes: Or a precomputed list: a text file of 16-digit hex hashes (one a line, ``#`` comments), or a Parquet
+            file with a ``phash`` column (uint64 or hex) and optionally ``sha1`` and ``name`` columns.
+        threshold: Hamming bits within which a corpus image counts as a copy; None: ``near_duplicates.threshold``.
+    """
+
+    images: str | None = None
+    hashes: str | None = None
+    threshold: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0 <= self.threshold <= _MAX_THRESHOLD:
+            raise ConfigError(f"exclude.threshold must be in [0, {_MAX_THRESHOLD}] bits, got {self.threshold}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.images or self.hashes)
+
+
 @dataclass
 class ShardJobConfig:
     """The ``dpmesh-shard`` app: corpus in, WebDataset shards + indexes + manifest out."""
@@ -98,9 +163,12 @@ class ShardJobConfig:
     input: InputConfig = field(default_factory=InputConfig)
     output: str = "???"
     overwrite: bool = False
+    mode: ShardMode = ShardMode.create
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    near_duplicates: NearDuplicateConfig = field(default_factory=NearDuplicateConfig)
+    exclude: ExcludeConfig = field(default_factory=ExcludeConfig)
     log_level: str = "INFO"
 
     def validate(self) -> None:
@@ -109,3 +177,10 @@ class ShardJobConfig:
             raise ConfigError(
                 f"output must name a folder or object-store prefix, got {self.output!r}; set output=<uri>"
             )
+        if self.exclude.images and self.exclude.hashes:
+            raise ConfigError("set at most one of exclude.images=<folder|uri> and exclude.hashes=<txt|parquet>")
+
+    @property
+    def exclude_threshold(self) -> int:
+        """Bits within which a corpus image is a copy of a benchmark image."""
+        return self.near_duplicates.threshold if self.exclude.threshold is None else self.exclude.threshold

@@ -90,11 +90,20 @@ def bucket_of(key: str, buckets: int) -> int:
     return stable_bucket(key, buckets)
 
 
-def plan_bucket(bucket: int, buckets: int, files: Iterable[PlannedFile], cfg: ShardConfig) -> list[PlannedShard]:
+def plan_bucket(
+    bucket: int,
+    buckets: int,
+    files: Iterable[PlannedFile],
+    cfg: ShardConfig,
+    first_shard: int = 0,
+    identity_extra: str = "",
+) -> list[PlannedShard]:
     """Sort a bucket's files by key and cut them, by listed size, into shards within both caps.
 
-    The first cut is shard ``bucket``, overflow cuts are ``bucket + k * buckets``. A single file larger than
-    ``max_bytes`` gets a shard of its own rather than failing.
+    The first cut is shard ``first_shard + bucket``, overflow cuts are ``first_shard + bucket + k * buckets``
+    (``first_shard``: 0 for a new set, the next free number for an appended generation). A single file larger than
+    ``max_bytes`` gets a shard of its own rather than failing. ``identity_extra`` is whatever else decides a shard's
+    content (the benchmark list's digest), folded into its identity when not empty.
     """
     parts: list[list[PlannedFile]] = [[]]
     part_bytes = 0
@@ -107,14 +116,16 @@ def plan_bucket(bucket: int, buckets: int, files: Iterable[PlannedFile], cfg: Sh
         part_bytes += f.planned_bytes
     shards = []
     for index, part in enumerate(p for p in parts if p):
-        shard_id = bucket + index * buckets
-        shards.append(PlannedShard(shard_id, shard_name(shard_id), tuple(part), _identity(buckets, part)))
+        shard_id = first_shard + bucket + index * buckets
+        shards.append(PlannedShard(shard_id, shard_name(shard_id), tuple(part), _identity(buckets, part, identity_extra)))
     return shards
 
 
-def _identity(buckets: int, files: list[PlannedFile]) -> str:
+def _identity(buckets: int, files: list[PlannedFile], extra_identity: str = "") -> str:
     """What a finished shard must match to be kept by a rerun: its files, their sizes, persons and drops."""
     digest = hashlib.sha1(f"buckets={buckets}".encode())
+    if extra_identity:  # absent by default, so shards of sets made before it keep their identity
+        digest.update(f"\n{extra_identity}".encode())
     for f in files:
         extra = json.dumps([f.persons, f.annotation_problems, f.duplicate_of, f.source.problem], sort_keys=True)
         digest.update(f"\n{f.key}\t{f.planned_bytes}\t{extra}".encode())

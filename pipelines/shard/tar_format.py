@@ -35,6 +35,8 @@ class ShardSample:
         relpath: Path relative to the corpus root.
         annotated: Whether an annotation file covered this image.
         persons: Person annotations (see :mod:`pipelines.shard.coco`).
+        phash: 64-bit perceptual hash (:mod:`pipelines.shard.perceptual_hash`), None when the pixels could not be
+            decoded. Indexed only: the tar's ``<key>.json`` leaves it out, so tars stay what they were.
     """
 
     key: str
@@ -49,6 +51,7 @@ class ShardSample:
     relpath: str
     annotated: bool = False
     persons: tuple[dict[str, Any], ...] = field(default=())
+    phash: int | None = None
 
     def metadata_json(self) -> bytes:
         """The ``<key>.json`` member: canonical JSON (sorted keys, no spaces), so tars are reproducible."""
@@ -163,6 +166,7 @@ def index_rows(members: list[WrittenMember], shard: str) -> list[dict[str, Any]]
             "shard": shard,
             "tar_member": m.tar_member,
             "tar_offset": m.tar_offset,
+            "phash": m.sample.phash,
         }
         for m in members
     ]

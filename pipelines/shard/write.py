@@ -26,6 +26,8 @@ from pipelines.config import ShardConfig, ValidateMode
 from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_row, error_sort_key
 from pipelines.parquet_io import parquet_bytes
+from pipelines.shard.exclude import BenchmarkHashes, BenchmarkMatcher
+from pipelines.shard.perceptual_hash import UnhashableImageError, perceptual_hash
 from pipelines.shard.plan import PlannedFile, PlannedShard, plan_bucket
 from pipelines.shard.probe import ImageRejectedError, probe_image
 from pipelines.shard.publish import TarSink, remove_stale_temporaries
@@ -68,6 +70,7 @@ class ShardDone:
         errors_by_reason: Files left out, by reason.
         resumed: True when an earlier run wrote it.
         buckets: The plan's bucket count (sizes the duplicate search's partitions).
+        shard_id: Its number.
     """
 
     shard: str
@@ -79,11 +82,16 @@ class ShardDone:
     errors_by_reason: dict[str, int]
     resumed: bool
     buckets: int = 1
+    shard_id: int = 0
 
 
 class WriteShardsFn(beam.DoFn):
     """Input: ``((bucket, buckets), files)``; plans the bucket's shards, writes those not finished, yields
-    a :class:`ShardDone` per shard."""
+    a :class:`ShardDone` per shard.
+
+    ``first_shard`` numbers the shards after an existing set's (an appended generation); ``benchmark`` is the
+    benchmark overlap guard's list (:mod:`pipelines.shard.exclude`), None without one.
+    """
 
     def __init__(
         self,
@@ -91,18 +99,25 @@ class WriteShardsFn(beam.DoFn):
         shard_cfg: ShardConfig,
         output: str,
         file_metadata: dict[str, str],
+        first_shard: int = 0,
+        benchmark: BenchmarkHashes | None = None,
     ) -> None:
         self._storage_cfg = storage_cfg
         self._shard_cfg = shard_cfg
         self._output = output
         self._file_metadata = file_metadata
+        self._first_shard = first_shard
+        self._benchmark = benchmark
         self._written = counter(SHARD_METRICS, "shards_written")
         self._resumed = counter(SHARD_METRICS, "shards_resumed")
         self._samples = counter(SHARD_METRICS, "samples_written")
         self._errored = counter(SHARD_METRICS, "files_errored")
+        self._excluded = counter(SHARD_METRICS, "benchmark_overlap")
+        self._unhashed = counter(SHARD_METRICS, "images_unhashed")
 
     def setup(self) -> None:
         self._storage = Storage(self._storage_cfg)
+        self._matcher = BenchmarkMatcher(self._benchmark) if self._benchmark is not None else None
         self._pool = ThreadPoolExecutor(max_workers=_READ_AHEAD)
         self._schema = with_file_metadata(SHARD_INDEX_SCHEMA, **self._file_metadata)
         remove_stale_temporaries(self._output, folders=())  # temp folders of killed workers on this machine
@@ -112,14 +127,15 @@ class WriteShardsFn(beam.DoFn):
 
     def process(self, element: tuple[tuple[int, int], Iterable[PlannedFile]]) -> Iterator[ShardDone]:
         (bucket, buckets), files = element
-        for shard in plan_bucket(bucket, buckets, files, self._shard_cfg):
+        extra = f"exclude={self._benchmark.digest}" if self._benchmark is not None else ""
+        for shard in plan_bucket(bucket, buckets, files, self._shard_cfg, self._first_shard, extra):
             done = self._finished(shard)
             if done is None:
                 done = self._write(shard)
                 self._written.inc()
             else:
                 self._resumed.inc()
-            yield replace(done, buckets=buckets)
+            yield replace(done, buckets=buckets, shard_id=shard.shard_id)
 
     def _finished(self, shard: PlannedShard) -> ShardDone | None:
         """The shard as an earlier run finished it, if its marker matches this plan and config."""
@@ -183,10 +199,23 @@ class WriteShardsFn(beam.DoFn):
             stage = ErrorStage.SHARD_READ if exc.reason in _READ_REASONS else ErrorStage.SHARD_DECODE
             errors.append(error_row(stage, exc.reason, str(exc), key=planned.key, source_uri=source.uri))
             return None
+        sha1 = hashlib.sha1(data).hexdigest()
+        try:
+            phash: int | None = perceptual_hash(data)
+        except UnhashableImageError:  # corrupt pixels in a whole file: header mode leaves them to labeling
+            phash = None
+            self._unhashed.inc()
+        overlap = self._matcher.match(sha1, phash) if self._matcher is not None else None
+        if overlap is not None:
+            self._errored.inc()
+            self._excluded.inc()
+            reason = ErrorReason.BENCHMARK_OVERLAP
+            errors.append(error_row(ErrorStage.SHARD_DEDUP, reason, overlap, key=planned.key, source_uri=source.uri))
+            return None
         return ShardSample(
             key=planned.key,
             source_uri=source.uri,
-            sha1=hashlib.sha1(data).hexdigest(),
+            sha1=sha1,
             format=info.format,
             extension=info.extension,
             width=info.width,
@@ -196,6 +225,7 @@ class WriteShardsFn(beam.DoFn):
             relpath=source.relpath,
             annotated=planned.annotated,
             persons=planned.persons,
+            phash=phash,
         )
 
     def _read_all(self, files: tuple[PlannedFile, ...]) -> Iterator[tuple[PlannedFile, bytes, dict[str, Any] | None]]:

@@ -122,6 +122,28 @@ ROWS: dict[str, list[dict[str, Any]]] = {
         error_row(),
         {"stage": "shard.read", "reason": "zero_bytes", "error": "", "schema_version": SCHEMA_VERSION},
     ],
+    "shard_retired": [
+        {
+            "key": "img_0001",
+            "shard": "shard-000000",
+            "sha1": "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "source_uri": "s3://bucket/corpus/img_0001.jpg",
+            "generation": 1,
+            "reason": "superseded",
+        },
+        {
+            "key": "img_0002",
+            "shard": "shard-000000",
+            "sha1": "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "source_uri": "s3://bucket/corpus/img_0002.jpg",
+            "generation": 2,
+            "reason": "removed",
+        },
+    ],
+    "near_duplicates": [
+        {"key": "img_0001", "shard": "shard-000000", "group": "img_0001", "group_size": 2},
+        {"key": "img_0002", "shard": "shard-000042", "group": "img_0001", "group_size": 2},
+    ],
 }
 
 

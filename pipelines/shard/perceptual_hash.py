@@ -1,0 +1,110 @@
+"""A 64-bit perceptual hash of an image, robust to resizing, recompression and small crops.
+
+**The hash** ("colour DCT hash", version 1). The image is decoded small (JPEGs through libjpeg's DCT scaling to
+about 64 px, ``Image.draft``), turned upright by its EXIF orientation, converted to YCbCr and resized to 32x32
+(area averaging). Each channel gets a 2-D DCT-II (orthonormal, OpenCV's ``cv2.dct``); the hash keeps the signs,
+relative to the channel's median, of its lowest-frequency coefficients, the DC term excluded:
+
+* bits 0-34: luma (Y), the 6x6 lowest coefficients less DC (35 bits),
+* bits 35-49: blue-difference chroma (Cb), the 4x4 lowest less DC (15 bits),
+* bits 50-63: red-difference chroma (Cr), the 4x4 lowest less DC and its last coefficient (14 bits),
+
+each set when the coefficient exceeds the median of its channel's selected coefficients, bit 0 the most significant
+bit of the 64-bit integer. A grey image (no chroma coefficient above 1.0) gets the 29 next luma coefficients in
+bits 35-63 instead, so that its hash still has 64 informative bits.
+
+**Why this shape.** A crop of a few percent moves and rescales the content: the phase of a DCT coefficient of
+frequency ``u`` half-cycles per image moves by about ``pi * u * crop``, so the lowest frequencies are the robust
+ones. A plain 8x8 luma pHash reaches frequency 7 (1.1 rad at a 5% crop); keeping luma to frequency 5 and taking
+the rest of the bits from the chroma channels' frequencies 0-3 halves the distance of cropped copies, and the
+chroma bits carry information luma has not. Measured (``benchmarks/append.py``; README "Growing a corpus"): planted
+near-duplicates (resized 0.5-0.9x, JPEG quality 60-95, crops up to 5%) lie at a median of 2 bits from their
+original, unrelated images at a mean of 32.
+
+The hash is a pure function of the decoded pixels: the same bytes give the same hash on every machine with the
+same Pillow and OpenCV.
+"""
+
+from __future__ import annotations
+
+import io
+from functools import cache
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from pipelines.common.image_decode import use_own_pixel_limit
+
+
+use_own_pixel_limit()
+
+HASH_BITS = 64
+HASH_NAME = "colour-dct-v1"  # recorded in the manifest: hashes of another version are not comparable
+_SIZE = 32  # px: the side every image is resized to before the DCT
+_DRAFT = 64  # px: JPEGs are decoded at the smallest DCT scale that keeps at least this many pixels a side
+_FLAT_CHROMA = 1.0  # DCT units (pixel values 0-255): below this every chroma coefficient is taken as flat
+_LUMA_BITS, _CB_BITS, _CR_BITS = 35, 15, 14
+
+
+class UnhashableImageError(Exception):
+    """The image could not be decoded for hashing (corrupt pixels); the caller records no hash."""
+
+
+@cache
+def _zigzag(n: int) -> tuple[tuple[int, int], ...]:
+    """DCT coefficients of an ``n`` x ``n`` block less DC, lowest first: by the larger of the two frequencies,
+    then by their sum, then by row. The first ``k*k - 1`` are the ``k`` x ``k`` block less DC."""
+    cells = [(u, v) for u in range(n) for v in range(n) if (u, v) != (0, 0)]
+    return tuple(sorted(cells, key=lambda c: (max(c), c[0] + c[1], c[0])))
+
+
+def _signs(coefficients: np.ndarray, cells: tuple[tuple[int, int], ...]) -> np.ndarray:
+    rows, cols = zip(*cells, strict=True)
+    values = coefficients[list(rows), list(cols)]
+    return values > np.median(values)
+
+
+def hash_pixels(ycbcr: np.ndarray) -> int:
+    """The hash of an upright ``(H, W, 3)`` YCbCr image (any size, uint8 or float)."""
+    small = cv2.resize(np.asarray(ycbcr, dtype=np.float32), (_SIZE, _SIZE), interpolation=cv2.INTER_AREA)
+    luma, cb, cr = (cv2.dct(np.ascontiguousarray(small[:, :, c])) for c in range(3))
+    order = _zigzag(9)
+    bits = [_signs(luma, order[:_LUMA_BITS])]
+    chroma_cells = _zigzag(4)
+    if max(np.abs(c[tuple(zip(*chroma_cells, strict=True))]).max() for c in (cb, cr)) < _FLAT_CHROMA:
+        bits.append(_signs(luma, order[_LUMA_BITS : HASH_BITS]))
+    else:
+        bits += [_signs(cb, chroma_cells[:_CB_BITS]), _signs(cr, chroma_cells[:_CR_BITS])]
+    return int.from_bytes(np.packbits(np.concatenate(bits)).tobytes(), "big")
+
+
+def perceptual_hash(data: bytes) -> int:
+    """The hash of encoded image bytes (JPEG, PNG, WebP; any mode Pillow reads).
+
+    The caller has checked the header (size within ``shard.max_image_pixels``) before: this decodes pixels.
+
+    Raises:
+        UnhashableImageError: the pixels cannot be decoded.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG" and image.mode in ("RGB", "YCbCr", "L"):
+                image.draft("YCbCr" if image.mode != "L" else "L", (_DRAFT, _DRAFT))
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode not in ("RGB", "L", "YCbCr"):  # palette, alpha, CMYK, 16-bit: as 8-bit RGB (alpha dropped)
+                upright = upright.convert("RGB")
+            pixels = np.asarray(upright.convert("YCbCr"))
+    except Exception as exc:  # Pillow raises many types for corrupt pixel data
+        raise UnhashableImageError(f"cannot decode pixels for the perceptual hash: {exc}") from None
+    return hash_pixels(pixels)
+
+
+def hamming(a: int, b: int) -> int:
+    """Bits in which two hashes differ."""
+    return (a ^ b).bit_count()
+
+
+def to_hex(value: int) -> str:
+    """The 16-digit hex spelling of a hash (how hash lists and messages write it)."""
+    return f"{value:016x}"
