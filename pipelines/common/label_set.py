@@ -28,6 +28,10 @@ from pipelines.storage import Storage, join
 logger = logging.getLogger(__name__)
 
 
+ROW_FOLDERS = ("annotations", "rejected")
+"""The row folders: accepted persons, rejected persons (one schema), a Parquet file per shard in each."""
+ERRORS_FOLDER = "errors"
+"""Per-image and per-person failures, a Parquet file per shard."""
 DONE_FOLDER = "_done"
 SUMMARY_NAME = "_summary.json"
 LABEL_RUN = "label_run"

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dpmesh_core.joints import SMPL24_JOINTS
+from pipelines.common.label_set import ROW_FOLDERS
 from pipelines.common.safe_paths import UnsafeName, check_segment, validate_sample_id
 from schemas import fixed_list_to_numpy
 
@@ -45,8 +46,6 @@ from schemas import fixed_list_to_numpy
 STATS_VERSION = 1
 GALLERY_POOL = 32
 """Rows per tier a shard keeps for the gallery, and the most a report may show per tier."""
-ROW_FOLDERS = ("annotations", "rejected")
-"""The label set's row folders: accepted persons, rejected persons (one schema)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,3 +313,80 @@ class MergedStats:
             fraction = (target - before) / inside if inside else 0.0
             out.append(low + (high - low) * fraction)
         return np.asarray(out, dtype=np.float64)
+
+    def merge(self, other: MergedStats) -> MergedStats:
+        """This and ``other`` merged (both are left as they were)."""
+        merged = MergedStats.from_json(self.to_json())
+        merged.shards += other.shards
+        for name in ("rows", "reasons", "errors", "gallery_left_out"):
+            getattr(merged, name).update(getattr(other, name))
+        for name, by_tier in other.hist.items():
+            for tier, dense in by_tier.items():
+                column = merged.hist.setdefault(name, {})
+                column[tier] = dense + column.get(tier, 0)
+        for name, counts in other.nulls.items():
+            merged.nulls.setdefault(name, Counter()).update(counts)
+        for name, by_tier in other.levels.items():
+            for tier, counts in by_tier.items():
+                merged.levels.setdefault(name, {}).setdefault(tier, Counter()).update(counts)
+        for tier, entries in other.pool.items():
+            merged.pool[tier] = sorted(merged.pool.get(tier, []) + entries)[:GALLERY_POOL]
+        return merged
+
+    def to_json(self) -> dict[str, Any]:
+        """The merged statistics as JSON values: the per-shard format plus ``shards``, pool entries with their
+        shard (``[priority, shard, folder, row, sample_id]``)."""
+        return {
+            "version": STATS_VERSION,
+            "shards": self.shards,
+            "rows": dict(sorted(self.rows.items())),
+            "reasons": dict(sorted(self.reasons.items())),
+            "errors": dict(sorted(self.errors.items())),
+            "gallery_left_out": dict(sorted(self.gallery_left_out.items())),
+            "hist": {
+                name: {tier: [[i - 1, int(n)] for i, n in enumerate(dense) if n] for tier, dense in sorted(t.items())}
+                for name, t in sorted(self.hist.items())
+            },
+            "nulls": {name: dict(sorted(c.items())) for name, c in sorted(self.nulls.items())},
+            "levels": {
+                name: {tier: dict(sorted(c.items())) for tier, c in sorted(t.items())}
+                for name, t in sorted(self.levels.items())
+            },
+            "pool": {tier: [list(e) for e in entries] for tier, entries in sorted(self.pool.items())},
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> MergedStats:
+        """Reads :meth:`to_json`'s document.
+
+        Raises:
+            StatsError: another version or shape.
+        """
+        if document.get("version") != STATS_VERSION:
+            raise StatsError(f"merged statistics of version {document.get('version')!r}, not {STATS_VERSION}")
+        try:
+            merged = cls(
+                shards=int(document["shards"]),
+                rows=Counter(document["rows"]),
+                reasons=Counter(document["reasons"]),
+                errors=Counter(document["errors"]),
+                gallery_left_out=Counter(document["gallery_left_out"]),
+                nulls={name: Counter(c) for name, c in document["nulls"].items()},
+                levels={name: {tier: Counter(c) for tier, c in t.items()} for name, t in document["levels"].items()},
+                pool={
+                    tier: [(int(p), str(s), str(f), int(r), str(i)) for p, s, f, r, i in entries]
+                    for tier, entries in document["pool"].items()
+                },
+            )
+            merged.hist = {
+                name: {tier: _dense(sparse, HISTOGRAMS[name].count) for tier, sparse in t.items()}
+                for name, t in document["hist"].items()
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StatsError(f"merged statistics are not in the version {STATS_VERSION} format: {exc}") from exc
+        return merged
+
+    @property
+    def n_rows(self) -> int:
+        """Accepted plus rejected rows."""
+        return sum(self.rows.values())

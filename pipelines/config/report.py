@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from pipelines.config.errors import ConfigError
+from pipelines.config.runner import RunnerConfig
 from pipelines.config.storage import StorageConfig
 
 
@@ -21,7 +22,9 @@ class ReportInputConfig:
 @dataclass
 class ReportOptions:
     """Attributes:
-    per_tier: Persons drawn into the gallery per quality tier (fewer when a tier has fewer).
+    per_tier: Persons drawn into the gallery per quality tier (fewer when a tier has fewer), at most
+        ``pipelines.common.label_stats.GALLERY_POOL`` (32): the draw is from the uniform sample of each tier that
+        the label markers keep.
     seed: Seed of the gallery draw: the same output and seed give the same gallery.
     render_mesh: Render the SMPL mesh over each crop (headless OpenGL through EGL; see README "Auditing labels").
         ``false`` draws keypoints only, for machines without Mesa.
@@ -30,8 +33,6 @@ class ReportOptions:
         ``model.smpl_model`` file, or the ``smpl.safetensors`` of ``model.pretrained``).
     eval: A ``dpmesh-eval`` result JSON to add as the report's evaluation section; ``None`` = no such section.
     crop_px: Side of a gallery tile in pixels.
-    max_rows: At most this many rows feed the distribution plots (a seeded sample of all rows); counts always
-        cover every row.
     """
 
     per_tier: int = 6
@@ -40,15 +41,14 @@ class ReportOptions:
     smpl_model: str | None = None
     eval: str | None = None
     crop_px: int = 256
-    max_rows: int = 200_000
 
     def __post_init__(self) -> None:
-        if self.per_tier < 0:
-            raise ConfigError(f"report.per_tier={self.per_tier} must be >= 0")
+        from pipelines.common.label_stats import GALLERY_POOL  # here: the config package imports no job code
+
+        if not 0 <= self.per_tier <= GALLERY_POOL:
+            raise ConfigError(f"report.per_tier={self.per_tier} must be within 0..{GALLERY_POOL}")
         if not 64 <= self.crop_px <= 1024:
             raise ConfigError(f"report.crop_px={self.crop_px} must be within 64..1024")
-        if self.max_rows < 1:
-            raise ConfigError(f"report.max_rows={self.max_rows} must be >= 1")
 
 
 @dataclass
@@ -57,10 +57,13 @@ class ReportJobConfig:
 
     Attributes:
         output: The report folder (local, ``s3://`` or ``gs://``); files of an earlier report there are replaced.
+        runner: Where the Beam step runs that computes the statistics of shards labeled before markers carried
+            them (`pipelines.report.steps`); outputs labeled since need no pipeline.
     """
 
     input: ReportInputConfig = field(default_factory=ReportInputConfig)
     output: str = "???"
     report: ReportOptions = field(default_factory=ReportOptions)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_level: str = "INFO"

@@ -12,7 +12,6 @@ A tile is the square crop the model saw (``crop_bbox_xywh``, padded grey where i
 import dataclasses
 import io
 import logging
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -20,13 +19,17 @@ from PIL import Image, ImageDraw
 
 from dpmesh_core.confidence import ConfidenceSignals
 from dpmesh_core.joints import COCO17_JOINTS
+from pipelines.common.label_set import ROW_FOLDERS
 from pipelines.common.label_stats import gallery_problem
+from pipelines.common.safe_paths import UnsafeName, check_segment
 from pipelines.report import html
 from pipelines.report.mesh import Body, pose_vertices, project
 from pipelines.report.render import MESH_RGB, MeshRenderer, composite, front_view_window
 
 
 logger = logging.getLogger(__name__)
+
+INVALID_LOCATION = "the shard or folder of a gallery sample cannot name a label file"
 
 SIGNALS = tuple(f.name for f in dataclasses.fields(ConfidenceSignals))
 _SKELETON_NAMES = (
@@ -46,30 +49,61 @@ _WEAK_KP_CONF = 0.3
 
 @dataclasses.dataclass(frozen=True)
 class Pick:
-    """A gallery person: where its row lives."""
+    """A gallery person: where its row lives (``row``: its position in ``<folder>/<shard>.parquet``)."""
 
     tier: str
     sample_id: str
     shard: str
     folder: str
+    row: int
 
 
-def draw_picks(rows: list[dict[str, Any]], per_tier: int, seed: int) -> dict[str, list[Pick]]:
+def _one_segment(name: str) -> bool:
+    try:
+        check_segment(name, "shard name")
+    except UnsafeName:
+        return False
+    return True
+
+
+def usable_pool(
+    pool: dict[str, list[tuple[int, str, str, int, str]]],
+) -> tuple[dict[str, list[tuple[int, str, str, int, str]]], dict[str, int]]:
+    """The pool's entries that can name files, and the others counted by problem.
+
+    The pool comes from markers, which are data like any other: an entry whose sample id or tier cannot name a
+    tile's file, or whose shard or folder cannot name a label file, is never drawn.
+    """
+    usable: dict[str, list[tuple[int, str, str, int, str]]] = {}
+    refused: dict[str, int] = {}
+    for tier, entries in pool.items():
+        for entry in entries:
+            _, shard, folder, _, sample_id = entry
+            problem = gallery_problem({"sample_id": sample_id, "quality_tier": tier})
+            if problem is None and (folder not in ROW_FOLDERS or not _one_segment(f"{shard}.parquet")):
+                problem = INVALID_LOCATION
+            if problem is None:
+                usable.setdefault(tier, []).append(entry)
+            else:
+                refused[problem] = refused.get(problem, 0) + 1
+    return usable, refused
+
+
+def draw_picks(
+    pool: dict[str, list[tuple[int, str, str, int, str]]], per_tier: int, seed: int
+) -> dict[str, list[Pick]]:
     """``per_tier`` persons per tier (all of a smaller tier), drawn with ``seed``; picks sorted by ``sample_id``.
 
-    ``rows`` hold ``quality_tier``, ``sample_id``, ``shard``, ``folder``. The draw is over rows sorted by
-    ``sample_id``, so it does not depend on read order. Rows whose sample id or tier cannot name a tile's file
-    (`pipelines.common.label_stats.gallery_problem`) are not drawn; the label output counts them.
+    ``pool`` is the label output's uniform sample of each tier
+    (`pipelines.common.label_stats.MergedStats.pool`: ``(priority, shard, folder, row, sample_id)``). The draw is
+    over candidates sorted by ``sample_id``, so it does not depend on the order shards were merged in; rows whose
+    sample id or tier cannot name a tile's file never enter the pool (the statistics count them).
     """
-    by_tier: dict[str, list[Pick]] = defaultdict(list)
-    for row in rows:
-        if gallery_problem(row) is not None:
-            continue
-        by_tier[row["quality_tier"]].append(Pick(row["quality_tier"], row["sample_id"], row["shard"], row["folder"]))
     rng = np.random.default_rng(seed)
     picks: dict[str, list[Pick]] = {}
-    for tier in sorted(by_tier):
-        candidates = sorted(by_tier[tier], key=lambda p: p.sample_id)
+    for tier in sorted(pool):
+        candidates = sorted((Pick(tier, sid, shard, folder, row) for _, shard, folder, row, sid in pool[tier]),
+                            key=lambda p: p.sample_id)  # fmt: skip
         chosen = rng.choice(len(candidates), size=min(per_tier, len(candidates)), replace=False)
         picks[tier] = sorted((candidates[i] for i in chosen), key=lambda p: p.sample_id)
     return picks

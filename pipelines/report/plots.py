@@ -52,35 +52,6 @@ def bar_counts(counts: Mapping[str, int], title: str, xlabel: str, colors: Mappi
     return _png(fig)
 
 
-def histograms_by_tier(
-    values: Mapping[str, np.ndarray],
-    title: str,
-    xlabel: str,
-    *,
-    bins: int | np.ndarray = 20,
-    value_range: tuple[float, float] | None = None,
-    log_x: bool = False,
-) -> bytes:
-    """One step histogram per tier on shared bins (persons per bin)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    finite = {t: v[np.isfinite(v)] for t, v in values.items()}
-    everything = np.concatenate([v for v in finite.values() if len(v)] or [np.zeros(1)])
-    if log_x:
-        positive = everything[everything > 0]
-        low, high = (positive.min(), positive.max()) if len(positive) else (1.0, 10.0)
-        edges = np.geomspace(low, max(high, low * 1.01), (bins if isinstance(bins, int) else 20) + 1)
-        ax.set_xscale("log")
-    else:
-        edges = np.histogram_bin_edges(everything, bins=bins, range=value_range)
-    for tier, v in finite.items():
-        ax.hist(v, bins=edges, histtype="step", linewidth=2, color=tier_color(tier), label=f"{tier} ({len(v)})")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("persons")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    return _png(fig)
-
-
 def stacked_levels(counts: Mapping[str, Mapping[str, int]], levels: Sequence[str], title: str) -> bytes:
     """Stacked bars: per group (tier), persons at each level (e.g. occlusion none / partial / heavy)."""
     groups = list(counts)
@@ -94,48 +65,6 @@ def stacked_levels(counts: Mapping[str, Mapping[str, int]], levels: Sequence[str
     ax.set_ylabel("persons")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    return _png(fig)
-
-
-def boxplots(columns: Mapping[str, np.ndarray], title: str, ylabel: str, *, width: float = 7.0) -> bytes:
-    """One box per named column (whiskers 5-95 %, no outlier dots: large outputs would draw millions)."""
-    names = list(columns)
-    fig, ax = plt.subplots(figsize=(width, 3.6))
-    data = [v[np.isfinite(v)] for v in columns.values()]
-    ax.boxplot(data, whis=(5, 95), showfliers=False)
-    crowded = len(names) > 10
-    ax.set_xticks(
-        range(1, len(names) + 1), names, rotation=60 if crowded else 0, ha="right" if crowded else "center",
-        fontsize="small",
-    )  # fmt: skip
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    return _png(fig)
-
-
-def per_shard(shards: Sequence[str], outcomes: Mapping[str, Sequence[int]], error_rate: Sequence[float]) -> bytes:
-    """Per shard: persons accepted / rejected / errored (stacked bars) and the error rate (line, right axis).
-
-    Above 60 shards the names are dropped from the axis and bars become a filled profile in shard order.
-    """
-    x = np.arange(len(shards))
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    bottom = np.zeros(len(shards))
-    for name, values in outcomes.items():
-        heights = np.asarray(values, dtype=float)
-        ax.bar(x, heights, bottom=bottom, label=name, color=OUTCOME_COLORS.get(name, "#4a7ab7"), width=0.9)
-        bottom += heights
-    ax.set_ylabel("persons")
-    if len(shards) <= 60:
-        ax.set_xticks(x, [s.removeprefix("shard-") for s in shards], rotation=90, fontsize="x-small")
-    else:
-        ax.set_xlabel("shard (in name order)")
-    rate_axis = ax.twinx()
-    rate_axis.plot(x, 100 * np.asarray(error_rate, dtype=float), color="black", marker=".", label="error rate")
-    rate_axis.set_ylabel("errored / persons in (%)")
-    rate_axis.set_ylim(bottom=0)
-    ax.set_title("Persons per shard and error rate")
-    ax.legend(loc="upper left", fontsize="small")
     return _png(fig)
 
 
@@ -164,4 +93,64 @@ def scatter_by_tier(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def binned_by_tier(
+    counts: Mapping[str, np.ndarray], edges: np.ndarray, title: str, xlabel: str, *, log_x: bool = False
+) -> bytes:
+    """One step histogram per tier from counts on fixed bins: ``counts[tier]`` is `(len(edges) + 1,)`, its first
+    and last slots the values below and above the edges (drawn in the first and last bin, and said in the legend)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    centres = (edges[:-1] * edges[1:]) ** 0.5 if log_x else (edges[:-1] + edges[1:]) / 2
+    for tier, dense in counts.items():
+        weights = np.asarray(dense[1:-1], dtype=float)
+        weights[0] += dense[0]
+        weights[-1] += dense[-1]
+        outside = f", {int(dense[0]) + int(dense[-1])} outside" if dense[0] or dense[-1] else ""
+        label = f"{tier} ({int(dense.sum())}{outside})"
+        ax.hist(
+            centres, bins=edges, weights=weights, histtype="step", linewidth=2, color=tier_color(tier), label=label
+        )
+    if log_x:
+        ax.set_xscale("log")
+        total = sum(counts.values(), np.zeros(len(edges) + 1))
+        occupied = np.flatnonzero(total[1:-1] + np.r_[total[0], np.zeros(len(edges) - 3), total[-1]])
+        if len(occupied):  # the fixed edges span decades; show those that hold persons
+            ax.set_xlim(edges[max(occupied[0], 0)], edges[min(occupied[-1] + 1, len(edges) - 1)])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("persons")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def boxes(quantiles: Mapping[str, np.ndarray], title: str, ylabel: str, *, width: float = 7.0) -> bytes:
+    """One box per name from its 5, 25, 50, 75 and 95 % quantiles (``quantiles[name]``: `(5,)`): whiskers 5-95 %."""
+    names = list(quantiles)
+    fig, ax = plt.subplots(figsize=(width, 3.6))
+    stats = [
+        {"label": n, "whislo": q[0], "q1": q[1], "med": q[2], "q3": q[3], "whishi": q[4], "fliers": []}
+        for n, q in ((n, np.asarray(quantiles[n], dtype=float)) for n in names)
+    ]
+    ax.bxp(stats, showfliers=False)
+    crowded = len(names) > 10
+    ax.set_xticks(
+        range(1, len(names) + 1), names, rotation=60 if crowded else 0, ha="right" if crowded else "center",
+        fontsize="small",
+    )  # fmt: skip
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _png(fig)
+
+
+def distribution(values: np.ndarray, title: str, xlabel: str, ylabel: str = "shards") -> bytes:
+    """A histogram of one number per item (e.g. per shard): how the items spread, whatever their count."""
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    ax.hist(finite, bins=min(30, max(len(np.unique(finite)), 1)), color="#4a7ab7")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} ({len(finite)})")
     return _png(fig)

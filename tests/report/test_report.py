@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipelines.common.label_stats import MergedStats, shard_stats
 from pipelines.config import (
     ConfigError,
     LabelJobConfig,
@@ -40,10 +41,9 @@ from pipelines.config import (
 )
 from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
-from pipelines.report import gallery
+from pipelines.report import gallery, sections
 from pipelines.report.assets import Assets
-from pipelines.report.data import LabelOutput, read_images
-from pipelines.report.job import _occlusion_section
+from pipelines.report.data import read_images
 from pipelines.report.job import run as write_report
 from pipelines.report.mesh import TINY_BODY_VERTICES, resolve_body
 from pipelines.report.render import MeshRenderer
@@ -130,7 +130,7 @@ def test_counts_match_the_parquet_and_the_markers(labeled: dict[str, Any]) -> No
     for reason in reasons:
         assert reason in page
     for name in ("tiers.png", "reasons.png", "confidence.png", "box_sizes.png", "betas.png", "pose_angles.png",
-                 "shards.png"):  # fmt: skip
+                 "shard_error_rates.png"):  # fmt: skip
         assert f"assets/{name}" in page
     markers = [json.loads(p.read_text()) for p in sorted((labeled["labels"] / "_done").glob("shard-*.json"))]
     assert markers
@@ -364,38 +364,43 @@ def test_the_evaluation_section_renders_a_dpmesh_eval_result(labeled: dict[str, 
             _report(labeled["labels"], tmp_path / "r2", f"report.eval={bad}")
 
 
-def _output_with(columns: dict[str, list[Any]]) -> LabelOutput:
-    rows = pa.table({"quality_tier": ["gold", "gold", "reject", "silver"], **columns})
-    return LabelOutput(
-        uri="x", summary=None, markers={}, rows=rows, n_rows=4, sampled=False, tier_counts={}, reason_counts={},
-        errors=pa.table({}), shard_errors=None, columns=["quality_tier", *columns],
-    )  # fmt: skip
+def _stats_with(columns: dict[str, list[Any]]) -> MergedStats:
+    """The merged statistics of one shard holding four rows with ``columns``."""
+    n = len(next(iter(columns.values())))
+    rows = pa.table({
+        "sample_id": [f"k{i}_p0" for i in range(n)], "quality_tier": ["gold", "gold", "reject", "silver"][:n],
+        **columns,
+    })  # fmt: skip
+    stats = MergedStats()
+    stats.add("shard-000000", shard_stats({"annotations": rows}, None))
+    return stats
 
 
 def test_occlusion_columns_are_plotted_when_present_and_their_absence_said() -> None:
     assets = Assets()
-    present = _output_with({
+    present = _stats_with({
         "occlusion_level": ["none", "partial", "heavy", "none"], "n_kp_occluded": [0, 3, 9, 1],
         "crowd_index": [0.0, 0.2, 0.7, 0.1],
     })  # fmt: skip
-    page = _occlusion_section(present, assets)
+    page = sections.occlusion(present, assets)
     assert sorted(assets.files) == [
         "assets/occlusion_crowd_index.png",
         "assets/occlusion_n_kp_occluded.png",
         "assets/occlusion_occlusion_level.png",
     ]
     assert "no occlusion columns" not in page
-    absent = _occlusion_section(_output_with({"confidence": [0.1, 0.2, 0.3, 0.4]}), Assets())
+    absent = sections.occlusion(_stats_with({"confidence": [0.1, 0.2, 0.3, 0.4]}), Assets())
     assert "no occlusion columns" in absent
 
 
 def test_draw_picks_is_seeded_and_per_tier() -> None:
-    rows = [{"quality_tier": t, "sample_id": f"{t}{i}_p0", "shard": "shard-000000", "folder": "annotations"}
-            for t, n in (("gold", 10), ("silver", 2), ("reject", 7)) for i in range(n)]  # fmt: skip
-    picks = gallery.draw_picks(rows, 3, seed=5)
+    pool = {t: [(i, "shard-000000", "annotations", i, f"{t}{i}_p0") for i in range(n)]
+            for t, n in (("gold", 10), ("silver", 2), ("reject", 7))}  # fmt: skip
+    picks = gallery.draw_picks(pool, 3, seed=5)
     assert {t: len(p) for t, p in picks.items()} == {"gold": 3, "silver": 2, "reject": 3}
-    assert picks == gallery.draw_picks(list(reversed(rows)), 3, seed=5), "independent of row order"
-    assert any(gallery.draw_picks(rows, 3, seed=s) != picks for s in range(6, 12))
+    shuffled = {t: list(reversed(entries)) for t, entries in pool.items()}
+    assert picks == gallery.draw_picks(shuffled, 3, seed=5), "independent of the pool's order"
+    assert any(gallery.draw_picks(pool, 3, seed=s) != picks for s in range(6, 12))
 
 
 # ----------------------------------------------------------------------------------------------------------- slow

@@ -1,0 +1,105 @@
+"""The report's one Beam step: statistics of shards labeled before markers carried them, computed shard by shard.
+
+    Create(shards) -> Reshuffle -> ShardStats (read the shard's rows, `shard_stats`) -> MergeStats (combine)
+                   -> WriteStats (<report output>/label_stats.json)
+
+Each worker reads one shard's Parquet at a time and keeps only its statistics; the merge is a combine of small
+mergeable accumulators (Beam merges partial results where they are made). The driver reads the one merged object.
+"""
+
+import io
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.common.label_set import ERRORS_FOLDER, ROW_FOLDERS
+from pipelines.common.label_stats import MergedStats, shard_stats
+from pipelines.common.safe_paths import check_segment
+from pipelines.config.storage import StorageConfig
+from pipelines.storage import ObjectNotFoundError, Storage, join
+
+
+STATS_NAME = "label_stats.json"
+"""The report folder's record of the statistics it plots (`MergedStats.to_json`), over every shard."""
+
+
+def read_shard_tables(storage: Storage, labels: str, shard: str) -> tuple[dict[str, pa.Table], pa.Table | None]:
+    """The shard's accepted and rejected rows (by folder, in file order) and its error rows; a file that is not
+    there (a shard whose every person errored has no rows) is left out."""
+    tables: dict[str, pa.Table] = {}
+    errors = None
+    for folder in (*ROW_FOLDERS, ERRORS_FOLDER):
+        uri = join(labels, folder, check_segment(f"{shard}.parquet", "shard name"))
+        try:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+        except (ObjectNotFoundError, FileNotFoundError):
+            continue
+        if folder == ERRORS_FOLDER:
+            errors = table
+        else:
+            tables[folder] = table
+    return tables, errors
+
+
+class ShardStatsFn(beam.DoFn):
+    """Input: a shard name. Outputs ``(shard, statistics)`` of its rows (`shard_stats`)."""
+
+    def __init__(self, storage_cfg: StorageConfig, labels: str) -> None:
+        self._storage_cfg = storage_cfg
+        self._labels = labels
+
+    def setup(self) -> None:
+        self._storage = Storage(self._storage_cfg)
+
+    def process(self, shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        tables, errors = read_shard_tables(self._storage, self._labels, shard)
+        yield shard, shard_stats(tables, errors)
+
+
+class MergeStatsFn(beam.CombineFn):  # type: ignore[misc]
+    """Merges ``(shard, statistics)`` into one :class:`MergedStats` (order-free: the same result in any order)."""
+
+    def create_accumulator(self) -> MergedStats:
+        return MergedStats()
+
+    def add_input(self, accumulator: MergedStats, element: tuple[str, dict[str, Any]]) -> MergedStats:
+        accumulator.add(*element)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[MergedStats]) -> MergedStats:
+        merged = MergedStats()
+        for accumulator in accumulators:
+            merged = merged.merge(accumulator)
+        return merged
+
+    def extract_output(self, accumulator: MergedStats) -> dict[str, Any]:
+        return accumulator.to_json()
+
+
+class WriteStatsFn(beam.DoFn):
+    """Input: the merged statistics (once). Writes them to ``<output>/label_stats.json``."""
+
+    def __init__(self, storage_cfg: StorageConfig, output: str) -> None:
+        self._storage_cfg = storage_cfg
+        self._output = output
+
+    def process(self, document: dict[str, Any]) -> Iterator[str]:
+        uri = join(self._output, STATS_NAME)
+        Storage(self._storage_cfg).write_bytes(uri, json.dumps(document, sort_keys=True).encode())
+        yield uri
+
+
+def build_pipeline(p: beam.Pipeline, storage_cfg: StorageConfig, labels: str, shards: list[str], output: str) -> None:
+    """Adds the statistics of ``shards`` of the label output ``labels``, merged into ``<output>/label_stats.json``."""
+    _ = (
+        p
+        | "Shards" >> beam.Create(shards)
+        | "SpreadShards" >> beam.Reshuffle()
+        | "ShardStats" >> beam.ParDo(ShardStatsFn(storage_cfg, labels))
+        | "MergeStats" >> beam.CombineGlobally(MergeStatsFn())
+        | "WriteStats" >> beam.ParDo(WriteStatsFn(storage_cfg, output))
+    )
