@@ -9,6 +9,8 @@ says so, and every other flag is equal.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,12 +24,14 @@ from pipelines.config import (
     ExportJobConfig,
     LabelJobConfig,
     RefilterJobConfig,
+    ReportJobConfig,
     ShardJobConfig,
     compose_config,
 )
 from pipelines.export.job import run as export
 from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
+from pipelines.report.job import run as report
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
@@ -64,6 +68,11 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, make_images(4, seed=3, width=160, height=120, persons=(1, 1)), "shard.max_samples=2"
     )
     label_shards(shards, root / "labels", handler=FakeDPMeshHandler)
+    old = root / "labels_without_statistics"  # as labeled before markers carried statistics: the report computes them
+    shutil.copytree(root / "labels", old)
+    (old / "_done_index.json.gz").unlink()
+    for path in (old / "_done").glob("*.json"):
+        path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "stats"}))
     return root
 
 
@@ -92,6 +101,19 @@ def _jobs(root: Path, out: Path) -> dict[str, tuple[Callable[[Any], Any], Callab
                 "dpmesh_refilter", [f"input={root / 'labels'}", f"output={out}", *more], RefilterJobConfig
             ),
         ),
+        "report": (
+            report,
+            lambda more: compose_config(
+                "dpmesh_report",
+                [
+                    f"input.labels={root / 'labels_without_statistics'}",
+                    f"output={out}",
+                    "report.render_mesh=false",
+                    *more,
+                ],
+                ReportJobConfig,
+            ),
+        ),
         "export": (
             export,
             lambda more: compose_config(
@@ -104,7 +126,7 @@ def _jobs(root: Path, out: Path) -> dict[str, tuple[Callable[[Any], Any], Callab
 
 
 @pytest.mark.parametrize("runner", list(RUNNERS))
-@pytest.mark.parametrize("job", ["shard", "label", "refilter", "export"])
+@pytest.mark.parametrize("job", ["shard", "label", "refilter", "export", "report"])
 def test_the_plan_prints_the_flags_the_run_uses(
     inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job: str, runner: str
 ) -> None:
