@@ -20,6 +20,7 @@ from schemas.arrays import fixed_list_shape, fixed_list_to_numpy
 from schemas.errors import ERROR_REASONS, ERROR_SCHEMA, ERROR_STAGES, ErrorReason, ErrorStage
 from schemas.metadata import SCHEMA_VERSION, empty_table, table_from_rows, with_file_metadata
 from schemas.occlusion import COCO_VISIBILITY_CONFIDENCE, OCCLUSION_LEVELS, OcclusionLevel
+from schemas.release_images import RELEASE_IMAGES_SCHEMA
 from schemas.shard_index import NEAR_DUPLICATES_SCHEMA, SHARD_INDEX_SCHEMA, SHARD_RETIRED_SCHEMA
 
 
@@ -29,6 +30,7 @@ ALL_SCHEMAS: dict[str, pa.Schema] = {
     "errors": ERROR_SCHEMA,
     "shard_retired": SHARD_RETIRED_SCHEMA,
     "near_duplicates": NEAR_DUPLICATES_SCHEMA,
+    "release_images": RELEASE_IMAGES_SCHEMA,
 }
 """Every schema, keyed by its ``schema_name`` metadata."""
 
@@ -43,6 +45,7 @@ __all__ = [
     "NEAR_DUPLICATES_SCHEMA",
     "OCCLUSION_LEVELS",
     "QUALITY_TIERS",
+    "RELEASE_IMAGES_SCHEMA",
     "SCHEMA_VERSION",
     "SHARD_INDEX_SCHEMA",
     "SHARD_RETIRED_SCHEMA",

@@ -15,6 +15,11 @@ class ExportFormat(str, Enum):
     hmr2 = "hmr2"  # 4D-Humans / HMR 2.0 WebDataset tars: <key>.jpg + <key>.data.pyd
     camerahmr = "camerahmr"  # CameraHMR npz per shard + loose upright JPEGs
     crops = "crops"  # WebDataset of square person crops + the row as JSON, for any trainer
+    labels = "labels"  # a labels-only release: selected rows + each image's path, size, sha1; no image bytes
+
+
+# The formats whose ``scale`` is made from the person box, the formats ``export.box_scale`` applies to.
+BOX_FORMATS = (ExportFormat.hmr2, ExportFormat.camerahmr)
 
 
 # The tiers of ``annotations/`` rows (``rejected/`` rows are never exported) and the occlusion levels.
@@ -27,10 +32,13 @@ class ExportInputConfig:
     """Attributes:
     labels: The output folder of ``dpmesh-label`` (or ``dpmesh-refilter``): ``annotations/``, ``_done/``.
     shards: The shard set the labels were made from: ``shard-NNNNNN.tar`` + ``shard-NNNNNN.parquet`` (index).
+    images: With ``from_release`` only: a copy of the corpus the release was labeled from, laid out as it was
+        sharded (the release's image ``path``s are relative to it); every image is checked against its sha1.
     """
 
-    labels: str = "???"
-    shards: str = "???"
+    labels: str | None = None
+    shards: str | None = None
+    images: str | None = None
 
 
 @dataclass
@@ -71,16 +79,22 @@ class ExportOptionsConfig:
     Attributes:
         crop_size: Side of the square person crops of ``format=crops`` (px).
         jpeg_quality: JPEG quality (1-95) of every image written (full images and crops).
+        box_scale: Factor on the person box's width and height, about its centre, in the ``scale`` of
+            ``format=hmr2`` and ``format=camerahmr`` (1.0: the tight box ``bbox_xyxy``; 4D-Humans' and SPIN's
+            preprocessing pad keypoint boxes by 1.2). Another value is another export config (config hash).
     """
 
     crop_size: int = 256
     jpeg_quality: int = 95
+    box_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not 16 <= self.crop_size <= 4096:
             raise ConfigError(f"export.crop_size must be in [16, 4096], got {self.crop_size}")
         if not 1 <= self.jpeg_quality <= 95:
             raise ConfigError(f"export.jpeg_quality must be in [1, 95], got {self.jpeg_quality}")
+        if not 0.5 <= self.box_scale <= 4.0:
+            raise ConfigError(f"export.box_scale must be in [0.5, 4], got {self.box_scale} (1.2 pads as 4D-Humans)")
 
 
 @dataclass
@@ -88,12 +102,15 @@ class ExportJobConfig:
     """The ``dpmesh-export`` app: labels + shards in, a training-ready dataset out, one shard at a time.
 
     Attributes:
-        format: ``hmr2``, ``camerahmr`` or ``crops``.
+        format: ``hmr2``, ``camerahmr``, ``crops`` or ``labels`` (a labels-only release).
+        from_release: A ``format=labels`` release to rebuild from, instead of ``input.labels`` + ``input.shards``;
+            the images come from ``input.images``.
         overwrite: Re-export every shard (an output holding another config's export is refused without it).
     """
 
     input: ExportInputConfig = field(default_factory=ExportInputConfig)
     output: str = "???"
+    from_release: str | None = None
     format: ExportFormat = ExportFormat.hmr2
     select: SelectConfig = field(default_factory=SelectConfig)
     export: ExportOptionsConfig = field(default_factory=ExportOptionsConfig)
@@ -101,3 +118,33 @@ class ExportJobConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_level: str = "INFO"
+
+    def validate(self) -> None:
+        """Cross-field checks: one source of labels and images; ``export.box_scale`` only where a box is written."""
+        given = {k: v for k, v in (("input.labels", self.input.labels), ("input.shards", self.input.shards)) if v}
+        if self.from_release:
+            if given:
+                raise ConfigError(
+                    f"from_release rebuilds from the release alone: drop {' and '.join(given)} (the release holds "
+                    "the labels; input.images the images)"
+                )
+            if not self.input.images:
+                raise ConfigError(
+                    "from_release needs input.images=<a copy of the corpus the release names> (its images are "
+                    "checked against the release's sha1s)"
+                )
+        else:
+            missing = [k for k in ("input.labels", "input.shards") if k not in given]
+            if missing:
+                raise ConfigError(
+                    f"{' and '.join(missing)} must be given (or from_release=<a labels release> "
+                    "input.images=<the images>)"
+                )
+            if self.input.images:
+                raise ConfigError("input.images is read only with from_release: the images come from input.shards")
+        if self.export.box_scale != 1.0 and self.format not in BOX_FORMATS:
+            writes = "DPMesh's square crop_bbox_xywh" if self.format == ExportFormat.crops else "the rows as labeled"
+            raise ConfigError(
+                f"export.box_scale applies to format=hmr2|camerahmr; format={self.format.value} writes {writes} "
+                "(a release's rebuild takes export.box_scale)"
+            )

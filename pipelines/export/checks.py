@@ -13,7 +13,9 @@ them is used before these checks pass:
   every format derives its supervision from (:data:`CHECKED_COLUMNS`) must be present and finite. Other rows go on;
   a failing row becomes an error entry.
 * **Index** (:func:`usable_index`): an index row whose key is not of the grammar is never used, not even to name a
-  file to delete.
+  file to delete. A labels release's image table is an index too, held to the same rule.
+* **Images** (:mod:`pipelines.export.image_sources`): an image's bytes must be the ones labeled (the index's sha1
+  for a tar member, the release's size and sha1 for a rebuild's file) before they are decoded.
 
 Every problem is counted under one of the reasons below, per person (or per index row), in the shard's marker.
 """
@@ -33,18 +35,24 @@ from pipelines.storage import Storage
 INVALID_KEY = "invalid_key"  # image_key / sample_id not of the key grammar: never used as a path or member name
 INVALID_LABEL = "invalid_label_value"  # a null or non-numeric value where a format needs a number
 NON_FINITE = "non_finite_label"  # NaN or inf where a format needs a number: never written into a training file
-NOT_IN_INDEX = "not_in_index"  # the labeled image is not in the shard's index
-IMAGE_MISMATCH = "image_mismatch"  # the tar's bytes are not the index's (short read, sha1): the shard changed
-IMAGE_UNREADABLE = "image_unreadable"  # the bytes do not decode (the label run decoded them: the shard changed)
+NOT_IN_INDEX = "not_in_index"  # the labeled image is not in the shard's index (or the release's image table)
+# The bytes are not the ones labeled: the tar's are not the index's (short read, sha1: the shard changed), or a
+# rebuild's file is not the one the release records (size, sha1: the image changed). Never paired with the label.
+IMAGE_MISMATCH = "image_mismatch"
+IMAGE_MISSING = "image_missing"  # a rebuild's input.images holds no file at the path the release records
+IMAGE_UNREADABLE = "image_unreadable"  # the bytes do not decode (the label run decoded them: the image changed)
 TAR_READ_STOPPED = "tar_read_stopped"  # the tar ends (or its index overlaps) before the image
 DUPLICATE_ROW = "duplicate_sample_id"  # a second row of the same person: one training item per person
-UNSAFE_PATH = "unsafe_path"  # the output path resolves outside output (a link planted in the output folder)
+# A path from data that is not plain segments inside its folder: an output path (a link planted in the output
+# folder), a release image path (``..``, a separator in a segment, a link out of input.images), or none at all.
+UNSAFE_PATH = "unsafe_path"
 # Per-shard reasons: nothing of the shard is exported; every accepted row of it counts under the reason.
 LINEAGE_MISMATCH = "lineage_mismatch"  # the tar is not the one the labels were made from
 LABELS_MISSING = "labels_missing"  # the marker says persons were accepted, the annotations Parquet is gone
 LABELS_UNREADABLE = "labels_unreadable"  # the marker or annotations cannot be read as labels
-INDEX_UNREADABLE = "index_unreadable"  # the shard's index Parquet is missing or not Parquet
-# (UNSAFE_PATH too, when the shard's own file name resolves outside output.)
+INDEX_UNREADABLE = "index_unreadable"  # the shard's index (or the release's image table) is missing or not Parquet
+# (UNSAFE_PATH too, when the shard's own file name resolves outside output.) A rebuild carries the reason a release
+# refused a shard with: the release holds nothing of it.
 
 CHECKED_COLUMNS = (
     "keypoints_2d", "bbox_xyxy", "crop_bbox_xywh", "global_orient", "body_pose", "betas", "transl", "focal_length",
@@ -54,6 +62,19 @@ CHECKED_COLUMNS = (
 with a null, NaN or inf in any of them is an error row for all three formats, so no trainer ever reads one."""
 
 _SHOWN = 120  # characters of a hostile value kept in a marker or a message
+
+
+class ShardRefused(Exception):  # noqa: N818 (the shard is refused: reads as the outcome it is)
+    """The shard exports nothing: ``reason`` (a per-shard reason above) and a one-line message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def skip_entry(key: str, reason: str, error: str, persons: int) -> dict[str, Any]:
+    """A marker's ``skipped_images`` entry: an image (and its ``persons``) not exported, and why."""
+    return {"key": shown(key), "reason": reason, "error": error, "persons": persons}
 
 
 def shown(value: object) -> str:

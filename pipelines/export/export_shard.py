@@ -1,8 +1,9 @@
 """Exporting one labeled shard: the unit of work, of commit and of resume of ``dpmesh-export``.
 
 :class:`ExportShardFn` takes an :class:`~pipelines.export.records.ExportTask` and, inside one element, checks that the
-shard can be trusted, selects its rows, reads their images from the tar by ``tar_offset``, writes the format's files
-and then ``_done/shard-NNNNNN.json``, its marker, last. Nothing a user's files hold is trusted before
+shard can be trusted, selects its rows, reads their images (from the tar by ``tar_offset``, or for a rebuild from a
+labels release from ``input.images``, :mod:`pipelines.export.image_sources`), writes the format's files and then
+``_done/shard-NNNNNN.json``, its marker, last. Nothing a user's files hold is trusted before
 :mod:`pipelines.export.checks` has passed it:
 
 * A shard whose tar is not the one its labels were made from (``lineage_mismatch``), whose label marker says
@@ -15,6 +16,12 @@ and then ``_done/shard-NNNNNN.json``, its marker, last. Nothing a user's files h
 
 Every selected person is exported or counted under exactly one reason (``skipped_by_reason``), so a marker's counts
 reconcile: ``rows_selected = persons + persons_skipped`` (``reconciled``).
+
+A rebuild from a labels release (``from_release``) runs the same steps on the release's shards: the release's marker
+stands in for the label marker (:func:`~pipelines.export.release.release_label_marker`: the same label lineage, so
+the rebuild's marker records what a direct export's does, plus the release's config hash under ``release``), there
+is no tar to check, and each image is proven by the release's size and sha1 instead. A shard the release refused is
+refused again with the release's reason.
 """
 
 import json
@@ -24,6 +31,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 import pipelines
@@ -32,33 +40,24 @@ from pipelines.common.image_decode import ImageDecodeError
 from pipelines.common.label_set import LABEL_RUN, marker_uri
 from pipelines.common.metrics import EXPORT_METRICS
 from pipelines.common.safe_paths import UnsafeName
-from pipelines.common.shard_members import (
-    MemberError,
-    MemberRef,
-    check_member,
-    decode_upright,
-    encode_jpeg,
-    iter_members,
-)
+from pipelines.common.shard_members import decode_upright, encode_jpeg
 from pipelines.config import ConfigError, ExportJobConfig, config_hash
 from pipelines.export.checks import (
     CHECKED_COLUMNS,
-    IMAGE_MISMATCH,
     IMAGE_UNREADABLE,
-    INDEX_UNREADABLE,
     LABELS_MISSING,
     LABELS_UNREADABLE,
     LINEAGE_MISMATCH,
-    NOT_IN_INDEX,
-    TAR_READ_STOPPED,
     UNSAFE_PATH,
+    ShardRefused,
     check_rows,
     lineage_problem,
-    shown,
-    usable_index,
+    skip_entry,
 )
 from pipelines.export.formats import WRITERS
+from pipelines.export.image_sources import FolderImages, ImageSource, ShardTarImages
 from pipelines.export.records import ExportImage, ExportPerson, ExportTask
+from pipelines.export.release import release_label_marker
 from pipelines.export.selection import select_rows
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
@@ -71,15 +70,21 @@ from schemas import ANNOTATION_SCHEMA
 # was relabeled since it was exported.
 LABEL_LINEAGE = ("shard_identity", "config_hash", "calibration_sha256", LABEL_RUN)
 
-# Keys that do not change what is written: where and how the job runs.
-_NOT_CONTENT = ("input", "output", "runner", "storage", "log_level", "overwrite")
+# Keys that do not change what is written: where and how the job runs, and where its labels and images come from
+# (a rebuild from a release writes what a direct export of the same config writes).
+_NOT_CONTENT = ("input", "from_release", "output", "runner", "storage", "log_level", "overwrite")
+# An option whose default was added after exports were made: left out of the hash at its default, so an output made
+# before it existed is still this config's (and a box_scale other than 1.0 is another config).
+_NEUTRAL_DEFAULTS = {"export.box_scale": 1.0}
 # Label columns the export reads besides the checked values: ids, verdict (an annotation file lacking one is refused).
 _ID_COLUMNS = ("sample_id", "image_key", "person_idx", "quality_tier")
 
 
 def export_config_hash(cfg: ExportJobConfig) -> str:
     """Fingerprint of what decides the exported bytes (format, selection, image options)."""
-    return config_hash(cfg, exclude=_NOT_CONTENT)
+    options = {"export.box_scale": cfg.export.box_scale}
+    neutral = tuple(key for key, default in _NEUTRAL_DEFAULTS.items() if options[key] == default)
+    return config_hash(cfg, exclude=(*_NOT_CONTENT, *neutral))
 
 
 def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +92,16 @@ def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
     return {k: label_marker.get(k) for k in LABEL_LINEAGE}
 
 
-class _RefusedError(Exception):
-    """The shard exports nothing: ``reason`` (a :mod:`pipelines.export.checks` reason) and a one-line message."""
+def current_source(label_marker: dict[str, Any]) -> dict[str, Any]:
+    """What decides a unit's rows, from its label marker (or a rebuild's stand-in for one): the label lineage and,
+    for a rebuild, the release's config hash (None otherwise)."""
+    return {"label": label_lineage(label_marker), "release": label_marker.get("release")}
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+
+def recorded_source(export_marker: dict[str, Any]) -> dict[str, Any]:
+    """The same, as an export marker recorded it: a difference from :func:`current_source` means the unit's labels
+    (or its release) changed since it was exported."""
+    return {"label": label_lineage(export_marker.get("label") or {}), "release": export_marker.get("release")}
 
 
 def group_by_image(persons: list[ExportPerson]) -> dict[str, list[ExportPerson]]:
@@ -123,10 +132,13 @@ class ExportShardFn(beam.DoFn):
             if (committed := self._committed(task, label_marker)) is not None:
                 yield committed  # a retried or recomputed work item: the shard is exported, its files stay
                 return
+            if error := label_marker.get("release_error"):  # the release holds nothing of this shard
+                raise ShardRefused(error["reason"], f"refused when the release was made: {error.get('error')}")
             table = self._labels(task, label_marker)
-            self._check_lineage(task, label_marker)
+            if task.images_folder is None:  # a rebuild has no tar: each image is proven by the release's sha1
+                self._check_lineage(task, label_marker)
             marker = self._export(task, label_marker, table)
-        except _RefusedError as refused:
+        except ShardRefused as refused:
             marker = self._refused(task, label_marker, table, refused)
         self._storage.write_bytes(marker_uri(self._cfg.output, task.name), json.dumps(marker, indent=1).encode())
         yield marker
@@ -139,19 +151,26 @@ class ExportShardFn(beam.DoFn):
         committed = committed_marker(self._storage, self._cfg.output, task.name, {"config_hash": self._hash})
         if committed is None or committed.get("shard_error"):
             return None
-        if label_lineage(committed.get("label") or {}) != label_lineage(label_marker):
+        if recorded_source(committed) != current_source(label_marker):
             return None
         Metrics.counter(EXPORT_METRICS, "shards_already_committed").inc()
         return committed
 
     def _label_marker(self, task: ExportTask) -> dict[str, Any]:
-        data = self._storage.read_bytes(marker_uri(self._cfg.input.labels, task.name))
+        """The shard's label marker; for a rebuild, the stand-in made from the release's marker."""
+        release = self._cfg.from_release
+        data = self._storage.read_bytes(marker_uri(release or str(self._cfg.input.labels), task.name))
         try:
             marker = json.loads(data)
         except ValueError as exc:
-            raise _RefusedError(LABELS_UNREADABLE, f"the label marker is not JSON: {exc}") from None
+            raise ShardRefused(LABELS_UNREADABLE, f"the label marker is not JSON: {exc}") from None
+        if release:
+            try:
+                return release_label_marker(marker)
+            except ValueError as exc:
+                raise ShardRefused(LABELS_UNREADABLE, str(exc)) from None
         if not isinstance(marker, dict):
-            raise _RefusedError(LABELS_UNREADABLE, "the label marker is not a JSON object")
+            raise ShardRefused(LABELS_UNREADABLE, "the label marker is not a JSON object")
         return marker
 
     def _labels(self, task: ExportTask, label_marker: dict[str, Any]) -> pa.Table:
@@ -161,7 +180,7 @@ class ExportShardFn(beam.DoFn):
         except FileNotFoundError:
             accepted = _accepted(label_marker)
             if accepted:
-                raise _RefusedError(
+                raise ShardRefused(
                     LABELS_MISSING,
                     f"the label marker says {accepted} persons were accepted but {task.labels_uri} is missing",
                 ) from None
@@ -169,63 +188,59 @@ class ExportShardFn(beam.DoFn):
         table = _parquet(data, task.labels_uri, LABELS_UNREADABLE)
         missing = [name for name in (*_ID_COLUMNS, *CHECKED_COLUMNS) if name not in table.column_names]
         if missing:
-            raise _RefusedError(LABELS_UNREADABLE, f"{task.labels_uri} lacks the column(s) {', '.join(missing)}")
+            raise ShardRefused(LABELS_UNREADABLE, f"{task.labels_uri} lacks the column(s) {', '.join(missing)}")
         return table
 
     def _check_lineage(self, task: ExportTask, label_marker: dict[str, Any]) -> None:
         try:
             problem = lineage_problem(self._storage, task.tar_uri, task.tar_bytes, task.manifest_entry, label_marker)
         except (AttributeError, TypeError, ValueError) as exc:  # a hand-made marker: identity fields of other types
-            raise _RefusedError(LABELS_UNREADABLE, f"the label marker's shard_identity is unusable: {exc}") from None
+            raise ShardRefused(LABELS_UNREADABLE, f"the label marker's shard_identity is unusable: {exc}") from None
         if problem:
-            raise _RefusedError(LINEAGE_MISMATCH, problem)
+            raise ShardRefused(LINEAGE_MISMATCH, problem)
+
+    def _source(self, task: ExportTask) -> ImageSource:
+        """Where the unit's images come from: the shard tar, or a rebuild's folder of files."""
+        if task.images_folder is None:
+            return ShardTarImages(self._storage, task)
+        return FolderImages(self._storage, task)
 
     def _export(self, task: ExportTask, label_marker: dict[str, Any], table: pa.Table) -> dict[str, Any]:
         storage, cfg = self._storage, self._cfg
         try:
             selected = select_rows(table, cfg.select)
         except ConfigError as exc:  # launch checked the first shard's schema; this shard's differs
-            raise _RefusedError(LABELS_UNREADABLE, str(exc)) from None
+            raise ShardRefused(LABELS_UNREADABLE, str(exc)) from None
         writable, errors = check_rows(selected)
         try:
             images = group_by_image(ExportPerson.from_table(writable))
         except (KeyError, TypeError, ValueError, pa.ArrowException) as exc:
-            raise _RefusedError(LABELS_UNREADABLE, f"{task.labels_uri} does not hold annotation rows: {exc}") from None
-        index, index_skipped = self._index(task)
+            raise ShardRefused(LABELS_UNREADABLE, f"{task.labels_uri} does not hold annotation rows: {exc}") from None
+        source = self._source(task)
+        index, index_skipped = source.table()
         skipped = list(index_skipped)
-        refs = []
-        for key, people in images.items():
-            if key not in index:
-                skipped.append(_skip(key, NOT_IN_INDEX, "not in the shard index", people))
-                continue
-            try:
-                refs.append(_member_ref(index[key], task.tar_bytes))
-            except (KeyError, TypeError, ValueError) as exc:
-                skipped.append(_skip(key, IMAGE_MISMATCH, f"its shard index row is unusable: {exc}", people))
         try:
-            writer = WRITERS[cfg.format](storage, cfg.output, task.name, cfg.export)
+            writer = WRITERS[cfg.format](storage, cfg.output, task.name, cfg.export, config_hash=self._hash)
         except UnsafeName as exc:
-            raise _RefusedError(UNSAFE_PATH, str(exc)) from None
+            raise ShardRefused(UNSAFE_PATH, str(exc)) from None
         exported: list[ExportPerson] = []
         try:
-            with storage.open_read(task.tar_uri) as stream:
-                for ref, data in self._members(stream, refs, skipped, images):
-                    people = images[ref.key]
-                    try:  # the label run read and decoded this image: a failure means the shard changed since
-                        pixels = decode_upright(check_member(ref, data), max_image_pixels=self._max_pixels)
-                    except MemberError as exc:
-                        skipped.append(_skip(ref.key, IMAGE_MISMATCH, str(exc), people))
-                        continue
-                    except ImageDecodeError as exc:
-                        skipped.append(_skip(ref.key, IMAGE_UNREADABLE, str(exc), people))
-                        continue
-                    jpeg = encode_jpeg(pixels, cfg.export.jpeg_quality)
-                    try:
-                        writer.add(ExportImage(ref.key, pixels, jpeg, people))
-                    except UnsafeName as exc:  # e.g. a link planted in the output folder
-                        skipped.append(_skip(ref.key, UNSAFE_PATH, str(exc), people))
-                        continue
-                    exported.extend(people)
+            for key, data, record in source.read(images, index, skipped):
+                people = images[key]
+                try:  # the label run decoded these bytes (they are proven the same): a failure means they changed
+                    pixels = decode_upright(data, max_image_pixels=self._max_pixels)
+                except ImageDecodeError as exc:
+                    skipped.append(skip_entry(key, IMAGE_UNREADABLE, str(exc), len(people)))
+                    continue
+                jpeg = encode_jpeg(pixels, cfg.export.jpeg_quality) if writer.WRITES_IMAGES else b""
+                try:
+                    writer.add(ExportImage(key, pixels, jpeg, people, record))
+                except UnsafeName as exc:  # e.g. a link planted in the output folder
+                    skipped.append(skip_entry(key, UNSAFE_PATH, str(exc), len(people)))
+                    continue
+                exported.extend(people)
+            if writer.WRITES_ROWS:
+                writer.add_rows(_rows_of(writable, exported))
             files = writer.close()
         except BaseException:
             writer.abort()
@@ -235,30 +250,6 @@ class ExportShardFn(beam.DoFn):
         counts = {"rows_in": table.num_rows, "rows_selected": selected.num_rows}
         counts["index_keys_invalid"] = len(index_skipped)
         return self._marker(task, label_marker, table, counts, exported, errors, skipped, files)
-
-    def _index(self, task: ExportTask) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-        """The usable index rows by key, and skip entries for the others."""
-        try:
-            data = self._storage.read_bytes(task.index_uri)
-        except FileNotFoundError:
-            raise _RefusedError(INDEX_UNREADABLE, f"{task.index_uri} is missing") from None
-        return usable_index(_parquet(data, task.index_uri, INDEX_UNREADABLE).to_pylist())
-
-    @staticmethod
-    def _members(
-        stream: Any, refs: list[MemberRef], skipped: list[dict[str, Any]], images: dict[str, list[ExportPerson]]
-    ) -> Iterator[tuple[MemberRef, bytes]]:
-        """The wanted members; a tar that cannot be read on ends the shard's reading with a skip entry for each
-        image not reached."""
-        reached: set[str] = set()
-        try:
-            for ref, data in iter_members(stream, refs):
-                reached.add(ref.key)
-                yield ref, data
-        except MemberError as exc:
-            for ref in refs:
-                if ref.key not in reached:
-                    skipped.append(_skip(ref.key, TAR_READ_STOPPED, f"shard read stopped: {exc}", images[ref.key]))
 
     def _marker(
         self,
@@ -310,7 +301,7 @@ class ExportShardFn(beam.DoFn):
         }
 
     def _refused(
-        self, task: ExportTask, label_marker: dict[str, Any], table: pa.Table | None, refused: _RefusedError
+        self, task: ExportTask, label_marker: dict[str, Any], table: pa.Table | None, refused: ShardRefused
     ) -> dict[str, Any]:
         """The marker of a shard that exports nothing: every accepted row counts under the refusal's reason (the
         selection is not applied to rows that cannot be trusted). An earlier export of the shard is withdrawn, so
@@ -343,18 +334,21 @@ class ExportShardFn(beam.DoFn):
     def _known_keys(self, task: ExportTask) -> set[str]:
         """The usable index keys of a shard (what an earlier export may have written files for), if readable."""
         try:
-            return set(self._index(task)[0])
-        except _RefusedError:
+            return set(self._source(task).table()[0])
+        except ShardRefused:
             return set()
 
     def _head(self, task: ExportTask, label_marker: dict[str, Any]) -> dict[str, Any]:
-        return {
+        head: dict[str, Any] = {
             "shard": task.name,
             "format": self._cfg.format.value,
             "config_hash": self._hash,
             "pipeline_version": pipelines.__version__,
             "label": {"shard_uri": label_marker.get("shard_uri"), **label_lineage(label_marker)},
         }
+        if self._cfg.from_release:
+            head["release"] = label_marker.get("release")
+        return head
 
 
 def _accepted(label_marker: dict[str, Any]) -> int:
@@ -369,27 +363,23 @@ def _parquet(data: bytes, uri: str, reason: str) -> pa.Table:
     try:
         return read_parquet_bytes(data)
     except (OSError, pa.ArrowException) as exc:
-        raise _RefusedError(
+        raise ShardRefused(
             reason, f"{uri} is not Parquet: {str(exc).splitlines()[0] if str(exc) else exc!r}"
         ) from None
 
 
-def _member_ref(row: dict[str, Any], tar_bytes: int) -> MemberRef:
-    """The member an index row points at, which must lie inside the tar (a hand-made index could ask for a negative
-    offset or a terabyte read).
-
-    Raises:
-        ValueError: it does not. KeyError, TypeError: the row lacks ``tar_offset`` / ``bytes`` or holds no numbers.
-    """
-    ref = MemberRef.from_index_row(row)
-    if ref.offset < 0 or ref.size < 0 or ref.offset + ref.size > tar_bytes:
-        raise ValueError(f"{ref.size} bytes at offset {ref.offset} lie outside the {tar_bytes}-byte tar")
-    return ref
+def _rows_of(table: pa.Table, persons: list[ExportPerson]) -> pa.Table:
+    """The rows of ``table`` (checked rows: sample ids unique) of the persons exported, in table order, with the
+    table's types and metadata (``format=labels`` writes them as they are)."""
+    ids = pa.array(sorted({p.sample_id for p in persons}), type=table.schema.field("sample_id").type)
+    return table.filter(pc.is_in(table["sample_id"], value_set=ids))
 
 
-def _skip(key: str, reason: str, error: str, people: list[ExportPerson]) -> dict[str, Any]:
-    """A ``skipped_images`` entry: an image (and its persons) not exported, and why."""
-    return {"key": shown(key), "reason": reason, "error": error, "persons": len(people)}
-
-
-__all__ = ["LABEL_LINEAGE", "ExportShardFn", "export_config_hash", "label_lineage"]
+__all__ = [
+    "LABEL_LINEAGE",
+    "ExportShardFn",
+    "current_source",
+    "export_config_hash",
+    "label_lineage",
+    "recorded_source",
+]

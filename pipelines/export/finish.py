@@ -2,8 +2,9 @@
 
 ``stats.json`` adds up the ``_done/`` markers of every exported shard (this run's and earlier runs'), so a resumed
 export reports the whole dataset. The card states where the labels came from (label run, model, config hashes,
-thresholds), what was selected, the counts by tier and occlusion level, what was not exported and why (persons by
-reason, the shards refused whole), and the licence terms a user inherits.
+thresholds; for a rebuild, the labels release and the images folder), what was selected, which box the format's
+``center`` / ``scale`` come from, the counts by tier and occlusion level, what was not exported and why (persons by
+reason, the shards refused whole), how a labels release is rebuilt, and the licence terms a user inherits.
 """
 
 import json
@@ -113,6 +114,61 @@ def _refused_lines(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
+def box_line(export: dict[str, Any]) -> str:
+    """The card's statement of which person box the format writes (``export`` is the provenance's ``export``)."""
+    fmt = export.get("format")
+    scale = float((export.get("options") or {}).get("box_scale", 1.0))
+    if fmt in ("hmr2", "camerahmr"):
+        size = "width, height" if fmt == "hmr2" else "max(width, height)"
+        padding = (
+            "the tight box (4D-Humans' and SPIN's preprocessing pad keypoint boxes by 1.2: export with "
+            "`export.box_scale=1.2` to match)"
+            if scale == 1.0
+            else f"padded x{scale:g} about its centre"
+        )
+        return (
+            f"- boxes: `center` is the centre of the person box `bbox_xyxy`, `scale` its {size} x {scale:g} / 200: "
+            f"{padding}"
+        )
+    if fmt == "crops":
+        return "- boxes: each crop is the label's square `crop_bbox_xywh` (DPMesh's crop), not the person box"
+    return (
+        "- boxes: the rows keep `bbox_xyxy` (the tight person box) and `crop_bbox_xywh`; a rebuild's "
+        "`export.box_scale` decides the padding of its hmr2 / camerahmr `scale`"
+    )
+
+
+def _release_lines(stats: dict[str, Any]) -> list[str]:
+    """The card's section on rebuilding a labels release (empty for other formats)."""
+    if stats["provenance"]["export"].get("format") != "labels":
+        return []
+    return [
+        "## Rebuilding",
+        "",
+        "This release holds labels, not images: per shard, `shard-NNNNNN.labels.parquet` (the annotation rows) and "
+        "`shard-NNNNNN.images.parquet` (each image's `path` relative to the corpus root, `source_uri`, `bytes`, "
+        "`sha1`). With a copy of the corpus laid out as it was sharded, rebuild any format:",
+        "",
+        "```bash",
+        "dpmesh-export from_release=<this folder> input.images=<the corpus copy> format=hmr2 output=<new folder>",
+        "```",
+        "",
+        "Every image is checked against its size and sha1 before a label is paired with it; a missing or changed "
+        "image is counted (`image_missing`, `image_mismatch`), never exported.",
+        "",
+    ]
+
+
+def _rebuild_lines(prov: dict[str, Any]) -> list[str]:
+    """The card's provenance line of a rebuild: the release and the images folder it read (none otherwise)."""
+    if not prov.get("release"):
+        return []
+    return [
+        f"- rebuilt from the labels release `{prov['release']}` with the images of `{prov['images']}` (each checked "
+        "against the release's sha1)"
+    ]
+
+
 def _table(title: str, counts: dict[str, int] | None, missing: str) -> list[str]:
     if counts is None:
         return [f"**{title}**: {missing}", ""]
@@ -151,6 +207,7 @@ def render_card(stats: dict[str, Any]) -> str:
         "`stats.json`)",
         *_refused_lines(stats),
         "- `has_body_pose` / `has_betas`: 1 for `gold` and `silver`, 0 for `bronze` (2D keypoints only)",
+        box_line(export),
         "",
         *_table("tier", stats["tiers"], ""),
         *_table(
@@ -158,11 +215,13 @@ def render_card(stats: dict[str, Any]) -> str:
             stats["occlusion_levels"],
             "not recorded (these labels predate the occlusion columns; relabel to get them)",
         ),
+        *_release_lines(stats),
         "## Provenance",
         "",
         f"- labels: `{prov['labels']}` (made by `{label.get('created_by', 'unknown')}`, pipeline "
         f"{label.get('pipeline_version', 'unknown')}, config hash `{label.get('config_hash', 'unknown')}`)",
         f"- shards: `{prov['shards']}`",
+        *_rebuild_lines(prov),
         f"- model: `{model.get('name', 'unknown')}` "
         f"(checkpoint `{model.get('checkpoint') or model.get('pretrained') or 'random weights'}`); "
         f"model ids (weights hash): {', '.join(f'`{m}`' for m in stats['model_ids']) or 'none'}",
@@ -178,9 +237,31 @@ def render_card(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def export_provenance(cfg: ExportJobConfig) -> dict[str, Any]:
+    """The provenance's ``export``: what this export is (format, version, config hash, selection, options)."""
+    return {
+        "format": cfg.format.value,
+        "pipeline_version": pipelines.__version__,
+        "config_hash": export_config_hash(cfg),
+        "select": config_to_dict(cfg.select),
+        "options": config_to_dict(cfg.export),
+    }
+
+
+def rebuild_provenance(cfg: ExportJobConfig, release_stats: dict[str, Any]) -> dict[str, Any]:
+    """A rebuild's provenance: the release's (where its labels came from, the label run, the pixel limit), then
+    the release and the images folder this rebuild read, and this export."""
+    return {
+        **(release_stats.get("provenance") or {}),
+        "release": cfg.from_release,
+        "images": cfg.input.images,
+        "export": export_provenance(cfg),
+    }
+
+
 def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dict[str, Any]:
     """What the card and stats record about where the dataset came from (no secrets: configs hold none)."""
-    summary = read_summary(storage, cfg.input.labels)
+    summary = read_summary(storage, str(cfg.input.labels))
     if summary is None:
         logger.warning("%s has no readable %s: the card lacks the label run's lineage", cfg.input.labels, SUMMARY_NAME)
         summary = {}
@@ -205,13 +286,7 @@ def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dic
         },
         "body_model": ", ".join(f"{name} (sha256 {digest})" for name, digest in sorted(body_models.items())) or None,
         "labels_schema_version": meta.get("schema_version"),
-        "export": {
-            "format": cfg.format.value,
-            "pipeline_version": pipelines.__version__,
-            "config_hash": export_config_hash(cfg),
-            "select": config_to_dict(cfg.select),
-            "options": config_to_dict(cfg.export),
-        },
+        "export": export_provenance(cfg),
     }
 
 

@@ -17,6 +17,11 @@ Launch checks, in order, before anything is read or written: ``output=`` neither
 (:func:`~pipelines.export.selection.parse_where`: no SQL runs before it passes); the labeled shards are in
 ``input.shards``; the output holds no other config's export. Only then does the selection run once on an empty
 table, are a killed run's temporary files removed, and does the pipeline start.
+
+``from_release=<release> input.images=<folder>`` rebuilds from a labels release (``format=labels``,
+:mod:`pipelines.export.release`) instead: the units are the release's shards, the rows its rows, the images files of
+``input.images`` checked against the release's sha1s; the same graph, commit and resume. The output must overlap
+neither the release nor the images, and the release must be finished (its ``stats.json``).
 """
 
 import json
@@ -40,8 +45,16 @@ from pipelines.config import (
 )
 from pipelines.export import scratch
 from pipelines.export.export_shard import LABEL_LINEAGE, ExportShardFn, export_config_hash, label_lineage
-from pipelines.export.finish import CARD_NAME, STATS_NAME, WriteCardFn, provenance, reasons_line, refused_line
-from pipelines.export.plan import labels_schema, plan_pending, plan_tasks
+from pipelines.export.finish import (
+    CARD_NAME,
+    STATS_NAME,
+    WriteCardFn,
+    provenance,
+    reasons_line,
+    rebuild_provenance,
+    refused_line,
+)
+from pipelines.export.plan import labels_schema, plan_pending, plan_release_tasks, plan_tasks, read_release
 from pipelines.export.records import ExportTask
 from pipelines.export.selection import check_selection, parse_where
 from pipelines.storage import Storage, join
@@ -90,12 +103,23 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
         return launch.plan(lambda p: build_pipeline(p, cfg, stand_in, {}, default_pixels))
     storage = Storage(cfg.storage)
     # Before anything is read or written: an output over an input would have its source shards or labels replaced.
-    check_output_location(storage, cfg.output, {"input.labels": cfg.input.labels, "input.shards": cfg.input.shards})
-    tasks = plan_tasks(cfg, storage)
+    if cfg.from_release:
+        inputs = {"from_release": cfg.from_release, "input.images": cfg.input.images}
+    else:
+        inputs = {"input.labels": cfg.input.labels, "input.shards": cfg.input.shards}
+    check_output_location(storage, cfg.output, inputs)
+    release = read_release(storage, cfg.from_release) if cfg.from_release else None
+    tasks = plan_release_tasks(cfg, storage) if cfg.from_release else plan_tasks(cfg, storage)
     pending = plan_pending(cfg, storage, tasks)
     schema = labels_schema(storage, tasks)
     check_selection(cfg.select, schema)  # the one expression, bound to the labels' columns on an empty table
-    prov = provenance(cfg, storage, schema)
+    if release is not None:  # the release's provenance: its label run, and the pixel limit its images were read with
+        prov = rebuild_provenance(cfg, release)
+        max_pixels = int(prov.get("max_image_pixels") or prov["label_run"].get("max_image_pixels") or default_pixels)
+    else:
+        prov = provenance(cfg, storage, schema)
+        max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, str(cfg.input.shards))
+        prov["max_image_pixels"] = max_pixels  # a release records it, so its rebuilds decode with the same limit
     removed = scratch.clear(cfg.output)  # what a killed run left: nothing of this run is written yet
     if removed:
         logger.info("removed %d temporary files a killed run left in %s", removed, cfg.output)
@@ -107,7 +131,6 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
             "format=camerahmr with bronze rows: CameraHMR's loader has no per-person SMPL switch, so it would "
             "train on bronze SMPL; pass select.tiers=[gold,silver] to leave them out"
         )
-    max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, cfg.input.shards)
     launch = resolve_launch(APP, cfg.runner, units=len(pending))
     record_intent(storage, cfg.output, APP, export_config_hash(cfg))  # before the first shard's files
     with launch.pipeline() as p:
@@ -130,6 +153,10 @@ def report(stats: dict[str, Any], cfg: ExportJobConfig) -> str:
         lines.append(f"refused shards (nothing exported; see stats.json shard_errors): {refused_line(stats)}")
     if counts.get("index_keys_invalid"):
         lines.append(f"shard index rows with an invalid key, never used: {counts['index_keys_invalid']}")
+    if cfg.format == ExportFormat.labels:
+        lines.append(
+            f"rebuild with: dpmesh-export from_release={cfg.output} input.images=<the corpus> format=hmr2 ..."
+        )
     lines.append(f"output: {cfg.output} (dataset card: {join(cfg.output, CARD_NAME)})")
     return "\n".join(lines)
 

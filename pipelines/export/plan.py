@@ -1,6 +1,6 @@
 """The units of ``dpmesh-export`` and which are pending: every labeled shard joined to its tar, index and manifest
-record; those without an export marker of this config, relabeled since, or refused before (all with
-``overwrite``)."""
+record (or, for a rebuild, every shard of a labels release); those without an export marker of this config,
+relabeled since (or whose release shard was remade), or refused before (all with ``overwrite``)."""
 
 import dataclasses
 import json
@@ -24,8 +24,10 @@ from pipelines.common.shard_set import (
     shard_name_of,
 )
 from pipelines.config import ConfigError, ExportJobConfig
-from pipelines.export.export_shard import export_config_hash, label_lineage
+from pipelines.export.export_shard import current_source, export_config_hash, recorded_source
+from pipelines.export.finish import STATS_NAME
 from pipelines.export.records import ExportTask
+from pipelines.export.release import corpus_root, images_uri, labels_uri, release_label_marker
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA
@@ -34,14 +36,13 @@ from schemas import ANNOTATION_SCHEMA
 logger = logging.getLogger(__name__)
 
 
-def manifest_entries(storage: Storage, tar_uris: list[str]) -> dict[str, dict[str, Any]]:
-    """The shard set manifests' records of ``tar_uris`` (``tar_bytes``, ``tar_sha1``), by tar URI; a tar no
-    manifest lists has none (its sha1 is then hashed by the worker that checks it).
+def read_manifests(storage: Storage, tar_uris: list[str]) -> dict[str, dict[str, Any]]:
+    """The shard set manifests of the folders holding ``tar_uris``, by folder (a folder without one is absent).
 
     Raises:
-        ConfigError: a manifest that is not JSON.
+        ConfigError: a manifest that is not a JSON object.
     """
-    entries: dict[str, dict[str, Any]] = {}
+    manifests: dict[str, dict[str, Any]] = {}
     for folder in sorted({folder_of(uri) for uri in tar_uris}):
         uri = join(folder, MANIFEST_NAME)
         try:
@@ -50,7 +51,18 @@ def manifest_entries(storage: Storage, tar_uris: list[str]) -> dict[str, dict[st
             continue
         except ValueError:
             raise ConfigError(f"{uri} is not JSON: rerun dpmesh-shard for that shard set") from None
-        shards = manifest.get("shards") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict):
+            raise ConfigError(f"{uri} is not a JSON object: rerun dpmesh-shard for that shard set")
+        manifests[folder] = manifest
+    return manifests
+
+
+def manifest_entries(manifests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The manifests' records of their tars (``tar_bytes``, ``tar_sha1``), by tar URI; a tar no manifest lists has
+    none (its sha1 is then hashed by the worker that checks it)."""
+    entries: dict[str, dict[str, Any]] = {}
+    for folder, manifest in manifests.items():
+        shards = manifest.get("shards")
         for entry in shards if isinstance(shards, list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("shard"), str):
                 entries[join(folder, f"{entry['shard']}.tar")] = entry
@@ -63,27 +75,77 @@ def plan_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
     Raises:
         ConfigError: no labeled shards; a labeled shard whose tar is not in ``input.shards``.
     """
-    labeled = sorted(listed_markers(storage, cfg.input.labels))
+    labels, shards = str(cfg.input.labels), str(cfg.input.shards)
+    labeled = sorted(listed_markers(storage, labels))
     if not labeled:
-        raise ConfigError(f"input.labels={cfg.input.labels!r} holds no labeled shards (no _done/ markers)")
-    tars = {shard_name_of(obj.uri): obj for obj in storage.list(cfg.input.shards) if SHARD_TAR.search(obj.uri)}
+        raise ConfigError(f"input.labels={labels!r} holds no labeled shards (no _done/ markers)")
+    tars = {shard_name_of(obj.uri): obj for obj in storage.list(shards) if SHARD_TAR.search(obj.uri)}
     missing = [name for name in labeled if name not in tars]
     if missing:
         raise ConfigError(
-            f"input.shards={cfg.input.shards!r} lacks {len(missing)} labeled shard(s), e.g. {missing[0]}.tar: "
+            f"input.shards={shards!r} lacks {len(missing)} labeled shard(s), e.g. {missing[0]}.tar: "
             "point it at the shard set the labels were made from"
         )
-    manifests = manifest_entries(storage, [tars[name].uri for name in labeled])
+    manifests = read_manifests(storage, [tars[name].uri for name in labeled])
+    entries = manifest_entries(manifests)
     return [
         ExportTask(
             name=name,
-            labels_uri=join(cfg.input.labels, "annotations", f"{name}.parquet"),
+            labels_uri=join(labels, "annotations", f"{name}.parquet"),
             tar_uri=tars[name].uri,
             index_uri=index_uri_of(tars[name].uri),
             tar_bytes=tars[name].size,
-            manifest_entry=manifests.get(tars[name].uri),
+            manifest_entry=entries.get(tars[name].uri),
+            corpus_root=corpus_root(manifests.get(folder_of(tars[name].uri)) or {}),
         )
         for name in labeled
+    ]
+
+
+def read_release(storage: Storage, release: str) -> dict[str, Any]:
+    """The ``stats.json`` of a finished labels release (its provenance: label run, selection, pixel limit).
+
+    Raises:
+        ConfigError: ``from_release`` holds no finished export, or one of another format.
+    """
+    uri = join(release, STATS_NAME)
+    try:
+        stats = json.loads(storage.read_bytes(uri))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"from_release={release!r} is not a finished labels release (no {STATS_NAME}): point it at the output "
+            "of a finished dpmesh-export format=labels run"
+        ) from None
+    except ValueError:
+        raise ConfigError(f"from_release={release!r}: {uri} is not JSON") from None
+    made = ((stats.get("provenance") or {}).get("export") or {}).get("format") if isinstance(stats, dict) else None
+    if made != "labels":
+        raise ConfigError(
+            f"from_release={release!r} is a format={made} export, not a labels release: rebuild only from the "
+            "output of dpmesh-export format=labels"
+        )
+    return stats  # type: ignore[no-any-return]
+
+
+def plan_release_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
+    """Every shard of the release ``from_release``, its images read from ``input.images``.
+
+    Raises:
+        ConfigError: the release has no shards.
+    """
+    release, images = str(cfg.from_release), str(cfg.input.images)
+    names = sorted(listed_markers(storage, release))
+    if not names:
+        raise ConfigError(f"from_release={release!r} holds no released shards (no _done/ markers)")
+    return [
+        ExportTask(
+            name=name,
+            labels_uri=labels_uri(release, name),
+            tar_uri="",
+            index_uri=images_uri(release, name),
+            images_folder=images,
+        )
+        for name in names
     ]
 
 
@@ -117,11 +179,11 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
     if foreign:
         raise refuse_other_units(cfg.output, "exported shards", foreign, "another config")
-    labels = read_markers(storage, cfg.input.labels, names={t.name for t in tasks})
+    sources = _source_markers(cfg, storage, {t.name for t in tasks})
     relabeled = {
         t.name
         for t in tasks
-        if t.name in done and label_lineage(done[t.name].get("label") or {}) != label_lineage(labels[t.name])
+        if t.name in done and recorded_source(done[t.name]) != current_source(sources.get(t.name) or {})
     }
     if relabeled:
         logger.info(
@@ -134,3 +196,20 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
         for t in tasks
         if t.name not in done or t.name in again
     ]
+
+
+def _source_markers(cfg: ExportJobConfig, storage: Storage, names: set[str]) -> dict[str, dict[str, Any]]:
+    """The label markers of ``names`` (through the label markers' index), or for a rebuild the stand-ins made from
+    the release's markers; a release marker that is not one is left out (its shard is exported again, and the
+    worker refuses it in one line)."""
+    if not cfg.from_release:
+        return read_markers(storage, str(cfg.input.labels), names=names)
+    listed = listed_markers(storage, cfg.from_release)
+    release = fetch_markers(storage, [uri for name, uri in listed.items() if name in names])
+    stand_ins: dict[str, dict[str, Any]] = {}
+    for name, marker in release.items():
+        try:
+            stand_ins[name] = release_label_marker(marker)
+        except ValueError:
+            continue
+    return stand_ins

@@ -56,6 +56,11 @@ class ExportTask:
         tar_bytes: The tar's size as listed at planning. manifest_entry: The shard set manifest's record of the tar
             (``tar_bytes``, ``tar_sha1``), None without one: with the size, what the export compares with the label
             marker's ``shard_identity`` (:func:`pipelines.export.checks.lineage_problem`).
+        corpus_root: The root the shard set's images were listed under (its manifest's ``input.images``), from
+            which ``format=labels`` records each image's relative ``path``; None when unknown or listed from a
+            manifest of URIs (:func:`pipelines.export.release.image_path`).
+        images_folder: Set for a rebuild from a labels release: the images are files under it, named by the
+            release's image table at ``index_uri`` (``labels_uri`` is the release's rows, ``tar_uri`` is empty).
     """
 
     name: str
@@ -65,6 +70,8 @@ class ExportTask:
     exported_before: bool = False
     tar_bytes: int = 0
     manifest_entry: dict[str, Any] | None = None
+    corpus_root: str | None = None
+    images_folder: str | None = None
 
 
 _ARRAY_COLUMNS = (
@@ -139,11 +146,15 @@ class ExportPerson:
             dtype=np.float32,
         )
 
-    @property
-    def scale_wh(self) -> np.ndarray:
-        """``(2,)`` box width and height / 200 (4D-Humans tar ``scale``; CameraHMR takes the max)."""
-        size: np.ndarray = (self.bbox_xyxy[2:] - self.bbox_xyxy[:2]) / BOX_SCALE_UNIT_PX
-        return size.astype(np.float32)
+    def scale_wh(self, box_scale: float = 1.0) -> np.ndarray:
+        """``(2,)`` box width and height x ``box_scale`` / 200, float32 (4D-Humans tar ``scale``; CameraHMR takes the
+        max). The box is ``bbox_xyxy``, the tight person box; ``box_scale`` (``export.box_scale``) pads it about
+        :attr:`center`, e.g. 1.2 as 4D-Humans' and SPIN's preprocessing scripts pad keypoint boxes. At 1.0 nothing is
+        multiplied, so the default writes the bytes it always wrote."""
+        size: np.ndarray = self.bbox_xyxy[2:] - self.bbox_xyxy[:2]
+        if box_scale != 1.0:
+            size = size * np.float32(box_scale)
+        return (size / BOX_SCALE_UNIT_PX).astype(np.float32)
 
     @property
     def cam_int(self) -> np.ndarray:
@@ -175,17 +186,37 @@ def _finite_or_text(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class ImageRecord:
+    """Which original file an image is: what a labels release records so that a rebuild finds it and proves it is
+    the same (``schemas.RELEASE_IMAGES_SCHEMA``).
+
+    Attributes:
+        key: The sample key. path: Relative to the corpus root, ``/``-separated. source_uri: Where it was sharded
+            from. sha1: Hex SHA-1 of the original bytes (the bytes decoded for this export). bytes: Their size.
+    """
+
+    key: str
+    path: str
+    source_uri: str
+    sha1: str
+    bytes: int
+
+
+@dataclass(frozen=True)
 class ExportImage:
     """One image with its selected persons, decoded upright.
 
     Attributes:
         image_key: The shard sample key (dot-free), used as the output key.
         pixels: ``(H, W, 3)`` uint8 RGB, EXIF orientation applied (the frame the labels are in).
-        jpeg: ``pixels`` encoded as JPEG without EXIF, so every reader sees it upright.
+        jpeg: ``pixels`` encoded as JPEG without EXIF, so every reader sees it upright (empty for a writer that
+            writes no image, :attr:`~pipelines.export.formats.base.ShardWriter.WRITES_IMAGES`).
         persons: In ``person_idx`` order.
+        record: The original file the pixels were decoded from.
     """
 
     image_key: str
     pixels: np.ndarray
     jpeg: bytes
     persons: list[ExportPerson]
+    record: ImageRecord | None = None

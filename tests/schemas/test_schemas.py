@@ -144,6 +144,16 @@ ROWS: dict[str, list[dict[str, Any]]] = {
         {"key": "img_0001", "shard": "shard-000000", "group": "img_0001", "group_size": 2},
         {"key": "img_0002", "shard": "shard-000042", "group": "img_0001", "group_size": 2},
     ],
+    "release_images": [
+        {
+            "key": f"img_000{i}",
+            "path": f"corpus/img_000{i}.jpg",
+            "source_uri": f"s3://bucket/corpus/img_000{i}.jpg",
+            "sha1": "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "bytes": 1024 * i,
+        }
+        for i in (1, 2)
+    ],
 }
 
 

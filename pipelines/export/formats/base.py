@@ -2,8 +2,8 @@
 
 A writer gets one shard's images in key order (:meth:`ShardWriter.add`) and publishes the shard's files on
 :meth:`ShardWriter.close`, before the job writes the shard's marker. Files are named after the input shard
-(``shard-NNNNNN.tar`` / ``.npz``), so an export has one file per labeled shard and a rerun replaces a shard's files
-whole (storage writes are atomic).
+(``shard-NNNNNN.tar`` / ``.npz``, a labels release's ``.labels.parquet`` + ``.images.parquet``), so an export has one
+file (or pair) per labeled shard and a rerun replaces a shard's files whole (storage writes are atomic).
 
 Every name a writer makes from data (an image key, a sample id) is one plain segment: file paths go through
 :func:`~pipelines.common.safe_paths.safe_join` and tar members through
@@ -23,6 +23,8 @@ import os
 import tarfile
 from abc import ABC, abstractmethod
 
+import pyarrow as pa
+
 from pipelines.common.safe_paths import safe_join, safe_member_name
 from pipelines.config import ExportOptionsConfig
 from pipelines.export import scratch
@@ -35,14 +37,23 @@ class ShardWriter(ABC):
 
     Args:
         storage: Where the output goes. output: The export's folder. shard: ``shard-NNNNNN``.
-        options: ``export.*`` (crop size, JPEG quality).
+        options: ``export.*`` (crop size, JPEG quality, box scale).
+        config_hash: The export's config hash, for writers that record it in their files.
     """
 
-    def __init__(self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig) -> None:
+    WRITES_IMAGES = True
+    """Whether :meth:`add` uses the image (``ExportImage.jpeg`` / ``pixels``); the job encodes no JPEG otherwise."""
+    WRITES_ROWS = False
+    """Whether the writer takes the exported annotation rows (:meth:`add_rows`) before :meth:`close`."""
+
+    def __init__(
+        self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig, config_hash: str = ""
+    ) -> None:
         self.storage = storage
         self.output = output
         self.shard = shard
         self.options = options
+        self.config_hash = config_hash
 
     @abstractmethod
     def add(self, image: ExportImage) -> None:
@@ -51,6 +62,9 @@ class ShardWriter(ABC):
         Raises:
             UnsafeName: a name made from the image's key or a sample id is not one plain segment inside ``output``.
         """
+
+    def add_rows(self, rows: pa.Table) -> None:  # noqa: B027 - optional: only writers with WRITES_ROWS take rows
+        """The annotation rows of every person added, in their table order (called once, before :meth:`close`)."""
 
     @abstractmethod
     def close(self) -> list[str]:
@@ -122,8 +136,10 @@ class TarShardWriter(ShardWriter):
 
     SHARD_SUFFIX = ".tar"
 
-    def __init__(self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig) -> None:
-        super().__init__(storage, output, shard, options)
+    def __init__(
+        self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig, config_hash: str = ""
+    ) -> None:
+        super().__init__(storage, output, shard, options, config_hash)
         self.uri = safe_join(output, f"{shard}{self.SHARD_SUFFIX}", what="shard name")
         self.tar = TarBuilder(storage, output, self.uri)
 

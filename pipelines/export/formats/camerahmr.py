@@ -10,7 +10,7 @@ key              shape        value
 ===============  ===========  ==========================================================================
 ``imgname``      (N,) str     ``images/<image_key>.jpg``, relative to the export folder
 ``center``       (N, 2)       centre of ``bbox_xyxy`` (px)
-``scale``        (N,)         max(box width, height) / 200 (the loader multiplies by 200)
+``scale``        (N,)         max(box width, height) x ``export.box_scale`` / 200 (the loader multiplies by 200)
 ``pose_cam``     (N, 72)      ``global_orient`` + ``body_pose`` in the camera frame (axis-angle, rad)
 ``shape``        (N, 10)      ``betas``
 ``cam_int``      (N, 3, 3)    full-image intrinsics from ``focal_length``, ``principal_point``
@@ -45,8 +45,8 @@ def image_name(image_key: str) -> str:
     return f"{IMAGES_FOLDER}/{image_key}.jpg"
 
 
-def label_arrays(persons: list[tuple[str, ExportPerson]]) -> dict[str, np.ndarray]:
-    """The npz arrays for ``(imgname, person)`` pairs (see the module docstring)."""
+def label_arrays(persons: list[tuple[str, ExportPerson]], box_scale: float = 1.0) -> dict[str, np.ndarray]:
+    """The npz arrays for ``(imgname, person)`` pairs (module docstring); ``box_scale``: ``export.box_scale``."""
     n = len(persons)
     people = [p for _, p in persons]
 
@@ -56,7 +56,7 @@ def label_arrays(persons: list[tuple[str, ExportPerson]]) -> dict[str, np.ndarra
     return {
         "imgname": np.array([name for name, _ in persons], dtype=str),
         "center": stack([p.center for p in people], (2,)),
-        "scale": np.array([p.scale_wh.max() for p in people], dtype=np.float32).reshape(n),
+        "scale": np.array([p.scale_wh(box_scale).max() for p in people], dtype=np.float32).reshape(n),
         "pose_cam": stack([p.pose72 for p in people], (72,)),
         "shape": stack([p.betas for p in people], (10,)),
         "cam_int": stack([p.cam_int for p in people], (3, 3)),
@@ -123,7 +123,7 @@ class CameraHmrWriter(ShardWriter):
 
     def close(self) -> list[str]:
         buffer = io.BytesIO()
-        np.savez(buffer, **label_arrays(self._persons))  # type: ignore[arg-type]
+        np.savez(buffer, **label_arrays(self._persons, self.options.box_scale))  # type: ignore[arg-type]
         uri = safe_join(self.output, f"{self.shard}{self.SHARD_SUFFIX}", what="shard name")
         self.storage.write_bytes(uri, buffer.getvalue())
         return [*self._written, uri]
