@@ -172,7 +172,7 @@ class FolderImages(ImageSource):
                 continue
             try:  # one byte past the recorded size tells a longer file without reading all of it
                 data = self.storage.read_range(uri, 0, record.bytes + 1)
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            except FileNotFoundError:  # storage's not-found: no object, or a folder where the file should be
                 skipped.append(skip_entry(key, IMAGE_MISSING, f"input.images holds no file {record.path}", persons))
                 continue
             problem = _changed(record, data)
