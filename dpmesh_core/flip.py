@@ -142,19 +142,33 @@ def similarity_align(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     Returns:
         `(N, 3)` float64 aligned source. A degenerate source (all points equal) gets scale 0 (the target centroid).
     """
+    aligned: np.ndarray = similarity_align_batch(np.asarray(source)[None], np.asarray(target)[None])[0]
+    return aligned
+
+
+def similarity_align_batch(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`similarity_align` of a batch at once: one stacked SVD instead of a Python loop per pair.
+
+    Args:
+        source, target: `(B, N, 3)` corresponding points, finite.
+
+    Returns:
+        `(B, N, 3)` float64, each ``source[b]`` aligned onto ``target[b]``; a degenerate source (all its points
+        equal) gets scale 0 (the target centroid).
+    """
     src = np.asarray(source, dtype=np.float64)
     tgt = np.asarray(target, dtype=np.float64)
-    mu_s, mu_t = src.mean(axis=0), tgt.mean(axis=0)
+    mu_s, mu_t = src.mean(axis=1, keepdims=True), tgt.mean(axis=1, keepdims=True)
     xs, xt = src - mu_s, tgt - mu_t
-    var_s = float((xs**2).sum())
-    if var_s <= 1e-18:
-        return np.broadcast_to(mu_t, src.shape).copy()
-    u, sing, vt = np.linalg.svd(xs.T @ xt)  # K = sum_i xs_i xt_i^T
-    d = np.ones(3)
-    d[-1] = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0  # no reflections
-    rot = vt.T @ np.diag(d) @ u.T
-    scale = float((sing * d).sum()) / var_s
-    aligned: np.ndarray = scale * xs @ rot.T + mu_t
+    var_s = (xs**2).sum(axis=(1, 2))
+    u, sing, vt = np.linalg.svd(np.swapaxes(xs, 1, 2) @ xt)  # K = sum_i xs_i xt_i^T, per pair
+    d = np.ones((src.shape[0], 3))
+    sign = np.sign(np.linalg.det(np.swapaxes(vt, 1, 2) @ np.swapaxes(u, 1, 2)))
+    d[:, -1] = np.where(sign == 0, 1.0, sign)  # no reflections
+    rot = np.swapaxes(vt, 1, 2) @ (d[:, :, None] * np.swapaxes(u, 1, 2))
+    degenerate = var_s <= 1e-18
+    scale = np.where(degenerate, 0.0, (sing * d).sum(axis=1) / np.where(degenerate, 1.0, var_s))
+    aligned: np.ndarray = (scale[:, None, None] * xs) @ np.swapaxes(rot, 1, 2) + mu_t
     return aligned
 
 

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from pipelines.config.errors import ConfigError
+from pipelines.config.runner import RunnerConfig
 from pipelines.config.storage import StorageConfig
 
 
@@ -29,14 +30,20 @@ class CalibrationFitConfig:
     good_error_mm: A label is good when its ``error_metric`` is below this (100 mm PA-MPJPE: about 2x DPMesh's
         PA-MPJPE on occluded 3DPW).
     output: Where the calibration file goes; default ``<output>/confidence_calibration.json``.
+    max_persons: The fit uses every matched person with signals up to this many; beyond, a sample of this many,
+        stratified by quality tier (each tier in proportion to its size, uniform within it). The calibration's
+        ``fit.sample`` records which.
     """
 
     good_error_mm: float = 100.0
     output: str | None = None
+    max_persons: int = 50_000
 
     def __post_init__(self) -> None:
         if not self.good_error_mm > 0:
             raise ConfigError(f"calibration.good_error_mm must be > 0, got {self.good_error_mm}")
+        if self.max_persons < 2:
+            raise ConfigError(f"calibration.max_persons must be >= 2, got {self.max_persons}")
 
 
 @dataclass
@@ -44,7 +51,8 @@ class EvalJobConfig:
     """The ``dpmesh-eval`` app.
 
     Attributes:
-        output: A folder for ``eval.json`` (`pipelines.eval.evaluate.EvaluationResult.to_dict`) and ``eval.md``.
+        output: A folder for ``eval.json`` (`pipelines.eval.result.EvaluationResult.to_dict`), ``eval.md``,
+            ``persons/*.parquet`` and ``eval_persons.json``.
         body_model: SMPL neutral ``.npz`` (``dpmesh-convert-smpl``) for meshes: PVE, LSP-14, and ground truth given
             as SMPL parameters (3DPW). Without it, only joints are compared (``joints_3d`` ground truth).
         body_model_male, body_model_female: gendered models for ground truth with a ``gender`` (3DPW's is
@@ -53,6 +61,14 @@ class EvalJobConfig:
         error_metric: The error the confidence quality headline and the calibration use.
         sparsification_steps: Points of the sparsification curve (fractions 0, 1/steps, ...).
         fit_confidence: Fit a confidence calibration on the matched persons and write it (see README).
+        bucket_persons: Ground-truth persons per bucket of the join: the ground truth is partitioned by key into
+            ``ceil(persons / bucket_persons)`` buckets and each is joined on one worker, which holds its persons
+            (about 1.2 kB each with SMPL parameters) and one batch of label rows.
+        quality_sample: Persons sampled per metric for Spearman and the sparsification curve (AUSE): exact up to this
+            many, else a uniform sample with the error bound stated in ``eval.json`` (``sample``).
+        persons_json_max: ``eval_persons.json`` lists every matched person up to this many (every person's errors
+            are in ``persons/*.parquet`` in any case).
+        runner: Where the Beam pipeline runs (as for labeling: ``direct``, ``dask``, ``dataflow``, ...).
     """
 
     input: EvalInputConfig = field(default_factory=EvalInputConfig)
@@ -65,6 +81,10 @@ class EvalJobConfig:
     sparsification_steps: int = 20
     fit_confidence: bool = False
     calibration: CalibrationFitConfig = field(default_factory=CalibrationFitConfig)
+    bucket_persons: int = 50_000
+    quality_sample: int = 100_000
+    persons_json_max: int = 10_000
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_level: str = "INFO"
 
@@ -73,5 +93,10 @@ class EvalJobConfig:
             raise ConfigError(f"error_metric must be one of {', '.join(_ERROR_METRICS)}, got {self.error_metric!r}")
         if self.sparsification_steps < 1:
             raise ConfigError(f"sparsification_steps must be >= 1, got {self.sparsification_steps}")
+        for name in ("bucket_persons", "quality_sample"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.persons_json_max < 0:
+            raise ConfigError(f"persons_json_max must be >= 0, got {self.persons_json_max}")
         if self.h36m_regressor is not None and self.body_model is None:
             raise ConfigError("h36m_regressor needs body_model=<SMPL .npz>: the LSP joints are regressed from meshes")

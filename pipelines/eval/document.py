@@ -1,6 +1,6 @@
 """The ``eval.json`` document's declared schema, and its check: what ``dpmesh-report report.eval=`` accepts.
 
-``dpmesh-eval`` writes the document (`pipelines.eval.evaluate.EvaluationResult.to_dict`); the report reads it back
+``dpmesh-eval`` writes the document (`pipelines.eval.result.EvaluationResult.to_dict`); the report reads it back
 from a path the user gives, so it is checked like any input: every field the report reads must be of its JSON type
 (a boolean is not a number, a number is not a boolean, numbers are finite), counts are integers >= 0, and metric names,
 which the report turns into file names, must be plain path segments (`pipelines.common.safe_paths.check_segment`).
@@ -164,6 +164,20 @@ _QUALITY = Spec(
             ),
             True,
         ),
+        # Figures from a sample (`pipelines.eval.quality.sampled_confidence_quality`): its size and error bounds.
+        "sample": (
+            Spec(
+                "object",
+                fields={
+                    "persons": (_COUNT, True),
+                    "of": (_COUNT, True),
+                    "exact": (Spec("boolean"), True),
+                    "spearman_bound": (_FIGURE, True),
+                    "ause_bound_mm": (_FIGURE, True),
+                },
+            ),
+            False,
+        ),
     },
 )
 _PERSON_FIELDS = {
@@ -200,6 +214,14 @@ EVAL_DOCUMENT = Spec(
         ),
         "persons": (PERSONS, False),
         "calibration": (Spec("object"), False),  # the fitted calibration: shown by nothing; its own reader checks it
+        "estimates": (Spec("object"), False),  # which figures are estimates and their bounds: shown by nothing
+        "outputs": (  # where the per-person files are, relative to the document's folder
+            Spec(
+                "object",
+                fields={"persons_parquet": (_TEXT, True), "persons_json": (Spec("string", nullable=True), True)},
+            ),
+            False,
+        ),
     },
 )
 

@@ -39,7 +39,7 @@ by the camera extrinsics in `pipelines.eval.pw3d`).
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ from pipelines.storage import Storage
 
 
 GENDERS = {"neutral": "neutral", "n": "neutral", "male": "male", "m": "male", "female": "female", "f": "female"}
+# Join kinds, in the order of precedence a label row is matched (`JoinKeys`), and their names in messages.
+SAMPLE_ID, IMAGE_KEY, IMAGE_PATH = 0, 1, 2
+KIND_NAMES = ("sample_id", "image_key + person_idx", "image_path + person_idx")
 # Why a ground-truth person is left out (the keys of ``ground_truth_problems`` in ``eval.json``).
 PROBLEM_REASONS = ("missing_id", "invalid_id", "missing_body", "wrong_length", "not_numeric", "non_finite",
                    "invalid_gender")  # fmt: skip
@@ -216,22 +219,67 @@ def read_parquet_ground_truth(
                 yield GroundTruthRowError(exc.reason, f"{where}: {exc}")
 
 
-def _path_suffixes(source_uri: str) -> Iterator[str]:
+def path_suffixes(source_uri: str) -> Iterator[str]:
+    """Every suffix of a path or URI at a ``/`` boundary, longest first (what an ``image_path`` may name)."""
     parts = source_uri.replace("\\", "/").split("/")
     for i in range(len(parts)):
         yield "/".join(parts[i:])
 
 
+def duplicate_error(kind: int, key: str, person_idx: int, first: str, second: str) -> DuplicateGroundTruthError:
+    """The refusal of two ground-truth persons with one join key; ``first`` and ``second`` name where each was read."""
+    shown = key if kind == SAMPLE_ID else f"{key!r} person {person_idx}"
+    return DuplicateGroundTruthError(
+        f"ground-truth {KIND_NAMES[kind]} {shown!r} is given twice ({first or '?'} and {second or '?'}): "
+        "keep one row per person"
+    )
+
+
+class JoinKeys:
+    """Finds the ground truth of a label row: by ``sample_id``, else ``image_key`` + ``person_idx``, else a path
+    suffix of ``source_uri`` (at a ``/`` boundary, longest first) + ``person_idx``.
+
+    Args:
+        keys: ``(kind, key, person_idx)`` of each ground-truth person, in order (position = index).
+        origin: names where the person at a position was read (for the duplicate refusal).
+
+    Raises:
+        DuplicateGroundTruthError: two persons with the same key: the last one must not silently win.
+    """
+
+    def __init__(self, keys: Iterable[tuple[int, str, int]], origin: Callable[[int], str] = lambda i: "") -> None:
+        self._by_kind: tuple[dict[Any, int], ...] = ({}, {}, {})
+        for position, (kind, key, idx) in enumerate(keys):
+            found = self._by_kind[kind].setdefault(key if kind == SAMPLE_ID else (key, idx), position)
+            if found != position:
+                raise duplicate_error(kind, key, idx, origin(found), origin(position))
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._by_kind)
+
+    def find(self, sample_id: Any, image_key: Any, person_idx: Any, source_uri: Any) -> int | None:
+        """The position of the label row's ground truth, or None (arguments: the label row's values, any type)."""
+        by_sample, by_key, by_path = self._by_kind
+        found = by_sample.get(sample_id) if isinstance(sample_id, str) else None
+        if found is None and isinstance(person_idx, int) and not isinstance(person_idx, bool):
+            found = by_key.get((image_key, person_idx)) if isinstance(image_key, str) else None
+            if found is None and by_path and isinstance(source_uri, str):
+                for suffix in path_suffixes(source_uri):
+                    found = by_path.get((suffix, person_idx))
+                    if found is not None:
+                        break
+        return found
+
+
 class GroundTruthIndex:
-    """Looks up the ground truth of a label row by sample_id, image key + person, or image path suffix + person.
+    """Ground-truth persons in hand, with the `JoinKeys` that match label rows to them (small sets, tests).
 
     Args:
         persons: the usable ground-truth persons.
         problems: persons left out, by reason (`PROBLEM_REASONS`); ``examples``: a few of their messages.
 
     Raises:
-        DuplicateGroundTruthError: two persons with the same join key (`GroundTruthPerson.join_key`): the last one must
-            not silently win.
+        DuplicateGroundTruthError: two persons with the same join key (`GroundTruthPerson.join_key`).
     """
 
     def __init__(
@@ -240,30 +288,10 @@ class GroundTruthIndex:
         problems: dict[str, int] | None = None,
         examples: Iterable[str] = (),
     ) -> None:
-        self._by_sample: dict[str, GroundTruthPerson] = {}
-        self._by_key: dict[tuple[str, int], GroundTruthPerson] = {}
-        self._by_path: dict[tuple[str, int], GroundTruthPerson] = {}
-        self.persons: list[GroundTruthPerson] = []
+        self.persons: list[GroundTruthPerson] = list(persons)
         self.problems = dict(problems or {})
         self.examples = list(examples)
-        seen: dict[tuple[str, Any], GroundTruthPerson] = {}
-        for p in persons:
-            kind, key = p.join_key()
-            if (kind, key) in seen:
-                first = seen[(kind, key)]
-                shown = key if isinstance(key, str) else f"{key[0]!r} person {key[1]}"
-                raise DuplicateGroundTruthError(
-                    f"ground-truth {kind} {shown!r} is given twice ({first.origin or '?'} and {p.origin or '?'}): "
-                    "keep one row per person"
-                )
-            seen[(kind, key)] = p
-            self.persons.append(p)
-            if kind == "sample_id":
-                self._by_sample[key] = p
-            elif kind == "image_key + person_idx":
-                self._by_key[key] = p
-            else:
-                self._by_path[key] = p
+        self.keys = JoinKeys(_kind_keys(self.persons), lambda i: self.persons[i].origin)
 
     def __len__(self) -> int:
         return len(self.persons)
@@ -275,15 +303,15 @@ class GroundTruthIndex:
 
     def match(self, row: dict[str, Any]) -> GroundTruthPerson | None:
         """The ground truth of a label row (``sample_id``, ``image_key``, ``person_idx``, ``source_uri``)."""
-        sample_id = row.get("sample_id")
-        found = self._by_sample.get(sample_id) if isinstance(sample_id, str) else None
-        idx = row.get("person_idx")
-        if found is None and isinstance(idx, int) and not isinstance(idx, bool):
-            image_key = row.get("image_key")
-            found = self._by_key.get((image_key, idx)) if isinstance(image_key, str) else None
-            if found is None and self._by_path and isinstance(row.get("source_uri"), str):
-                for suffix in _path_suffixes(row["source_uri"]):
-                    found = self._by_path.get((suffix, idx))
-                    if found is not None:
-                        break
-        return found
+        position = self.keys.find(row.get("sample_id"), row.get("image_key"), row.get("person_idx"),
+                                  row.get("source_uri"))  # fmt: skip
+        return None if position is None else self.persons[position]
+
+
+def _kind_keys(persons: Iterable[GroundTruthPerson]) -> Iterator[tuple[int, str, int]]:
+    for p in persons:
+        kind, key = p.join_key()
+        if isinstance(key, str):
+            yield KIND_NAMES.index(kind), key, -1
+        else:
+            yield KIND_NAMES.index(kind), key[0], key[1]

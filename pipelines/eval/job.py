@@ -1,12 +1,16 @@
 """``dpmesh-eval``: labels against ground-truth SMPL, and optionally a confidence calibration fitted on them.
 
-Writes ``<output>/eval.json`` (`pipelines.eval.evaluate.EvaluationResult.to_dict`: counts, metrics by tier and
-occlusion level, confidence quality), ``<output>/eval_persons.json`` (every matched person's errors) and
-``<output>/eval.md`` (the printed table). With ``fit_confidence=true`` it also fits
-`dpmesh_core.calibration.fit_calibration` on the matched persons' stored signals against their ``error_metric``
-and writes the calibration file (default ``<output>/confidence_calibration.json``) that ``dpmesh-label`` and
-``dpmesh-refilter`` take as ``filter.calibration=<file>``. Runs in-process (no Beam): an evaluation set is a few
-thousand persons. Torch is imported only when a body model is given.
+A Beam pipeline on the same runners as labeling (``runner=direct`` by default; ``dask``, ``dataflow``, ...), a
+partitioned hash join with mergeable summaries, so memory stays bounded whatever the number of persons::
+
+    driver: check ground truth (pass 1) -> list label files -> partition ground truth by key (pass 2, if > 1 bucket)
+    Create(label groups) -> Reshuffle -> SplitByBucket (per group) -> GroupByBucket (file names only)
+        -> JoinBuckets (per bucket: its ground truth + its label rows; errors vectorised; persons/part-*.parquet)
+        -> MergeSummaries (sketches and bounded samples) -> WriteEvaluation (eval.json, eval.md, calibration)
+
+See `pipelines.eval.plan` (the ground truth's partitions), `pipelines.eval.eval_shard` (the two per-unit steps),
+`pipelines.eval.summary` (what is exact and what is estimated, with its bound) and `pipelines.eval.finish` (the
+written files). ``runner.dry_run=true`` prints the launch plan and reads and writes nothing.
 
 Hostile input: `check_outputs` refuses, at launch, an ``output`` that is a file or overlaps an input and a
 ``calibration.output`` inside an input or over a file that is not a calibration; ground-truth rows that cannot be used
@@ -16,80 +20,52 @@ code is a one-line configuration error.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import io
 import json
 import logging
-import math
 import os
+import uuid
 from typing import Any
 
-import numpy as np
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from dpmesh_core.calibration import CalibrationError, ConfidenceCalibration, fit_calibration
+from dpmesh_core.calibration import CalibrationError, ConfidenceCalibration
 from pipelines.cli import hydra_app
+from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import ConfigError, EvalJobConfig
-from pipelines.eval.evaluate import (
-    EvaluationResult,
-    MeshBuilder,
-    evaluate_rows,
-    format_markdown,
-    read_ground_truth,
-    read_label_rows,
+from pipelines.eval.buckets import SAME_IMAGE
+from pipelines.eval.eval_shard import PERSONS_FOLDER, EvalSettings, JoinBucketFn, SplitLabelsFn
+from pipelines.eval.finish import (
+    CALIBRATION_NAME,
+    EVAL_JSON,
+    EVAL_MD,
+    EVAL_PERSONS,
+    FinishSettings,
+    MergeSummaries,
+    WriteEvaluationFn,
+    read_run_record,
 )
-from pipelines.eval.quality import spearman
+from pipelines.eval.meshes import BodyModelFiles, load_h36m_regressor, load_meshes
+from pipelines.eval.plan import WORK_FOLDER, EvalPlan, GroundTruthPlan, LabelFile, LabelGroup, plan_evaluation
+from pipelines.eval.result import format_markdown
+from pipelines.eval.summary import SummaryLimits
 from pipelines.storage import Storage, join
 from pipelines.storage.uri import parse_uri
 
 
+__all__ = ["CALIBRATION_NAME", "EVAL_JSON", "EVAL_MD", "EVAL_PERSONS", "build_pipeline", "main", "report", "run"]
+
 logger = logging.getLogger(__name__)
 
-EVAL_JSON = "eval.json"
-EVAL_MD = "eval.md"
-EVAL_PERSONS = "eval_persons.json"
-CALIBRATION_NAME = "confidence_calibration.json"
+APP = "dpmesh-eval"
 
 
-def _npz(storage: Storage, uri: str, key: str) -> dict[str, np.ndarray]:
-    from dpmesh_core.body_model import read_smpl_arrays  # here: dpmesh_core.body_model imports torch
-
-    try:
-        return read_smpl_arrays(storage.read_bytes(uri), uri)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{key}={uri!r}: file not found") from exc
-    except (ValueError, OSError) as exc:
-        raise ConfigError(f"{key}={uri!r}: not a readable .npz ({exc})") from exc
-
-
-def load_meshes(cfg: EvalJobConfig, storage: Storage) -> MeshBuilder | None:
-    """The body models the config names (None without ``body_model``)."""
+def body_model_files(cfg: EvalJobConfig) -> BodyModelFiles | None:
+    """The SMPL files the config names (None without ``body_model``)."""
     if cfg.body_model is None:
         return None
-    models = {"neutral": _npz(storage, cfg.body_model, "body_model")}
-    for gender, uri in (("male", cfg.body_model_male), ("female", cfg.body_model_female)):
-        if uri is not None:
-            models[gender] = _npz(storage, uri, f"body_model_{gender}")
-    return MeshBuilder(models)
-
-
-def load_h36m_regressor(cfg: EvalJobConfig, storage: Storage, num_vertices: int) -> np.ndarray | None:
-    """The `(17, V)` H36M regressor the config names (None without ``h36m_regressor``)."""
-    if cfg.h36m_regressor is None:
-        return None
-    try:
-        regressor = np.load(io.BytesIO(storage.read_bytes(cfg.h36m_regressor)), allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"h36m_regressor={cfg.h36m_regressor!r}: file not found") from exc
-    except (ValueError, OSError) as exc:  # not .npy, or a pickled object array (never loaded)
-        raise ConfigError(f"h36m_regressor={cfg.h36m_regressor!r}: not a readable .npy array ({exc})") from exc
-    if not isinstance(regressor, np.ndarray) or regressor.shape != (17, num_vertices):
-        raise ConfigError(
-            f"h36m_regressor={cfg.h36m_regressor!r}: expected a (17, {num_vertices}) array, got "
-            f"{getattr(regressor, 'shape', type(regressor).__name__)}"
-        )
-    return np.asarray(regressor, dtype=np.float64)
+    return BodyModelFiles(cfg.body_model, cfg.body_model_male, cfg.body_model_female)
 
 
 def check_outputs(cfg: EvalJobConfig, storage: Storage) -> None:
@@ -123,81 +99,109 @@ def check_outputs(cfg: EvalJobConfig, storage: Storage) -> None:
         ) from exc
 
 
-def run(cfg: EvalJobConfig) -> dict[str, Any]:
-    """Evaluate, write ``eval.json`` / ``eval.md`` (and the calibration), return the ``eval.json`` document."""
-    storage = Storage(cfg.storage)
-    check_outputs(cfg, storage)
-    meshes = load_meshes(cfg, storage)
-    h36m = load_h36m_regressor(cfg, storage, meshes.num_vertices if meshes else 0)
-    # Ground truth first: its refusals (a pickle that would run code, a repeated id) come before the label read.
-    try:
-        ground_truth = read_ground_truth(storage, cfg.input.ground_truth)
-    except ValueError as exc:  # a pickle refused by the restricted loader, a repeated join key, a damaged file
-        raise ConfigError(f"input.ground_truth={cfg.input.ground_truth!r}: {exc}") from exc
-    rows = read_label_rows(storage, cfg.input.labels, cfg.input.include_rejected)
-    if not rows:
-        raise ConfigError(f"input.labels={cfg.input.labels!r} holds no label rows (annotations/, rejected/)")
-    result = evaluate_rows(
-        rows,
-        ground_truth,
-        meshes=meshes,
-        h36m_regressor=h36m,
+def build_pipeline(p: beam.Pipeline, cfg: EvalJobConfig, plan: EvalPlan, run_id: str) -> None:
+    """Adds the evaluation of ``plan`` to ``p`` (module docstring)."""
+    gt = plan.ground_truth
+    limits = SummaryLimits(cfg.quality_sample, cfg.calibration.max_persons, cfg.persons_json_max)
+    settings = EvalSettings(
+        storage=cfg.storage,
+        output=cfg.output,
+        work=plan.work,
+        buckets=gt.buckets,
+        rule=gt.rule,
+        ground_truth_parts=gt.parts,
+        body_models=body_model_files(cfg),
+        h36m_regressor=cfg.h36m_regressor,
+        limits=limits,
+    )
+    finish = FinishSettings(
+        storage=cfg.storage,
+        output=cfg.output,
+        work=plan.work,
+        run_id=run_id,
+        labels=cfg.input.labels,
+        ground_truth=cfg.input.ground_truth,
+        ground_truth_persons=gt.persons,
+        ground_truth_problems=gt.problems,
         error_metric=cfg.error_metric,
         sparsification_steps=cfg.sparsification_steps,
-        labels=cfg.input.labels,
-        ground_truth_uri=cfg.input.ground_truth,
+        fit_confidence=cfg.fit_confidence,
+        good_error_mm=cfg.calibration.good_error_mm,
+        calibration_output=cfg.calibration.output,
     )
-    if result.counts["matched"] == 0:
-        invalid = result.ground_truth_problems["counts"]
-        left_out = f" ({sum(invalid.values())} ground-truth rows left out: {invalid})" if invalid else ""
-        raise ConfigError(
-            "no label row matched the ground truth: check the join keys (sample_id, image_key + person_idx, or "
-            f"image_path + person_idx; see README 'Auditing labels'){left_out}"
-        )
-    if not result.metrics:
-        raise ConfigError(
-            "the ground truth gives SMPL parameters but no joints_3d: pass body_model=<SMPL neutral .npz> to build "
-            "its meshes"
-        )
-    doc = result.to_dict()
-    if cfg.fit_confidence:
-        doc["calibration"] = fit_and_write_calibration(cfg, storage, result)
-    storage.write_bytes(join(cfg.output, EVAL_JSON), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-    storage.write_bytes(join(cfg.output, EVAL_MD), (format_markdown(doc) + "\n").encode())
-    persons = json.dumps({"persons": result.to_dict(include_persons=True)["persons"]}, indent=0, sort_keys=True)
-    storage.write_bytes(join(cfg.output, EVAL_PERSONS), (persons + "\n").encode())
+    _ = (
+        p
+        | "ListLabelGroups" >> beam.Create(plan.groups)
+        # Spreads groups over workers (Create puts them in one bundle); a barrier before any work, not after.
+        | "SpreadGroups" >> beam.Reshuffle()
+        | "SplitByBucket" >> beam.ParDo(SplitLabelsFn(settings))
+        # The join's one shuffle: (bucket, file names) records, never rows.
+        | "GroupByBucket" >> beam.GroupByKey()
+        | "JoinBuckets" >> beam.ParDo(JoinBucketFn(settings))
+        | "MergeSummaries" >> beam.CombineGlobally(MergeSummaries(limits))
+        | "WriteEvaluation" >> beam.ParDo(WriteEvaluationFn(finish))
+    )
+
+
+def _stand_in_plan(cfg: EvalJobConfig) -> EvalPlan:
+    """What a dry run builds the pipeline from (it reads no storage): one label file, one bucket."""
+    label = LabelFile(join(cfg.input.labels, "annotations", "shard-000000.parquet"), "shard-000000", 0, 0)
+    gt = GroundTruthPlan(cfg.input.ground_truth, (cfg.input.ground_truth,), 0, {"counts": {}, "examples": []},
+                         SAME_IMAGE, 1, {0: (cfg.input.ground_truth,)})  # fmt: skip
+    return EvalPlan((LabelGroup(0, (label,)),), gt, join(cfg.output, WORK_FOLDER, "dry-run"))
+
+
+def _clear_persons(storage: Storage, output: str) -> None:
+    """Removes an earlier run's ``persons/*.parquet`` (with another bucket count its files would not all be
+    replaced)."""
+    for info in list(storage.list(join(output, PERSONS_FOLDER) + "/")):
+        if info.uri.endswith(".parquet"):
+            storage.delete(info.uri)
+
+
+def run(cfg: EvalJobConfig, *, options: PipelineOptions | None = None) -> dict[str, Any]:
+    """Evaluates, writes ``eval.json`` / ``eval.md`` / ``persons/`` (and the calibration); returns the ``eval.json``
+    document (the launch plan on a dry run).
+
+    plan (ground truth checked and partitioned, label files) -> resolve the launch -> execute -> read the result.
+
+    Raises:
+        ConfigError: a refused input or output (module docstring), or no evaluation (no label rows, nothing matched,
+            no computable metric, a calibration that cannot be fitted), with the reason.
+    """
+    run_id = uuid.uuid4().hex[:12]
+    if cfg.runner.dry_run:  # build, print and return the launch plan; touch no storage, submit nothing
+        launch = resolve_launch(APP, cfg.runner)
+        return launch.plan(lambda p: build_pipeline(p, cfg, _stand_in_plan(cfg), run_id))
+    storage = Storage(cfg.storage)
+    check_outputs(cfg, storage)
+    # The body models and regressor are read here too, so a missing or bad file fails at launch, not on a worker.
+    meshes = load_meshes(storage, body_model_files(cfg))
+    load_h36m_regressor(storage, cfg.h36m_regressor, meshes.num_vertices if meshes else 0)
+    work = join(cfg.output, WORK_FOLDER, run_id)
+    plan = plan_evaluation(
+        storage, cfg.input.labels, cfg.input.ground_truth, cfg.input.include_rejected, cfg.bucket_persons, work
+    )
+    _clear_persons(storage, cfg.output)
+    launch = resolve_launch(APP, cfg.runner, units=len(plan.groups))
+    with launch.pipeline(options) as p:
+        build_pipeline(p, cfg, plan, run_id)
+    record = read_run_record(storage, cfg.output, run_id)
+    if record["outcome"] != "ok":
+        raise ConfigError(record["message"])
+    doc: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, EVAL_JSON)))
     return doc
-
-
-def fit_and_write_calibration(cfg: EvalJobConfig, storage: Storage, result: EvaluationResult) -> dict[str, Any]:
-    """Fit the calibration on the matched persons with signals and a finite error; write it; describe it."""
-    metric = result.error_metric
-    persons = [p for p in result.persons if p.signals is not None and math.isfinite(p.errors.get(metric, math.nan))]
-    signals = [p.signals for p in persons if p.signals is not None]  # the same persons, typed
-    try:
-        calibration = fit_calibration(
-            signals,
-            np.array([p.errors[metric] for p in persons]),
-            cfg.calibration.good_error_mm,
-            error_metric=metric,
-            joint_set="lsp14" if metric.startswith("lsp14") else "vertices" if metric == "pve_mm" else "smpl24",
-        )
-    except ValueError as exc:
-        raise ConfigError(f"fit_confidence=true: {exc}") from exc
-    errors = np.array([p.errors[metric] for p in persons])
-    before = spearman(np.array([p.confidence for p in persons]), -errors)
-    after = spearman(np.array([calibration.confidence(s) for s in signals]), -errors)
-    fit = {**calibration.fit, "spearman_before": before, "spearman_after_in_sample": after}
-    calibration = dataclasses.replace(calibration, fit=fit)
-    uri = cfg.calibration.output or join(cfg.output, CALIBRATION_NAME)
-    data = calibration.to_json_bytes()
-    storage.write_bytes(uri, data)
-    return {"uri": uri, "sha256": hashlib.sha256(data).hexdigest(), **calibration.to_dict()}
 
 
 def report(doc: dict[str, Any], cfg: EvalJobConfig) -> str:
     """The printed end-of-run table and where the files are."""
-    lines = [format_markdown(doc), "", f"wrote {join(cfg.output, EVAL_JSON)} and {join(cfg.output, EVAL_MD)}"]
+    persons = join(cfg.output, PERSONS_FOLDER)
+    lines = [
+        format_markdown(doc),
+        "",
+        f"wrote {join(cfg.output, EVAL_JSON)}, {join(cfg.output, EVAL_MD)} and every matched person's errors in "
+        f"{persons}/",
+    ]
     if doc.get("calibration"):
         cal = doc["calibration"]
         lines.append(

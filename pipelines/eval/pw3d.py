@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from dpmesh_core.smpl_convert import _NUMPY_GLOBALS
-from pipelines.eval.ground_truth import GENDERS, GroundTruthPerson
+from pipelines.eval.ground_truth import GENDERS, GroundTruthPerson, GroundTruthRowError, check_finite
 
 
 class RefusedGlobalError(pickle.UnpicklingError):
@@ -137,3 +137,29 @@ def sequence_persons(seq: dict[str, Any], source: str = "") -> Iterator[GroundTr
                 gender=gender,
                 origin=f"{source} frame {frame} actor {actor}".strip(),
             )
+
+
+def sequence_file_persons(uri: str, data: bytes) -> list[GroundTruthPerson | GroundTruthRowError]:
+    """The persons of one 3DPW file (its bytes ``data``), each checked for NaN/inf: a person, or the problem that
+    leaves it out.
+
+    Raises:
+        ValueError: one line naming the file: refused by the restricted unpickler (nothing ran), or not a sequence.
+    """
+    try:
+        sequence = load_sequence(data)
+    except RefusedGlobalError as exc:
+        raise ValueError(f"{uri}: refused, nothing in it was run: {exc}") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        # a damaged or truncated pickle, or one that is not a sequence dict
+        raise ValueError(f"{uri}: not a readable 3DPW sequence file: {type(exc).__name__}: {exc}") from exc
+    out: list[GroundTruthPerson | GroundTruthRowError] = []
+    try:
+        for person in sequence_persons(sequence, uri):
+            try:
+                out.append(check_finite(person))
+            except GroundTruthRowError as exc:
+                out.append(GroundTruthRowError(exc.reason, f"{person.origin}: {exc}"))
+    except (ValueError, TypeError, IndexError, KeyError) as exc:  # arrays of the wrong shape or type
+        raise ValueError(f"{uri}: not a 3DPW sequence file: {type(exc).__name__}: {exc}") from exc
+    return out

@@ -16,11 +16,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import launch as launch_module
 from pipelines.config import (
+    EvalJobConfig,
     ExportJobConfig,
     LabelJobConfig,
     RefilterJobConfig,
@@ -28,6 +31,7 @@ from pipelines.config import (
     ShardJobConfig,
     compose_config,
 )
+from pipelines.eval.job import run as evaluate
 from pipelines.export.job import run as export
 from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
@@ -71,8 +75,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     old = root / "labels_without_statistics"  # as labeled before markers carried statistics: the report computes them
     shutil.copytree(root / "labels", old)
     (old / "_done_index.json.gz").unlink()
+    (old / "_stats.json").unlink()
     for path in (old / "_done").glob("*.json"):
         path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "stats"}))
+    rows = [r for p in sorted((root / "labels").glob("*/shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    ground_truth = {"sample_id": [r["sample_id"] for r in rows], "joints_3d": [r["joints_3d"] for r in rows]}
+    pq.write_table(pa.table(ground_truth), root / "ground_truth.parquet")  # dpmesh-eval's: the labels' own joints
     return root
 
 
@@ -114,6 +122,19 @@ def _jobs(root: Path, out: Path) -> dict[str, tuple[Callable[[Any], Any], Callab
                 ReportJobConfig,
             ),
         ),
+        "eval": (
+            evaluate,
+            lambda more: compose_config(
+                "dpmesh_eval",
+                [
+                    f"input.labels={root / 'labels'}",
+                    f"input.ground_truth={root / 'ground_truth.parquet'}",
+                    f"output={out}",
+                    *more,
+                ],
+                EvalJobConfig,
+            ),
+        ),
         "export": (
             export,
             lambda more: compose_config(
@@ -126,7 +147,7 @@ def _jobs(root: Path, out: Path) -> dict[str, tuple[Callable[[Any], Any], Callab
 
 
 @pytest.mark.parametrize("runner", list(RUNNERS))
-@pytest.mark.parametrize("job", ["shard", "label", "refilter", "export", "report"])
+@pytest.mark.parametrize("job", ["shard", "label", "refilter", "export", "report", "eval"])
 def test_the_plan_prints_the_flags_the_run_uses(
     inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job: str, runner: str
 ) -> None:
