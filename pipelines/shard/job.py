@@ -6,12 +6,16 @@ shard under ``_shards/``, then ``_errors.parquet`` and ``_manifest.json`` last. 
 The graph::
 
     Create(listing tasks) -> Reshuffle -> List (per top-level folder) -> [join annotations by file name]
+      -> [mode=append: compare with the set's index files by key partition: new and changed files go on]
       -> bucket count from the listing's count and sizes -> GroupByKey(bucket): one element per planned bucket
-      -> WriteShards (read once, check, hash, tar to its final name, index, marker; per shard)
-      -> duplicates from the index files (shuffle on sha1) -> manifest (one small record per shard)
+      -> WriteShards (read once, check, hash, perceptual hash, [benchmark guard], tar, index, marker; per shard)
+      -> duplicates from the index files (shuffle on sha1)
+      -> near-duplicate groups from the index files' perceptual hashes (shuffle on hash bands)
+      -> manifest (one small record per shard)
 
 Only metadata crosses the shuffles; each image is read once. A rerun over an output a killed run left keeps
 every shard whose marker matches the plan and writes the others (see :mod:`pipelines.shard.write`).
+``mode=append`` adds a generation to a finished set (README "Growing a corpus"; :mod:`pipelines.shard.compare`).
 
 Run it as ``dpmesh-shard input.images=<dir|glob|prefix> output=<uri> [key=value ...]``, or from
 Python with :func:`run` and a :class:`~pipelines.config.ShardJobConfig`.
@@ -19,6 +23,7 @@ Python with :func:`run` and a :class:`~pipelines.config.ShardJobConfig`.
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -30,22 +35,29 @@ from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent, recorded_intent, refuse_another_run
 from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
-from pipelines.common.shard_set import MANIFEST_NAME
-from pipelines.config import ConfigError, ShardJobConfig, config_hash, config_to_dict
+from pipelines.common.shard_set import GENERATIONS_FOLDER, MANIFEST_NAME, NEAR_DUPLICATES_NAME
+from pipelines.config import ConfigError, ShardJobConfig, ShardMode, config_hash, config_to_dict
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
+from pipelines.shard.compare import CompareFn, held_partitions, partition_of
+from pipelines.shard.exclude import BenchmarkHashes, load_benchmark
 from pipelines.shard.finish import (
     BUCKETS_KIND,
     DUPLICATES_KIND,
     ERRORS_NAME,
+    NEAR_DUPLICATES_KIND,
     SHARD_KIND,
     DuplicateGroupsFn,
     ManifestRecord,
+    RunContext,
     WriteManifestFn,
+    index_hashes,
     index_sha1s,
     repeated_sha1s,
 )
+from pipelines.shard.generations import SetState, read_set_state
 from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
+from pipelines.shard.near_duplicates import GroupEdgesFn, HashBatch, band_partitions, partition_edges, spread_bits_for
 from pipelines.shard.plan import PlannedFile, bucket_of, count_and_bytes, num_buckets
 from pipelines.shard.publish import remove_stale_temporaries
 from pipelines.shard.steps import (
@@ -78,20 +90,27 @@ def run_info(cfg: ShardJobConfig, annotation_report: dict[str, Any] | None = Non
     return info
 
 
+_SHARDS_PER_COMPARE_PARTITION = 8  # held shards whose samples one comparison partition holds (bounded memory)
+
+
 def build_pipeline(
     p: beam.Pipeline,
     cfg: ShardJobConfig,
     annotation_report: dict[str, Any] | None = None,
     listing: list[ListingTask] | None = None,
+    state: SetState | None = None,
+    benchmark: BenchmarkHashes | None = None,
 ) -> None:
     """Adds the sharding steps to ``p``; ``listing`` is the input's :func:`listing_tasks` (one stand-in task when
-    None, as for a dry run, which touches no storage).
+    None, as for a dry run, which touches no storage); ``state`` the set an append grows (None: a new set);
+    ``benchmark`` the benchmark overlap guard's list (None without one).
 
     Every step has one output, the records it passes on mixed with the :class:`ManifestRecord` reports it
     makes; the next step keeps its records with ``Filter(isinstance, ...)``. The only side input is the
     bucket count (one integer). That shape (no tagged outputs) is what gives the same bytes on Beam's
     DaskRunner as on the others: see README "Dask".
     """
+    state = state or SetState()
     info = run_info(cfg, annotation_report)
     file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
     listed = (
@@ -109,6 +128,12 @@ def build_pipeline(
     duplicate_groups = None
     if cfg.shard.drop_duplicates:
         files, duplicate_groups = _drop_duplicates(cfg, files)
+    kept_hashes = None
+    if state.appending:
+        compared = _compare_with_set(p, cfg, state, files)
+        reports.append(compared)
+        files = compared | "NewAndChanged" >> _only(PlannedFile)
+        kept_hashes = compared | "KeptLiveHashes" >> _only(HashBatch)
     buckets = (
         files
         | "CountAndBytes" >> beam.Map(lambda f: (1, f.planned_bytes))
@@ -119,7 +144,8 @@ def build_pipeline(
         files
         | "AssignBucket" >> beam.Map(lambda f, n: ((bucket_of(f.key, n), n), f), n=beam.pvalue.AsSingleton(buckets))
         | "GroupByBucket" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShardsFn(cfg.storage, cfg.shard, cfg.output, file_metadata))
+        | "WriteShards"
+        >> beam.ParDo(WriteShardsFn(cfg.storage, cfg.shard, cfg.output, file_metadata, state.first_shard, benchmark))
     )
     if duplicate_groups is None:
         duplicate_groups = (
@@ -137,13 +163,54 @@ def build_pipeline(
         done | "ShardRecords" >> beam.Map(lambda d: ManifestRecord(SHARD_KIND, d)),
         buckets | "BucketsRecord" >> beam.Map(lambda n: ManifestRecord(BUCKETS_KIND, n)),
         duplicates,
+        _near_duplicate_groups(cfg, state, done, kept_hashes),
     ]
+    context = RunContext(state, cfg.near_duplicates.threshold, benchmark.summary() if benchmark else None)
     _ = (
         reports
         | "AllOutputs" >> beam.Flatten()
         | "ManifestRecords" >> _only(ManifestRecord)
         | "CollectRecords" >> ToList().without_defaults()  # List always reports, so never empty
-        | "WriteManifest" >> beam.ParDo(WriteManifestFn(cfg.storage, cfg.output, info))
+        | "WriteManifest" >> beam.ParDo(WriteManifestFn(cfg.storage, cfg.output, info, context))
+    )
+
+
+def _compare_with_set(p: beam.Pipeline, cfg: ShardJobConfig, state: SetState, files: Any) -> Any:
+    """``mode=append``: the listed files against the set's live samples, by key partition (see
+    :mod:`pipelines.shard.compare`): files to shard, kept samples' hashes and reports, in one output."""
+    partitions = max(1, math.ceil(len(state.held) / _SHARDS_PER_COMPARE_PARTITION))
+    spread = spread_bits_for(state.live_before)
+    held = (
+        p
+        | "HeldShards" >> beam.Create(list(state.held) or [])
+        | "ReadHeldIndexes" >> beam.FlatMap(held_partitions, cfg.storage, cfg.output, partitions)
+    )
+    listed = files | "KeyByPartition" >> beam.Map(lambda f, n: (partition_of(f.key, n), f), partitions)
+    return (
+        (held, listed)
+        | "HeldAndListed" >> beam.Flatten()
+        | "GroupByKeyPartition" >> beam.GroupByKey()
+        | "Compare" >> beam.ParDo(CompareFn(cfg.storage, cfg.input, state.generation, spread))
+    )
+
+
+def _near_duplicate_groups(cfg: ShardJobConfig, state: SetState, done: Any, kept_hashes: Any) -> Any:
+    """The near-duplicate groups of the live set (one :class:`ManifestRecord`, none when there are none): hashes of
+    the shards written now and, when appending, of the samples kept live; band partitions; verified edges;
+    union-find (see :mod:`pipelines.shard.near_duplicates`)."""
+    threshold = cfg.near_duplicates.threshold
+    spread = spread_bits_for(state.live_before) if state.appending else None
+    per_bucket = cfg.shard.max_samples * cfg.shard.fill_target
+    hashes = done | "IndexHashes" >> beam.FlatMap(index_hashes, cfg.storage, cfg.output, spread, per_bucket)
+    if kept_hashes is not None:
+        hashes = (hashes, kept_hashes) | "AllLiveHashes" >> beam.Flatten()
+    return (
+        hashes
+        | "BandPartitions" >> beam.FlatMap(band_partitions, threshold)
+        | "GroupByBand" >> beam.GroupByKey()
+        | "VerifiedEdges" >> beam.FlatMap(partition_edges, threshold)
+        | "GroupEdges" >> beam.CombineGlobally(GroupEdgesFn()).without_defaults()
+        | "NearDuplicatesRecord" >> beam.Map(lambda groups: ManifestRecord(NEAR_DUPLICATES_KIND, groups))
     )
 
 
@@ -216,28 +283,33 @@ def check_annotations(cfg: ShardJobConfig, storage: Storage) -> dict[str, Any] |
     return report
 
 
-def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
+def prepare_output(cfg: ShardJobConfig, storage: Storage) -> SetState:
     """Launch-time checks of input and output; removes what ``overwrite=true`` replaces and what killed runs left.
+    Returns the set the run starts from (empty for a new set).
 
-    An output holding a complete shard set (``_manifest.json``) is refused unless ``overwrite=true``. One holding
-    the shards of a killed run with the same config is resumed: finished shards are kept (see
-    :mod:`pipelines.shard.write`), unmarked ones redone. Which config wrote the files is the output's recorded
-    intent (:mod:`pipelines.common.intent`, written here before the first shard); files of another config, or of
-    none that can be told, are refused.
+    An output holding a complete shard set (``_manifest.json``) is refused unless ``overwrite=true`` or
+    ``mode=append`` (which adds a generation to it). One holding the shards of a killed run with the same config is
+    resumed: finished shards are kept (see :mod:`pipelines.shard.write`), unmarked ones redone. Which config wrote the
+    files is the output's recorded intent (:mod:`pipelines.common.intent`, written here before the first shard);
+    files of another config, or of none that can be told, are refused.
 
     Raises:
         ConfigError: naming the value to change.
     """
     inputs = {"input.images": cfg.input.images, "input.manifest": cfg.input.manifest}
-    check_output_location(storage, cfg.output, {**inputs, "input.annotations": cfg.input.annotations})
+    others = {"input.annotations": cfg.input.annotations, "exclude.images": cfg.exclude.images}
+    check_output_location(storage, cfg.output, {**inputs, **others, "exclude.hashes": cfg.exclude.hashes})
     if next(iter(list_corpus(storage, cfg.input)), None) is None:
         where = cfg.input.images or cfg.input.manifest
         raise ConfigError(f"the input {where!r} lists no files; check input.images / input.manifest")
-    previous = [o.uri for o in storage.glob(join(cfg.output, "shard-*")) if o.uri.endswith((".tar", ".parquet"))]
     markers = [o.uri for o in storage.list(join(cfg.output, MARKERS_FOLDER)) if o.uri.endswith(".json")]
+    if cfg.mode == ShardMode.append:
+        return _prepare_append(cfg, storage, markers)
+    previous = [o.uri for o in storage.glob(join(cfg.output, "shard-*")) if o.uri.endswith((".tar", ".parquet"))]
     if storage.exists(join(cfg.output, MANIFEST_NAME)) and not cfg.overwrite:
         raise ConfigError(
-            f"output={cfg.output!r} already holds a complete shard set; choose another output or pass overwrite=true"
+            f"output={cfg.output!r} already holds a complete shard set; choose another output, pass overwrite=true, "
+            "or add a generation to it with mode=append"
         )
     if (previous or markers) and not cfg.overwrite:
         # Which run the files belong to: the intent recorded before the first shard (a kill before any marker leaves
@@ -249,10 +321,41 @@ def prepare_output(cfg: ShardJobConfig, storage: Storage) -> None:
             raise refuse_another_run(cfg.output, "shards")
         logger.info("dpmesh-shard: resuming into %s: %d shards finished earlier are kept", cfg.output, len(markers))
     if cfg.overwrite:
-        for uri in [*previous, *markers, join(cfg.output, MANIFEST_NAME), join(cfg.output, ERRORS_NAME)]:
+        generations = [o.uri for o in storage.list(join(cfg.output, GENERATIONS_FOLDER))]
+        set_files = [join(cfg.output, n) for n in (MANIFEST_NAME, ERRORS_NAME, NEAR_DUPLICATES_NAME)]
+        for uri in [*previous, *markers, *generations, *set_files]:
             storage.delete(uri)
     remove_stale_temporaries(cfg.output, folders=("", MARKERS_FOLDER))
     record_intent(storage, cfg.output, APP, config_hash(cfg))  # before the first shard is written
+    return SetState()
+
+
+def _prepare_append(cfg: ShardJobConfig, storage: Storage, markers: list[str]) -> SetState:
+    """``mode=append``: the finished set's state; the shards of an unfinished append are resumed with the same config
+    only (an append with another config left them: refused, as a create run refuses another run's shards)."""
+    if cfg.overwrite:
+        raise ConfigError(
+            "mode=append adds a generation to the set at output, overwrite=true would replace it; drop one"
+        )
+    state = read_set_state(storage, cfg)
+    unfinished = [m for m in markers if _shard_number(m) >= state.first_shard]
+    if unfinished and recorded_intent(storage, cfg.output) != config_hash(cfg):
+        raise refuse_another_run(cfg.output, "shards of an unfinished generation")
+    remove_stale_temporaries(cfg.output, folders=("", MARKERS_FOLDER))
+    record_intent(storage, cfg.output, APP, config_hash(cfg))
+    logger.info(
+        "dpmesh-shard: appending generation %d to %s (%d live samples, shards from %d)",
+        state.generation,
+        cfg.output,
+        state.live_before,
+        state.first_shard,
+    )
+    return state
+
+
+def _shard_number(uri: str) -> int:
+    digits = uri.rsplit("/", 1)[-1].removesuffix(".json").rsplit("-", 1)[-1]
+    return int(digits) if digits.isdigit() else -1
 
 
 def run(
@@ -263,11 +366,12 @@ def run(
         return resolve_launch(APP, cfg.runner).plan(lambda p: build_pipeline(p, cfg))
     storage = Storage(cfg.storage)
     annotation_report = check_annotations(cfg, storage)
-    prepare_output(cfg, storage)
+    state = prepare_output(cfg, storage)
+    benchmark = load_benchmark(storage, cfg)
     started = time.monotonic()
     # The listing's tasks are the units; the DaskRunner gets its partitions from runner.partitions or its default.
     with resolve_launch(APP, cfg.runner).pipeline(options) as p:
-        build_pipeline(p, cfg, annotation_report, listing_tasks(storage, cfg.input))
+        build_pipeline(p, cfg, annotation_report, listing_tasks(storage, cfg.input), state, benchmark)
     manifest: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, MANIFEST_NAME)))
     manifest["elapsed_s"] = round(time.monotonic() - started, 3)
     return manifest
@@ -283,9 +387,28 @@ def format_summary(manifest: dict[str, Any], output: str) -> str:
         f"  persons {c['persons']} on {c['images_annotated']} annotated images; "
         f"{c['duplicate_files']} duplicate files in {c['duplicate_groups']} groups",
     ]
+    generation = (manifest.get("generations") or [{}])[-1]
+    if generation.get("mode") == "append":
+        lines.append(
+            f"  generation {generation['generation']}: new {c['new']}, changed {c['changed']}, unchanged "
+            f"{c['unchanged']}; retired {generation['retired']['superseded']} superseded + "
+            f"{generation['retired']['removed']} removed; not listed and kept {c['absent_kept']}"
+        )
+    if "live" in manifest:
+        near = manifest["near_duplicates"]
+        lines.append(
+            f"  live samples {manifest['live']['samples']} in {len(manifest.get('generations', []))} generation(s); "
+            f"{near['samples']} in {near['groups']} near-duplicate groups (<= {near['threshold']} bits)"
+        )
+    if manifest.get("exclude"):
+        lines.append(
+            f"  benchmark overlap: {c['benchmark_overlap']} images left out "
+            f"(against {manifest['exclude']['images']} benchmark images, <= {manifest['exclude']['threshold']} bits)"
+        )
     if c["errors_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in c["errors_by_reason"].items())
-        lines.append(f"  reported: {reasons}  (rows in {join(output, ERRORS_NAME)})")
+        errors_file = generation.get("errors_file", ERRORS_NAME)
+        lines.append(f"  reported: {reasons}  (rows in {join(output, errors_file)})")
     for shard in manifest["shards"][:8]:
         lines.append(f"  {shard['shard']}.tar  {shard['samples']:6d} samples  {shard['tar_bytes'] / 1e6:8.2f} MB")
     if len(manifest["shards"]) > 8:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -29,6 +30,16 @@ from pipelines.shard.perceptual_hash import HASH_BITS
 Sample = tuple[str, str, int]  # (key, shard, hash)
 Edge = tuple[tuple[str, str], tuple[str, str]]  # ((key, shard), (key, shard)), first key smaller
 _SAMPLES_PER_PARTITION = 200_000  # of one band: how large a set gets before its bands are split by top bits
+
+
+@dataclass(frozen=True)
+class HashBatch:
+    """Live samples ``(key, shard, perceptual hash)`` on their way to the near-duplicate search (one per index file
+    or comparison partition); ``spread_bits`` sizes the search's partitions (:func:`spread_bits_for`), the same for
+    every batch of a run."""
+
+    samples: tuple[tuple[str, str, int | None], ...]
+    spread_bits: int
 
 
 def band_layout(threshold: int) -> tuple[tuple[int, int], ...]:
@@ -48,30 +59,29 @@ def spread_bits_for(samples: int) -> int:
 
 
 def band_partitions(
-    batch: Iterable[Sample], threshold: int, spread_bits: int
-) -> Iterator[tuple[tuple[int, int], list[tuple[bool, str, str, int]]]]:
-    """``((band, top bits), [(home, key, shard, hash), ...])`` for a batch of samples (hashless ones are left out).
-
-    A guest entry (``home`` False) is stored with its band value's top bit flipped into the partition's.
-    """
-    parts: dict[tuple[int, int], list[tuple[bool, str, str, int]]] = {}
+    batch: HashBatch, threshold: int
+) -> Iterator[tuple[tuple[int, int, int], list[tuple[bool, str, str, int]]]]:
+    """``((band, top bits, spread bits), [(home, key, shard, hash), ...])`` for a batch of samples (hashless ones
+    are left out). A guest entry (``home`` False) goes where one of its top bits flipped lands."""
+    spread_bits = batch.spread_bits
+    parts: dict[tuple[int, int, int], list[tuple[bool, str, str, int]]] = {}
     for band, (shift, width) in enumerate(band_layout(threshold)):
         top_bits = min(spread_bits, width)
-        for key, shard, value in batch:
+        for key, shard, value in batch.samples:
             if value is None:
                 continue
             top = ((value >> shift) & ((1 << width) - 1)) >> (width - top_bits)
-            parts.setdefault((band, top), []).append((True, key, shard, value))
+            parts.setdefault((band, top, spread_bits), []).append((True, key, shard, value))
             for bit in range(top_bits):
-                parts.setdefault((band, top ^ (1 << bit)), []).append((False, key, shard, value))
+                parts.setdefault((band, top ^ (1 << bit), spread_bits), []).append((False, key, shard, value))
     yield from parts.items()
 
 
 def partition_edges(
-    element: tuple[tuple[int, int], Iterable[list[tuple[bool, str, str, int]]]], threshold: int, spread_bits: int
+    element: tuple[tuple[int, int, int], Iterable[list[tuple[bool, str, str, int]]]], threshold: int
 ) -> Iterator[Edge]:
     """Verified near-duplicate edges of one partition (one band, one value range)."""
-    (band, top), lists = element
+    (band, top, spread_bits), lists = element
     shift, width = band_layout(threshold)[band]
     top_bits = min(spread_bits, width)
     homes: dict[str, tuple[str, int]] = {}

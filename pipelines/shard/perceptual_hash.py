@@ -73,7 +73,7 @@ def hash_pixels(ycbcr: np.ndarray) -> int:
     bits = [_signs(luma, order[:_LUMA_BITS])]
     chroma_cells = _zigzag(4)
     if max(np.abs(c[tuple(zip(*chroma_cells, strict=True))]).max() for c in (cb, cr)) < _FLAT_CHROMA:
-        bits.append(_signs(luma, order[_LUMA_BITS : HASH_BITS]))
+        bits.append(_signs(luma, order[_LUMA_BITS:HASH_BITS]))
     else:
         bits += [_signs(cb, chroma_cells[:_CB_BITS]), _signs(cr, chroma_cells[:_CR_BITS])]
     return int.from_bytes(np.packbits(np.concatenate(bits)).tobytes(), "big")

@@ -117,7 +117,9 @@ def plan_bucket(
     shards = []
     for index, part in enumerate(p for p in parts if p):
         shard_id = first_shard + bucket + index * buckets
-        shards.append(PlannedShard(shard_id, shard_name(shard_id), tuple(part), _identity(buckets, part, identity_extra)))
+        shards.append(
+            PlannedShard(shard_id, shard_name(shard_id), tuple(part), _identity(buckets, part, identity_extra))
+        )
     return shards
 
 
