@@ -4,7 +4,6 @@ label rows, an output that is a file, and a kill mid-export. Each ends as a one-
 named error rows; nothing is written or deleted outside ``output=``. In-memory runner, tiny model labels.
 """
 
-import hashlib
 import json
 import math
 import os
@@ -14,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from pipelines.export.job import run as export
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import make_images
+from tests.fakes.digests import digests
 from tests.fakes.kill import kill_after_write
 from tests.fakes.shard_set import label_shards, shard_annotated
 
@@ -418,26 +417,36 @@ def test_non_finite_label_values_become_error_rows(source: Path, tmp_path: Path,
     assert all(_no_nan(v) for v in values), "no NaN or inf in a training file"
 
 
-# The killed run is slowed per tar member, so the kill lands while a shard's tar is being built.
-_SLOW_RUN = (
-    "import sys, time; from pipelines.export.formats import base; slow = base.TarBuilder.add; "
-    "base.TarBuilder.add = lambda self, name, data: (time.sleep(0.1), slow(self, name, data))[1]; "
-    "from pipelines.export.job import main; sys.argv[0] = 'dpmesh-export'; main()"
-)
+# dpmesh-export killed (SIGKILL) at the second tar member added after its first shard marker: one shard committed
+# and another's tar half built, by construction rather than by timing.
+_KILL_MID_TAR = """
+import os, signal, sys, threading
+from pipelines.export.formats import base
+from pipelines.storage import Storage
+events, lock = [], threading.Lock()
+write, add = Storage.write_bytes, base.TarBuilder.add
+def recording_write(self, uri, data):
+    write(self, uri, data)
+    if "/_done/" in uri:
+        with lock:
+            events.append(uri)
+def killing_add(self, name, data):
+    add(self, name, data)
+    with lock:
+        if events:
+            events.append(name)
+            if len(events) >= 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+Storage.write_bytes = recording_write
+base.TarBuilder.add = killing_add
+from pipelines.export.job import main; sys.argv[0] = 'dpmesh-export'; main()
+"""
 
 
 def _temporaries(out: Path, system_tmp: Path) -> list[Path]:
     """Temporary files a run has open: in the output (its scratch folder, storage-layer names) or in the system
     temp folder."""
     return [*(out / "_tmp").rglob("*"), *out.rglob(".storage-tmp-*"), *system_tmp.rglob("*.tar")]
-
-
-def _digests(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def test_a_killed_export_resumes_byte_identical_without_temporaries(source: Path, tmp_path: Path) -> None:
@@ -450,22 +459,16 @@ def test_a_killed_export_resumes_byte_identical_without_temporaries(source: Path
     out, system_tmp = tmp_path / "killed", tmp_path / "system_tmp"
     system_tmp.mkdir()
     args = [f"input.labels={labels}", f"input.shards={shards}", f"output={out}", "format=hmr2", "log_level=WARNING"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_RUN, *args],
+    process = subprocess.run(
+        [sys.executable, "-c", _KILL_MID_TAR, *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
         env={**os.environ, "TMPDIR": str(system_tmp)},
+        timeout=240,
     )
-    deadline = time.monotonic() + 240
-    while not (list((out / "_done").glob("*.json")) and _temporaries(out, system_tmp)):
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no shard finished in time"
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run was not killed while building a tar after a marker"
     assert _temporaries(out, system_tmp), "the kill landed while a tar was being built"
-    assert len(list((out / "_done").glob("*.json"))) < total, "the kill must land part-way"
+    assert 1 <= len(list((out / "_done").glob("*.json"))) < total, "the kill lands part-way"
     assert not list(system_tmp.rglob("*.tar")), "no shard tar in the system temp folder: it lives in the output"
 
     resumed = export(_config(labels, shards, out, "hmr2"))
@@ -473,7 +476,7 @@ def test_a_killed_export_resumes_byte_identical_without_temporaries(source: Path
     assert not (out / "_tmp").exists(), "the killed run's scratch tar is removed"
     assert not list(out.rglob(".storage-tmp-*"))
     assert resumed["shards"] == total
-    assert _digests(out) == _digests(reference), "the same bytes as an uninterrupted export"
+    assert digests(out) == digests(reference), "the same bytes as an uninterrupted export"
 
 
 @pytest.mark.s3
@@ -529,4 +532,4 @@ def test_an_export_killed_at_any_write_boundary_resumes_to_the_same_bytes(
     assert process.returncode == -signal.SIGKILL, f"the export was not killed after its first {boundary} write"
     export(_config(labels, shards, out, "hmr2"))  # no overwrite=true: the run's own unfinished work is taken up
     assert not (out / "_tmp").exists()
-    assert _digests(out) == _digests(reference), "the same bytes as an uninterrupted export"
+    assert digests(out) == digests(reference), "the same bytes as an uninterrupted export"

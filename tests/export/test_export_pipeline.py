@@ -37,6 +37,8 @@ from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from schemas import COCO17_KEYPOINT_NAMES
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.digests import identities
+from tests.fakes.writes import recorded_writes
 
 
 ROTATED = "img_00001"  # stored rotated with EXIF orientation 6; its annotations are in the upright frame
@@ -212,17 +214,19 @@ def test_crops_carry_the_row_and_crop_pixel_keypoints(labeled: dict[str, Any], t
 
 def test_a_rerun_exports_only_the_shard_whose_output_was_removed(labeled: dict[str, Any], tmp_path: Path) -> None:
     _export(labeled, tmp_path, "crops", "export.crop_size=64")
-    files = {p.stem: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.glob("shard-*.tar")}
+    files = {p.stem: p.read_bytes() for p in tmp_path.glob("shard-*.tar")}
     kept, removed, *_ = sorted(files)
-    kept_marker = tmp_path / "_done" / f"{kept}.json"
-    kept_mtime = kept_marker.stat().st_mtime_ns
+    kept_files = [tmp_path / "_done" / f"{kept}.json", tmp_path / f"{kept}.tar"]
+    before = identities(kept_files)
     (tmp_path / f"{removed}.tar").unlink()
     (tmp_path / "_done" / f"{removed}.json").unlink()
-    stats = _export(labeled, tmp_path, "crops", "export.crop_size=64")
+    with recorded_writes() as writes:
+        stats = _export(labeled, tmp_path, "crops", "export.crop_size=64")
     assert stats["shards"] == len(files)  # the card covers every shard, those exported earlier included
-    assert kept_marker.stat().st_mtime_ns == kept_mtime
-    assert (tmp_path / f"{kept}.tar").stat().st_mtime_ns == files[kept][1]
-    assert (tmp_path / f"{removed}.tar").read_bytes() == files[removed][0]  # the same bytes again
+    assert writes.touching([f"_done/{kept}.json", f"{kept}.tar"], str(tmp_path)) == [], "the kept shard is not redone"
+    assert writes.touching([f"_done/{removed}.json", f"{removed}.tar"], str(tmp_path)), "the removed one is"
+    assert identities(kept_files) == before
+    assert (tmp_path / f"{removed}.tar").read_bytes() == files[removed]  # the same bytes again
     with pytest.raises(ConfigError, match="another config"):
         _export(labeled, tmp_path, "crops", "export.crop_size=65")
 
@@ -248,16 +252,19 @@ def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any
     export_cfg = compose_config("dpmesh_export", [*base, "log_level=WARNING"], ExportJobConfig)
     export(export_cfg)
     assert all(row["flip_pa_mpjpe_mm"] is None for row in _crop_rows(out).values())
-    export(export_cfg)
-    first = {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")}
+    with recorded_writes() as writes:
+        export(export_cfg)
+    first = sorted(p.name for p in (out / "_done").glob("*.json"))
+    assert writes.touching([f"_done/{name}" for name in first], str(out)) == [], "nothing relabeled yet"
 
     relabel = [f"input.shards={root / 'shards'}", f"output={labels}", "filter=off", "filter.flip_consistency=true"]
     relabel += ["overwrite=true", "log_level=WARNING", "progress_interval_s=0"]
     label(compose_config("dpmesh_label", relabel, LabelJobConfig))
-    export(export_cfg)
-    again = {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")}
-    assert set(again) == set(first)
-    assert all(again[name] != first[name] for name in first), "every relabeled shard exported again"
+    with recorded_writes() as writes:
+        export(export_cfg)
+    assert sorted(p.name for p in (out / "_done").glob("*.json")) == first
+    rewritten = writes.touching([f"_done/{name}" for name in first], str(out))
+    assert sorted(rewritten) == [f"{out}/_done/{name}" for name in first], "every relabeled shard exported again"
     rows = _crop_rows(out)
     assert set(rows) == set(labeled["rows"])
     assert all(row["flip_pa_mpjpe_mm"] is not None for row in rows.values()), "the files carry the new rows"
@@ -265,8 +272,11 @@ def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any
         label_marker = json.loads((labels / "_done" / name).read_text())
         assert json.loads((out / "_done" / name).read_text())["label"]["config_hash"] == label_marker["config_hash"]
 
-    export(export_cfg)  # nothing relabeled since: nothing exported
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "_done").glob("*.json")} == again
+    markers = identities((out / "_done").glob("*.json"))
+    with recorded_writes() as writes:
+        export(export_cfg)  # nothing relabeled since: nothing exported
+    assert writes.touching([f"_done/{name}" for name in first], str(out)) == []
+    assert identities((out / "_done").glob("*.json")) == markers
 
 
 def _loose_and_named(out: Path) -> tuple[set[str], set[str]]:

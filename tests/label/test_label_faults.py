@@ -7,7 +7,6 @@ write a marker: the next run then labels that shard. The model is the numpy stan
 what is tested is the storage path around it.
 """
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from pipelines.label.job import run
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage, StorageError, join
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.digests import digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fault_proxy import FAULT_KINDS, FaultPlan, FaultProxy, proxied_storage_overrides, wait_for
 
@@ -27,14 +27,6 @@ FAULT_RATE = 0.25
 def _label_config(proxy: FaultProxy, shards: str, output: str, *extra: str) -> LabelJobConfig:
     overrides = [f"input.shards={shards}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
     return compose_config("dpmesh_label", [*overrides, *proxied_storage_overrides(proxy), *extra], LabelJobConfig)
-
-
-def _parquet_digests(storage: Storage, prefix: str) -> dict[str, str]:
-    return {
-        o.uri[len(prefix) + 1 :]: hashlib.sha1(storage.read_bytes(o.uri)).hexdigest()
-        for o in storage.list(prefix)
-        if o.uri.endswith(".parquet")
-    }
 
 
 @pytest.fixture
@@ -71,9 +63,9 @@ def test_labels_through_a_flaky_store_are_byte_identical(
     assert faulty["reconciled"]
     assert "read_failed" not in faulty["errors_by_reason"], "a transient fault became an error row"
     storage = Storage(clean_cfg.storage)
-    clean_files = _parquet_digests(storage, f"{s3_bucket}/clean")
+    clean_files = digests(f"{s3_bucket}/clean", "**.parquet", storage=storage)
     assert clean_files
-    assert _parquet_digests(storage, f"{s3_bucket}/faulty") == clean_files
+    assert digests(f"{s3_bucket}/faulty", "**.parquet", storage=storage) == clean_files
 
 
 @pytest.mark.slow  # ~16 s; the shard job's persisting-fault test covers the rule in the default run

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,10 @@ from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, OCCLUSION_LEVELS, fixed_list_to_numpy
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.digests import identities, label_digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.kill import kill_after_write
+from tests.fakes.writes import recorded_writes
 
 
 N_IMAGES = 8
@@ -123,11 +124,6 @@ def _add_to_manifest(folder: Path, shards: list[str]) -> None:
         entry = {"shard": name, "tar_bytes": len(data), "tar_sha1": hashlib.sha1(data).hexdigest()}
         manifest["shards"] = [s for s in manifest["shards"] if s["shard"] != name] + [entry]
     (folder / "_manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-
-
-def _digests(output: str) -> dict[str, str]:
-    files = sorted(Path(output).glob("*/shard-*.parquet"))
-    return {str(p.relative_to(output)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module")
@@ -225,15 +221,22 @@ def test_outputs_follow_the_schemas(labeled: tuple[str, dict]) -> None:
     assert row["sample_id"] == f"{row['image_key']}_p{row['person_idx']}"
 
 
-def test_rerun_skips_done_shards_and_overwrite_is_byte_identical(fake_labeled: tuple[str, dict], shards: dict) -> None:
-    output, _ = fake_labeled
-    before = _digests(output)
-    mtimes = {p: p.stat().st_mtime_ns for p in Path(output).glob("*/shard-*.parquet")}
-    again = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
+def test_rerun_skips_done_shards_and_overwrite_is_byte_identical(
+    fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path
+) -> None:
+    labeled, _ = fake_labeled
+    output = tmp_path / "o"
+    shutil.copytree(labeled, output)  # the rerun with overwrite=true rewrites it: a copy, not the shared output
+    before = label_digests(output)
+    shard_files = list(output.glob("*/shard-*.parquet"))
+    files = identities(shard_files)
+    with recorded_writes() as writes:
+        again = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
     assert again["shards"]["labeled_this_run"] == 0
-    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert writes.touching([p.relative_to(output).as_posix() for p in shard_files], str(output)) == []
+    assert identities(shard_files) == files, "done shards are not rewritten"
     _fake_run(f"input.shards={shards['shards']}", f"output={output}", "overwrite=true")
-    assert _digests(output) == before
+    assert label_digests(output) == before
 
 
 def test_a_partial_run_resumes_only_the_missing_shards(
@@ -247,7 +250,7 @@ def test_a_partial_run_resumes_only_the_missing_shards(
             (partial / path.relative_to(output)).write_bytes(path.read_bytes())
     resumed = _fake_run(f"input.shards={shards['shards']}", f"output={partial}")
     assert resumed["shards"]["labeled_this_run"] == 1
-    assert _digests(str(partial)) == _digests(output)
+    assert label_digests(partial) == label_digests(output)
 
 
 def test_multi_processing_and_portable_give_the_same_bytes(
@@ -261,7 +264,7 @@ def test_multi_processing_and_portable_give_the_same_bytes(
         "runner.running_mode=multi_processing",
         "runner.num_workers=2",
     )
-    assert _digests(str(mp)) == _digests(output)
+    assert label_digests(mp) == label_digests(output)
     portable = tmp_path / "portable"
     _fake_run(
         f"input.shards={shards['shards']}",
@@ -269,7 +272,7 @@ def test_multi_processing_and_portable_give_the_same_bytes(
         "runner=portable",
         f"runner.job_endpoint={beam_job_endpoint}",
     )
-    assert _digests(str(portable)) == _digests(output)
+    assert label_digests(portable) == label_digests(output)
 
 
 class PoisonedHandler(FakeDPMeshHandler):
@@ -314,58 +317,47 @@ def test_model_nan_outputs_are_rejected_not_written_as_labels(shards: dict, tmp_
     assert all(r["image_key"] != first_key for r in accepted)
 
 
-# A labeling run in its own process, killed below; the stand-in takes 0.3 s a batch so the kill lands part-way.
-_KILLED_RUN = """
-import sys
-from pipelines.config import LabelJobConfig, compose_config
-from pipelines.label.job import run
-from tests.fakes.fake_dpmesh import FakeDPMeshHandler
-cfg = compose_config("dpmesh_label", sys.argv[1:], LabelJobConfig)
-run(cfg, handler=FakeDPMeshHandler(cfg.model, seconds_per_batch=0.3))
-"""
-
-
 def test_a_killed_run_resumes_without_duplicates_or_gaps(
     fake_labeled: tuple[str, dict], shards: dict, tmp_path: Path
 ) -> None:
     reference, _ = fake_labeled
     output = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-c",
-        _KILLED_RUN,
-        f"input.shards={shards['shards']}",
-        f"output={output}",
-        "log_level=WARNING",
-        "progress_interval_s=0",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while len(list((output / "_done").glob("*.json"))) < 2:
-        assert process.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline, "no shard finished in time"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    args = [f"input.shards={shards['shards']}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
+    # Killed right after its second shard marker: part-way by construction, not by timing.
+    process = subprocess.run(
+        [sys.executable, "-c", _KILL_AFTER_SECOND_MARKER, _LABEL_BOUNDARIES["marker"], *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=240,
+    )
+    assert process.returncode == -signal.SIGKILL, "the run was not killed after its second marker"
     done = sorted(p.stem for p in (output / "_done").glob("*.json"))
     total = len(list(Path(shards["shards"]).glob("shard-*.tar")))
-    assert 2 <= len(done) < total, "the kill must land part-way"
-    finished = {p: p.stat().st_mtime_ns for p in output.glob("*/shard-*.parquet") if p.stem in done}
-    resumed = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
+    assert 2 <= len(done) < total, "the kill lands part-way"
+    finished = [p for p in output.glob("*/shard-*.parquet") if p.stem in done]
+    before = identities(finished)
+    with recorded_writes() as writes:
+        resumed = _fake_run(f"input.shards={shards['shards']}", f"output={output}")
     assert resumed["shards"]["labeled_this_run"] == total - len(done)
-    assert {p: p.stat().st_mtime_ns for p in finished} == finished, "finished shards are not rewritten"
-    assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
+    finished_names = [p.relative_to(output).as_posix() for p in finished]
+    assert writes.touching(finished_names, str(output)) == [], "finished shards are neither rewritten nor deleted"
+    assert identities(finished) == before, "finished shards are the same files, not rewritten copies"
+    assert label_digests(output) == label_digests(reference), (
+        "same rows as an uninterrupted run: none missing or doubled"
+    )
     assert resumed["reconciled"]
 
 
 # A labeling run killed right after its first write whose URI matches argv[1] (tests/fakes/kill.py).
-_KILL_AFTER_WRITE = kill_after_write(
+_LABEL_ENTRY = (
     "from pipelines.config import LabelJobConfig, compose_config\n"
     "from pipelines.label.job import run\n"
     "from tests.fakes.fake_dpmesh import FakeDPMeshHandler\n"
     "cfg = compose_config('dpmesh_label', sys.argv[1:], LabelJobConfig)\n"
     "run(cfg, handler=FakeDPMeshHandler(cfg.model))\n"
 )
+_KILL_AFTER_WRITE = kill_after_write(_LABEL_ENTRY)
+_KILL_AFTER_SECOND_MARKER = kill_after_write(_LABEL_ENTRY, count=2)
 _LABEL_BOUNDARIES = {
     "intent": r"/_intent\.json$",
     "annotations": r"/annotations/shard-\d+\.parquet$",
@@ -393,7 +385,9 @@ def test_a_kill_at_any_write_boundary_resumes_to_the_same_rows(
     resumed = _fake_run(*args[:2])  # no overwrite=true: the run's own unfinished work is taken up
     assert resumed["reconciled"]
     assert resumed["counts"] == expected["counts"]
-    assert _digests(str(output)) == _digests(reference), "same rows as an uninterrupted run: none missing or doubled"
+    assert label_digests(output) == label_digests(reference), (
+        "same rows as an uninterrupted run: none missing or doubled"
+    )
 
 
 _KILLED_REFILTER = kill_after_write(
@@ -433,7 +427,7 @@ def test_a_refilter_killed_at_any_write_boundary_resumes_to_the_same_rows(
     assert process.returncode == -signal.SIGKILL, f"the refilter was not killed after its first {boundary} write"
     resumed = refilter(compose_config("dpmesh_refilter", args(output), RefilterJobConfig))
     assert resumed["counts"] == expected["counts"]
-    assert _digests(str(output)) == _digests(str(reference))
+    assert label_digests(output) == label_digests(reference)
 
 
 @pytest.mark.parametrize("threads", [0, 3])
@@ -445,7 +439,7 @@ def test_the_preparation_pool_gives_the_rows_of_a_serial_run(
     output = tmp_path / f"threads{threads}"
     summary = _fake_run(f"input.shards={shards['shards']}", f"output={output}", f"input.prep_threads={threads}")
     assert summary["counts"] == expected["counts"]
-    assert _digests(str(output)) == _digests(reference)
+    assert label_digests(output) == label_digests(reference)
 
 
 def test_fast_crops_label_every_person_the_reference_crops_label(
@@ -592,16 +586,19 @@ def test_refilter_keeps_the_label_lineage_and_resumes(labeled: tuple[str, dict],
     assert _labels(out).select(lineage).sort_by("sample_id") == _labels(output).select(lineage).sort_by("sample_id")
 
     # Resume: as after a kill, two shards lack their marker (one of them its files too); only they are redone.
-    digests = _digests(str(out))
+    digests = label_digests(out)
     killed = sorted(p.stem for p in (out / "_done").glob("*.json"))[:2]
     for name in killed:
         (out / "_done" / f"{name}.json").unlink()
     (out / "annotations" / f"{killed[0]}.parquet").unlink()
-    kept = {p: p.stat().st_mtime_ns for p in out.glob("*/shard-*.parquet") if p.stem not in killed}
-    resumed = refilter(refilter_config())
+    kept = [p for p in out.glob("*/shard-*.parquet") if p.stem not in killed]
+    before = identities(kept)
+    with recorded_writes() as writes:
+        resumed = refilter(refilter_config())
     assert resumed["shards"]["labeled_this_run"] == 2
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept, "finished shards are not rewritten"
-    assert _digests(str(out)) == digests
+    assert writes.touching([p.relative_to(out).as_posix() for p in kept], str(out)) == []
+    assert identities(kept) == before, "finished shards are not rewritten"
+    assert label_digests(out) == digests
     assert resumed["reconciled"]
     assert refilter(refilter_config())["shards"]["labeled_this_run"] == 0
     with pytest.raises(ConfigError, match="another config"):

@@ -12,12 +12,13 @@ Only the model-sharing test runs the tiny model; the others check the pipeline a
 stand-in (tests/fakes/fake_dpmesh.py), which shares across processes the same way.
 """
 
-import hashlib
+import contextlib
 import io
 import json
+import re
 import shutil
 import tarfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -28,7 +29,9 @@ from pipelines.label.detection.handlers import KeypointHandler, PersonDetectorHa
 from pipelines.label.job import run
 from pipelines.label.model_handler import DPMeshModelHandler
 from pipelines.shard.job import run as shard
+from pipelines.storage import Storage
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.digests import label_digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
 
@@ -50,13 +53,6 @@ def _shard(images: str, output: Path, *extra: str) -> dict:
         "dpmesh_shard", [f"input.images={images}", f"output={output}", "log_level=WARNING", *extra], ShardJobConfig
     )
     return shard(cfg)
-
-
-def _digests(output: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(output)): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(output.glob("*/shard-*.parquet"))
-    }
 
 
 def _rows(output: Path, folder: str) -> list[dict]:
@@ -97,7 +93,8 @@ def detectors(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 class SlowHandler(FakeDPMeshHandler):
-    """Takes ``BATCH_DELAY_S`` per batch and logs when each batch's inference ended (wall clock)."""
+    """Takes ``BATCH_DELAY_S`` per batch and appends ``inference <shard>`` to an event log when a batch's inference
+    ended (a file: the handler is pickled into the runner's workers)."""
 
     def __init__(self, *args, log: str, **kwargs) -> None:
         super().__init__(*args, seconds_per_batch=BATCH_DELAY_S, **kwargs)
@@ -105,28 +102,47 @@ class SlowHandler(FakeDPMeshHandler):
 
     def run_inference(self, batch, model, inference_args=None):
         results = super().run_inference(batch, model, inference_args)
-        with open(self._log, "a") as f:
-            for person_batch in batch:
-                f.write(f"{person_batch.batch_id.split('/')[0]} {time.time()}\n")
+        for person_batch in batch:
+            _record(self._log, f"inference {person_batch.batch_id.split('/')[0]}")
         return results
 
 
-def _commit_timeline(output: Path, log: Path) -> tuple[float, float, int]:
-    """(first marker written, last inference ended, shards) in wall-clock seconds."""
-    ends = [float(line.split()[1]) for line in log.read_text().splitlines()]
-    markers = [p.stat().st_mtime for p in (output / "_done").glob("*.json")]
-    return min(markers), max(ends), len(markers)
+def _record(log: str, event: str) -> None:
+    with open(log, "a") as f:  # one append per event: the file's line order is the order of the events
+        f.write(event + "\n")
+
+
+@contextlib.contextmanager
+def _commits_logged(log: Path) -> Iterator[None]:
+    """Appends ``commit <shard>`` to ``log`` as each shard's marker is written (in-memory runners: this process)."""
+    write = Storage.write_bytes
+
+    def logging_write(self: Storage, uri: str, data: bytes) -> None:
+        write(self, uri, data)
+        if (match := re.search(r"/_done/(shard-\d+)\.json$", uri)) is not None:
+            _record(str(log), f"commit {match.group(1)}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Storage, "write_bytes", logging_write)
+        yield
+
+
+def _commit_timeline(log: Path) -> tuple[int, int, int]:
+    """(first commit, last inference) as positions in the event log, and the number of shards committed."""
+    events = [line.split() for line in log.read_text().splitlines()]
+    commits = [i for i, (kind, _) in enumerate(events) if kind == "commit"]
+    inferences = [i for i, (kind, _) in enumerate(events) if kind == "inference"]
+    return min(commits), max(inferences), len(commits)
 
 
 def test_each_shard_is_committed_before_the_last_shard_is_inferred(corpus: Path, tmp_path: Path) -> None:
     cfg = _label_config(f"input.shards={corpus / 'shards'}", f"output={tmp_path / 'o'}", "model.batch_size=1")
-    log = tmp_path / "inference.log"
-    summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
-    first_marker, last_inference, shards = _commit_timeline(tmp_path / "o", log)
+    log = tmp_path / "events.log"
+    with _commits_logged(log):
+        summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
+    first_commit, last_inference, shards = _commit_timeline(log)
     assert shards == summary["shards"]["total"] >= 4
-    assert first_marker < last_inference - BATCH_DELAY_S, (
-        f"first marker at {first_marker:.2f}, last inference ended {last_inference:.2f}: a barrier held commits"
-    )
+    assert first_commit < last_inference, f"{log.read_text()}: no shard was committed before the last inference"
     assert summary["reconciled"]
     assert summary["shards"]["labeled_this_run"] == shards
 
@@ -144,11 +160,12 @@ def test_with_detection_shards_are_committed_one_by_one_too(
         "detector.device=cpu",
         "model.batch_size=1",
     )
-    log = tmp_path / "inference.log"
-    summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
-    first_marker, last_inference, shards = _commit_timeline(tmp_path / "o", log)
+    log = tmp_path / "events.log"
+    with _commits_logged(log):
+        summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
+    first_commit, last_inference, shards = _commit_timeline(log)
     assert shards == summary["shards"]["total"]
-    assert first_marker < last_inference - BATCH_DELAY_S
+    assert first_commit < last_inference
     assert summary["reconciled"]
 
 
@@ -181,7 +198,7 @@ def unshared_tiny_labels(one_image_shards: Path, tmp_path_factory: pytest.TempPa
         "shared": False, "concurrent_calls": summary["model_hosts"]["dpmesh"]["concurrent_calls"], "callers": 1,
         "peak_concurrent_calls": 1,
     }  # fmt: skip
-    return _digests(output)
+    return label_digests(output)
 
 
 def _assert_shared_by_workers(summary: dict, kinds: tuple[str, ...], workers: int) -> None:
@@ -216,7 +233,7 @@ def test_a_model_shared_by_worker_processes_labels_like_an_unshared_one(
     _assert_shared_by_workers(summary, ("dpmesh",), workers)
     marker = json.loads(next((output / "_done").glob("*.json")).read_text())
     assert marker["model_hosts"]["dpmesh"]["shared"] is True
-    assert _digests(output) == unshared_tiny_labels
+    assert label_digests(output) == unshared_tiny_labels
 
 
 def _detection_config(corpus: Path, output: Path, *overrides: str) -> LabelJobConfig:
@@ -251,7 +268,7 @@ def test_shared_detectors_label_like_unshared_ones(
     assert KeypointHandler(cfg.detector, cfg.storage).share_model_across_processes()
     summary = _fake_run(cfg)
     _assert_shared_by_workers(summary, ("detector", "pose"), workers)
-    assert _digests(tmp_path / "shared") == _digests(tmp_path / "unshared")
+    assert label_digests(tmp_path / "shared") == label_digests(tmp_path / "unshared")
 
 
 # --- markers tied to the shards they label ----------------------------------------------------------------

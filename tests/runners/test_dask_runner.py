@@ -5,9 +5,6 @@ one test lets the DaskRunner start its own LocalCluster instead. What Beam's Das
 why the shard graph is shaped the way it is, is in README "Dask".
 """
 
-import hashlib
-import json
-import os
 import re
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.digests import label_digests, shard_set_digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.services import DaskCluster
 
@@ -42,16 +40,6 @@ def _shard_config(corpus: dict[str, str], output: Path, *runner: str) -> ShardJo
     return compose_config(
         "dpmesh_shard", [*overrides, f"shard.max_samples={MAX_SAMPLES}", "log_level=WARNING", *runner], ShardJobConfig
     )
-
-
-def _shard_digests(output: Path) -> dict[str, str]:
-    """sha1 of every tar and Parquet file; the manifest without the output path it records and the run time."""
-    names = sorted(p for p in os.listdir(output) if p.endswith((".tar", ".parquet")))
-    digests = {n: hashlib.sha1(Path(output, n).read_bytes()).hexdigest() for n in names}
-    manifest = json.loads(Path(output, "_manifest.json").read_text())
-    manifest["config"].pop("output")
-    digests["_manifest.json"] = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    return digests
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +68,7 @@ def test_shard_on_a_dask_cluster_gives_the_direct_runners_bytes(
     output = tmp_path / "shards"
     manifest = shard(_shard_config(corpus, output, "runner=dask", f"runner.address={dask_cluster.address}"))
     assert manifest["counts"] == expected["counts"]
-    assert _shard_digests(output) == _shard_digests(reference)
+    assert shard_set_digests(output) == shard_set_digests(reference)
     assert _tasks_run_by_workers(dask_cluster.address) > before  # the work ran on the cluster's workers
     # The job connected as a client named after its unique job name (distributed names it Client-<name>-<uuid>).
     log = dask_cluster.scheduler_log.read_text()
@@ -97,7 +85,7 @@ def test_shard_on_the_runners_own_local_cluster_gives_the_same_bytes(
     cfg = _shard_config(corpus, output, "runner=dask")
     assert cfg.runner.address is None  # so the DaskRunner starts a LocalCluster for the run
     shard(cfg)
-    assert _shard_digests(output) == _shard_digests(direct_shards[0])
+    assert shard_set_digests(output) == shard_set_digests(direct_shards[0])
 
 
 # --- dpmesh-label on the same cluster -------------------------------------------------------------------------------
@@ -106,11 +94,6 @@ def test_shard_on_the_runners_own_local_cluster_gives_the_same_bytes(
 def _label_config(shards: Path, output: Path, *runner: str) -> LabelJobConfig:
     overrides = [f"input.shards={shards}", f"output={output}", "log_level=WARNING", "progress_interval_s=0"]
     return compose_config("dpmesh_label", [*overrides, *runner], LabelJobConfig)
-
-
-def _label_digests(output: Path) -> dict[str, str]:
-    files = sorted(output.glob("*/shard-*.parquet"))
-    return {str(p.relative_to(output)): hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_label_on_a_dask_cluster_gives_the_direct_runners_bytes(
@@ -129,6 +112,6 @@ def test_label_on_a_dask_cluster_gives_the_direct_runners_bytes(
     assert summary["reconciled"]
     assert summary["counts"] == expected["counts"]
     assert summary["shards"]["done"] == summary["shards"]["total"] == n_shards
-    ours = _label_digests(tmp_path / "dask")
+    ours = label_digests(tmp_path / "dask")
     assert {name.split("/")[0] for name in ours} >= {"annotations", "rejected"}
-    assert ours == _label_digests(tmp_path / "direct")
+    assert ours == label_digests(tmp_path / "direct")

@@ -9,7 +9,6 @@ rewrite goes through a temporary file and a rename) and the rows equal a direct 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import threading
@@ -23,6 +22,7 @@ import pytest
 from pipelines.config import LabelJobConfig, compose_config
 from pipelines.label.job import run as label
 from tests.fakes.corpus import make_images
+from tests.fakes.digests import label_digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.shard_set import label_shards, shard_annotated
 from tests.services import DaskCluster
@@ -41,13 +41,6 @@ def _committed(output: Path) -> dict[str, tuple[int, int]]:
     done = {p.stem for p in (output / "_done").glob("*.json")}
     files = [p for p in output.glob("*/shard-*.*") if p.stem in done]
     return {p.relative_to(output).as_posix(): (p.stat().st_ino, p.stat().st_size) for p in files}
-
-
-def _digests(output: Path) -> dict[str, str]:
-    return {
-        p.relative_to(output).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(output.glob("*/shard-*.parquet"))
-    }
 
 
 def test_a_worker_killed_mid_run_leaves_committed_shards_untouched(dask_cluster: DaskCluster, tmp_path: Path) -> None:
@@ -98,4 +91,4 @@ def test_a_worker_killed_mid_run_leaves_committed_shards_untouched(dask_cluster:
     assert summary["shards"]["done"] == shards
     after = _committed(output)
     assert {name: after[name] for name in committed} == committed, "a shard committed before the kill was rewritten"
-    assert _digests(output) == _digests(tmp_path / "direct")
+    assert label_digests(output) == label_digests(tmp_path / "direct")

@@ -25,8 +25,10 @@ from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard
 from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.digests import identities
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.shard_set import label_shards, shard_annotated
+from tests.fakes.writes import recorded_writes
 
 
 def _shard_config(images: Path, output: Path, *more: str) -> ShardJobConfig:
@@ -113,23 +115,25 @@ def test_every_job_refuses_an_output_that_overlaps_its_input(corpus: Path, tmp_p
     shutil.copytree(corpus / "labels", labels)
     images = tmp_path / "images"
     shutil.copytree(corpus / "images", images)
-    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    before = identities(p for p in tmp_path.rglob("*") if p.is_file())
 
     def place(source: Path) -> Path:
         return {"same": source, "inside": source / "out", "holds": source.parent}[where]
 
     relation = {"same": "is", "inside": "lies inside", "holds": "contains"}[where]
-    with pytest.raises(ConfigError, match=rf"output=.* {relation} input\.images="):
-        shard(_shard_config(images, place(images)))
-    with pytest.raises(ConfigError, match=rf"output=.* {relation} input\.shards="):
-        _fake_label(_label_config(shards, place(shards)))
-    refilter_cfg = compose_config(
-        "dpmesh_refilter", [f"input={labels}", f"output={place(labels)}", "log_level=WARNING"], RefilterJobConfig
-    )
-    with pytest.raises(ConfigError, match=rf"output=.* {relation} input="):
-        refilter(refilter_cfg)
-    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
-    assert after == before, "a refused launch writes nothing"
+    with recorded_writes() as writes:
+        with pytest.raises(ConfigError, match=rf"output=.* {relation} input\.images="):
+            shard(_shard_config(images, place(images)))
+        with pytest.raises(ConfigError, match=rf"output=.* {relation} input\.shards="):
+            _fake_label(_label_config(shards, place(shards)))
+        refilter_cfg = compose_config(
+            "dpmesh_refilter", [f"input={labels}", f"output={place(labels)}", "log_level=WARNING"], RefilterJobConfig
+        )
+        with pytest.raises(ConfigError, match=rf"output=.* {relation} input="):
+            refilter(refilter_cfg)
+    assert (writes.written, writes.deleted) == ([], []), "a refused launch writes nothing"
+    after = identities(p for p in tmp_path.rglob("*") if p.is_file())
+    assert after == before, "and every file is the one it was"
 
 
 def test_an_output_that_is_a_file_is_refused_in_one_line(corpus: Path, tmp_path: Path) -> None:

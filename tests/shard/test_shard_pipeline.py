@@ -3,7 +3,6 @@
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -18,6 +17,7 @@ from pipelines.config import ConfigError, ShardJobConfig, compose_config
 from pipelines.shard.job import run
 from pipelines.storage import Storage
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.digests import shard_set_digests
 
 
 N_IMAGES = 24
@@ -39,16 +39,6 @@ def _config(*overrides: str) -> ShardJobConfig:
     return compose_config(
         "dpmesh_shard", [f"shard.max_samples={MAX_SAMPLES}", "log_level=WARNING", *overrides], ShardJobConfig
     )
-
-
-def _digests(output: str) -> dict[str, str]:
-    """sha1 of every file written; the manifest without the output path it records."""
-    names = sorted(p for p in os.listdir(output) if p.endswith((".tar", ".parquet")))
-    digests = {n: hashlib.sha1(Path(output, n).read_bytes()).hexdigest() for n in names}
-    manifest = json.loads(Path(output, "_manifest.json").read_text())
-    manifest["config"].pop("output")
-    digests["_manifest.json"] = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    return digests
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +105,12 @@ def test_shards_read_back_with_webdataset_and_annotations_joined(reference_run: 
 
 def test_rerun_refuses_then_overwrite_is_byte_identical(reference_run: tuple[str, dict], corpus: dict) -> None:
     output, _ = reference_run
-    before = _digests(output)
+    before = shard_set_digests(output)
     args = (f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}")
     with pytest.raises(ConfigError, match="overwrite=true"):
         run(_config(*args))
     run(_config(*args, "overwrite=true"))
-    assert _digests(output) == before
+    assert shard_set_digests(output) == before
 
 
 def test_multi_processing_gives_the_same_bytes(reference_run: tuple[str, dict], corpus: dict, tmp_path: Path) -> None:
@@ -134,7 +124,7 @@ def test_multi_processing_gives_the_same_bytes(reference_run: tuple[str, dict], 
             "runner.num_workers=2",
         )
     )
-    assert _digests(output) == _digests(reference_run[0])
+    assert shard_set_digests(output) == shard_set_digests(reference_run[0])
 
 
 def test_portable_runner_loopback_gives_the_same_bytes(
@@ -150,7 +140,7 @@ def test_portable_runner_loopback_gives_the_same_bytes(
             f"runner.job_endpoint={beam_job_endpoint}",
         )
     )
-    assert _digests(output) == _digests(reference_run[0])
+    assert shard_set_digests(output) == shard_set_digests(reference_run[0])
 
 
 @pytest.mark.parametrize("kind", ["txt", "parquet", "glob"])

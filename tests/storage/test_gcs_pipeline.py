@@ -6,7 +6,6 @@ reads, listings) changes nothing. The emulator is reached through ``storage.gcs_
 how the Beam workers of the multi-processing run find it.
 """
 
-import hashlib
 import json
 import tarfile
 import uuid
@@ -22,6 +21,7 @@ from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.digests import digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.gcs_server import GcsServerInfo, delete_bucket, gcs_client
 
@@ -35,15 +35,6 @@ MAX_SAMPLES = 4
 def _gcs(server: GcsServerInfo) -> list[str]:
     """Overrides that send ``gs://`` to the emulator; nothing in the environment is needed, not even a project."""
     return ["storage=gcs", f"storage.gcs_endpoint_url={server.endpoint_url}"]
-
-
-def _digests(storage: Storage, root: str, pattern: str) -> dict[str, str]:
-    """sha1 of every object matching ``root/pattern``, by path relative to ``root``."""
-    prefix = root.rstrip("/") + "/"
-    return {
-        o.uri[len(prefix) :]: hashlib.sha1(storage.read_bytes(o.uri)).hexdigest()
-        for o in storage.glob(prefix + pattern)
-    }
 
 
 def _names(storage: Storage, root: str) -> list[str]:
@@ -119,11 +110,11 @@ def test_shard_gcs_to_gcs_equals_gcs_to_local(
     )
     shard(cfg)
     storage = Storage(cfg.storage)
-    remote = _digests(storage, output, "*.*")
+    remote = digests(output, "*.*", storage=storage)
     # tar + index per shard, _errors.parquet, _manifest.json, _intent.json
     assert len(remote) == 2 * len(manifest["shards"]) + 3
     written = {name: digest for name, digest in remote.items() if name != "_manifest.json"}
-    assert written == {k: v for k, v in _digests(storage, local, "*.*").items() if k != "_manifest.json"}
+    assert written == {k: v for k, v in digests(local, "*.*", storage=storage).items() if k != "_manifest.json"}
     manifests = [json.loads(storage.read_bytes(f"{root}/_manifest.json")) for root in (output, local)]
     for m in manifests:
         m["config"].pop("output")
@@ -148,8 +139,8 @@ def test_label_gcs_shards_to_gcs_equals_gcs_to_local(
     cfg = compose_config("dpmesh_label", [*common, f"output={local}"], LabelJobConfig)
     label(cfg, handler=FakeDPMeshHandler(cfg.model))
     storage = Storage(cfg.storage)
-    parquet = _digests(storage, remote, "*/*.parquet")
+    parquet = digests(remote, "*/*.parquet", storage=storage)
     assert parquet, "labels, rejections and errors are written per shard"
-    assert parquet == _digests(storage, local, "*/*.parquet")
+    assert parquet == digests(local, "*/*.parquet", storage=storage)
     assert _names(storage, remote) == _names(storage, local), "the same markers, summary and progress files"
     assert json.loads(storage.read_bytes(f"{remote}/_summary.json"))["reconciled"]
