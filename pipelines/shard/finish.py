@@ -25,6 +25,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 
 from pipelines.common.shard_set import MANIFEST_NAME, NEAR_DUPLICATES_NAME, generation_file
+from pipelines.config.shard import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from pipelines.config.storage import StorageConfig
 from pipelines.parquet_io import parquet_bytes, read_parquet_bytes
 from pipelines.shard.generations import SetState
@@ -191,16 +192,18 @@ def build_manifest(
     files_listed: int,
     buckets: int,
     run_info: dict[str, Any],
-    compare: dict[str, int],
-    retired: list[dict[str, Any]],
-    near_duplicates: list[tuple[str, list[tuple[str, str]]]],
-    context: RunContext,
+    compare: dict[str, int] | None = None,
+    retired: list[dict[str, Any]] | None = None,
+    near_duplicates: list[tuple[str, list[tuple[str, str]]]] | None = None,
+    context: RunContext | None = None,
 ) -> dict[str, Any]:
     """The manifest document (deterministic: no timestamps, everything sorted).
 
     ``counts`` are this run's (this generation's); ``generations`` lists every generation with its own counts and
     files; ``shards`` every shard of every generation; ``live`` the set's live samples after this run.
     """
+    context = context or RunContext(SetState(), DEFAULT_NEAR_DUPLICATE_THRESHOLD)
+    compare, retired, near_duplicates = compare or {}, retired or [], near_duplicates or []
     state = context.state
     done = sorted(shards, key=lambda d: d.shard)
     summaries = [{**d.summary, "generation": state.generation} for d in done if d.summary is not None]
@@ -245,7 +248,7 @@ def build_manifest(
     generation = {
         "generation": state.generation,
         "mode": "append" if state.appending else "create",
-        "config_hash": run_info["config_hash"],
+        "config_hash": run_info.get("config_hash"),
         "first_shard": state.first_shard,
         "end_shard": max(ids) + 1 if ids else state.first_shard,
         "shards": [s["shard"] for s in summaries],
