@@ -109,7 +109,6 @@ INDEXED_FIELDS = (
     "tiers",
     "model_ids",
     "body_models",
-    "stats",  # what dpmesh-report plots, per shard (pipelines.common.label_stats); absent from older markers
     LABEL_RUN,  # dpmesh-refilter outputs: the labeling run behind the rows (see pipelines.refilter)
 )
 

@@ -12,7 +12,8 @@ The format (``version`` :data:`STATS_VERSION`), a JSON object::
      "reasons": {reason: n},                            # a row counts once for each of its reasons
      "errors": {"<stage>/<reason>": n},                 # error rows (image and person) by stage and reason
      "hist": {column: {tier: [[bin, n], ...]}},         # fixed bins (:data:`HISTOGRAMS`), non-empty bins only;
-                                                        # bin -1 is below the first edge, `count` above the last
+                                                        # bin -1 is below the first edge, `count` above the last;
+                                                        # betas and joint angles under tier "all" (:data:`POOLED`)
      "nulls": {column: {tier: n}},                      # null or NaN values of a histogram column
      "levels": {column: {tier: {value: n}}},            # discrete columns (:data:`LEVEL_COLUMNS`) counted by value
      "gallery_left_out": {problem: n},                  # rows whose sample id or tier cannot name a file
@@ -77,8 +78,8 @@ class Bins:
         return np.where(values >= edges[-1], self.count, bins)
 
 
-_ANGLE = Bins(0.0, 180.0, 360)  # a joint's rotation angle, degrees (0.5 degree bins)
-_BETA = Bins(-5.0, 5.0, 200)  # SMPL shape coefficients (0.05 bins; the prior's unit variance)
+_ANGLE = Bins(0.0, 180.0, 180)  # a joint's rotation angle, degrees (1 degree bins)
+_BETA = Bins(-5.0, 5.0, 100)  # SMPL shape coefficients (0.1 bins; the prior's unit variance)
 _FRACTION = Bins(0.0, 1.0, 20)
 HISTOGRAMS: dict[str, Bins] = {
     "confidence": _FRACTION,
@@ -93,6 +94,10 @@ HISTOGRAMS: dict[str, Bins] = {
 }
 """Every histogram column and its bins. ``betas/<i>``: the i-th shape coefficient; ``pose_angle/<joint>``: the
 magnitude of the joint's axis-angle rotation relative to its parent in degrees (pelvis: the global orientation)."""
+ALL_TIERS = "all"
+POOLED = ("betas/", "pose_angle/")
+"""Histogram columns (by name prefix) kept over every tier at once, under the tier key :data:`ALL_TIERS`: the body's
+shape and pose are drawn for the whole output, and 34 columns per tier would multiply a marker's size."""
 LEVEL_COLUMNS = ("occlusion_level", "keypoint_source", "n_kp_valid", "n_kp_visible", "n_kp_occluded", "n_kp_missing")
 """Columns counted by value (labels, or small integer counts: one bar per value)."""
 
@@ -186,18 +191,22 @@ def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict
                 continue
             candidates.setdefault(tier, []).append((row_priority(sample_id), folder, position, sample_id))
         columns = _columns(table)
-        for tier in np.unique(tiers):
-            in_tier = tiers == tier
+        groups = [(str(t), tiers == t) for t in np.unique(tiers)] + [(ALL_TIERS, np.ones(len(tiers), bool))]
+        for tier, in_tier in groups:
             for name, values in columns.items():
+                if (tier == ALL_TIERS) != name.startswith(POOLED):
+                    continue
                 v = values[in_tier]
                 finite = np.isfinite(v)
                 if (~finite).any():
                     nulls.setdefault(name, {})[tier] = nulls.get(name, {}).get(tier, 0) + int((~finite).sum())
                 if finite.any():
                     spec = HISTOGRAMS[name]
-                    merged = _dense(hist.get(name, {}).get(tier, []), spec.count)
+                    merged = dense_counts(hist.get(name, {}).get(tier, []), spec.count)
                     merged += np.bincount(spec.index(v[finite]) + 1, minlength=spec.count + 2)
                     hist.setdefault(name, {})[tier] = [[i - 1, int(n)] for i, n in enumerate(merged) if n]
+            if tier == ALL_TIERS:
+                continue
             for name in LEVEL_COLUMNS:
                 if name in table.column_names:
                     values = [str(x) for x in np.asarray(table.column(name).to_pylist(), dtype=object)[in_tier]]
@@ -222,7 +231,7 @@ def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict
     }
 
 
-def _dense(sparse: Iterable[Iterable[int]], count: int) -> np.ndarray:
+def dense_counts(sparse: Iterable[Iterable[int]], count: int) -> np.ndarray:
     """`(count + 2,)` int64 counts from ``[[bin, n], ...]`` (slot 0 below the first edge, the last above)."""
     dense = np.zeros(count + 2, np.int64)
     for b, n in sparse:
@@ -232,161 +241,3 @@ def _dense(sparse: Iterable[Iterable[int]], count: int) -> np.ndarray:
 
 class StatsError(ValueError):
     """Statistics in a version or shape this code does not read."""
-
-
-@dataclasses.dataclass
-class MergedStats:
-    """The statistics of many shards merged (:meth:`add` one shard's, in any order: the result is the same).
-
-    Attributes:
-        shards: Shards merged.
-        rows / reasons / errors / gallery_left_out: Counts as in the per-shard format, summed.
-        hist: ``{column: {tier: (count + 2,) int64}}``, the first and last slots below and above the edges.
-        nulls / levels: Summed.
-        pool: ``{tier: [(priority, shard, folder, row, sample_id), ...]}``, the :data:`GALLERY_POOL` lowest.
-    """
-
-    shards: int = 0
-    rows: Counter[str] = dataclasses.field(default_factory=Counter)
-    reasons: Counter[str] = dataclasses.field(default_factory=Counter)
-    errors: Counter[str] = dataclasses.field(default_factory=Counter)
-    gallery_left_out: Counter[str] = dataclasses.field(default_factory=Counter)
-    hist: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
-    nulls: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
-    levels: dict[str, dict[str, Counter[str]]] = dataclasses.field(default_factory=dict)
-    pool: dict[str, list[tuple[int, str, str, int, str]]] = dataclasses.field(default_factory=dict)
-
-    def add(self, shard: str, stats: Mapping[str, Any]) -> None:
-        """Merges one shard's statistics (the format above).
-
-        Raises:
-            StatsError: another version, or a column this code has no bins for.
-        """
-        if stats.get("version") != STATS_VERSION:
-            raise StatsError(f"statistics of {shard}: version {stats.get('version')!r}, not {STATS_VERSION}")
-        try:
-            self.shards += 1
-            self.rows.update(stats["rows"])
-            self.reasons.update(stats["reasons"])
-            self.errors.update(stats["errors"])
-            self.gallery_left_out.update(stats["gallery_left_out"])
-            for name, by_tier in stats["hist"].items():
-                spec = HISTOGRAMS[name]
-                for tier, sparse in by_tier.items():
-                    column = self.hist.setdefault(name, {})
-                    dense = column.get(tier)
-                    column[tier] = _dense(sparse, spec.count) + (0 if dense is None else dense)
-            for name, by_tier in stats["nulls"].items():
-                self.nulls.setdefault(name, Counter()).update(by_tier)
-            for name, by_tier in stats["levels"].items():
-                for tier, counts in by_tier.items():
-                    self.levels.setdefault(name, {}).setdefault(tier, Counter()).update(counts)
-            for tier, entries in stats["pool"].items():
-                merged = self.pool.get(tier, []) + [(int(p), shard, str(f), int(r), str(s)) for p, f, r, s in entries]
-                self.pool[tier] = sorted(merged)[:GALLERY_POOL]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StatsError(f"statistics of {shard} are not in the version {STATS_VERSION} format: {exc}") from exc
-
-    def quantiles(self, column: str, qs: Iterable[float]) -> np.ndarray:
-        """Quantiles (``qs`` in 0..1) of ``column`` over every tier, read from its histogram by linear interpolation
-        inside a bin: within one bin (:meth:`Bins.width`) of the exact value for values inside the edges."""
-        spec = HISTOGRAMS[column]
-        dense = sum(self.hist.get(column, {}).values(), np.zeros(spec.count + 2, np.int64))
-        edges = spec.edges()
-        total = dense.sum()
-        if not total:
-            return np.full(len(list(qs)), np.nan)
-        cumulative = np.cumsum(dense)
-        out = []
-        for q in qs:
-            target = q * total
-            slot = int(np.searchsorted(cumulative, target, side="left"))
-            if slot == 0:
-                out.append(edges[0])
-                continue
-            if slot >= spec.count + 1:
-                out.append(edges[-1])
-                continue
-            low, high = edges[slot - 1], edges[slot]
-            before = cumulative[slot - 1]
-            inside = dense[slot]
-            fraction = (target - before) / inside if inside else 0.0
-            out.append(low + (high - low) * fraction)
-        return np.asarray(out, dtype=np.float64)
-
-    def merge(self, other: MergedStats) -> MergedStats:
-        """This and ``other`` merged (both are left as they were)."""
-        merged = MergedStats.from_json(self.to_json())
-        merged.shards += other.shards
-        for name in ("rows", "reasons", "errors", "gallery_left_out"):
-            getattr(merged, name).update(getattr(other, name))
-        for name, by_tier in other.hist.items():
-            for tier, dense in by_tier.items():
-                column = merged.hist.setdefault(name, {})
-                column[tier] = dense + column.get(tier, 0)
-        for name, counts in other.nulls.items():
-            merged.nulls.setdefault(name, Counter()).update(counts)
-        for name, by_tier in other.levels.items():
-            for tier, counts in by_tier.items():
-                merged.levels.setdefault(name, {}).setdefault(tier, Counter()).update(counts)
-        for tier, entries in other.pool.items():
-            merged.pool[tier] = sorted(merged.pool.get(tier, []) + entries)[:GALLERY_POOL]
-        return merged
-
-    def to_json(self) -> dict[str, Any]:
-        """The merged statistics as JSON values: the per-shard format plus ``shards``, pool entries with their
-        shard (``[priority, shard, folder, row, sample_id]``)."""
-        return {
-            "version": STATS_VERSION,
-            "shards": self.shards,
-            "rows": dict(sorted(self.rows.items())),
-            "reasons": dict(sorted(self.reasons.items())),
-            "errors": dict(sorted(self.errors.items())),
-            "gallery_left_out": dict(sorted(self.gallery_left_out.items())),
-            "hist": {
-                name: {tier: [[i - 1, int(n)] for i, n in enumerate(dense) if n] for tier, dense in sorted(t.items())}
-                for name, t in sorted(self.hist.items())
-            },
-            "nulls": {name: dict(sorted(c.items())) for name, c in sorted(self.nulls.items())},
-            "levels": {
-                name: {tier: dict(sorted(c.items())) for tier, c in sorted(t.items())}
-                for name, t in sorted(self.levels.items())
-            },
-            "pool": {tier: [list(e) for e in entries] for tier, entries in sorted(self.pool.items())},
-        }
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> MergedStats:
-        """Reads :meth:`to_json`'s document.
-
-        Raises:
-            StatsError: another version or shape.
-        """
-        if document.get("version") != STATS_VERSION:
-            raise StatsError(f"merged statistics of version {document.get('version')!r}, not {STATS_VERSION}")
-        try:
-            merged = cls(
-                shards=int(document["shards"]),
-                rows=Counter(document["rows"]),
-                reasons=Counter(document["reasons"]),
-                errors=Counter(document["errors"]),
-                gallery_left_out=Counter(document["gallery_left_out"]),
-                nulls={name: Counter(c) for name, c in document["nulls"].items()},
-                levels={name: {tier: Counter(c) for tier, c in t.items()} for name, t in document["levels"].items()},
-                pool={
-                    tier: [(int(p), str(s), str(f), int(r), str(i)) for p, s, f, r, i in entries]
-                    for tier, entries in document["pool"].items()
-                },
-            )
-            merged.hist = {
-                name: {tier: _dense(sparse, HISTOGRAMS[name].count) for tier, sparse in t.items()}
-                for name, t in document["hist"].items()
-            }
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StatsError(f"merged statistics are not in the version {STATS_VERSION} format: {exc}") from exc
-        return merged
-
-    @property
-    def n_rows(self) -> int:
-        """Accepted plus rejected rows."""
-        return sum(self.rows.values())

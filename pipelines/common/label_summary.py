@@ -9,6 +9,7 @@ it lacks), rewrites the index and writes the summary.
 
 import dataclasses
 import json
+import logging
 import platform
 import time
 from collections import Counter
@@ -20,8 +21,31 @@ import apache_beam as beam
 
 from pipelines.common.commit_log import ALREADY_COMMITTED
 from pipelines.common.label_set import SUMMARY_NAME, read_markers, write_index
+from pipelines.common.merged_stats import (
+    STATS_FILE,
+    MergedStats,
+    MergeStatsFn,
+    StatsFile,
+    marker_stamp,
+    read_stats_file,
+    still_valid,
+)
 from pipelines.config.storage import StorageConfig
 from pipelines.storage import Storage, join
+
+
+logger = logging.getLogger(__name__)
+
+COMMITTED = "committed"
+"""The main output of a label set's shard step: the indexed fields of each marker it commits."""
+STATS_OUTPUT = "stats"
+"""The tag on which a label set's shard step outputs ``(shard, statistics)`` of each shard it commits."""
+
+
+def shard_step_outputs(outputs: Any) -> dict[str, beam.PCollection]:
+    """The outputs of a shard step applied ``.with_outputs(STATS_OUTPUT, main=COMMITTED)``, as the summary step
+    takes them."""
+    return {COMMITTED: outputs[COMMITTED], STATS_OUTPUT: outputs[STATS_OUTPUT]}
 
 
 _VERSIONED = ("apache-beam", "torch", "diffusers", "smplx", "pyarrow", "numpy", "webdataset")
@@ -138,7 +162,10 @@ class WriteSummaryFn(beam.DoFn):
         self._thresholds = thresholds
         self._started_at = started_at
 
-    def process(self, committed: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def process(
+        self, committed: Iterable[dict[str, Any]], run_stats: MergedStats, stats_of: list[str]
+    ) -> Iterator[dict[str, Any]]:
+        """``run_stats``: the statistics of this run's shards merged, ``stats_of``: the shards they cover."""
         storage = Storage(self._storage_cfg)
         entries = list(committed)
         # Shards a retried or recomputed work item found committed (by an earlier attempt of this run): done, kept.
@@ -147,6 +174,7 @@ class WriteSummaryFn(beam.DoFn):
         processed = sorted(known)
         markers = read_markers(storage, self._output, known=known)
         write_index(storage, self._output, markers)
+        write_stats_file(storage, self._output, markers, run_stats, stats_of)
         summary = build_summary(
             markers=markers,
             shards_total=self._shards_total,
@@ -178,8 +206,42 @@ class WriteLabelSummary(beam.PTransform):  # type: ignore[misc]
         super().__init__()
         self._fn = WriteSummaryFn(storage_cfg, output, shards_total, run_info, thresholds, started_at)
 
-    def expand(self, committed: beam.PCollection) -> beam.PCollection:
-        return committed | "CollectCommitted" >> beam.combiners.ToList() | "WriteSummary" >> beam.ParDo(self._fn)
+    def expand(self, outputs: dict[str, beam.PCollection]) -> beam.PCollection:
+        """``outputs``: the shard step's outputs by tag (:func:`shard_step_outputs`)."""
+        stats = outputs[STATS_OUTPUT]
+        merged = stats | "MergeStats" >> beam.CombineGlobally(MergeStatsFn())
+        names = stats | "StatsShards" >> beam.Map(_shard_of) | "CollectStatsShards" >> beam.combiners.ToList()
+        return (
+            outputs[COMMITTED]
+            | "CollectCommitted" >> beam.combiners.ToList()
+            | "WriteSummary" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(merged), beam.pvalue.AsSingleton(names))
+        )
+
+
+def _shard_of(element: tuple[str, dict[str, Any]]) -> str:
+    return element[0]
+
+
+def shard_stats_output(marker: dict[str, Any]) -> Iterator[beam.pvalue.TaggedOutput]:
+    """The marker's statistics on the :data:`STATS_OUTPUT` tag (none for a marker written before they existed)."""
+    if isinstance(marker.get("stats"), dict):
+        yield beam.pvalue.TaggedOutput(STATS_OUTPUT, (marker["shard"], marker["stats"]))
+
+
+def write_stats_file(
+    storage: Storage, output: str, markers: dict[str, dict[str, Any]], run_stats: MergedStats, stats_of: list[str]
+) -> None:
+    """Writes ``<output>/_stats.json`` (`pipelines.common.merged_stats`): this run's merged statistics, plus the
+    previous file's when it is still valid (none of its shards redone or changed since), covering those shards."""
+    previous = read_stats_file(storage, output)
+    covers = {shard: marker_stamp(markers[shard]) for shard in stats_of if shard in markers}
+    stats = run_stats
+    if previous is not None and still_valid(previous, markers, set(stats_of)):
+        covers.update(previous.covers)
+        stats = previous.stats.merge(run_stats)
+    elif previous is not None:
+        logger.info("%s: shards merged before were redone or changed; the new file covers this run's", STATS_FILE)
+    storage.write_bytes(join(output, STATS_FILE), StatsFile(covers, stats).to_bytes())
 
 
 def _hosting(stats: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import FilterThresholds
 from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import index_entry
+from pipelines.common.label_summary import shard_stats_output
 from pipelines.common.label_units import ShardReport, ShardTask
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
@@ -113,7 +114,8 @@ class _End:
 
 
 class LabelShardFn(beam.DoFn):
-    """Input: a :class:`ShardTask`. Labels and commits the shard; outputs its marker's indexed fields."""
+    """Input: a :class:`ShardTask`. Labels and commits the shard; outputs its marker's indexed fields, and on the
+    ``STATS_OUTPUT`` tag its statistics (`pipelines.common.label_summary.shard_stats_output`)."""
 
     def __init__(
         self,
@@ -169,6 +171,7 @@ class LabelShardFn(beam.DoFn):
             if committed is not None:  # a retried or recomputed work item: its shard is done, keep its files
                 self._already_committed.inc()
                 yield {**index_entry(committed), ALREADY_COMMITTED: True}
+                yield from shard_stats_output(committed)
                 return
         started = time.monotonic()
         report = ShardReport()
@@ -188,6 +191,7 @@ class LabelShardFn(beam.DoFn):
         self._persons.inc(counts["persons_in"])
         self._errored.inc(counts["persons_errored"])
         yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
+        yield from shard_stats_output(marker)
 
     def _expected(self, task: ShardTask) -> dict[str, Any]:
         """What a marker records when it commits this shard as this run would: its identity, config, calibration."""

@@ -33,7 +33,7 @@ from pipelines.common.commit_log import made_otherwise, refuse_other_units
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.common.label_set import SUMMARY_NAME, read_markers
-from pipelines.common.label_summary import format_summary
+from pipelines.common.label_summary import COMMITTED, STATS_OUTPUT, format_summary, shard_step_outputs
 from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import ConfigError, RefilterJobConfig, config_hash
@@ -60,12 +60,15 @@ def build_pipeline(
     started_at: float,
 ) -> None:
     """Adds the refiltering steps for the ``pending`` shard names (of ``shards``, the input's) to ``p``."""
-    _ = (
+    refilter = beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
+    refiltered = (
         p
         | "Shards" >> beam.Create(pending)
         | "SpreadShards" >> beam.Reshuffle()
-        | "Refilter" >> beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
-        | "Finish" >> write_summary(cfg, shards, info, label_run, thresholds, started_at)
+        | "Refilter" >> refilter.with_outputs(STATS_OUTPUT, main=COMMITTED)
+    )
+    _ = shard_step_outputs(refiltered) | "Finish" >> write_summary(
+        cfg, shards, info, label_run, thresholds, started_at
     )
 
 

@@ -21,6 +21,7 @@ from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import LABEL_RUN, index_entry, marker_uri
 from pipelines.common.label_stats import shard_stats
+from pipelines.common.label_summary import shard_stats_output
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.config import (
@@ -128,7 +129,8 @@ def label_run_of_marker(source_marker: dict[str, Any], labels: str) -> dict[str,
 
 class RefilterShardFn(beam.DoFn):
     """Input: a shard name. Re-scores its labels into the new output, then writes its marker (last); outputs the
-    marker's indexed fields (``ALREADY_COMMITTED`` set when a retried work item found the shard done)."""
+    marker's indexed fields (``ALREADY_COMMITTED`` set when a retried work item found the shard done), and on the
+    ``STATS_OUTPUT`` tag its statistics."""
 
     def __init__(
         self,
@@ -160,6 +162,7 @@ class RefilterShardFn(beam.DoFn):
             if committed is not None and is_refiltered(committed, source_marker, self._run_info["config_hash"]):
                 Metrics.counter(LABEL_METRICS, "shards_already_committed").inc()
                 yield {**index_entry(committed), ALREADY_COMMITTED: True}
+                yield from shard_stats_output(committed)
                 return
         label_run = label_run_of_marker(source_marker, cfg.input)
         accepted_in, accepted_meta = self._table("annotations", shard, ANNOTATION_SCHEMA)
@@ -205,3 +208,4 @@ class RefilterShardFn(beam.DoFn):
         marker["stats"] = shard_stats({"annotations": accepted, "rejected": rejected}, errors)
         self._storage.write_bytes(marker_uri(cfg.output, shard), json.dumps(marker, indent=1).encode())
         yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
+        yield from shard_stats_output(marker)

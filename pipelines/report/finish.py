@@ -6,7 +6,7 @@
 
 import json
 
-from pipelines.common.label_stats import MergedStats
+from pipelines.common.merged_stats import MergedStats
 from pipelines.common.safe_paths import safe_join
 from pipelines.report import html
 from pipelines.report.assets import Assets

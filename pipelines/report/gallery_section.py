@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.common.label_stats import MergedStats
+from pipelines.common.merged_stats import MergedStats
 from pipelines.config import ReportJobConfig
 from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
 from pipelines.report import gallery, html

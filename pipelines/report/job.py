@@ -25,8 +25,9 @@ from typing import Any
 import pipelines
 from pipelines.cli import hydra_app
 from pipelines.common.label_set import read_summary
-from pipelines.common.label_stats import MergedStats, StatsError
+from pipelines.common.label_stats import StatsError
 from pipelines.common.launch import resolve_launch
+from pipelines.common.merged_stats import MergedStats
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import ConfigError, ReportJobConfig
 from pipelines.report import html, sections

@@ -1,9 +1,11 @@
 """What a report of a label output reads, and what it must compute first.
 
-A label output's markers carry their shard's statistics (`pipelines.common.label_stats`) and the marker index holds
-them, so the report's plan is: the summary, the markers (one index object plus the markers the index lacks), and the
-shards whose markers predate statistics: those are the report's pending work, computed shard by shard in a Beam
-step (`pipelines.report.steps`), never by loading every row in one process.
+A label output's markers carry their shard's statistics (`pipelines.common.label_stats`), and the last step of the
+run that wrote them merged them into ``_stats.json`` (`pipelines.common.merged_stats`, bounded in size whatever the
+number of shards). The report's plan: the summary, the markers (one index object plus the markers the index lacks),
+that merge, and the shards it does not cover (a run that died before its last step, markers written before
+statistics existed): those are the report's pending work, merged shard by shard in a Beam step
+(`pipelines.report.steps`), never by loading every row in one process.
 """
 
 import dataclasses
@@ -11,7 +13,7 @@ import logging
 from typing import Any
 
 from pipelines.common.label_set import read_markers, read_summary
-from pipelines.common.label_stats import MergedStats, StatsError
+from pipelines.common.merged_stats import STATS_FILE, MergedStats, read_stats_file, still_valid
 from pipelines.config import ConfigError
 from pipelines.storage import Storage
 
@@ -27,8 +29,8 @@ class ReportPlan:
         uri: The label output folder.
         summary: ``_summary.json``, or None when the run never wrote one (it died before its last step).
         markers: The indexed marker fields (`pipelines.common.label_set.INDEXED_FIELDS`) by shard name.
-        stats: The statistics of every shard whose marker carries them, merged.
-        pending: Shards whose markers carry no statistics (labeled before they existed), in name order.
+        stats: The merged statistics of ``_stats.json`` (the shards it covers), or empty.
+        pending: Shards ``_stats.json`` does not cover, in name order.
     """
 
     uri: str
@@ -42,24 +44,20 @@ def plan_report(storage: Storage, uri: str) -> ReportPlan:
     """Reads the summary and markers of the label output at ``uri`` and merges the statistics they carry.
 
     Raises:
-        ConfigError: ``uri`` holds no labeled shards, or a marker's statistics are not in a format this version
-            reads.
+        ConfigError: ``uri`` holds no labeled shards.
     """
     markers = read_markers(storage, uri)
     if not markers:
         raise ConfigError(
             f"input.labels={uri!r} holds no labeled shards (no _done/ markers): is it a dpmesh-label output?"
         )
-    stats = MergedStats()
-    pending = []
-    for shard, marker in sorted(markers.items()):
-        if not isinstance(marker.get("stats"), dict):
-            pending.append(shard)
-            continue
-        try:
-            stats.add(shard, marker["stats"])
-        except StatsError as exc:
-            raise ConfigError(f"input.labels={uri!r}: {exc}; relabel with this version") from exc
+    merged = read_stats_file(storage, uri)
+    if merged is not None and not still_valid(merged, markers, set()):
+        # A shard it covers was committed again or removed since: its rows are in the merge and cannot be taken out.
+        logger.info("%s/%s no longer matches the markers: every shard's statistics are merged again", uri, STATS_FILE)
+        merged = None
+    stats = merged.stats if merged is not None else MergedStats()
+    pending = sorted(set(markers) - set(merged.covers if merged is not None else ()))
     if pending:
-        logger.info("%d of %d shards carry no statistics: computing them from their rows", len(pending), len(markers))
+        logger.info("%d of %d shards are not in %s: merging their statistics", len(pending), len(markers), STATS_FILE)
     return ReportPlan(uri, read_summary(storage, uri), markers, stats, pending)

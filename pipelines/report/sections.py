@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from dpmesh_core.joints import SMPL24_JOINTS
-from pipelines.common.label_stats import HISTOGRAMS, LEVEL_COLUMNS, MergedStats
+from pipelines.common.label_stats import HISTOGRAMS, LEVEL_COLUMNS
+from pipelines.common.merged_stats import MergedStats
 from pipelines.common.safe_paths import UnsafeName, check_segment
 from pipelines.report import html, plots
 from pipelines.report.assets import Assets

@@ -1,27 +1,31 @@
-"""The report's one Beam step: statistics of shards labeled before markers carried them, computed shard by shard.
+"""The report's one Beam step: the statistics of the shards the label output's ``_stats.json`` does not cover.
 
-    Create(shards) -> Reshuffle -> ShardStats (read the shard's rows, `shard_stats`) -> MergeStats (combine)
-                   -> WriteStats (<report output>/label_stats.json)
+    Create(shards) -> Reshuffle -> ShardStats (the marker's statistics; for a marker written before they existed,
+                   `shard_stats` of the shard's rows) -> MergeStats (combine) -> WriteStats (<report>/label_stats.json)
 
-Each worker reads one shard's Parquet at a time and keeps only its statistics; the merge is a combine of small
-mergeable accumulators (Beam merges partial results where they are made). The driver reads the one merged object.
+Each worker reads one shard at a time and keeps only its statistics; the merge is a combine of bounded mergeable
+accumulators (Beam merges partial results where they are made). The driver reads the one merged object.
 """
 
 import io
 import json
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.common.label_set import ERRORS_FOLDER, ROW_FOLDERS
-from pipelines.common.label_stats import MergedStats, shard_stats
+from pipelines.common.label_set import ERRORS_FOLDER, ROW_FOLDERS, fetch_markers, marker_uri
+from pipelines.common.label_stats import StatsError, shard_stats
+from pipelines.common.merged_stats import MergedStats, MergeStatsFn
 from pipelines.common.safe_paths import check_segment
 from pipelines.config.storage import StorageConfig
 from pipelines.storage import ObjectNotFoundError, Storage, join
 
+
+logger = logging.getLogger(__name__)
 
 STATS_NAME = "label_stats.json"
 """The report folder's record of the statistics it plots (`MergedStats.to_json`), over every shard."""
@@ -46,7 +50,8 @@ def read_shard_tables(storage: Storage, labels: str, shard: str) -> tuple[dict[s
 
 
 class ShardStatsFn(beam.DoFn):
-    """Input: a shard name. Outputs ``(shard, statistics)`` of its rows (`shard_stats`)."""
+    """Input: a shard name. Outputs ``(shard, statistics)``: its marker's, or those of its rows (`shard_stats`) when
+    the marker carries none in this version's format."""
 
     def __init__(self, storage_cfg: StorageConfig, labels: str) -> None:
         self._storage_cfg = storage_cfg
@@ -56,28 +61,16 @@ class ShardStatsFn(beam.DoFn):
         self._storage = Storage(self._storage_cfg)
 
     def process(self, shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        marker = fetch_markers(self._storage, [marker_uri(self._labels, check_segment(shard, "shard name"))])[shard]
+        if isinstance(marker.get("stats"), dict):
+            try:
+                MergedStats().add(shard, marker["stats"])  # read before it is merged: a cache, checked like input
+                yield shard, marker["stats"]
+                return
+            except StatsError as exc:  # another version, or edited: the rows are the truth
+                logger.warning("%s: %s; computed again from its rows", shard, exc)
         tables, errors = read_shard_tables(self._storage, self._labels, shard)
         yield shard, shard_stats(tables, errors)
-
-
-class MergeStatsFn(beam.CombineFn):  # type: ignore[misc]
-    """Merges ``(shard, statistics)`` into one :class:`MergedStats` (order-free: the same result in any order)."""
-
-    def create_accumulator(self) -> MergedStats:
-        return MergedStats()
-
-    def add_input(self, accumulator: MergedStats, element: tuple[str, dict[str, Any]]) -> MergedStats:
-        accumulator.add(*element)
-        return accumulator
-
-    def merge_accumulators(self, accumulators: Iterable[MergedStats]) -> MergedStats:
-        merged = MergedStats()
-        for accumulator in accumulators:
-            merged = merged.merge(accumulator)
-        return merged
-
-    def extract_output(self, accumulator: MergedStats) -> dict[str, Any]:
-        return accumulator.to_json()
 
 
 class WriteStatsFn(beam.DoFn):
@@ -87,9 +80,9 @@ class WriteStatsFn(beam.DoFn):
         self._storage_cfg = storage_cfg
         self._output = output
 
-    def process(self, document: dict[str, Any]) -> Iterator[str]:
+    def process(self, merged: MergedStats) -> Iterator[str]:
         uri = join(self._output, STATS_NAME)
-        Storage(self._storage_cfg).write_bytes(uri, json.dumps(document, sort_keys=True).encode())
+        Storage(self._storage_cfg).write_bytes(uri, json.dumps(merged.to_json(), sort_keys=True).encode())
         yield uri
 
 

@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.common.label_stats import MergedStats, shard_stats
+from pipelines.common.label_stats import shard_stats
+from pipelines.common.merged_stats import MergedStats
 from pipelines.config import (
     ConfigError,
     LabelJobConfig,

@@ -29,6 +29,7 @@ import pytest
 
 from dpmesh_core.calibration import ConfidenceCalibration, default_terms
 from pipelines.common.label_stats import INVALID_SAMPLE_ID
+from pipelines.common.merged_stats import STATS_FILE
 from pipelines.config import (
     ConfigError,
     EvalJobConfig,
@@ -75,6 +76,7 @@ def _edit_labels(labels: Path, into: Path, edit: dict[str, dict[str, Any]]) -> P
         rows = [{**r, **edit.get(r["sample_id"], {})} for r in table.to_pylist()]
         pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     (into / "_done_index.json.gz").unlink()
+    (into / STATS_FILE).unlink()
     for path in (into / "_done").glob("*.json"):
         marker = json.loads(path.read_text())
         del marker["stats"]

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipelines.common.label_stats import GALLERY_POOL, HISTOGRAMS, MergedStats, row_priority
-from pipelines.config import ConfigError, RefilterJobConfig, ReportJobConfig, compose_config
+from pipelines.common.label_stats import GALLERY_POOL, HISTOGRAMS, row_priority
+from pipelines.common.merged_stats import STATS_FILE, MergedStats
+from pipelines.config import RefilterJobConfig, ReportJobConfig, compose_config
 from pipelines.refilter.job import run as refilter
 from pipelines.report import sections
 from pipelines.report.assets import Assets
@@ -111,6 +112,7 @@ def test_a_report_of_markers_without_statistics_computes_them_shard_by_shard(
     old = tmp_path / "old_labels"
     shutil.copytree(labeled["resplit"], old)
     (old / "_done_index.json.gz").unlink()
+    (old / STATS_FILE).unlink()
     for path in (old / "_done").glob("*.json"):  # as written before markers carried statistics
         marker = json.loads(path.read_text())
         del marker["stats"]
@@ -124,16 +126,24 @@ def test_a_report_of_markers_without_statistics_computes_them_shard_by_shard(
     assert backfilled["tiers"] == direct["tiers"]
 
 
-def test_statistics_of_another_version_are_refused_with_the_fix(labeled: dict[str, Path], tmp_path: Path) -> None:
+def test_statistics_of_another_version_are_computed_again_from_the_rows(
+    labeled: dict[str, Path], tmp_path: Path
+) -> None:
+    """The markers' statistics and ``_stats.json`` are caches of the rows: in another version (or unreadable) they
+    are made again from the rows, never trusted nor a reason to fail."""
+    assert _report(labeled["labels"], tmp_path / "direct")["statistics_computed"] == 0
     other = tmp_path / "labels"
     shutil.copytree(labeled["labels"], other)
-    (other / "_done_index.json.gz").unlink()
+    (other / STATS_FILE).write_text(json.dumps({"version": 99}))
     path = sorted((other / "_done").glob("*.json"))[0]
     marker = json.loads(path.read_text())
     marker["stats"]["version"] = 99
     path.write_text(json.dumps(marker))
-    with pytest.raises(ConfigError, match=r"version 99.*relabel"):
-        _report(other, tmp_path / "report")
+    again = _report(other, tmp_path / "again")
+    assert again["statistics_computed"] == len(list((other / "_done").glob("*.json")))
+    assert json.loads((tmp_path / "again" / STATS_NAME).read_text()) == json.loads(
+        (tmp_path / "direct" / STATS_NAME).read_text()
+    )
 
 
 def _plan_of(n_shards: int) -> ReportPlan:
@@ -175,6 +185,7 @@ def test_a_markers_gallery_sample_never_names_a_file_outside(labeled: dict[str, 
     }
     marker["stats"]["rows"]["../t"] = 1
     path.write_text(json.dumps(marker))
+    (edited / STATS_FILE).unlink()  # so the report merges the markers' statistics
     result = _report(edited, tmp_path / "report", "report.per_tier=32")
     assert not list(tmp_path.rglob("REPORT*"))
     assert not (tmp_path / "x").exists()
