@@ -52,8 +52,8 @@ from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.image_decode import open_image
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.config.label import CropMode
-from pipelines.label.inputs import PersonTask, decode_for_crops, person_from_json, prepare_tasks
 from pipelines.label.job import run as label_run
+from pipelines.label.persons import PersonTask, decode_for_crops, person_from_json, prepare_tasks
 from pipelines.shard.job import run as shard_run
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler, FakePredictor, fake_prediction
 

@@ -47,11 +47,12 @@ from dpmesh_core.model import DPMesh
 from dpmesh_core.prediction import predict_persons
 from dpmesh_core.preprocessing import PersonInputs
 from pipelines.common.image_decode import decode_rgb
+from pipelines.common.shard_members import iter_shard_samples, sample_metadata
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, LabelJobConfig, ModelConfig, ShardJobConfig, compose_config
 from pipelines.config.storage import StorageConfig
-from pipelines.label.inputs import PersonTask, iter_shard_samples, person_from_json, prepare_tasks, sample_metadata
 from pipelines.label.job import run as label_run
 from pipelines.label.model_handler import DPMeshModelHandler, DPMeshPredictor, load_model
+from pipelines.label.persons import PersonTask, person_from_json, prepare_tasks
 from pipelines.logging_setup import configure_logging
 from pipelines.shard.job import run as shard_run
 from tests.fakes.corpus import make_images, write_coco, write_corpus

@@ -1,6 +1,8 @@
-"""Image bytes out of a shard tar by the index's ``tar_offset`` (no tar scan), decoded upright, encoded as JPEG.
+"""Reading a shard tar: its samples in tar order (:func:`iter_shard_samples`, labeling's stream), or image bytes by
+the index's ``tar_offset`` (no tar scan), decoded upright, encoded as JPEG.
 
-Job-agnostic (``dpmesh-export`` and its PyTorch dataset use it; any job reading images of a labeled shard can).
+Job-agnostic (``dpmesh-label`` streams shards; ``dpmesh-export``, ``dpmesh-report`` and the PyTorch dataset read
+members by offset; any job reading images of a shard can).
 
 The shard index records, per sample, where its image member's data starts in the tar (``tar_offset``) and its size
 (``bytes``), plus its sha1. Reading a member is then one seek and one read (:func:`read_member_at`, the PyTorch
@@ -11,6 +13,8 @@ checked against the index's sha1, so a shard rebuilt since its index cannot sile
 
 import hashlib
 import io
+import json
+import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -19,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.common.image_decode import decode_rgb
+from pipelines.storage import StorageError
 
 
 _SKIP_CHUNK = 1 << 20
@@ -104,3 +109,78 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
+
+
+IMAGE_EXTENSIONS = ("jpg", "png", "webp")
+
+
+class ShardReadError(Exception):
+    """The shard tar could not be read to its end; ``samples_read`` samples came out before that."""
+
+    def __init__(self, message: str, samples_read: int) -> None:
+        super().__init__(message)
+        self.samples_read = samples_read
+
+
+@dataclass(frozen=True)
+class ShardSampleData:
+    """One sample of a shard: its key and members by extension (``jpg``/``png``/``webp`` and ``json``)."""
+
+    key: str
+    members: dict[str, bytes]
+
+    def image_bytes(self) -> bytes | None:
+        return next((self.members[e] for e in IMAGE_EXTENSIONS if e in self.members), None)
+
+
+def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
+    """Stream the samples of a WebDataset tar (members grouped by key, in tar order).
+
+    Raises:
+        ShardReadError: if the tar is corrupt or truncated; samples before the damage are yielded first.
+        StorageError: if the storage read failed (a fault, not damaged content), unchanged.
+    """
+    current: ShardSampleData | None = None
+    count = 0
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                # WebDataset's split: the key is the name up to the first dot of its last segment, folders
+                # included (a member in a folder has a key with a separator, which the key grammar refuses)
+                folder, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                key = f"{folder}/{stem}" if folder else stem
+                extracted = tar.extractfile(member)
+                data = extracted.read() if extracted else b""
+                if len(data) != member.size:  # stream mode returns short reads on truncated data
+                    raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
+                if current is None or current.key != key:
+                    if current is not None:
+                        count += 1
+                        yield current
+                    current = ShardSampleData(key=key, members={})
+                current.members[ext] = data
+    except StorageError:
+        raise  # the store failed, not the tar: the caller must not mistake it for damaged content
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        if current is not None:
+            yield current  # its members may be incomplete; the caller checks what it needs
+        raise ShardReadError(f"shard tar unreadable after {count} samples: {exc}", count) from exc
+    if current is not None:
+        yield current
+
+
+def sample_metadata(sample: ShardSampleData) -> dict[str, Any]:
+    """The sample's JSON document.
+
+    Raises:
+        ValueError: if the JSON member is missing or malformed.
+    """
+    if "json" not in sample.members:
+        raise ValueError("sample has no .json member")
+    meta = json.loads(sample.members["json"])
+    if not isinstance(meta, dict):
+        raise ValueError("sample JSON is not an object")
+    return meta

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # types only: writers and dpmesh-refilter import this module 
     from dpmesh_core.confidence import ConfidenceSignals
     from dpmesh_core.occlusion import OcclusionSignals
     from dpmesh_core.person_prediction import PersonPrediction
-    from pipelines.label.inputs import PersonTask
+    from pipelines.label.persons import PersonTask
 
 
 def _floats(array: np.ndarray) -> list[Any]:

@@ -39,10 +39,10 @@ from pipelines.config.label import CropMode
 from pipelines.config.storage import StorageConfig
 from pipelines.error_rows import error_row
 from pipelines.label.detection.shard_detector import ShardDetector
-from pipelines.label.inputs import PersonBatch, PersonTask
+from pipelines.label.persons import PersonBatch, PersonTask
 from pipelines.label.read import ShardReader
 from pipelines.label.score import ACCEPTED, score_labeled
-from pipelines.label.write import ShardWriter
+from pipelines.label.write import LabeledShardWriter
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage
 
@@ -162,7 +162,7 @@ class LabelShardFn(beam.DoFn):
             prep_threads=settings.prep_threads,
         )
         self._shard_detector = shard_detector
-        self._writer = ShardWriter(storage, settings.output, settings.run_info)
+        self._writer = LabeledShardWriter(storage, settings.output, settings.run_info)
         self._storage = storage
 
     def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:

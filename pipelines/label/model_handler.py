@@ -32,7 +32,7 @@ from pipelines.common.model_host import CallGate, HostStats
 from pipelines.common.torch_device import TORCH_DTYPES, checked_device
 from pipelines.config import ModelConfig, ModelName
 from pipelines.config.storage import StorageConfig
-from pipelines.label.inputs import PersonBatch, PersonTask
+from pipelines.label.persons import PersonBatch, PersonTask
 from pipelines.label.records import LabeledPerson
 from pipelines.weights import local_copy
 

@@ -31,23 +31,14 @@ from dpmesh_core.config import CropGeometry
 from pipelines.common.image_decode import DecodedImage, ImageDecodeError, open_image
 from pipelines.common.label_units import ShardReport, ShardTask
 from pipelines.common.safe_paths import KEY_GRAMMAR, is_valid_key
+from pipelines.common.shard_members import ShardReadError, ShardSampleData, iter_shard_samples, sample_metadata
 from pipelines.common.shard_set import index_uri_of
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, DetectorName
 from pipelines.config.label import CropMode
 from pipelines.error_rows import error_row
 from pipelines.label.detection.records import ImageDetections
 from pipelines.label.detection.shard_detector import ShardDetector, needs_detection
-from pipelines.label.inputs import (
-    AnnotatedPerson,
-    PersonTask,
-    ShardReadError,
-    ShardSampleData,
-    decode_for_crops,
-    iter_shard_samples,
-    person_from_json,
-    prepare_tasks,
-    sample_metadata,
-)
+from pipelines.label.persons import AnnotatedPerson, PersonTask, decode_for_crops, person_from_json, prepare_tasks
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage, KeypointSource

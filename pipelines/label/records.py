@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # type names only: their modules import torch
     from dpmesh_core.body_identity import BodyModelId
     from dpmesh_core.person_prediction import PersonPrediction
-    from pipelines.label.inputs import PersonTask
+    from pipelines.label.persons import PersonTask
 
 
 @dataclass(frozen=True)

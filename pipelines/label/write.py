@@ -21,7 +21,7 @@ from schemas import ANNOTATION_SCHEMA, ERROR_SCHEMA, table_from_rows, with_file_
 logger = logging.getLogger(__name__)
 
 
-class ShardWriter:
+class LabeledShardWriter:
     """Writes labeled shards under ``output`` with the run's lineage in every file's metadata."""
 
     def __init__(self, storage: Storage, output: str, run_info: dict[str, str]) -> None:

@@ -31,7 +31,7 @@ from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.model_host import CallGate, HostStats, resolve_concurrent_calls
 from pipelines.common.shared_model import model_tag
 from pipelines.config import ModelConfig, ShareMode, config_to_dict
-from pipelines.label.inputs import PersonBatch
+from pipelines.label.persons import PersonBatch
 from pipelines.label.records import LabeledPerson
 
 

@@ -21,7 +21,7 @@ from pipelines.label.detection.records import (
     assemble,
 )
 from pipelines.label.detection.shard_detector import needs_detection
-from pipelines.label.inputs import AnnotatedPerson
+from pipelines.label.persons import AnnotatedPerson
 from tests.fakes.tiny_detectors import POSE_INPUT_HW, save_tiny_detector, save_tiny_pose
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 from dpmesh_core.config import official_config
 from pipelines.common.image_decode import DecodedImage, ImageDecodeError, decode_rgb, open_image
 from pipelines.config.label import CropMode
-from pipelines.label.inputs import PersonTask, PlannedImage, decode_for_crops, person_from_json, prepare_tasks
+from pipelines.label.persons import PersonTask, PlannedImage, decode_for_crops, person_from_json, prepare_tasks
 
 
 GEOMETRY = official_config().crop_geometry

@@ -29,7 +29,7 @@ from pipelines.label.detection.models import (
     load_pose_model,
 )
 from pipelines.label.detection.records import DetectedPerson, Detections, ImageBatch, PoseBatch
-from pipelines.label.inputs import AnnotatedPerson
+from pipelines.label.persons import AnnotatedPerson
 
 
 class DetectorService:

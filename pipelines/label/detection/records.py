@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.label.inputs import AnnotatedPerson
+from pipelines.label.persons import AnnotatedPerson
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,12 @@
-"""From shard tars to per-person model inputs: streaming samples, reading persons, preparing crops.
+"""From a shard's samples to per-person model inputs: reading persons, preparing crops, batching.
 
-Everything here runs on CPU workers before the GPU step. A shard is streamed (never held whole);
-each image is decoded once and every person in it becomes one :class:`PersonTask`.
+Everything here runs on CPU workers before the GPU step. Each image is decoded once and every person in it becomes
+one :class:`PersonTask` (the shard's tar is streamed by `pipelines.common.shard_members.iter_shard_samples`).
 """
 
-import json
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -19,69 +17,7 @@ from dpmesh_core.joints import coco17_to_smpl30
 from dpmesh_core.preprocessing import CONF_THRESHOLD, PersonInputs, PersonPlan, cut_crop, plan_person
 from pipelines.common.image_decode import DecodedImage, OpenedImage
 from pipelines.config.label import CropMode
-from pipelines.storage import StorageError
 from schemas import COCO_VISIBILITY_CONFIDENCE
-
-
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
-
-
-class ShardReadError(Exception):
-    """The shard tar could not be read to its end; ``samples_read`` samples came out before that."""
-
-    def __init__(self, message: str, samples_read: int) -> None:
-        super().__init__(message)
-        self.samples_read = samples_read
-
-
-@dataclass(frozen=True)
-class ShardSampleData:
-    """One sample of a shard: its key and members by extension (``jpg``/``png``/``webp`` and ``json``)."""
-
-    key: str
-    members: dict[str, bytes]
-
-    def image_bytes(self) -> bytes | None:
-        return next((self.members[e] for e in IMAGE_EXTENSIONS if e in self.members), None)
-
-
-def iter_shard_samples(fileobj: BinaryIO) -> Iterator[ShardSampleData]:
-    """Stream the samples of a WebDataset tar (members grouped by key, in tar order).
-
-    Raises:
-        ShardReadError: if the tar is corrupt or truncated; samples before the damage are yielded first.
-        StorageError: if the storage read failed (a fault, not damaged content), unchanged.
-    """
-    current: ShardSampleData | None = None
-    count = 0
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                # WebDataset's split: the key is the name up to the first dot of its last segment, folders
-                # included (a member in a folder has a key with a separator, which the key grammar refuses)
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                extracted = tar.extractfile(member)
-                data = extracted.read() if extracted else b""
-                if len(data) != member.size:  # stream mode returns short reads on truncated data
-                    raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
-                if current is None or current.key != key:
-                    if current is not None:
-                        count += 1
-                        yield current
-                    current = ShardSampleData(key=key, members={})
-                current.members[ext] = data
-    except StorageError:
-        raise  # the store failed, not the tar: the caller must not mistake it for damaged content
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        if current is not None:
-            yield current  # its members may be incomplete; the caller checks what it needs
-        raise ShardReadError(f"shard tar unreadable after {count} samples: {exc}", count) from exc
-    if current is not None:
-        yield current
 
 
 @dataclass(frozen=True)
@@ -299,17 +235,3 @@ def _check_inside(person: AnnotatedPerson, width: int, height: int) -> None:
         raise InvalidPersonInput(
             "bbox_outside_image", f"none of the {int(valid.sum())} valid keypoints is in the image"
         )
-
-
-def sample_metadata(sample: ShardSampleData) -> dict[str, Any]:
-    """The sample's JSON document.
-
-    Raises:
-        ValueError: if the JSON member is missing or malformed.
-    """
-    if "json" not in sample.members:
-        raise ValueError("sample has no .json member")
-    meta = json.loads(sample.members["json"])
-    if not isinstance(meta, dict):
-        raise ValueError("sample JSON is not an object")
-    return meta
