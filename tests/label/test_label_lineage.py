@@ -12,7 +12,7 @@ import pytest
 from dpmesh_core.confidence import default_thresholds, strict_thresholds
 from pipelines.common.label_set import LABEL_RUN
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
-from pipelines.label.inputs import person_from_json
+from pipelines.label.persons import person_from_json
 from pipelines.refilter.plan import is_refiltered
 from pipelines.refilter.refilter_shard import conform, label_run_of_marker, rescore_row, rescore_table
 from schemas import ANNOTATION_SCHEMA, table_from_rows

@@ -15,6 +15,7 @@ from dpmesh_core.config import tiny_config
 from pipelines.common.image_decode import ImageDecodeError, decode_rgb
 from pipelines.common.label_filter import filter_thresholds
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
+from pipelines.common.shard_members import ShardReadError, iter_shard_samples
 from pipelines.config import (
     ConfigError,
     Device,
@@ -26,15 +27,8 @@ from pipelines.config import (
     compose_config,
 )
 from pipelines.config.storage import StorageConfig
-from pipelines.label.inputs import (
-    PersonBatch,
-    PersonTask,
-    ShardReadError,
-    iter_shard_samples,
-    person_from_json,
-    prepare_tasks,
-)
 from pipelines.label.model_handler import DPMeshModelHandler, check_device, load_model
+from pipelines.label.persons import PersonBatch, PersonTask, person_from_json, prepare_tasks
 from pipelines.label.records import LabeledPerson
 from pipelines.refilter.refilter_shard import rescore_row
 from tests.fakes.corpus import draw_scene
