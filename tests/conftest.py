@@ -1,6 +1,6 @@
-"""Shared fixtures: an offline environment for every test, a real S3 server (SeaweedFS) for ``s3`` tests and a GCS
-emulator (gcp-storage-emulator) for ``gcs`` tests, and a fault-injecting proxy in front of the S3 server
-(``fault_proxy``, ``fault_storage_config``)."""
+"""Shared fixtures: an offline environment for every test, the tests' one corpus (``corpus``), a real S3 server
+(SeaweedFS) for ``s3`` tests and a GCS emulator (gcp-storage-emulator) for ``gcs`` tests, and a fault-injecting
+proxy in front of the S3 server (``fault_proxy``, ``fault_storage_config``)."""
 
 import dataclasses
 import logging
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipelines.config.storage import AddressingStyle, RetryMode, StorageConfig
+from tests.fakes.corpus import Corpus, write_mixed_corpus
 from tests.fault_proxy import FaultProxy
 from tests.gcs_server import GcsEmulator, GcsServerInfo, delete_bucket, gcs_client
 from tests.s3_server import S3ServerInfo, SeaweedS3Server, s3_client
@@ -18,8 +19,9 @@ from tests.s3_server import S3ServerInfo, SeaweedS3Server, s3_client
 
 logger = logging.getLogger(__name__)
 
-# Beam's job service, the SDK worker pool and a dask cluster, for the job tests that run on them.
-pytest_plugins = ["tests.services"]
+# Beam's job service, the SDK worker pool and a dask cluster, for the job tests that run on them; the shards and
+# labels the dpmesh-label and dpmesh-refilter tests start from.
+pytest_plugins = ["tests.services", "tests.fakes.label_inputs"]
 
 _LOOPBACK = "127.0.0.1,localhost,::1"
 
@@ -35,6 +37,13 @@ def _offline_environment() -> Iterator[None]:
             current = os.environ.get(name, "")
             mp.setenv(name, f"{current},{_LOOPBACK}" if current else _LOOPBACK)
         yield
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """The mixed corpus of tests/fakes/corpus.py (images of three formats, partly annotated, broken files and a
+    duplicate), written once per session (per xdist worker). Read-only: a test that changes it copies it first."""
+    return write_mixed_corpus(str(tmp_path_factory.mktemp("corpus")))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,6 @@ from pipelines.config import (
     EvalJobConfig,
     LabelJobConfig,
     RefilterJobConfig,
-    ShardJobConfig,
     compose_config,
 )
 from pipelines.eval.evaluate import read_evaluation
@@ -32,10 +31,10 @@ from pipelines.eval.job import report as eval_report
 from pipelines.eval.job import run as evaluate
 from pipelines.label.job import run as label
 from pipelines.refilter.job import run as refilter
-from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from tests.eval.test_eval import GOOD
-from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.corpus import make_images
+from tests.fakes.shard_set import label_shards, shard_annotated
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,25 +53,8 @@ def _rows(output: Path) -> list[dict[str, Any]]:
 def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 annotated images sharded and labeled by the tiny model with the filter off (every finite label kept)."""
     root = tmp_path_factory.mktemp("eval")
-    images = make_images(4, seed=5, width=320, height=240, persons=(1, 2))
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    shard(
-        compose_config(
-            "dpmesh_shard",
-            [f"input.images={root / 'images'}", f"input.annotations={root / 'coco.json'}", f"output={root / 'shards'}",
-             "log_level=WARNING"],
-            ShardJobConfig,
-        )
-    )  # fmt: skip
-    label(
-        compose_config(
-            "dpmesh_label",
-            [f"input.shards={root / 'shards'}", f"output={root / 'labels'}", "filter=off", "log_level=WARNING",
-             "progress_interval_s=0"],
-            LabelJobConfig,
-        )
-    )  # fmt: skip
+    shards = shard_annotated(root, make_images(4, seed=5, width=320, height=240, persons=(1, 2)))
+    label_shards(shards, root / "labels", "filter=off")
     return root / "labels"
 
 

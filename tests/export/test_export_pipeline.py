@@ -26,18 +26,17 @@ from pipelines.config import (
     ConfigError,
     ExportJobConfig,
     LabelJobConfig,
-    ShardJobConfig,
     StorageConfig,
     compose_config,
 )
 from pipelines.export.job import run as export
 from pipelines.export.torch_dataset import LabeledPersonDataset
 from pipelines.label.job import run as label
-from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
 from schemas import COCO17_KEYPOINT_NAMES
-from tests.fakes.corpus import make_images, write_coco, write_corpus
+from tests.fakes.corpus import make_images
 from tests.fakes.digests import identities
+from tests.fakes.shard_set import label_shards, shard_annotated
 from tests.fakes.writes import recorded_writes
 
 
@@ -62,17 +61,8 @@ def labeled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     stored = io.BytesIO()
     upright.transpose(Image.Transpose.ROTATE_90).save(stored, "JPEG", quality=95, exif=exif.tobytes())
     images[1].data = stored.getvalue()
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    shard_overrides = [f"input.images={root / 'images'}", f"input.annotations={root / 'coco.json'}"]
-    shard_overrides += [f"output={root / 'shards'}", "shard.max_samples=3", "log_level=WARNING"]
-    shard(compose_config("dpmesh_shard", shard_overrides, ShardJobConfig))
-    label_overrides = [f"input.shards={root / 'shards'}", f"output={root / 'labels'}", "filter=off"]
-    label(
-        compose_config(
-            "dpmesh_label", [*label_overrides, "log_level=WARNING", "progress_interval_s=0"], LabelJobConfig
-        )
-    )
+    shards = shard_annotated(root, images, "shard.max_samples=3")
+    label_shards(shards, root / "labels", "filter=off")
     rows = pq.read_table(root / "labels" / "annotations").to_pylist()
     return {
         "root": root,

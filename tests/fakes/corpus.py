@@ -174,3 +174,40 @@ def write_coco(path: str, images: list[SyntheticImage]) -> None:
     """Writes the COCO document of ``images`` to ``path``."""
     with open(path, "w") as f:
         json.dump(coco_document(images), f)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus on disk: its image folder, its COCO file and what it holds."""
+
+    root: str
+    images: str  # the folder dpmesh-shard reads (input.images)
+    annotations: str  # the COCO file (input.annotations)
+    n_images: int  # distinct good images
+    n_annotated: int  # of them listed in the COCO file
+    n_broken: int  # files that are reported, not sharded
+    n_duplicates: int  # exact copies of an image under another name: sharded, and reported as duplicates
+
+    @property
+    def n_files(self) -> int:
+        return self.n_images + self.n_broken + self.n_duplicates
+
+
+def write_annotated(root: str, images: list[SyntheticImage], *, annotated: int | None = None) -> Corpus:
+    """``images`` in ``root/images``, the first ``annotated`` (all by default) in ``root/coco.json``."""
+    write_corpus(os.path.join(root, "images"), images)
+    write_coco(os.path.join(root, "coco.json"), images[:annotated])
+    n_annotated = len(images[:annotated])
+    return Corpus(root, os.path.join(root, "images"), os.path.join(root, "coco.json"), len(images), n_annotated, 0, 0)
+
+
+def write_mixed_corpus(root: str) -> Corpus:
+    """The tests' one corpus of every input kind dpmesh-shard meets: 24 images (160 x 120 JPEG, PNG and WEBP, 0-3
+    people) under ``images/people``, 16 of them annotated, 4 broken files (truncated, corrupt, empty, not an image)
+    and an exact duplicate under ``images/copies``."""
+    images = make_images(24, seed=7, width=160, height=120, formats=("JPEG", "PNG", "WEBP"))
+    broken = broken_files(images[0].data)
+    extra = broken | {"copies/again.jpg": images[0].data}
+    write_corpus(os.path.join(root, "images"), images, extra=extra, subdir="people")
+    write_coco(os.path.join(root, "coco.json"), images[:16])
+    return Corpus(root, os.path.join(root, "images"), os.path.join(root, "coco.json"), 24, 16, len(broken), 1)

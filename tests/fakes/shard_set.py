@@ -9,16 +9,15 @@ from typing import Any
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
-from tests.fakes.corpus import SyntheticImage, write_coco, write_corpus
+from tests.fakes.corpus import SyntheticImage, write_annotated
 
 
 def shard_annotated(root: Path, images: list[SyntheticImage], *overrides: str) -> Path:
     """Writes ``images`` to ``root/images`` with their COCO file ``root/coco.json``, shards them into
     ``root/shards`` (``overrides``: more ``dpmesh-shard`` keys) and returns that folder."""
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
+    corpus = write_annotated(str(root), images)
     shards = root / "shards"
-    keys = [f"input.images={root / 'images'}", f"input.annotations={root / 'coco.json'}", f"output={shards}"]
+    keys = [f"input.images={corpus.images}", f"input.annotations={corpus.annotations}", f"output={shards}"]
     shard(compose_config("dpmesh_shard", [*keys, "log_level=WARNING", *overrides], ShardJobConfig))
     return shards
 

@@ -33,6 +33,7 @@ from pipelines.storage import Storage
 from tests.fakes.corpus import make_images, write_coco, write_corpus
 from tests.fakes.digests import label_digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.shard_set import shard_annotated
 from tests.fakes.tiny_detectors import save_tiny_detector, save_tiny_pose
 
 
@@ -73,13 +74,10 @@ def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def annotated_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Eight annotated synthetic images in shards of two, and the folder they came from."""
-    root = tmp_path_factory.mktemp("corpus")
-    images = make_images(8, seed=21, width=160, height=120, persons=(1, 2))
-    write_corpus(str(root / "images"), images)
-    write_coco(str(root / "coco.json"), images)
-    _shard(str(root / "images"), root / "shards", f"input.annotations={root / 'coco.json'}", "shard.max_samples=2")
+    root = tmp_path_factory.mktemp("annotated")
+    shard_annotated(root, make_images(8, seed=21, width=160, height=120, persons=(1, 2)), "shard.max_samples=2")
     return root
 
 
@@ -135,8 +133,8 @@ def _commit_timeline(log: Path) -> tuple[int, int, int]:
     return min(commits), max(inferences), len(commits)
 
 
-def test_each_shard_is_committed_before_the_last_shard_is_inferred(corpus: Path, tmp_path: Path) -> None:
-    cfg = _label_config(f"input.shards={corpus / 'shards'}", f"output={tmp_path / 'o'}", "model.batch_size=1")
+def test_each_shard_is_committed_before_the_last_shard_is_inferred(annotated_set: Path, tmp_path: Path) -> None:
+    cfg = _label_config(f"input.shards={annotated_set / 'shards'}", f"output={tmp_path / 'o'}", "model.batch_size=1")
     log = tmp_path / "events.log"
     with _commits_logged(log):
         summary = run(cfg, handler=SlowHandler(cfg.model, log=str(log)))
@@ -149,10 +147,10 @@ def test_each_shard_is_committed_before_the_last_shard_is_inferred(corpus: Path,
 
 @pytest.mark.slow  # ~11 s; the annotations variant runs in the default suite
 def test_with_detection_shards_are_committed_one_by_one_too(
-    corpus: Path, detectors: tuple[str, str], tmp_path: Path
+    annotated_set: Path, detectors: tuple[str, str], tmp_path: Path
 ) -> None:
     cfg = _label_config(
-        f"input.shards={corpus / 'shards'}",
+        f"input.shards={annotated_set / 'shards'}",
         f"output={tmp_path / 'o'}",
         "detector=auto",
         f"detector.detector_model={detectors[0]}",
@@ -236,24 +234,24 @@ def test_a_model_shared_by_worker_processes_labels_like_an_unshared_one(
     assert label_digests(output) == unshared_tiny_labels
 
 
-def _detection_config(corpus: Path, output: Path, *overrides: str) -> LabelJobConfig:
+def _detection_config(annotated_set: Path, output: Path, *overrides: str) -> LabelJobConfig:
     detectors = ("detector=vitpose", "detector.device=cpu", "filter=off")
-    return _label_config(f"input.shards={corpus / 'shards'}", f"output={output}", *detectors, *overrides)
+    return _label_config(f"input.shards={annotated_set / 'shards'}", f"output={output}", *detectors, *overrides)
 
 
 @pytest.mark.parametrize("workers", [2, pytest.param(4, marks=pytest.mark.slow)])  # 4: ~25 s each
 def test_shared_detectors_label_like_unshared_ones(
-    corpus: Path, detectors: tuple[str, str], workers: int, tmp_path: Path
+    annotated_set: Path, detectors: tuple[str, str], workers: int, tmp_path: Path
 ) -> None:
     """Real tiny RT-DETR and ViTPose shared by the worker processes, calls forced to overlap after each backbone;
     the DPMesh stand-in (shared likewise) keeps the test short."""
     weights = (f"detector.detector_model={detectors[0]}", f"detector.pose_model={detectors[1]}")
-    unshared = _detection_config(corpus, tmp_path / "unshared", *weights, "detector.batch_size=1")
+    unshared = _detection_config(annotated_set, tmp_path / "unshared", *weights, "detector.batch_size=1")
     reference = _fake_run(unshared)
     assert reference["counts"]["persons_in"] > 0
     assert reference["model_hosts"]["detector"]["shared"] is False
     cfg = _detection_config(
-        corpus,
+        annotated_set,
         tmp_path / "shared",
         *weights,
         "detector.batch_size=1",  # more calls to overlap
@@ -293,10 +291,12 @@ def test_a_resharded_folder_is_relabeled(tmp_path: Path) -> None:
     assert labeled == {"b"}, "the labels describe the new images only"
 
 
-def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(corpus: Path, tmp_path: Path) -> None:
+def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(annotated_set: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     partial.mkdir()
-    for path in sorted((corpus / "shards").glob("shard-*"))[:4]:  # two shards of a run killed before its manifest
+    for path in sorted((annotated_set / "shards").glob("shard-*"))[
+        :4
+    ]:  # two shards of a run killed before its manifest
         (partial / path.name).write_bytes(path.read_bytes())
     cfg = _label_config(f"input.shards={partial}", f"output={tmp_path / 'o'}")
     with pytest.raises(ConfigError, match=r"no _manifest\.json.*input\.allow_incomplete=true"):
@@ -310,9 +310,9 @@ def test_a_shard_set_without_its_manifest_is_refused_unless_allowed(corpus: Path
     assert marker["shard_identity"]["tar_bytes"] > 0
 
 
-def test_tars_missing_from_the_manifest_are_refused(corpus: Path, tmp_path: Path) -> None:
+def test_tars_missing_from_the_manifest_are_refused(annotated_set: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    shutil.copytree(corpus / "shards", shards)
+    shutil.copytree(annotated_set / "shards", shards)
     next(shards.glob("shard-*.tar")).unlink()
     with pytest.raises(ConfigError, match="lists 1 shards that are not there"):
         _fake_run(_label_config(f"input.shards={shards}", f"output={tmp_path / 'o'}"))
@@ -324,9 +324,9 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, tmp_path: Path) -> None:
+def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(annotated_set: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    shutil.copytree(corpus / "shards", shards)
+    shutil.copytree(annotated_set / "shards", shards)
 
     def members_of(path: Path) -> list[tuple[str, bytes]]:
         with tarfile.open(path) as tar:
@@ -367,9 +367,9 @@ def test_a_tampered_tar_gives_error_rows_and_no_duplicate_labels(corpus: Path, t
 # --- one pixel limit for both jobs ------------------------------------------------------------------------
 
 
-def test_labeling_follows_the_pixel_limit_the_shard_set_was_made_with(corpus: Path, tmp_path: Path) -> None:
+def test_labeling_follows_the_pixel_limit_the_shard_set_was_made_with(annotated_set: Path, tmp_path: Path) -> None:
     shards = tmp_path / "shards"
-    shutil.copytree(corpus / "shards", shards)
+    shutil.copytree(annotated_set / "shards", shards)
     manifest = json.loads((shards / "_manifest.json").read_text())
     assert manifest["config"]["shard"]["max_image_pixels"] == 100_000_000  # the shard job's default
     manifest["config"]["shard"]["max_image_pixels"] = 160 * 120 - 1  # as if sharded with a limit below 160x120

@@ -30,7 +30,6 @@ from pipelines.config.storage import StorageConfig
 from pipelines.label.model_handler import DPMeshModelHandler, check_device, load_model
 from pipelines.label.persons import PersonBatch, PersonTask, person_from_json, prepare_tasks
 from pipelines.label.records import LabeledPerson
-from pipelines.refilter.refilter_shard import rescore_row
 from tests.fakes.corpus import draw_scene
 
 
@@ -211,30 +210,6 @@ def test_label_config_composes_every_group_and_validates_the_model() -> None:
     )
     with pytest.raises(ConfigError, match=r"exactly one of model\.checkpoint"):
         compose_config("dpmesh_label", ["input.shards=/s", "output=/o", "model=dpmesh"], LabelJobConfig)
-
-
-def test_rescore_row_recounts_keypoints_under_the_new_threshold() -> None:
-    keypoints = [[1.0, 1.0, 0.4]] * 10 + [[1.0, 1.0, 0.2]] * 7
-    row = {
-        "keypoints_2d": keypoints,
-        "reproj_err_px": 1.0,
-        "reproj_err_norm": 0.01,
-        "n_kp_valid": 10,
-        "kp_conf_mean": 0.3,
-        "vposer_z_norm": 5.0,
-        "betas_absmax": 1.0,
-        "joint_consistency_mm": 10.0,
-        "truncation": 0.0,
-        "box_size_px": 200.0,
-        "crowding_iou": 0.0,
-        "flip_pa_mpjpe_mm": None,
-        "det_score": None,
-    }
-    loose = rescore_row(row, default_thresholds())
-    strict = rescore_row(row, strict_thresholds())
-    assert (loose["n_kp_valid"], strict["n_kp_valid"]) == (10, 0)
-    assert loose["quality_tier"] != "reject"
-    assert "few_keypoints" in strict["reasons"]
 
 
 # --- model handler -----------------------------------------------------------------------------------

@@ -14,36 +14,24 @@ import pytest
 from pipelines.config import LabelJobConfig, ShardJobConfig, compose_config
 from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
-from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.corpus import Corpus
 from tests.fakes.digests import label_digests, shard_set_digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.services import DaskCluster
 
 
-N_IMAGES = 12
-MAX_SAMPLES = 4
+MAX_SAMPLES = 8  # the shared corpus in 4 shards
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """12 images (jpg/png/webp, people annotated on 8), 4 broken files and one exact duplicate: every report kind."""
-    root = tmp_path_factory.mktemp("dask-corpus")
-    images = make_images(N_IMAGES, seed=3, width=160, height=120, formats=("JPEG", "PNG", "WEBP"), persons=(1, 2))
-    extra = broken_files(images[0].data) | {"copies/again.jpg": images[0].data}
-    write_corpus(str(root / "images"), images, extra=extra, subdir="people")
-    write_coco(str(root / "coco.json"), images[:8])
-    return {"images": str(root / "images"), "annotations": str(root / "coco.json")}
-
-
-def _shard_config(corpus: dict[str, str], output: Path, *runner: str) -> ShardJobConfig:
-    overrides = [f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}"]
+def _shard_config(corpus: Corpus, output: Path, *runner: str) -> ShardJobConfig:
+    overrides = [f"input.images={corpus.images}", f"input.annotations={corpus.annotations}", f"output={output}"]
     return compose_config(
         "dpmesh_shard", [*overrides, f"shard.max_samples={MAX_SAMPLES}", "log_level=WARNING", *runner], ShardJobConfig
     )
 
 
 @pytest.fixture(scope="module")
-def direct_shards(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def direct_shards(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The DirectRunner run every Dask run is compared with."""
     output = tmp_path_factory.mktemp("direct") / "shards"
     return output, shard(_shard_config(corpus, output))
@@ -57,10 +45,10 @@ def _tasks_run_by_workers(address: str) -> int:
 
 
 def test_shard_on_a_dask_cluster_gives_the_direct_runners_bytes(
-    dask_cluster: DaskCluster, corpus: dict[str, str], direct_shards: tuple[Path, dict], tmp_path: Path
+    dask_cluster: DaskCluster, corpus: Corpus, direct_shards: tuple[Path, dict], tmp_path: Path
 ) -> None:
     reference, expected = direct_shards
-    assert expected["counts"]["files_in"] == N_IMAGES + 5
+    assert expected["counts"]["files_in"] == corpus.n_files
     assert expected["counts"]["errors_by_reason"]
     assert expected["counts"]["duplicate_groups"] == 1
     assert expected["counts"]["shards"] > 1
@@ -78,7 +66,7 @@ def test_shard_on_a_dask_cluster_gives_the_direct_runners_bytes(
 # Its dashboard moves to a free port when 8787 is taken (by another LocalCluster on this machine): not our concern.
 @pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
 def test_shard_on_the_runners_own_local_cluster_gives_the_same_bytes(
-    corpus: dict[str, str], direct_shards: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    corpus: Corpus, direct_shards: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DPMESH_DASK_ADDRESS", raising=False)  # runner.address would default to it
     output = tmp_path / "shards"

@@ -51,7 +51,7 @@ def _files_under(root: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def labeled_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four annotated images in shards of two, and a labeled copy (fake model)."""
     root = tmp_path_factory.mktemp("hostile")
     images = make_images(4, seed=5, width=160, height=120, persons=(1, 1))
@@ -66,10 +66,10 @@ def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def test_keys_off_the_grammar_become_invalid_key_rows(corpus: Path, tmp_path: Path) -> None:
+def test_keys_off_the_grammar_become_invalid_key_rows(labeled_set: Path, tmp_path: Path) -> None:
     root = tmp_path / "case"
     shards = root / "in" / "shards"
-    shutil.copytree(corpus / "shards", shards)
+    shutil.copytree(labeled_set / "shards", shards)
     target = sorted(shards.glob("shard-*.tar"))[0]
     with tarfile.open(target) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
@@ -108,13 +108,13 @@ def test_keys_off_the_grammar_become_invalid_key_rows(corpus: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "holds"])
-def test_every_job_refuses_an_output_that_overlaps_its_input(corpus: Path, tmp_path: Path, where: str) -> None:
+def test_every_job_refuses_an_output_that_overlaps_its_input(labeled_set: Path, tmp_path: Path, where: str) -> None:
     shards = tmp_path / "shards"
-    shutil.copytree(corpus / "shards", shards)
+    shutil.copytree(labeled_set / "shards", shards)
     labels = tmp_path / "labels"
-    shutil.copytree(corpus / "labels", labels)
+    shutil.copytree(labeled_set / "labels", labels)
     images = tmp_path / "images"
-    shutil.copytree(corpus / "images", images)
+    shutil.copytree(labeled_set / "images", images)
     before = identities(p for p in tmp_path.rglob("*") if p.is_file())
 
     def place(source: Path) -> Path:
@@ -136,28 +136,30 @@ def test_every_job_refuses_an_output_that_overlaps_its_input(corpus: Path, tmp_p
     assert after == before, "and every file is the one it was"
 
 
-def test_an_output_that_is_a_file_is_refused_in_one_line(corpus: Path, tmp_path: Path) -> None:
+def test_an_output_that_is_a_file_is_refused_in_one_line(labeled_set: Path, tmp_path: Path) -> None:
     existing = tmp_path / "a-file"
     existing.write_bytes(b"keep me")
     with pytest.raises(ConfigError, match="is an existing file"):
-        shard(_shard_config(corpus / "images", existing))
+        shard(_shard_config(labeled_set / "images", existing))
     with pytest.raises(ConfigError, match="is an existing file"):
-        _fake_label(_label_config(corpus / "shards", existing))
+        _fake_label(_label_config(labeled_set / "shards", existing))
     with pytest.raises(ConfigError, match="is an existing file"):
         refilter(
-            compose_config("dpmesh_refilter", [f"input={corpus / 'labels'}", f"output={existing}"], RefilterJobConfig)
+            compose_config(
+                "dpmesh_refilter", [f"input={labeled_set / 'labels'}", f"output={existing}"], RefilterJobConfig
+            )
         )
     assert existing.read_bytes() == b"keep me"
 
 
-def test_unfinished_files_of_another_config_are_refused_by_their_intent(corpus: Path, tmp_path: Path) -> None:
+def test_unfinished_files_of_another_config_are_refused_by_their_intent(labeled_set: Path, tmp_path: Path) -> None:
     output = tmp_path / "labels"
     (output / "annotations").mkdir(parents=True)
     (output / "annotations" / "shard-000000.parquet").write_bytes(b"a killed run's unmarked file")
     (output / "_intent.json").write_text('{"config_hash": "0123456789abcdef", "created_by": "dpmesh-label"}')
     with pytest.raises(ConfigError, match=r"holds unfinished labels of another run .*overwrite=true"):
-        _fake_label(_label_config(corpus / "shards", output))
-    summary = _fake_label(_label_config(corpus / "shards", output, "overwrite=true"))
+        _fake_label(_label_config(labeled_set / "shards", output))
+    summary = _fake_label(_label_config(labeled_set / "shards", output, "overwrite=true"))
     assert summary["reconciled"]
     assert summary["shards"]["labeled_this_run"] == summary["shards"]["total"]
 
@@ -244,14 +246,14 @@ def test_generated_names_never_leave_the_output_of_any_tool(tmp_path: Path) -> N
 
 
 def test_a_planted_marker_is_refused_and_a_bad_summary_or_index_is_read_as_absent(
-    corpus: Path, tmp_path: Path
+    labeled_set: Path, tmp_path: Path
 ) -> None:
     from pipelines.config import ExportJobConfig, ReportJobConfig
     from pipelines.export.job import run as export
     from pipelines.report.job import run as report
 
     labels = tmp_path / "labels"
-    shutil.copytree(corpus / "labels", labels)
+    shutil.copytree(labeled_set / "labels", labels)
     summary = (labels / "_summary.json").read_text()
     (labels / "_summary.json").write_text("[1, 2, 3]")  # not an object: a record of the run, not the truth
     (labels / "_done_index.json.gz").write_bytes(b"not gzip")  # a cache: the markers are read instead
@@ -259,7 +261,7 @@ def test_a_planted_marker_is_refused_and_a_bad_summary_or_index_is_read_as_absen
         compose_config("dpmesh_refilter", [f"input={labels}", f"output={tmp_path / 'r'}"], RefilterJobConfig)
     )
     assert refiltered["reconciled"]
-    export_args = [f"input.labels={labels}", f"input.shards={corpus / 'shards'}", "format=crops"]
+    export_args = [f"input.labels={labels}", f"input.shards={labeled_set / 'shards'}", "format=crops"]
     exported = export(compose_config("dpmesh_export", [*export_args, f"output={tmp_path / 'e'}"], ExportJobConfig))
     assert exported["counts"]["persons"] > 0
     with pytest.raises(ConfigError, match="summary does not say which body model"):  # one line, not a traceback

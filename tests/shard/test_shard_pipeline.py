@@ -16,23 +16,11 @@ import webdataset as wds
 from pipelines.config import ConfigError, ShardJobConfig, compose_config
 from pipelines.shard.job import run
 from pipelines.storage import Storage
-from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.corpus import Corpus, make_images, write_corpus
 from tests.fakes.digests import shard_set_digests
 
 
-N_IMAGES = 24
 MAX_SAMPLES = 6
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """24 images (jpg/png/webp, people annotated for 16 of them), 4 broken files and one exact duplicate."""
-    root = tmp_path_factory.mktemp("corpus")
-    images = make_images(N_IMAGES, seed=7, width=160, height=120, formats=("JPEG", "PNG", "WEBP"))
-    extra = broken_files(images[0].data) | {"copies/again.jpg": images[0].data}
-    write_corpus(str(root / "images"), images, extra=extra, subdir="people")
-    write_coco(str(root / "coco.json"), images[:16])
-    return {"images": str(root / "images"), "annotations": str(root / "coco.json"), "root": str(root)}
 
 
 def _config(*overrides: str) -> ShardJobConfig:
@@ -42,22 +30,22 @@ def _config(*overrides: str) -> ShardJobConfig:
 
 
 @pytest.fixture(scope="module")
-def reference_run(corpus: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+def reference_run(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
     """One in-memory run everything else is compared with."""
     output = str(tmp_path_factory.mktemp("out") / "shards")
     manifest = run(
-        _config(f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}")
+        _config(f"input.images={corpus.images}", f"input.annotations={corpus.annotations}", f"output={output}")
     )
     return output, manifest
 
 
-def test_every_input_file_is_sharded_or_reported(reference_run: tuple[str, dict]) -> None:
+def test_every_input_file_is_sharded_or_reported(reference_run: tuple[str, dict], corpus: Corpus) -> None:
     output, manifest = reference_run
     counts = manifest["counts"]
-    assert counts["files_in"] == N_IMAGES + 5
-    assert counts["images_sharded"] == N_IMAGES + 1  # the duplicate is sharded and reported
+    assert counts["files_in"] == corpus.n_files
+    assert counts["images_sharded"] == corpus.n_images + 1  # the duplicate is sharded and reported
     assert counts["reconciled"] is True
-    assert counts["errors_by_reason"] == {"corrupt_image": 2, "not_an_image": 1, "zero_bytes": 1}
+    assert counts["errors_by_reason"] == {"corrupt_image": 2, "not_an_image": 1, "zero_bytes": 1}  # n_broken
     assert (counts["duplicate_groups"], counts["duplicate_files"]) == (1, 1)
     errors = pq.read_table(Path(output, "_errors.parquet")).to_pylist()
     assert sorted(Path(e["source_uri"]).name for e in errors) == [
@@ -86,7 +74,9 @@ def test_shards_respect_caps_and_hold_sorted_keys(reference_run: tuple[str, dict
             assert hashlib.sha1(f.read()).hexdigest() == shard["tar_sha1"]
 
 
-def test_shards_read_back_with_webdataset_and_annotations_joined(reference_run: tuple[str, dict]) -> None:
+def test_shards_read_back_with_webdataset_and_annotations_joined(
+    reference_run: tuple[str, dict], corpus: Corpus
+) -> None:
     output, manifest = reference_run
     urls = [str(Path(output, f"{s['shard']}.tar")) for s in manifest["shards"]]
     samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
@@ -100,25 +90,27 @@ def test_shards_read_back_with_webdataset_and_annotations_joined(reference_run: 
         if meta["annotated"]:
             assert all(len(p["keypoints"]) == 17 for p in meta["persons"])
     assert persons == manifest["counts"]["persons"] > 0
-    assert manifest["counts"]["images_annotated"] == 16
+    assert manifest["counts"]["images_annotated"] == corpus.n_annotated
 
 
-def test_rerun_refuses_then_overwrite_is_byte_identical(reference_run: tuple[str, dict], corpus: dict) -> None:
+def test_rerun_refuses_then_overwrite_is_byte_identical(reference_run: tuple[str, dict], corpus: Corpus) -> None:
     output, _ = reference_run
     before = shard_set_digests(output)
-    args = (f"input.images={corpus['images']}", f"input.annotations={corpus['annotations']}", f"output={output}")
+    args = (f"input.images={corpus.images}", f"input.annotations={corpus.annotations}", f"output={output}")
     with pytest.raises(ConfigError, match="overwrite=true"):
         run(_config(*args))
     run(_config(*args, "overwrite=true"))
     assert shard_set_digests(output) == before
 
 
-def test_multi_processing_gives_the_same_bytes(reference_run: tuple[str, dict], corpus: dict, tmp_path: Path) -> None:
+def test_multi_processing_gives_the_same_bytes(
+    reference_run: tuple[str, dict], corpus: Corpus, tmp_path: Path
+) -> None:
     output = str(tmp_path / "mp")
     run(
         _config(
-            f"input.images={corpus['images']}",
-            f"input.annotations={corpus['annotations']}",
+            f"input.images={corpus.images}",
+            f"input.annotations={corpus.annotations}",
             f"output={output}",
             "runner.running_mode=multi_processing",
             "runner.num_workers=2",
@@ -128,13 +120,13 @@ def test_multi_processing_gives_the_same_bytes(reference_run: tuple[str, dict], 
 
 
 def test_portable_runner_loopback_gives_the_same_bytes(
-    reference_run: tuple[str, dict], corpus: dict, tmp_path: Path, beam_job_endpoint: str
+    reference_run: tuple[str, dict], corpus: Corpus, tmp_path: Path, beam_job_endpoint: str
 ) -> None:
     output = str(tmp_path / "portable")
     run(
         _config(
-            f"input.images={corpus['images']}",
-            f"input.annotations={corpus['annotations']}",
+            f"input.images={corpus.images}",
+            f"input.annotations={corpus.annotations}",
             f"output={output}",
             "runner=portable",
             f"runner.job_endpoint={beam_job_endpoint}",
@@ -144,7 +136,7 @@ def test_portable_runner_loopback_gives_the_same_bytes(
 
 
 @pytest.mark.parametrize("kind", ["txt", "parquet", "glob"])
-def test_manifest_and_glob_inputs(corpus: dict, tmp_path: Path, kind: str) -> None:
+def test_manifest_and_glob_inputs(corpus: Corpus, tmp_path: Path, kind: str) -> None:
     images = sorted(str(p) for p in Path(corpus["images"], "people").iterdir())[:5]
     if kind == "txt":
         Path(tmp_path, "list.txt").write_text("# five images\n" + "\n".join(images) + "\n\n")
@@ -153,13 +145,13 @@ def test_manifest_and_glob_inputs(corpus: dict, tmp_path: Path, kind: str) -> No
         pq.write_table(pa.table({"uri": images}), tmp_path / "list.parquet")
         source = f"input.manifest={tmp_path}/list.parquet"
     else:
-        source = f"input.images='{corpus['images']}/people/img_0000[0-4].*'"  # quoted: [] is hydra list syntax
+        source = f"input.images='{corpus.images}/people/img_0000[0-4].*'"  # quoted: [] is hydra list syntax
     manifest = run(_config(source, f"output={tmp_path}/out"))
     assert manifest["counts"]["files_in"] == manifest["counts"]["images_sharded"] == 5
 
 
 @pytest.mark.s3
-def test_s3_corpus_to_s3_shards(corpus: dict, s3_bucket: str, s3_server, tmp_path: Path) -> None:
+def test_s3_corpus_to_s3_shards(corpus: Corpus, s3_bucket: str, s3_server, tmp_path: Path) -> None:
     storage_overrides = [
         "storage=s3",
         f"storage.s3_endpoint_url={s3_server.endpoint_url}",
@@ -170,10 +162,10 @@ def test_s3_corpus_to_s3_shards(corpus: dict, s3_bucket: str, s3_server, tmp_pat
     storage = Storage(cfg.storage)
     for path in sorted(Path(corpus["images"]).rglob("*")):
         if path.is_file():
-            storage.write_bytes(f"{s3_bucket}/corpus/{path.relative_to(corpus['images'])}", path.read_bytes())
+            storage.write_bytes(f"{s3_bucket}/corpus/{path.relative_to(corpus.images)}", path.read_bytes())
     manifest = run(cfg)
     assert manifest["counts"]["reconciled"]
-    assert manifest["counts"]["images_sharded"] == N_IMAGES + 1
+    assert manifest["counts"]["images_sharded"] == corpus.n_images + 1
     first = manifest["shards"][0]["shard"]
     data = storage.read_bytes(f"{s3_bucket}/shards/{first}.tar")
     local = tmp_path / f"{first}.tar"
@@ -188,7 +180,7 @@ def test_s3_corpus_to_s3_shards(corpus: dict, s3_bucket: str, s3_server, tmp_pat
 
 @pytest.mark.s3
 def test_s3_multi_processing_workers_authenticate_from_the_environment(
-    corpus: dict, s3_bucket: str, s3_server, tmp_path: Path
+    corpus: Corpus, s3_bucket: str, s3_server, tmp_path: Path
 ) -> None:
     storage_overrides = [
         "storage=s3",
@@ -198,27 +190,27 @@ def test_s3_multi_processing_workers_authenticate_from_the_environment(
     ]
     manifest = run(
         _config(
-            f"input.images={corpus['images']}/people",
+            f"input.images={corpus.images}/people",
             f"output={s3_bucket}/mp",
             *storage_overrides,
             "runner.running_mode=multi_processing",
             "runner.num_workers=2",
         )
     )
-    assert manifest["counts"]["images_sharded"] == N_IMAGES
+    assert manifest["counts"]["images_sharded"] == corpus.n_images
 
 
-def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: dict, tmp_path: Path) -> None:
+def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: Corpus, tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "pipelines.shard.job"]
     bad = subprocess.run(
-        [*cli, f"input.images={corpus['images']}", f"output={tmp_path}/o", "shard.max_samples=0"],
+        [*cli, f"input.images={corpus.images}", f"output={tmp_path}/o", "shard.max_samples=0"],
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2
     assert "shard.max_samples must be >= 1" in bad.stderr
     typo = subprocess.run(
-        [*cli, f"input.images={corpus['images']}", f"output={tmp_path}/o", "shard.max_sample=3"],
+        [*cli, f"input.images={corpus.images}", f"output={tmp_path}/o", "shard.max_sample=3"],
         capture_output=True,
         text=True,
     )
@@ -230,12 +222,12 @@ def test_cli_reports_configuration_errors_and_prints_a_summary(corpus: dict, tmp
     assert empty.returncode == 2
     assert "lists no files" in empty.stderr
     good = subprocess.run(
-        [*cli, f"input.images={corpus['images']}/people", f"output={tmp_path}/o", "log_level=WARNING"],
+        [*cli, f"input.images={corpus.images}/people", f"output={tmp_path}/o", "log_level=WARNING"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert f"{N_IMAGES} images in" in good.stdout
+    assert f"{corpus.n_images} images in" in good.stdout
     assert "reconciled" in good.stdout
 
 
@@ -287,12 +279,12 @@ def test_crowdpose_annotations_shard_with_coco17_joints(tmp_path: Path) -> None:
     assert person["keypoints"][16] == [10.0 + right_ankle, 20.0 + right_ankle, 2]  # COCO 16 = right_ankle
 
 
-def test_drop_duplicates_keeps_the_smallest_key_and_reports_the_rest(corpus: dict, tmp_path: Path) -> None:
+def test_drop_duplicates_keeps_the_smallest_key_and_reports_the_rest(corpus: Corpus, tmp_path: Path) -> None:
     output = tmp_path / "dedup"
-    manifest = run(_config(f"input.images={corpus['images']}", f"output={output}", "shard.drop_duplicates=true"))
+    manifest = run(_config(f"input.images={corpus.images}", f"output={output}", "shard.drop_duplicates=true"))
     counts = manifest["counts"]
     assert counts["reconciled"] is True
-    assert counts["images_sharded"] == N_IMAGES  # the copy is left out
+    assert counts["images_sharded"] == corpus.n_images  # the copy is left out
     assert counts["errors_by_reason"]["duplicate"] == 1
     assert (counts["duplicate_groups"], counts["duplicate_files"]) == (1, 1)
     (group,) = manifest["duplicates"]

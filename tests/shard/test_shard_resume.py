@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.config import ConfigError, ShardJobConfig, compose_config
 from pipelines.shard.job import run
-from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.corpus import Corpus
 from tests.fakes.digests import identities, shard_set_digests
 from tests.fakes.kill import kill_after_write
 from tests.fakes.writes import recorded_writes
@@ -20,17 +20,17 @@ _ENTRY = "sys.argv[0] = 'dpmesh-shard'\nfrom pipelines.shard.job import main; ma
 _MARKER = r"/_shards/shard-\d+\.json$"
 
 
-def _args(corpus: Path, output: Path) -> list[str]:
+def _args(corpus: Corpus, output: Path) -> list[str]:
     return [
-        f"input.images={corpus / 'images'}",
-        f"input.annotations={corpus / 'coco.json'}",
+        f"input.images={corpus.images}",
+        f"input.annotations={corpus.annotations}",
         f"output={output}",
         "shard.max_samples=3",
         "log_level=WARNING",
     ]
 
 
-def _config(corpus: Path, output: Path, *more: str) -> ShardJobConfig:
+def _config(corpus: Corpus, output: Path, *more: str) -> ShardJobConfig:
     return compose_config("dpmesh_shard", [*_args(corpus, output), *more], ShardJobConfig)
 
 
@@ -40,16 +40,7 @@ def _digests(output: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("resume")
-    images = make_images(30, seed=21, width=96, height=64, formats=("JPEG", "PNG"))
-    write_corpus(str(root / "images"), images, extra=broken_files(images[0].data))
-    write_coco(str(root / "coco.json"), images[:20])
-    return root
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict]:
+def uninterrupted(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict]:
     """The digests and manifest of an uninterrupted run, which every resumed run must end equal to."""
     reference = tmp_path_factory.mktemp("uninterrupted") / "shards"
     manifest = run(_config(corpus, reference))
@@ -57,7 +48,7 @@ def uninterrupted(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 def test_a_killed_run_resumes_without_rewriting_finished_shards(
-    corpus: Path, uninterrupted: tuple[dict[str, str], dict], tmp_path: Path
+    corpus: Corpus, uninterrupted: tuple[dict[str, str], dict], tmp_path: Path
 ) -> None:
     expected_digests, expected = uninterrupted
     total = len(expected["shards"])
@@ -96,7 +87,7 @@ def test_a_killed_run_resumes_without_rewriting_finished_shards(
     assert _digests(output) == expected_digests, "same bytes as an uninterrupted run: nothing missing or doubled"
 
 
-def test_a_finished_set_is_refused_and_another_configs_shards_too(corpus: Path, tmp_path: Path) -> None:
+def test_a_finished_set_is_refused_and_another_configs_shards_too(corpus: Corpus, tmp_path: Path) -> None:
     output = tmp_path / "set"
     run(_config(corpus, output))
     with pytest.raises(ConfigError, match="complete shard set"):
@@ -121,7 +112,7 @@ _BOUNDARIES = {
 
 @pytest.mark.parametrize("boundary", list(_BOUNDARIES))
 def test_a_kill_at_any_write_boundary_resumes_to_the_same_bytes(
-    corpus: Path, uninterrupted: tuple[dict[str, str], dict], tmp_path: Path, boundary: str
+    corpus: Corpus, uninterrupted: tuple[dict[str, str], dict], tmp_path: Path, boundary: str
 ) -> None:
     output = tmp_path / "killed"
     process = subprocess.run(

@@ -20,7 +20,7 @@ from pipelines.config.storage import StorageConfig
 from pipelines.label.job import run as label
 from pipelines.shard.job import run as shard
 from pipelines.storage import Storage
-from tests.fakes.corpus import broken_files, make_images, write_coco, write_corpus
+from tests.fakes.corpus import Corpus
 from tests.fakes.digests import digests
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.gcs_server import GcsServerInfo, delete_bucket, gcs_client
@@ -28,8 +28,8 @@ from tests.gcs_server import GcsServerInfo, delete_bucket, gcs_client
 
 pytestmark = pytest.mark.gcs
 
-N_IMAGES = 10
-MAX_SAMPLES = 4
+
+MAX_SAMPLES = 8  # the shared corpus in 4 shards
 
 
 def _gcs(server: GcsServerInfo) -> list[str]:
@@ -52,29 +52,25 @@ def bucket(gcs_server: GcsServerInfo) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, gcs_server: GcsServerInfo, bucket: str) -> dict[str, str]:
-    """10 annotated images (jpg/png/webp) and 4 broken files, uploaded to ``gs://<bucket>/corpus``."""
-    root = tmp_path_factory.mktemp("gcs-corpus")
-    images = make_images(N_IMAGES, seed=5, width=200, height=150, formats=("JPEG", "PNG", "WEBP"), persons=(1, 2))
-    write_corpus(str(root / "images"), images, extra=broken_files(images[0].data), subdir="people")
-    write_coco(str(root / "coco.json"), images)
+def gcs_corpus(corpus: Corpus, gcs_server: GcsServerInfo, bucket: str) -> dict[str, str]:
+    """The shared corpus (images of three formats, broken files, a duplicate), uploaded to ``gs://<bucket>``."""
     storage = Storage(StorageConfig(gcs_endpoint_url=gcs_server.endpoint_url))
-    for path in sorted(p for p in (root / "images").rglob("*") if p.is_file()):
-        storage.upload_file(str(path), f"{bucket}/corpus/{path.relative_to(root / 'images')}")
-    storage.upload_file(str(root / "coco.json"), f"{bucket}/coco.json")
+    for path in sorted(p for p in Path(corpus.images).rglob("*") if p.is_file()):
+        storage.upload_file(str(path), f"{bucket}/corpus/{path.relative_to(corpus.images)}")
+    storage.upload_file(corpus.annotations, f"{bucket}/coco.json")
     return {"images": f"{bucket}/corpus", "annotations": f"{bucket}/coco.json"}
 
 
 @pytest.fixture(scope="module")
-def gcs_shards(corpus: dict[str, str], gcs_server: GcsServerInfo, bucket: str) -> tuple[str, dict[str, Any]]:
+def gcs_shards(gcs_corpus: dict[str, str], gcs_server: GcsServerInfo, bucket: str) -> tuple[str, dict[str, Any]]:
     """dpmesh-shard from ``gs://`` to ``gs://``, on two multi-processing workers that know only the config."""
     output = f"{bucket}/shards"
     manifest = shard(
         compose_config(
             "dpmesh_shard",
             [
-                f"input.images={corpus['images']}",
-                f"input.annotations={corpus['annotations']}",
+                f"input.images={gcs_corpus['images']}",
+                f"input.annotations={gcs_corpus['annotations']}",
                 f"output={output}",
                 f"shard.max_samples={MAX_SAMPLES}",
                 "log_level=WARNING",
@@ -89,18 +85,22 @@ def gcs_shards(corpus: dict[str, str], gcs_server: GcsServerInfo, bucket: str) -
 
 
 def test_shard_gcs_to_gcs_equals_gcs_to_local(
-    gcs_shards: tuple[str, dict[str, Any]], corpus: dict[str, str], gcs_server: GcsServerInfo, tmp_path: Path
+    gcs_shards: tuple[str, dict[str, Any]],
+    gcs_corpus: dict[str, str],
+    corpus: Corpus,
+    gcs_server: GcsServerInfo,
+    tmp_path: Path,
 ) -> None:
     output, manifest = gcs_shards
     assert manifest["counts"]["reconciled"]
-    assert manifest["counts"]["images_sharded"] == N_IMAGES
-    assert sum(manifest["counts"]["errors_by_reason"].values()) == 4
+    assert manifest["counts"]["images_sharded"] == corpus.n_images + corpus.n_duplicates
+    assert sum(manifest["counts"]["errors_by_reason"].values()) == corpus.n_broken
     local = str(tmp_path / "shards")
     cfg = compose_config(
         "dpmesh_shard",
         [
-            f"input.images={corpus['images']}",
-            f"input.annotations={corpus['annotations']}",
+            f"input.images={gcs_corpus['images']}",
+            f"input.annotations={gcs_corpus['annotations']}",
             f"output={local}",
             f"shard.max_samples={MAX_SAMPLES}",
             "log_level=WARNING",
@@ -111,8 +111,9 @@ def test_shard_gcs_to_gcs_equals_gcs_to_local(
     shard(cfg)
     storage = Storage(cfg.storage)
     remote = digests(output, "*.*", storage=storage)
-    # tar + index per shard, _errors.parquet, _manifest.json, _intent.json
-    assert len(remote) == 2 * len(manifest["shards"]) + 3
+    # a tar and an index per shard, and the set's own files
+    assert len([name for name in remote if name.startswith("shard-")]) == 2 * len(manifest["shards"])
+    assert {"_errors.parquet", "_manifest.json", "_intent.json"} <= set(remote)
     written = {name: digest for name, digest in remote.items() if name != "_manifest.json"}
     assert written == {k: v for k, v in digests(local, "*.*", storage=storage).items() if k != "_manifest.json"}
     manifests = [json.loads(storage.read_bytes(f"{root}/_manifest.json")) for root in (output, local)]
