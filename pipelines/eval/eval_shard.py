@@ -4,7 +4,7 @@ driver; resources (storage clients, body models) are made in ``setup()`` where t
 
 * `SplitLabelsFn` (one label group in): with one bucket it reads nothing and hands the group's files on; with
   several it reads each file's evaluation columns and writes the rows of each bucket to
-  ``<work>/labels/b<bucket>/g<group>.parquet`` (with ``_order``, ``_shard`` and ``_has_signals`` columns: where
+  ``<work>/labels/b<bucket>/g<group>-<k>.parquet`` (with ``_order``, ``_shard`` and ``_has_signals`` columns: where
   each row came from). Out: ``(bucket, LabelPiece)``, small records.
 * `JoinBucketFn` (one bucket and its pieces in): loads the bucket's ground truth (at most about ``bucket_persons``
   persons), reads its label pieces a batch at a time, computes the matched persons' errors (vectorised), writes them
@@ -26,21 +26,20 @@ from apache_beam.metrics import Metrics
 
 from pipelines.config.storage import StorageConfig
 from pipelines.eval.buckets import bucket_of, label_identity
-from pipelines.eval.ground_truth_files import RangedFile, read_batches
+from pipelines.eval.ground_truth_files import parquet_file, read_batches
 from pipelines.eval.ground_truth_table import GroundTruthTable
 from pipelines.eval.join import BucketJoin
 from pipelines.eval.label_columns import COLUMNS, SIGNALS, LabelColumns, read_label_table
 from pipelines.eval.meshes import BodyModelFiles, MeshBuilder, load_h36m_regressor, load_meshes
-from pipelines.eval.plan import LabelFile, LabelGroup
+from pipelines.eval.plan import LABEL_BATCH_ROWS, LabelFile, LabelGroup
 from pipelines.eval.summary import EvalPartial, SummaryLimits
-from pipelines.parquet_io import parquet_bytes
+from pipelines.eval.work_files import BucketWriters
 from pipelines.storage import Storage, join
 from schemas.eval_persons import EVAL_PERSONS_SCHEMA
 
 
 EVAL_METRICS = "dpmesh_eval"  # Beam metrics namespace of dpmesh-eval's steps
 PERSONS_FOLDER = "persons"
-LABEL_BATCH_ROWS = 50_000  # label rows read and joined at once (bounds a join worker's memory with the bucket)
 _ORDER, _SHARD, _HAS_SIGNALS = "_order", "_shard", "_has_signals"
 
 
@@ -78,8 +77,8 @@ class LabelPiece:
 
 
 def _read_columns(storage: Storage, uri: str) -> Iterator[pa.Table]:
-    """A label Parquet file's evaluation columns, `LABEL_BATCH_ROWS` rows at a time (ranged reads)."""
-    parquet = pq.ParquetFile(RangedFile(storage, uri))
+    """A label Parquet file's evaluation columns, `LABEL_BATCH_ROWS` rows at a time."""
+    parquet = parquet_file(storage, uri)
     names = set(parquet.schema_arrow.names)
     wanted = [c for c in (*COLUMNS, _ORDER, _SHARD, _HAS_SIGNALS) if c in names]
     for batch in parquet.iter_batches(batch_size=LABEL_BATCH_ROWS, columns=wanted):
@@ -111,39 +110,25 @@ class SplitLabelsFn(beam.DoFn):
         if s.buckets == 1:
             yield 0, LabelPiece(group.index, files=group.files)
             return
-        by_bucket: dict[int, list[pa.Table]] = {}
-        for f in group.files:
-            start = 0
-            for table in _read_columns(self._storage, f.uri):
-                table = _with_origin(table, f, start)
-                start += table.num_rows
-                ids = [table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
-                       for c in ("sample_id", "image_key", "source_uri")]  # fmt: skip
-                of = np.fromiter(
-                    (bucket_of(label_identity(s.rule, *row), s.buckets) for row in zip(*ids, strict=True)),
-                    dtype=np.int64,
-                    count=table.num_rows,
-                )
-                for b in np.unique(of).tolist():
-                    by_bucket.setdefault(b, []).append(table.filter(pa.array(of == b)))
-        for b, tables in sorted(by_bucket.items()):
-            uris = self._write(b, group.index, tables)
+        with BucketWriters(self._storage, join(s.work, "labels"), f"g{group.index:06d}") as writers:
+            for f in group.files:
+                start = 0
+                for table in _read_columns(self._storage, f.uri):
+                    table = _with_origin(table, f, start)
+                    start += table.num_rows
+                    ids = [table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
+                           for c in ("sample_id", "image_key", "source_uri")]  # fmt: skip
+                    of = np.fromiter(
+                        (bucket_of(label_identity(s.rule, *row), s.buckets) for row in zip(*ids, strict=True)),
+                        dtype=np.int64,
+                        count=table.num_rows,
+                    )
+                    for b in np.unique(of).tolist():
+                        writers.write(b, table.filter(pa.array(of == b)))
+            pieces = writers.finish()
+        for b, uris in pieces.items():
             Metrics.counter(EVAL_METRICS, "label_pieces_written").inc(len(uris))
             yield b, LabelPiece(group.index, split=uris)
-
-    def _write(self, bucket: int, group: int, tables: list[pa.Table]) -> tuple[str, ...]:
-        """One file of the bucket's rows; one per source table if hand-edited files' types cannot be unified."""
-        folder = join(self._settings.work, "labels", f"b{bucket:05d}")
-        try:
-            merged = [pa.concat_tables(tables, promote_options="permissive")]
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            merged = tables
-        uris = []
-        for i, table in enumerate(merged):
-            uri = join(folder, f"g{group:06d}.parquet" if len(merged) == 1 else f"g{group:06d}-{i:05d}.parquet")
-            self._storage.write_bytes(uri, parquet_bytes(table))
-            uris.append(uri)
-        return tuple(uris)
 
 
 class JoinBucketFn(beam.DoFn):

@@ -168,9 +168,12 @@ class WriteEvaluationFn(beam.DoFn):
     def __init__(self, settings: FinishSettings) -> None:
         self._settings = settings
 
+    def setup(self) -> None:
+        self._storage = Storage(self._settings.storage)
+
     def process(self, partial: EvalPartial) -> Iterator[dict[str, Any]]:
         s = self._settings
-        storage = Storage(s.storage)
+        storage = self._storage
         result = finish(
             partial,
             ground_truth_persons=s.ground_truth_persons,

@@ -1,5 +1,6 @@
-"""Reading ground-truth files a batch at a time: Parquet of the documented layout (read through ranged reads, one
-record batch at a time, so a large file never sits in memory whole) and 3DPW sequence pickles (small: one batch).
+"""Reading ground-truth files a batch at a time: Parquet of the documented layout (one record batch at a time, so
+a large file never sits in memory whole) and 3DPW sequence pickles (small: one batch). `parquet_file` opens any
+Parquet file of the evaluation that way: local files directly, objects through ranged reads.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pipelines.eval.ground_truth import GroundTruthPerson, GroundTruthRowError, 
 from pipelines.eval.ground_truth_table import GroundTruthTable, read_table
 from pipelines.eval.pw3d import sequence_file_persons
 from pipelines.storage import Storage
+from pipelines.storage.uri import parse_uri
 
 
 SUFFIXES = (".parquet", ".pkl")
-# Rows per record batch of a ground-truth Parquet: ~60 MB of float64 arrays at most (joints and SMPL parameters).
-BATCH_ROWS = 50_000
+# Rows per record batch of a ground-truth Parquet: ~10 MB of float64 arrays (joints and SMPL parameters). Parquet
+# decodes a whole row group at once: a file written with huge row groups costs their size while read.
+BATCH_ROWS = 8192
 
 
 class RangedFile(io.RawIOBase):
@@ -53,6 +56,12 @@ class RangedFile(io.RawIOBase):
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def parquet_file(storage: Storage, uri: str) -> pq.ParquetFile:
+    """A Parquet file to read by record batches: a local path as such, an object through `RangedFile`."""
+    parsed = parse_uri(uri)
+    return pq.ParquetFile(parsed.key if parsed.scheme == "file" else RangedFile(storage, uri))
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,7 @@ def read_batches(storage: Storage, uri: str, batch_rows: int = BATCH_ROWS) -> It
         )
         return
     try:
-        parquet = pq.ParquetFile(RangedFile(storage, uri))
+        parquet = parquet_file(storage, uri)
     except (OSError, ValueError) as exc:  # not Parquet, truncated
         raise ValueError(f"{uri}: not a readable Parquet file ({exc})") from exc
     start = 0

@@ -27,6 +27,7 @@ from pipelines.eval.ground_truth import (
     GroundTruthRowError,
     person_from_row,
 )
+from schemas import fixed_list_to_numpy
 
 
 GENDER_CODES = ("neutral", "male", "female")
@@ -44,7 +45,8 @@ class GroundTruthTable:
         person_idx: `(N,)` int64 person index (-1 for ``sample_id`` persons, whose key does not use it).
         joints: `(N, 72)` float64 SMPL-24 joints, metres, camera frame; NaN where ``has_joints`` is False.
         has_joints: `(N,)` bool.
-        smpl: `(N, 82)` float64 global_orient (3), body_pose (69), betas (10); NaN where ``has_smpl`` is False.
+        smpl: `(N, 82)` float64 global_orient (3), body_pose (69), betas (10); NaN where ``has_smpl`` is False;
+            `(N, 0)` when no person has them (ground truth given as joints holds no 82 NaN per person).
         has_smpl: `(N,)` bool.
         gender: `(N,)` int8 index into `GENDER_CODES`.
         row: `(N,)` int64 where each person was read: its row in its file (its index for a 3DPW file), for
@@ -73,7 +75,7 @@ class GroundTruthTable:
         """The table of ``persons`` (checked `GroundTruthPerson` objects), in their order."""
         n = len(persons)
         joints = np.full((n, 72), np.nan)
-        smpl = np.full((n, SMPL_SIZE), np.nan)
+        smpl = np.full((n, SMPL_SIZE if any(p.has_smpl for p in persons) else 0), np.nan)
         kind, keys, idx = np.zeros(n, np.int8), [], np.full(n, -1, np.int64)
         for i, p in enumerate(persons):
             k, key = p.join_key()
@@ -122,7 +124,9 @@ class GroundTruthTable:
             person_idx=np.concatenate([t.person_idx for t in tables]),
             joints=np.concatenate([t.joints for t in tables]),
             has_joints=np.concatenate([t.has_joints for t in tables]),
-            smpl=np.concatenate([t.smpl for t in tables]),
+            smpl=np.concatenate([_full_smpl(t) for t in tables])
+            if any(t.smpl.shape[1] for t in tables)
+            else (np.empty((sum(len(t) for t in tables), 0))),
             has_smpl=np.concatenate([t.has_smpl for t in tables]),
             gender=np.concatenate([t.gender for t in tables]),
             row=np.concatenate([t.row for t in tables]),
@@ -142,6 +146,8 @@ class GroundTruthTable:
                 [key if k == of_kind else None for k, key in zip(kinds, self.key, strict=True)], pa.string()
             )
 
+        smpl = _full_smpl(self)
+
         def values(array: np.ndarray, present: np.ndarray, size: int) -> pa.Array:
             # Variable-size lists: Parquet does not read back null entries of fixed-size lists (pyarrow 25).
             flat = pa.array(np.ascontiguousarray(array, dtype=np.float64).reshape(-1), pa.float64())
@@ -158,26 +164,41 @@ class GroundTruthTable:
                     pa.int64(),
                 ),
                 "joints_3d": values(self.joints, self.has_joints, 72),
-                "global_orient": values(self.smpl[:, :3], self.has_smpl, 3),
-                "body_pose": values(self.smpl[:, 3:72], self.has_smpl, 69),
-                "betas": values(self.smpl[:, 72:], self.has_smpl, 10),
+                "global_orient": values(smpl[:, :3], self.has_smpl, 3),
+                "body_pose": values(smpl[:, 3:72], self.has_smpl, 69),
+                "betas": values(smpl[:, 72:], self.has_smpl, 10),
                 "gender": pa.array([GENDER_CODES[g] for g in self.gender.tolist()], pa.string()),
             }
         )
+
+
+def _full_smpl(table: GroundTruthTable) -> np.ndarray:
+    """``table.smpl`` as `(N, 82)` (NaN where absent), for concatenating with tables that have parameters."""
+    return table.smpl if table.smpl.shape[1] else np.full((len(table), SMPL_SIZE), np.nan)
 
 
 def _numeric_lists(column: pa.ChunkedArray | None, n: int, size: int, at_least: bool) -> tuple[np.ndarray, ...]:
     """A list column as ``(values (n, size) float64, present (n,), fast_ok (n,))``: ``fast_ok`` where the row is
     null or holds ``size`` (``at_least``: that many or more, the first kept) finite numbers; other rows are left to
     ``person_from_row``."""
-    values = np.full((n, size), np.nan)
-    if column is None:
-        return values, np.zeros(n, bool), np.ones(n, bool)
+    if column is None:  # no values at all: nothing is allocated
+        return np.empty((n, 0)), np.zeros(n, bool), np.ones(n, bool)
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     present = array.is_valid().to_numpy(zero_copy_only=False)
     kind = array.type
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
     leaf = kind.value_type if is_list else None
+    if pa.types.is_fixed_size_list(kind) and array.null_count == 0:  # the common layout: read without copies
+        try:
+            fixed = fixed_list_to_numpy(array)
+        except ValueError:  # a null inside, or nested lists of another kind
+            fixed = None
+        if fixed is not None and fixed.dtype.kind in "fiu":
+            flat = fixed.reshape(n, -1)
+            if flat.shape[1] == size or (at_least and flat.shape[1] > size):
+                values = flat[:, :size].astype(np.float64)
+                return values, present, np.isfinite(values).all(axis=1)
+    values = np.full((n, size), np.nan)
     if leaf is None or not (pa.types.is_floating(leaf) or pa.types.is_integer(leaf)):
         return values, present, ~present  # another type: person_from_row names the problem of each filled row
     if pa.types.is_fixed_size_list(kind):  # a null fixed-size list still holds slots: as a list it holds none
@@ -266,14 +287,20 @@ def read_table(table: pa.Table, where: str, first_row: int = 0) -> tuple[GroundT
         (s or "") if k == SAMPLE_ID else ((key or "") if k == IMAGE_KEY else (path or "").strip("/"))
         for s, key, path, k in zip(sample_id, image_key, image_path, kind.tolist(), strict=True)
     ]
-    smpl = np.concatenate([arrays["global_orient"][0], arrays["body_pose"][0], arrays["betas"][0]], axis=1)
+    joints = arrays["joints_3d"][0] if has_joints.all() else np.full((n, 72), np.nan)
+    if has_joints.any() and not has_joints.all():
+        joints[has_joints] = arrays["joints_3d"][0][has_joints]
+    smpl = np.empty((n, 0))  # no SMPL parameters in this batch (GroundTruthTable.smpl)
+    if has_smpl.any():
+        parts = [arrays[name][0] for name in ("global_orient", "body_pose", "betas")]
+        smpl = np.where(has_smpl[:, None], np.concatenate(parts, axis=1), np.nan)
     whole = GroundTruthTable(
         kind=kind.astype(np.int8),
         key=keys,
         person_idx=np.where(has_sid, -1, idx),
-        joints=np.where(has_joints[:, None], arrays["joints_3d"][0], np.nan),
+        joints=joints,
         has_joints=has_joints,
-        smpl=np.where(has_smpl[:, None], smpl, np.nan),
+        smpl=smpl,
         has_smpl=has_smpl,
         gender=gender,
         row=first_row + np.arange(n, dtype=np.int64),

@@ -102,7 +102,8 @@ def check_outputs(cfg: EvalJobConfig, storage: Storage) -> None:
 def build_pipeline(p: beam.Pipeline, cfg: EvalJobConfig, plan: EvalPlan, run_id: str) -> None:
     """Adds the evaluation of ``plan`` to ``p`` (module docstring)."""
     gt = plan.ground_truth
-    limits = SummaryLimits(cfg.quality_sample, cfg.calibration.max_persons, cfg.persons_json_max)
+    calibration_sample = cfg.calibration.max_persons if cfg.fit_confidence else 0
+    limits = SummaryLimits(cfg.quality_sample, calibration_sample, cfg.persons_json_max)
     settings = EvalSettings(
         storage=cfg.storage,
         output=cfg.output,

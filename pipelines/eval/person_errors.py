@@ -26,6 +26,8 @@ from pipelines.eval.meshes import MeshBuilder
 METRICS: tuple[str, ...] = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "lsp14_mpjpe_mm", "lsp14_pa_mpjpe_mm")
 # Persons whose meshes are built at once: 2 x 64 x 6890 x 3 float64 vertices is ~21 MB.
 MESH_CHUNK = 64
+# Persons whose joint errors are computed at once: the Procrustes temporaries stay near 10 MB per array.
+JOINT_CHUNK = 8192
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,11 @@ def matched_errors(
     with_joints = gt.has_joints | meshed
     applies["mpjpe_mm"] = applies["pa_mpjpe_mm"] = with_joints
     pred = np.asarray(joints, np.float64).reshape(n, 24, 3)
-    values["mpjpe_mm"][with_joints] = m.mpjpe_mm_batch(pred[with_joints], gt_joints[with_joints])
-    values["pa_mpjpe_mm"][with_joints] = m.pa_mpjpe_mm_batch(pred[with_joints], gt_joints[with_joints])
+    rows = np.flatnonzero(with_joints)
+    for start in range(0, rows.size, JOINT_CHUNK):
+        chunk = rows[start : start + JOINT_CHUNK]
+        values["mpjpe_mm"][chunk] = m.mpjpe_mm_batch(pred[chunk], gt_joints[chunk])
+        values["pa_mpjpe_mm"][chunk] = m.pa_mpjpe_mm_batch(pred[chunk], gt_joints[chunk])
     return MatchedErrors(values=values, applies=applies)
 
 

@@ -10,7 +10,7 @@ partitioned by key into the join's buckets.
 * **Buckets.** ``ceil(persons / bucket_persons)`` (`pipelines.eval.buckets` says what is hashed); one bucket holds
   at most about ``bucket_persons`` ground-truth persons, which bounds a join worker's memory.
 * **Ground truth, pass 2** (`partition_ground_truth`, only with more than one bucket): each batch's persons are
-  written to ``<output>/_work/<run>/ground_truth/b<bucket>/s<file>-<batch>.parquet`` in the documented layout. With
+  written to ``<output>/_work/<run>/ground_truth/b<bucket>/s<file>-<k>.parquet`` in the documented layout. With
   one bucket the join reads the ground-truth files themselves.
 """
 
@@ -31,7 +31,7 @@ from pipelines.eval.ground_truth import GroundTruthPerson, duplicate_error
 from pipelines.eval.ground_truth_files import list_sources, read_batches
 from pipelines.eval.label_columns import order_key
 from pipelines.eval.samples import stable_hash64
-from pipelines.parquet_io import parquet_bytes
+from pipelines.eval.work_files import BucketWriters
 from pipelines.storage import Storage, join
 
 
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 WORK_FOLDER = "_work"
 GROUP_BYTES = 32 << 20  # label Parquet per group: its rows are held while split by bucket
 GROUP_FILES = 1000
+LABEL_BATCH_ROWS = 8192  # label rows read and joined at once (with the bucket, what bounds a join worker's memory)
 PROBLEM_EXAMPLES = 5  # messages of left-out ground-truth rows kept for eval.json (the counts cover every row)
 
 
@@ -208,17 +209,18 @@ def partition_ground_truth(
     bucket's files."""
     parts: dict[int, list[str]] = {}
     for s, uri in enumerate(sources):
-        for n, batch in enumerate(read_batches(storage, uri)):
-            table = batch.persons
-            of = np.fromiter(
-                (bucket_of(ground_truth_identity(rule, k, key), buckets) for k, key, _ in table.join_keys()),
-                dtype=np.int64,
-                count=len(table),
-            )
-            for b in np.unique(of).tolist():
-                part = join(work, "ground_truth", f"b{b:05d}", f"s{s:05d}-{n:05d}.parquet")
-                storage.write_bytes(part, parquet_bytes(table.take(np.flatnonzero(of == b)).to_arrow()))
-                parts.setdefault(b, []).append(part)
+        with BucketWriters(storage, join(work, "ground_truth"), f"s{s:05d}") as writers:
+            for batch in read_batches(storage, uri):
+                table = batch.persons
+                of = np.fromiter(
+                    (bucket_of(ground_truth_identity(rule, k, key), buckets) for k, key, _ in table.join_keys()),
+                    dtype=np.int64,
+                    count=len(table),
+                )
+                for b in np.unique(of).tolist():
+                    writers.write(b, table.take(np.flatnonzero(of == b)).to_arrow())
+            for b, uris in writers.finish().items():
+                parts.setdefault(b, []).extend(uris)
     return {b: tuple(uris) for b, uris in sorted(parts.items())}
 
 

@@ -10,7 +10,6 @@ stream holds at most ``capacity`` items the sample is the whole stream (``exact`
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,58 +27,85 @@ def hashes_of(texts: Iterable[object]) -> np.ndarray:
     return np.fromiter((stable_hash64(str(t)) for t in texts), dtype=np.uint64)
 
 
-@dataclass
 class BottomK:
     """At most ``capacity`` items of a stream: those with the smallest ``(hash, order)``.
 
+    Offered items are buffered and cut back to ``capacity`` once the buffer holds as many again (so a stream offered
+    in many small batches is sorted a few times, not once per batch): memory is at most twice the capacity.
+
     Attributes:
-        capacity: the bound.
+        capacity: the bound. seen: items offered so far (the stream's size).
         hashes: `(k,)` uint64, sorted with ``order`` as the tie-break. order: `(k,)` int64.
         columns: name -> `(k, ...)` array of the items' values, aligned with ``hashes``.
-        seen: items offered so far (the stream's size).
     """
 
-    capacity: int
-    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
-    order: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
-    seen: int = 0
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.seen = 0
+        self._parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+        self._buffered = 0
+        self._sorted = True  # _parts is one sorted, cut-back part (or none)
+
+    def __len__(self) -> int:
+        return int(self.hashes.shape[0])
 
     @property
     def exact(self) -> bool:
         """True while the sample holds every item offered."""
         return self.seen <= self.capacity
 
-    def __len__(self) -> int:
-        return int(self.hashes.shape[0])
+    @property
+    def hashes(self) -> np.ndarray:
+        return self._compacted()[0]
+
+    @property
+    def order(self) -> np.ndarray:
+        return self._compacted()[1]
+
+    @property
+    def columns(self) -> dict[str, np.ndarray]:
+        return self._compacted()[2]
 
     def add(self, hashes: np.ndarray, order: np.ndarray, **columns: np.ndarray) -> None:
         """Offers items (``hashes`` `(n,)`, ``order`` `(n,)`, each column `(n, ...)`)."""
-        self.seen += len(hashes)
-        kept = self.columns
-        self._keep(
-            np.concatenate([self.hashes, np.asarray(hashes, np.uint64)]),
-            np.concatenate([self.order, np.asarray(order, np.int64)]),
-            {k: np.concatenate([kept[k], v]) if k in kept else np.asarray(v) for k, v in columns.items()},
-        )
+        n = len(hashes)
+        self.seen += n
+        if n == 0:
+            return
+        self._parts.append((np.asarray(hashes, np.uint64), np.asarray(order, np.int64), dict(columns)))
+        self._buffered += n
+        self._sorted = False
+        if self._buffered > 2 * self.capacity:
+            self._compacted()
 
     def merge(self, other: BottomK) -> BottomK:
-        """A new sample of both streams (the smaller capacity bounds it)."""
-        out = BottomK(min(self.capacity, other.capacity), seen=self.seen + other.seen)
-        names = set(self.columns) | set(other.columns)
-        out._keep(
-            np.concatenate([self.hashes, other.hashes]),
-            np.concatenate([self.order, other.order]),
-            {k: np.concatenate([part.columns[k] for part in (self, other) if k in part.columns]) for k in names},
-        )
+        """A new sample of both streams (the smaller capacity bounds it); neither is changed."""
+        out = BottomK(min(self.capacity, other.capacity))
+        out.seen = self.seen + other.seen
+        out._parts = [p for part in (self, other) if len(part._compacted()[0]) for p in part._parts]
+        out._buffered = sum(len(p[0]) for p in out._parts)
+        out._sorted = False
+        out._compacted()
         return out
 
-    def _keep(self, hashes: np.ndarray, order: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+    def _compacted(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The sample, its buffer cut back to the ``capacity`` smallest ``(hash, order)``, sorted."""
+        if len(self._parts) == 1 and self._sorted:
+            return self._parts[0]
+        if not self._parts:
+            return np.empty(0, np.uint64), np.empty(0, np.int64), {}
+        hashes = np.concatenate([p[0] for p in self._parts])
+        order = np.concatenate([p[1] for p in self._parts])
         keep = np.lexsort((order, hashes))[: self.capacity]
-        self.hashes, self.order = hashes[keep], order[keep]
-        self.columns = {k: v[keep] for k, v in columns.items()}
+        names = self._parts[0][2].keys()
+        columns = {k: np.concatenate([p[2][k] for p in self._parts])[keep] for k in names}
+        self._parts = [(hashes[keep], order[keep], columns)]
+        self._buffered = len(keep)
+        self._sorted = True
+        return self._parts[0]
 
     def in_order(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``(order, columns)`` sorted by ``order``: the items as the stream listed them."""
-        by_order = np.argsort(self.order, kind="stable")
-        return self.order[by_order], {k: v[by_order] for k, v in self.columns.items()}
+        _, order, columns = self._compacted()
+        by_order = np.argsort(order, kind="stable")
+        return order[by_order], {k: v[by_order] for k, v in columns.items()}

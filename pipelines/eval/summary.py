@@ -43,7 +43,8 @@ class SummaryLimits:
 
     Attributes:
         quality_sample: persons sampled per metric for Spearman and the sparsification curve.
-        calibration_sample: persons sampled per quality tier for ``fit_confidence``.
+        calibration_sample: persons sampled per quality tier for ``fit_confidence`` (0: no calibration sample, when
+            nothing is fitted).
         persons_json_max: most persons listed in ``eval_persons.json``.
     """
 
@@ -148,11 +149,12 @@ class EvalPartial:
                 sample = self.quality.setdefault(name, BottomK(self.limits.quality_sample))
                 sample.add(hashes[rows], labels.order[rows], confidence=labels.confidence[rows],
                            error=errors.values[name][rows])  # fmt: skip
-        self._add_calibration(labels, errors, hashes, tiers)
+        if self.limits.calibration_sample:
+            self._add_calibration(labels, errors, hashes, tiers)
+        if self.persons is not None and len(self.persons) + n > self.limits.persons_json_max:
+            self.persons = None  # too many for eval_persons.json: the persons Parquet has them
         if self.persons is not None:
             self.persons += [(int(labels.order[i]), _person(labels, errors, i)) for i in range(n)]
-            if len(self.persons) > self.limits.persons_json_max:
-                self.persons = None
 
     def _add_calibration(
         self, labels: LabelColumns, errors: MatchedErrors, hashes: np.ndarray, tiers: np.ndarray

@@ -78,7 +78,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (old / "_stats.json").unlink()
     for path in (old / "_done").glob("*.json"):
         path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "stats"}))
-    rows = [r for p in sorted((root / "labels").glob("*/shard-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    files = [p for folder in ("annotations", "rejected") for p in sorted((root / "labels" / folder).glob("*.parquet"))]
+    rows = [r for p in files for r in pq.read_table(p).to_pylist()]
     ground_truth = {"sample_id": [r["sample_id"] for r in rows], "joints_3d": [r["joints_3d"] for r in rows]}
     pq.write_table(pa.table(ground_truth), root / "ground_truth.parquet")  # dpmesh-eval's: the labels' own joints
     return root
