@@ -137,7 +137,7 @@ def test_portable_runner_loopback_gives_the_same_bytes(
 
 @pytest.mark.parametrize("kind", ["txt", "parquet", "glob"])
 def test_manifest_and_glob_inputs(corpus: Corpus, tmp_path: Path, kind: str) -> None:
-    images = sorted(str(p) for p in Path(corpus["images"], "people").iterdir())[:5]
+    images = sorted(str(p) for p in Path(corpus.images, "people").iterdir())[:5]
     if kind == "txt":
         Path(tmp_path, "list.txt").write_text("# five images\n" + "\n".join(images) + "\n\n")
         source = f"input.manifest={tmp_path}/list.txt"
@@ -160,7 +160,7 @@ def test_s3_corpus_to_s3_shards(corpus: Corpus, s3_bucket: str, s3_server, tmp_p
     ]
     cfg = _config(f"input.images={s3_bucket}/corpus", f"output={s3_bucket}/shards", *storage_overrides)
     storage = Storage(cfg.storage)
-    for path in sorted(Path(corpus["images"]).rglob("*")):
+    for path in sorted(Path(corpus.images).rglob("*")):
         if path.is_file():
             storage.write_bytes(f"{s3_bucket}/corpus/{path.relative_to(corpus.images)}", path.read_bytes())
     manifest = run(cfg)
