@@ -7,7 +7,7 @@ a Beam step (`pipelines.report.backfill`), from the same function as here.
 
 The format (``version`` :data:`STATS_VERSION`), a JSON object::
 
-    {"version": 1,
+    {"version": 2,
      "rows": {tier: n},                                 # accepted + rejected rows by quality tier
      "reasons": {reason: n},                            # a row counts once for each of its reasons
      "errors": {"<stage>/<reason>": n},                 # error rows (image and person) by stage and reason
@@ -17,19 +17,30 @@ The format (``version`` :data:`STATS_VERSION`), a JSON object::
      "nulls": {column: {tier: n}},                      # null or NaN values of a histogram column
      "levels": {column: {tier: {value: n}}},            # discrete columns (:data:`LEVEL_COLUMNS`) counted by value
      "gallery_left_out": {problem: n},                  # rows whose sample id or tier cannot name a file
-     "pool": {tier: [[priority, folder, row, sample_id], ...]}}  # the gallery's sample, see below
+     "pool": {tier: [[priority, folder, row, sample_id], ...]},  # the gallery's sample, see below
+     "strata": {stratum: n},                            # rows by review stratum (:func:`review_stratum`)
+     "review_pool": {stratum: [[priority, folder, row, sample_id], ...]}}  # the review page's sample, likewise
 
 Histograms have fixed edges, so merging is adding counts and a bin's count is exact; quantiles read from them
 (the report's box plots) are within one bin width of the exact ones (:meth:`Bins.width`). The gallery's sample is
 a bottom-k sample: each row's priority is a hash of its ``sample_id`` and a shard keeps its :data:`GALLERY_POOL`
 lowest per tier, so the lowest :data:`GALLERY_POOL` over all shards are a uniform sample of the tier (whatever
 the shard sizes), found by merging shard by shard. ``row`` is the row's position in its ``folder``'s Parquet file.
+
+The review page (``dpmesh-report review=<n>``) draws persons stratified by confidence band and occlusion level: a
+row's stratum is ``"<band>|<level>"`` (:func:`review_stratum`: :data:`CONFIDENCE_BANDS` x the occlusion levels, a
+bounded set of :data:`REVIEW_STRATA`), ``strata`` counts every row by stratum and ``review_pool`` keeps, per stratum,
+the :data:`REVIEW_POOL` rows of lowest priority, a uniform sample of the stratum as the gallery's is of a tier.
+
+Version 2 added ``strata`` and ``review_pool``; statistics of version 1 are computed again from the rows by readers
+(`pipelines.report.steps`), as any other version is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -42,11 +53,28 @@ from dpmesh_core.joints import SMPL24_JOINTS
 from pipelines.common.label_set import ROW_FOLDERS
 from pipelines.common.safe_paths import UnsafeName, check_segment, validate_sample_id
 from schemas import fixed_list_to_numpy
+from schemas.occlusion import OCCLUSION_LEVELS, OcclusionLevel
 
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 GALLERY_POOL = 32
 """Rows per tier a shard keeps for the gallery, and the most a report may show per tier."""
+REVIEW_POOL = 32
+"""Rows per review stratum a shard keeps (and the merge): the most a review page draws from one stratum."""
+
+CONFIDENCE_BANDS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Edges of the review strata's confidence bands (``confidence`` 0-1; the last band includes 1). Fixed, not the
+filter's tier cut-offs, so a stratum means the same under every filter."""
+UNSCORED = "unscored"
+"""The band of a null or NaN confidence."""
+UNRECORDED = "unrecorded"
+"""The level of a null ``occlusion_level`` (rows written before schema 1.1.0)."""
+OTHER_LEVEL = "other"
+"""The level of an ``occlusion_level`` that is not a known level (a Parquet made or edited elsewhere)."""
+_BAND_NAMES = tuple(f"{lo:.2f}-{hi:.2f}" for lo, hi in itertools.pairwise(CONFIDENCE_BANDS))
+_LEVEL_NAMES = (*(level.value for level in OcclusionLevel), UNRECORDED, OTHER_LEVEL)
+REVIEW_STRATA: tuple[str, ...] = tuple(f"{b}|{lv}" for b in (*_BAND_NAMES, UNSCORED) for lv in _LEVEL_NAMES)
+"""Every review stratum, in display order (bands low to high, then levels none, partial, heavy)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +153,25 @@ def gallery_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def confidence_band(confidence: float | None) -> str:
+    """The review band of a confidence (0-1): ``"0.75-1.00"`` ...; values outside 0-1 go to the nearest band, a
+    null or NaN to :data:`UNSCORED`."""
+    if confidence is None or not np.isfinite(confidence):
+        return UNSCORED
+    index = int(np.searchsorted(CONFIDENCE_BANDS, confidence, side="right")) - 1
+    return _BAND_NAMES[min(max(index, 0), len(_BAND_NAMES) - 1)]
+
+
+def review_stratum(confidence: float | None, occlusion_level: object) -> str:
+    """``"<confidence band>|<occlusion level>"``: one of :data:`REVIEW_STRATA`, whatever the values (a level from
+    data is kept only when it is a known level)."""
+    if occlusion_level is None:
+        level = UNRECORDED
+    else:
+        level = occlusion_level if occlusion_level in OCCLUSION_LEVELS else OTHER_LEVEL
+    return f"{confidence_band(confidence)}|{level}"
+
+
 def row_priority(sample_id: str) -> int:
     """The row's place in the gallery's bottom-k sample: the first 8 bytes of its id's BLAKE2b (uniform, and the
     same wherever the row is)."""
@@ -175,6 +222,8 @@ def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict
     levels: dict[str, dict[str, dict[str, int]]] = {}
     left_out: Counter[str] = Counter()
     candidates: dict[str, list[tuple[int, str, int, str]]] = {}
+    strata: Counter[str] = Counter()
+    review_candidates: dict[str, list[tuple[int, str, int, str]]] = {}
     for folder in ROW_FOLDERS:
         table = tables.get(folder)
         if table is None or not table.num_rows:
@@ -184,12 +233,21 @@ def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict
         rows.update(tiers.tolist())
         if "reasons" in table.column_names:
             reasons.update(str(r) for r in pc.list_flatten(table.column("reasons")).to_pylist())
+        confidence = _float_column(table, "confidence")
+        occlusion = table.column("occlusion_level").to_pylist() if "occlusion_level" in table.column_names else None
         for position, (sample_id, tier) in enumerate(zip(ids, table.column("quality_tier").to_pylist(), strict=True)):
+            stratum = review_stratum(
+                None if confidence is None else float(confidence[position]),
+                None if occlusion is None else occlusion[position],
+            )
+            strata[stratum] += 1
             problem = gallery_problem({"sample_id": sample_id, "quality_tier": tier})
             if problem is not None:
                 left_out[problem] += 1
                 continue
-            candidates.setdefault(tier, []).append((row_priority(sample_id), folder, position, sample_id))
+            entry = (row_priority(sample_id), folder, position, sample_id)
+            candidates.setdefault(tier, []).append(entry)
+            review_candidates.setdefault(stratum, []).append(entry)
         columns = _columns(table)
         groups = [(str(t), tiers == t) for t in np.unique(tiers)] + [(ALL_TIERS, np.ones(len(tiers), bool))]
         for tier, in_tier in groups:
@@ -218,6 +276,7 @@ def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict
         stages, error_reasons = errors.column("stage").to_pylist(), errors.column("reason").to_pylist()
         error_counts.update(f"{s}/{r}" for s, r in zip(stages, error_reasons, strict=True))
     pool = {tier: [list(c) for c in sorted(found)[:GALLERY_POOL]] for tier, found in sorted(candidates.items())}
+    review_pool = {s: [list(c) for c in sorted(found)[:REVIEW_POOL]] for s, found in sorted(review_candidates.items())}
     return {
         "version": STATS_VERSION,
         "rows": dict(sorted(rows.items())),
@@ -228,6 +287,8 @@ def shard_stats(tables: Mapping[str, pa.Table], errors: pa.Table | None) -> dict
         "levels": levels,
         "gallery_left_out": dict(sorted(left_out.items())),
         "pool": pool,
+        "strata": dict(sorted(strata.items())),
+        "review_pool": review_pool,
     }
 
 

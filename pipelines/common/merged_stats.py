@@ -5,7 +5,7 @@ merge of a whole output has a bounded size (fixed bins, a bounded gallery sample
 The last step of ``dpmesh-label`` and ``dpmesh-refilter`` (`pipelines.common.label_summary`) writes that merge as
 ``<output>/_stats.json``, so a reader (``dpmesh-report``) reads one object of bounded size instead of every marker::
 
-    {"version": 1, "covers": {shard: stamp}, "stats": MergedStats.to_json()}
+    {"version": 2, "covers": {shard: stamp}, "stats": MergedStats.to_json()}
 
 ``covers`` names the shards merged, each with a stamp of the marker it was read from (:func:`marker_stamp`). A
 merge cannot be undone, so the file is carried forward only while every covered shard is still committed with the
@@ -27,7 +27,14 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.common.label_set import index_entry
-from pipelines.common.label_stats import GALLERY_POOL, HISTOGRAMS, STATS_VERSION, StatsError, dense_counts
+from pipelines.common.label_stats import (
+    GALLERY_POOL,
+    HISTOGRAMS,
+    REVIEW_POOL,
+    STATS_VERSION,
+    StatsError,
+    dense_counts,
+)
 from pipelines.storage import Storage, join
 
 
@@ -46,6 +53,9 @@ class MergedStats:
         hist: ``{column: {tier: (count + 2,) int64}}``, the first and last slots below and above the edges.
         nulls / levels: Summed.
         pool: ``{tier: [(priority, shard, folder, row, sample_id), ...]}``, the :data:`GALLERY_POOL` lowest.
+        strata: Rows by review stratum, summed.
+        review_pool: ``{stratum: [(priority, shard, folder, row, sample_id), ...]}``, the :data:`REVIEW_POOL`
+            lowest.
     """
 
     shards: int = 0
@@ -57,6 +67,8 @@ class MergedStats:
     nulls: dict[str, Counter[str]] = dataclasses.field(default_factory=dict)
     levels: dict[str, dict[str, Counter[str]]] = dataclasses.field(default_factory=dict)
     pool: dict[str, list[tuple[int, str, str, int, str]]] = dataclasses.field(default_factory=dict)
+    strata: Counter[str] = dataclasses.field(default_factory=Counter)
+    review_pool: dict[str, list[tuple[int, str, str, int, str]]] = dataclasses.field(default_factory=dict)
 
     def add(self, shard: str, stats: Mapping[str, Any]) -> None:
         """Merges one shard's statistics (the format above).
@@ -86,6 +98,10 @@ class MergedStats:
             for tier, entries in stats["pool"].items():
                 merged = self.pool.get(tier, []) + [(int(p), shard, str(f), int(r), str(s)) for p, f, r, s in entries]
                 self.pool[tier] = sorted(merged)[:GALLERY_POOL]
+            self.strata.update(stats["strata"])
+            for stratum, entries in stats["review_pool"].items():
+                found = [(int(p), shard, str(f), int(r), str(s)) for p, f, r, s in entries]
+                self.review_pool[stratum] = sorted(self.review_pool.get(stratum, []) + found)[:REVIEW_POOL]
         except (KeyError, TypeError, ValueError) as exc:
             raise StatsError(f"statistics of {shard} are not in the version {STATS_VERSION} format: {exc}") from exc
 
@@ -120,7 +136,7 @@ class MergedStats:
         """This and ``other`` merged (both are left as they were)."""
         merged = MergedStats.from_json(self.to_json())
         merged.shards += other.shards
-        for name in ("rows", "reasons", "errors", "gallery_left_out"):
+        for name in ("rows", "reasons", "errors", "gallery_left_out", "strata"):
             getattr(merged, name).update(getattr(other, name))
         for name, by_tier in other.hist.items():
             for tier, dense in by_tier.items():
@@ -133,6 +149,8 @@ class MergedStats:
                 merged.levels.setdefault(name, {}).setdefault(tier, Counter()).update(counts)
         for tier, entries in other.pool.items():
             merged.pool[tier] = sorted(merged.pool.get(tier, []) + entries)[:GALLERY_POOL]
+        for stratum, entries in other.review_pool.items():
+            merged.review_pool[stratum] = sorted(merged.review_pool.get(stratum, []) + entries)[:REVIEW_POOL]
         return merged
 
     def to_json(self) -> dict[str, Any]:
@@ -155,6 +173,8 @@ class MergedStats:
                 for name, t in sorted(self.levels.items())
             },
             "pool": {tier: [list(e) for e in entries] for tier, entries in sorted(self.pool.items())},
+            "strata": dict(sorted(self.strata.items())),
+            "review_pool": {s: [list(e) for e in entries] for s, entries in sorted(self.review_pool.items())},
         }
 
     @classmethod
@@ -178,6 +198,11 @@ class MergedStats:
                 pool={
                     tier: [(int(p), str(s), str(f), int(r), str(i)) for p, s, f, r, i in entries]
                     for tier, entries in document["pool"].items()
+                },
+                strata=Counter(document["strata"]),
+                review_pool={
+                    stratum: [(int(p), str(s), str(f), int(r), str(i)) for p, s, f, r, i in entries]
+                    for stratum, entries in document["review_pool"].items()
                 },
             )
             merged.hist = {
