@@ -444,15 +444,19 @@ def combine(
     reasons = _failed_gates(signals, thresholds)
     if confidence < thresholds.bronze_min:
         reasons.append(LOW_CONFIDENCE)
-    if reasons:
-        tier = QualityTier.REJECT
-    elif confidence >= thresholds.gold_min:
-        tier = QualityTier.GOLD
-    elif confidence >= thresholds.silver_min:
-        tier = QualityTier.SILVER
-    else:
-        tier = QualityTier.BRONZE
-    return confidence, tier.value, reasons
+    tier = QualityTier.REJECT.value if reasons else graded_tier(confidence, thresholds)
+    return confidence, tier, reasons
+
+
+def graded_tier(confidence: float, thresholds: FilterThresholds) -> str:
+    """The accepted tier a confidence (0-1) earns under the cut-offs: ``gold`` at ``>= gold_min``, ``silver`` at
+    ``>= silver_min``, else ``bronze`` (also below ``bronze_min``: the gates and that floor are `combine`'s to
+    reject; a label kept despite them, such as a reviewer's accept, is graded by this rule alone)."""
+    if confidence >= thresholds.gold_min:
+        return QualityTier.GOLD.value
+    if confidence >= thresholds.silver_min:
+        return QualityTier.SILVER.value
+    return QualityTier.BRONZE.value
 
 
 def score_person(

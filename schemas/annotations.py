@@ -22,6 +22,8 @@ concerns, which is what a consumer of the Parquet reads:
 * Only persons the model labelled have rows (finite outputs); every other person is an errors row.
 * Schema 1.1.0 added the lineage and occlusion columns (``_LINEAGE``, ``_OCCLUSION``) after the 1.0.0 ones, all
   nullable: files written at 1.0.0 read with this schema get nulls there (e.g. DuckDB ``union_by_name``).
+* Schema 1.2.0 added ``review`` (nullable): a reviewer's decision, which ``dpmesh-refilter review=`` writes; and
+  after it ``near_dup_group`` (nullable, last): the near-duplicate group of the person's image in its shard set.
 """
 
 from __future__ import annotations
@@ -325,9 +327,43 @@ _OCCLUSION = [
     ),
 ]  # fmt: skip
 
+REVIEW_ACCEPT = "accept"
+REVIEW_REJECT = "reject"
+REVIEW_DECISIONS: tuple[str, ...] = (REVIEW_ACCEPT, REVIEW_REJECT)
+"""Values of ``review`` (a person someone looked at); null = not reviewed."""
+REVIEWED_REJECT = "reviewed_reject"
+"""The reason a reviewer's reject adds to ``reasons``."""
+
+_REVIEW = [
+    make_field(
+        "review",
+        pa.string(),
+        f"A person's review, applied by dpmesh-refilter review=<review.json>: '{REVIEW_ACCEPT}' (kept whatever its "
+        f"score, in the tier its confidence earns) or '{REVIEW_REJECT}' (in rejected/, reasons include "
+        f"'{REVIEWED_REJECT}'); carried by later refilters. Null when nobody reviewed it. Null in files written "
+        "before schema 1.2.0.",
+        nullable=True,
+    ),
+]
+
+NEAR_DUP_GROUP = "near_dup_group"
+"""Column: the near-duplicate group of the row's image (dpmesh-label sets it from the shard set's groups)."""
+
+_LIVE_SET = [
+    make_field(
+        NEAR_DUP_GROUP,
+        pa.string(),
+        "Near-duplicate group of the person's image in its shard set, across generations: the group's smallest "
+        "sample key (dpmesh-shard's _near_duplicates.parquet; images whose perceptual hashes differ in at most "
+        "near_duplicates.threshold bits). Rows of one group show near-identical images: keep a group on one side "
+        "of a train/validation split. Null when the image is in no group, and in files written before schema 1.2.0.",
+        nullable=True,
+    ),
+]
+
 ANNOTATION_SCHEMA: pa.Schema = make_schema(
     ANNOTATIONS_SCHEMA_NAME,
-    [*_IDENTITY, *_INPUTS, *_SMPL, *_SIGNALS, *_VERDICT, *_LINEAGE, *_OCCLUSION],
+    [*_IDENTITY, *_INPUTS, *_SMPL, *_SIGNALS, *_VERDICT, *_LINEAGE, *_OCCLUSION, *_REVIEW, *_LIVE_SET],
     extra_metadata={
         "rotation": "axis_angle_rad",
         "keypoints_2d_names": ",".join(COCO17_KEYPOINT_NAMES),

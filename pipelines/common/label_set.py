@@ -110,6 +110,7 @@ INDEXED_FIELDS = (
     "model_ids",
     "body_models",
     LABEL_RUN,  # dpmesh-refilter outputs: the labeling run behind the rows (see pipelines.refilter)
+    "review",  # dpmesh-refilter review=: what the reviews did to the shard's rows (pipelines.common.reviews)
 )
 
 

@@ -30,6 +30,7 @@ from pipelines.common.merged_stats import (
     read_stats_file,
     still_valid,
 )
+from pipelines.common.reviews import with_applied
 from pipelines.config.storage import StorageConfig
 from pipelines.storage import Storage, join
 
@@ -90,6 +91,7 @@ def build_summary(
     by_stage: Counter[str] = Counter()
     error_reasons: Counter[str] = Counter()
     tiers: Counter[str] = Counter()
+    reviewed: Counter[str] = Counter()
     model_ids: set[str] = set()
     body_models: dict[str, str] = {}
     for marker in markers.values():
@@ -100,6 +102,7 @@ def build_summary(
         by_stage.update(marker["errors_by_stage"])
         error_reasons.update(marker["errors_by_reason"])
         tiers.update(marker["tiers"])
+        reviewed.update(marker.get("review") or {})
     this_run = sum(markers[s]["counts"]["persons_in"] for s in processed if s in markers)
     hosts = merge_model_hosts(markers[s].get("model_hosts", {}) for s in processed if s in markers)
     totals = dict(counts)
@@ -109,9 +112,11 @@ def build_summary(
         and totals.get("images_in", 0) == totals.get("images_ok", 0) + totals.get("images_errored", 0)
         and all(m["reconciled"] for m in markers.values())
     )
+    review = run_info.get("review")  # a job applying reviews (dpmesh-refilter): its record, with the shards' counts
     return {
         "created_by": "dpmesh-label",
         **run_info,
+        **({"review": with_applied(review, reviewed)} if isinstance(review, dict) else {}),
         "versions": _versions(),
         "thresholds": dataclasses.asdict(thresholds),
         "shards": {
@@ -252,6 +257,21 @@ def _hosting(stats: dict[str, Any]) -> str:
     )
 
 
+def _reviewed(review: Any) -> bool:
+    """Whether a summary's review record says anything: files were given, or rows carried reviews."""
+    return isinstance(review, dict) and bool(review.get("files") or any((review.get("applied") or {}).values()))
+
+
+def _reviews(review: dict[str, Any]) -> str:
+    applied = review.get("applied") or {}
+    return (
+        f"{len(review.get('files') or [])} file(s): accepted {applied.get('applied_accept', 0)}, rejected "
+        f"{applied.get('applied_reject', 0)}, not found {applied.get('not_found', 0)}, conflicts "
+        f"{(review.get('conflicts') or {}).get('count', 0)}; carried {applied.get('carried_accept', 0)} + "
+        f"{applied.get('carried_reject', 0)}"
+    )
+
+
 def format_summary(summary: dict[str, Any], output: str) -> str:
     """The end-of-run table a local user reads."""
     c = summary["counts"]
@@ -272,6 +292,7 @@ def format_summary(summary: dict[str, Any], output: str) -> str:
         ("errors by reason", ", ".join(f"{k} {v}" for k, v in summary["errors_by_reason"].items()) or "-"),
         ("persons/s (this run)", str(summary["throughput"]["persons_per_s"])),
         *[(f"model host: {kind}", _hosting(stats)) for kind, stats in summary.get("model_hosts", {}).items()],
+        *([("reviews", _reviews(summary["review"]))] if _reviewed(summary.get("review")) else []),
         ("output", output),
     ]
     width = max(len(k) for k, _ in rows)

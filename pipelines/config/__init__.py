@@ -6,8 +6,8 @@ so an unknown key or a value of the wrong type fails at launch with a message na
 ``DictConfig`` into plain dataclasses with every ``${...}`` resolved on the driver: hydra never
 runs on Beam workers, and only these picklable dataclasses travel to them.
 
-The configs live by app (``runner``, ``storage``, ``shard``, ``label``, ``report``); composition and hashing in
-``compose``.
+The configs live by app (``runner``, ``storage``, ``shard``, ``label``, ``refilter``, ``report``); composition and
+hashing in ``compose``.
 Everything is re-exported here, so ``from pipelines.config import X`` works for every name.
 """
 
@@ -32,9 +32,9 @@ from pipelines.config.label import (
     LabelJobConfig,
     ModelConfig,
     ModelName,
-    RefilterJobConfig,
     ShareMode,
 )
+from pipelines.config.refilter import RefilterJobConfig, ReviewConflicts
 from pipelines.config.report import ReportInputConfig, ReportJobConfig, ReportOptions
 from pipelines.config.runner import DataflowConfig, EnvironmentType, RunnerConfig, RunnerName, RunningMode
 from pipelines.config.shard import (
@@ -83,6 +83,7 @@ __all__ = [
     "ReportJobConfig",
     "ReportOptions",
     "RetryMode",
+    "ReviewConflicts",
     "RunnerConfig",
     "RunnerName",
     "RunningMode",

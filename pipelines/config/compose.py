@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipelines.config.errors import ConfigError
 from pipelines.config.eval import EvalJobConfig
 from pipelines.config.export import ExportJobConfig
-from pipelines.config.label import LabelJobConfig, RefilterJobConfig
+from pipelines.config.label import LabelJobConfig
+from pipelines.config.refilter import RefilterJobConfig
 from pipelines.config.report import ReportJobConfig
 from pipelines.config.shard import ShardJobConfig
 

@@ -1,4 +1,5 @@
-"""The ``dpmesh-label`` and ``dpmesh-refilter`` app configs: model, filter, detector, and the jobs."""
+"""The ``dpmesh-label`` app config: model, filter (``dpmesh-refilter`` takes it too, `pipelines.config.refilter`),
+detector, and the job."""
 
 import dataclasses
 from dataclasses import dataclass, field
@@ -331,22 +332,3 @@ class LabelJobConfig:
     def __post_init__(self) -> None:
         if self.prefetch_batches < 1:
             raise ConfigError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
-
-
-@dataclass
-class RefilterJobConfig:
-    """The ``dpmesh-refilter`` app.
-
-    Attributes:
-        input: The output folder of a ``dpmesh-label`` run (its ``annotations/``, ``rejected/``, ``errors/``,
-            ``_done/``).
-        output: Where the re-split labels go (a new folder; the input is never modified).
-    """
-
-    input: str = "???"
-    output: str = "???"
-    overwrite: bool = False
-    runner: RunnerConfig = field(default_factory=RunnerConfig)
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    log_level: str = "INFO"

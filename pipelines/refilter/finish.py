@@ -1,5 +1,5 @@
-"""The end of ``dpmesh-refilter``: what its ``_summary.json`` records (the filter, and the lineage of the labeling
-run behind it), written by the pipeline's own last step
+"""The end of ``dpmesh-refilter``: what its ``_summary.json`` records (the filter, the reviews it applied, and the
+lineage of the labeling run behind it), written by the pipeline's own last step
 (:class:`pipelines.common.label_summary.WriteLabelSummary`, shared with ``dpmesh-label``)."""
 
 from typing import Any
@@ -38,14 +38,18 @@ def write_summary(
     label_run: dict[str, Any],
     thresholds: FilterThresholds,
     started_at: float,
+    review: dict[str, Any] | None = None,
 ) -> WriteLabelSummary:
     """The last step: ``_summary.json`` over every labeled shard of the input (``info``: lineage and config hash;
-    ``label_run``: :func:`label_run_of_summary` of the input)."""
+    ``label_run``: :func:`label_run_of_summary` of the input; ``review``: `pipelines.common.reviews.review_record`
+    of the review files, to which the summary adds the shards' counts)."""
+    config = config_to_dict(cfg)
     run_info = {
         **info,
         "created_by": "dpmesh-refilter",
         "source": cfg.input,
-        "config": {"filter": config_to_dict(cfg.filter)},
+        "config": {name: config[name] for name in ("filter", "review", "review_conflicts")},
         LABEL_RUN: label_run,
+        **({"review": review} if review is not None else {}),
     }
     return WriteLabelSummary(cfg.storage, cfg.output, shards_total, run_info, thresholds, started_at)

@@ -12,12 +12,20 @@ model ids, body models). Refiltering a refiltered output carries the original ``
 metadata's own ``config_hash`` / ``pipeline_version`` are the refilter run's (they describe these bytes); the
 shard's ``shard_uri`` / ``shard_identity`` / ``tar_read`` and ``detector_models`` come from the label marker.
 
+**Reviews** (``review=<review.json...>``, `pipelines.common.reviews`): the files are read and checked on the driver
+before anything is written; files that disagree about a person are refused (or, with ``review_conflicts=skip``,
+those persons are left to the filter and listed); a review of another label run is refused unless every person it
+decided is in the input as reviewed. The agreed decisions travel to the shard step (bounded by the files' size),
+which writes them into the rows' ``review`` column; ``_summary.json`` records each file and what the decisions did.
+The decisions are part of the config hash, so another review is another config.
+
 **Resume, like the labeler.** One element per shard; each writes its three Parquet files, then its
 ``_done/<shard>.json`` marker, last. A rerun skips a shard whose marker has this run's config hash and the same
 source (label shard identity and label config hash), so after a kill it refilters only the missing shards; an
 output holding another filter config is refused unless ``overwrite=true``, which redoes every shard.
 """
 
+import hashlib
 import json
 import logging
 import time
@@ -32,11 +40,21 @@ from pipelines.cli import hydra_app
 from pipelines.common.commit_log import made_otherwise, refuse_other_units
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
-from pipelines.common.label_set import SUMMARY_NAME, read_markers
+from pipelines.common.label_set import SUMMARY_NAME, read_markers, read_summary
 from pipelines.common.label_summary import COMMITTED, STATS_OUTPUT, format_summary, shard_step_outputs
 from pipelines.common.launch import resolve_launch
+from pipelines.common.reviews import (
+    Decision,
+    ReviewSet,
+    check_label_runs,
+    combine_reviews,
+    label_run_of,
+    read_reviews,
+    refuse_conflicts,
+    review_record,
+)
 from pipelines.common.safe_paths import check_output_location
-from pipelines.config import ConfigError, RefilterJobConfig, config_hash
+from pipelines.config import ConfigError, RefilterJobConfig, ReviewConflicts, config_hash
 from pipelines.refilter.finish import label_run_of_summary, write_summary
 from pipelines.refilter.plan import is_refiltered
 from pipelines.refilter.refilter_shard import RefilterShardFn
@@ -58,9 +76,12 @@ def build_pipeline(
     calibration: ConfidenceCalibration | None,
     label_run: dict[str, Any],
     started_at: float,
+    decisions: dict[str, dict[str, Decision]] | None = None,
+    review: dict[str, Any] | None = None,
 ) -> None:
-    """Adds the refiltering steps for the ``pending`` shard names (of ``shards``, the input's) to ``p``."""
-    refilter = beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration))
+    """Adds the refiltering steps for the ``pending`` shard names (of ``shards``, the input's) to ``p``
+    (``decisions``: the reviews to apply by shard; ``review``: their record for the summary)."""
+    refilter = beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration, decisions))
     refiltered = (
         p
         | "Shards" >> beam.Create(pending)
@@ -68,13 +89,41 @@ def build_pipeline(
         | "Refilter" >> refilter.with_outputs(STATS_OUTPUT, main=COMMITTED)
     )
     _ = shard_step_outputs(refiltered) | "Finish" >> write_summary(
-        cfg, shards, info, label_run, thresholds, started_at
+        cfg, shards, info, label_run, thresholds, started_at, review
     )
 
 
-def refilter_config_hash(cfg: RefilterJobConfig) -> str:
-    """What decides the refiltered rows: the filter (where and how the job runs changes none)."""
-    return config_hash(cfg, exclude=("input", "output", "runner", "storage", "log_level", "overwrite"))
+def refilter_config_hash(cfg: RefilterJobConfig, review_digest: str | None = None) -> str:
+    """What decides the refiltered rows: the filter and the review decisions (their content: `ReviewSet.digest`,
+    not the files' paths or names; where and how the job runs changes none). Without decisions it is the hash of the
+    filter alone, as before reviews existed."""
+    not_content = ("input", "output", "runner", "storage", "log_level", "overwrite", "review", "review_conflicts")
+    filter_hash = config_hash(cfg, exclude=not_content)
+    if review_digest is None:
+        return filter_hash
+    return hashlib.sha256(f"{filter_hash}/review/{review_digest}".encode()).hexdigest()[:16]
+
+
+def load_reviews(
+    cfg: RefilterJobConfig, storage: Storage, summary: dict[str, Any] | None, shards: set[str]
+) -> tuple[ReviewSet, dict[str, Any]]:
+    """The review files of ``cfg.review``, read, combined and checked against the input (identity ``summary``,
+    labeled ``shards``) on the driver; and their record for the summary.
+
+    Raises:
+        ConfigError: a file that is missing or not a review, files in conflict (``review_conflicts=refuse``), or a
+            review of another label run whose persons the input does not hold.
+    """
+    files = read_reviews(storage, cfg.review)
+    review_set = combine_reviews(files)
+    if review_set.conflicts and cfg.review_conflicts is ReviewConflicts.refuse:
+        raise refuse_conflicts(review_set)
+    if review_set.conflicts:
+        logger.warning("%d persons decided differently by the review files: left to the filter (listed in %s)",
+                       len(review_set.conflicts), SUMMARY_NAME)  # fmt: skip
+    verdicts = check_label_runs(storage, cfg.input, label_run_of(cfg.input, summary), shards, files)
+    # Recorded without files too: the input's rows may carry reviews, which the shards count.
+    return review_set, review_record(review_set, verdicts, shards, cfg.review_conflicts.value)
 
 
 def run(cfg: RefilterJobConfig) -> dict[str, Any]:
@@ -89,16 +138,18 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
             lambda p: build_pipeline(p, cfg, stand_ins, stand_ins, thresholds, stand_in, None, {}, time.time())
         )
     storage = Storage(cfg.storage)
-    check_output_location(storage, cfg.output, {"input": cfg.input, "filter.calibration": cfg.filter.calibration})
+    inputs = {"input": cfg.input, "filter.calibration": cfg.filter.calibration}
+    check_output_location(storage, cfg.output, {**inputs, **{f"review[{i}]": r for i, r in enumerate(cfg.review)}})
     thresholds = filter_thresholds(cfg.filter)
     calibration = load_calibration(cfg.filter, cfg.storage)
     sources = read_markers(storage, cfg.input)
     if not sources:
         raise ConfigError(f"input={cfg.input!r} holds no labeled shards (no _done/ markers)")
     shards = sorted(sources)
+    review_set, review = load_reviews(cfg, storage, read_summary(storage, cfg.input), set(shards))
     info: dict[str, Any] = {
         "pipeline_version": pipelines.__version__,
-        "config_hash": refilter_config_hash(cfg),
+        "config_hash": refilter_config_hash(cfg, review_set.digest()),
         **calibration_lineage(calibration, cfg.filter.calibration),
     }
     done = {} if cfg.overwrite else read_markers(storage, cfg.output)
@@ -115,7 +166,9 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     started_at = time.time()
     record_intent(storage, cfg.output, APP, info["config_hash"])  # before the first shard's files
     with resolve_launch(APP, cfg.runner, units=len(pending)).pipeline() as p:
-        build_pipeline(p, cfg, shards, pending, thresholds, info, calibration, label_run, started_at)
+        build_pipeline(
+            p, cfg, shards, pending, thresholds, info, calibration, label_run, started_at, review_set.decisions, review
+        )
     summary: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, SUMMARY_NAME)))
     return summary
 

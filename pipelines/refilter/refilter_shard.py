@@ -1,5 +1,6 @@
 """The per-shard step of ``dpmesh-refilter``: re-score a label shard's rows with the new thresholds (the signals are
-in the rows), write its three Parquet files with the label run's lineage, then its marker (last)."""
+in the rows), apply the reviews that decide its persons (`pipelines.common.reviews`), write its three Parquet files
+with the label run's lineage, then its marker (last; its ``review`` field counts what the reviews did)."""
 
 import io
 import json
@@ -24,6 +25,7 @@ from pipelines.common.label_stats import shard_stats
 from pipelines.common.label_summary import shard_stats_output
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.common.metrics import LABEL_METRICS
+from pipelines.common.reviews import Decision, apply_decisions
 from pipelines.config import (
     RefilterJobConfig,
 )
@@ -130,7 +132,11 @@ def label_run_of_marker(source_marker: dict[str, Any], labels: str) -> dict[str,
 class RefilterShardFn(beam.DoFn):
     """Input: a shard name. Re-scores its labels into the new output, then writes its marker (last); outputs the
     marker's indexed fields (``ALREADY_COMMITTED`` set when a retried work item found the shard done), and on the
-    ``STATS_OUTPUT`` tag its statistics."""
+    ``STATS_OUTPUT`` tag its statistics.
+
+    Args:
+        decisions: ``{shard: {sample_id: Decision}}``, the reviews the files agree on (bounded by the files' size).
+    """
 
     def __init__(
         self,
@@ -138,11 +144,13 @@ class RefilterShardFn(beam.DoFn):
         thresholds: FilterThresholds,
         run_info: dict[str, str],
         calibration: ConfidenceCalibration | None = None,
+        decisions: dict[str, dict[str, Decision]] | None = None,
     ) -> None:
         self._cfg = cfg
         self._thresholds = thresholds
         self._run_info = run_info
         self._calibration = calibration
+        self._decisions = decisions or {}
 
     def setup(self) -> None:
         self._storage = Storage(self._cfg.storage)
@@ -169,6 +177,7 @@ class RefilterShardFn(beam.DoFn):
         rejected_in, _ = self._table("rejected", shard, ANNOTATION_SCHEMA)
         errors, _ = self._table("errors", shard, ERROR_SCHEMA)
         labels = rescore_table(pa.concat_tables([accepted_in, rejected_in]), self._thresholds, self._calibration)
+        labels, reviewed = apply_decisions(labels, self._decisions.get(shard, {}), self._thresholds)
         labels = labels.sort_by([("image_key", "ascending"), ("person_idx", "ascending")])
         is_reject = pc.equal(labels["quality_tier"], "reject")
         accepted, rejected = labels.filter(pc.invert(is_reject)), labels.filter(is_reject)
@@ -205,6 +214,8 @@ class RefilterShardFn(beam.DoFn):
             errors.select(["person_idx", "stage", "reason"]).to_pylist(),
             {**self._run_info, LABEL_RUN: label_run},
         )
+        if reviewed:
+            marker["review"] = reviewed
         marker["stats"] = shard_stats({"annotations": accepted, "rejected": rejected}, errors)
         self._storage.write_bytes(marker_uri(cfg.output, shard), json.dumps(marker, indent=1).encode())
         yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
