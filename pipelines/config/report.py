@@ -1,4 +1,4 @@
-"""The ``dpmesh-report`` app config: a static HTML report over a ``dpmesh-label`` output."""
+"""The ``dpmesh-report`` app config: a static HTML report over a ``dpmesh-label`` output, and its review page."""
 
 from dataclasses import dataclass, field
 
@@ -33,6 +33,7 @@ class ReportOptions:
         ``model.smpl_model`` file, or the ``smpl.safetensors`` of ``model.pretrained``).
     eval: A ``dpmesh-eval`` result JSON to add as the report's evaluation section; ``None`` = no such section.
     crop_px: Side of a gallery tile in pixels.
+    review_px: Side of a review page's person image in pixels (JPEG; large enough to judge a mesh).
     """
 
     per_tier: int = 6
@@ -41,6 +42,7 @@ class ReportOptions:
     smpl_model: str | None = None
     eval: str | None = None
     crop_px: int = 256
+    review_px: int = 512
 
     def __post_init__(self) -> None:
         from pipelines.common.label_stats import GALLERY_POOL  # here: the config package imports no job code
@@ -49,6 +51,12 @@ class ReportOptions:
             raise ConfigError(f"report.per_tier={self.per_tier} must be within 0..{GALLERY_POOL}")
         if not 64 <= self.crop_px <= 1024:
             raise ConfigError(f"report.crop_px={self.crop_px} must be within 64..1024")
+        if not 128 <= self.review_px <= 1024:
+            raise ConfigError(f"report.review_px={self.review_px} must be within 128..1024")
+
+
+MAX_REVIEW = 400
+"""The most persons one review page holds (a sitting's work; a page is made again, with another seed, for more)."""
 
 
 @dataclass
@@ -59,6 +67,9 @@ class ReportJobConfig:
         output: The report folder (local, ``s3://`` or ``gs://``); files of an earlier report there are replaced.
         runner: Where the Beam step runs that computes the statistics of shards labeled before markers carried
             them (`pipelines.report.steps`); outputs labeled since need no pipeline.
+        review: Persons on the review page (``review.html``, `pipelines.report.review_page`), drawn with
+            ``report.seed`` stratified by confidence band and occlusion level; 0 = no review page. At most
+            :data:`MAX_REVIEW`, and at most ``pipelines.common.label_stats.REVIEW_POOL`` (32) per stratum.
     """
 
     input: ReportInputConfig = field(default_factory=ReportInputConfig)
@@ -66,4 +77,9 @@ class ReportJobConfig:
     report: ReportOptions = field(default_factory=ReportOptions)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    review: int = 0
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.review <= MAX_REVIEW:
+            raise ConfigError(f"review={self.review} must be within 0..{MAX_REVIEW} (0: no review page)")

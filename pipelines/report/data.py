@@ -135,3 +135,32 @@ def read_images(
         except MemberError as exc:  # a truncated tar: the members before the cut are shown
             logger.warning("%s: %s", tar_uri, exc)
     return images
+
+
+def read_picked(
+    storage: Storage,
+    labels: str,
+    shards: str | None,
+    summary: dict[str, Any] | None,
+    wanted: dict[tuple[str, str], dict[int, str]],
+) -> tuple[dict[str, dict[str, Any]], dict[str, np.ndarray], list[str]]:
+    """The rows ``wanted`` (``{(folder, shard): {row position: sample_id}}``, see :func:`read_rows`) with the images
+    they stand on, read from their shard tars (under ``shards`` when given, else where each marker says), and the
+    shards whose tar could not be found (their rows have no image: grey tiles). Images above the label run's
+    ``input.max_image_pixels`` are not decoded, as labeling did not."""
+    rows = read_rows(storage, labels, wanted)
+    keys_by_shard: dict[str, set[str]] = {}
+    for row in rows.values():
+        keys_by_shard.setdefault(row["shard"], set()).add(row["image_key"])
+    label_input = ((summary or {}).get("config") or {}).get("input") or {}
+    max_pixels = int(label_input.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
+    images: dict[str, np.ndarray] = {}
+    missing = []
+    for shard, keys in sorted(keys_by_shard.items()):
+        try:
+            tar = shard_tar_uri(storage, labels, shards, shard)
+            images.update(read_images(storage, tar, keys, max_image_pixels=max_pixels))
+        except (ObjectNotFoundError, FileNotFoundError) as exc:
+            logger.warning("crops of %s unavailable: %s", shard, exc)
+            missing.append(shard)
+    return rows, images, missing

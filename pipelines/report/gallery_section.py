@@ -9,18 +9,15 @@ import logging
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
-
 from pipelines.common.merged_stats import MergedStats
 from pipelines.config import ReportJobConfig
-from pipelines.config.shard import DEFAULT_MAX_IMAGE_PIXELS
 from pipelines.report import gallery, html
 from pipelines.report.assets import Assets
-from pipelines.report.data import ordered_tiers, read_images, read_rows, shard_tar_uri
+from pipelines.report.data import ordered_tiers, read_picked
 from pipelines.report.mesh import Body
 from pipelines.report.render import MeshRenderer
 from pipelines.report.sections import OCCLUSION_COLUMNS
-from pipelines.storage import ObjectNotFoundError, Storage
+from pipelines.storage import Storage
 
 
 logger = logging.getLogger(__name__)
@@ -49,21 +46,7 @@ def render_gallery(
     for tier_picks in picks.values():
         for p in tier_picks:
             wanted[(p.folder, p.shard)][p.row] = p.sample_id
-    rows = read_rows(storage, cfg.input.labels, wanted)
-    keys_by_shard: dict[str, set[str]] = defaultdict(set)
-    for row in rows.values():
-        keys_by_shard[row["shard"]].add(row["image_key"])
-    images: dict[str, np.ndarray] = {}
-    label_input = ((summary or {}).get("config") or {}).get("input") or {}
-    max_pixels = int(label_input.get("max_image_pixels") or DEFAULT_MAX_IMAGE_PIXELS)
-    missing_shards = []
-    for shard, keys in sorted(keys_by_shard.items()):
-        try:
-            tar = shard_tar_uri(storage, cfg.input.labels, cfg.input.shards, shard)
-            images.update(read_images(storage, tar, keys, max_image_pixels=max_pixels))
-        except (ObjectNotFoundError, FileNotFoundError) as exc:
-            logger.warning("crops of %s unavailable: %s", shard, exc)
-            missing_shards.append(shard)
+    rows, images, missing_shards = read_picked(storage, cfg.input.labels, cfg.input.shards, summary, wanted)
     extra = [c for c in OCCLUSION_COLUMNS if c in next(iter(rows.values()), {})]
     body = gallery.legend_html()
     if stats.gallery_left_out:

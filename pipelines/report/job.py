@@ -1,10 +1,12 @@
 """``dpmesh-report``: a static HTML report over a ``dpmesh-label`` output.
 
     dpmesh-report input.labels=<label output> output=<report folder> [report.per_tier=N report.seed=S]
-                  [report.eval=<dpmesh-eval JSON>] [report.smpl_model=<npz>] [storage=...] [runner=...]
+                  [report.eval=<dpmesh-eval JSON>] [report.smpl_model=<npz>] [review=<n>] [storage=...] [runner=...]
 
 writes ``<output>/index.html``, ``<output>/assets/`` (plots, gallery tiles) and ``<output>/label_stats.json`` (the
-statistics the plots show): one folder that opens from disk, with no server and no network.
+statistics the plots show): one folder that opens from disk, with no server and no network. ``review=<n>`` adds
+``<output>/review.html``, a page to accept or reject ``n`` persons drawn stratified by confidence and occlusion
+(`pipelines.report.review_section`), whose decisions ``dpmesh-refilter review=`` applies.
 
 plan (summary, markers and the statistics they carry: one index object) -> the statistics of shards labeled before
 markers carried them, computed shard by shard in a Beam step (`pipelines.report.steps`; none for outputs labeled
@@ -28,6 +30,7 @@ from pipelines.common.label_set import read_summary
 from pipelines.common.label_stats import StatsError
 from pipelines.common.launch import resolve_launch
 from pipelines.common.merged_stats import MergedStats
+from pipelines.common.reviews import label_run_of
 from pipelines.common.safe_paths import check_output_location
 from pipelines.config import ConfigError, ReportJobConfig
 from pipelines.report import html, sections
@@ -39,6 +42,8 @@ from pipelines.report.gallery_section import render_gallery
 from pipelines.report.mesh import Body, resolve_body
 from pipelines.report.plan import ReportPlan, plan_report
 from pipelines.report.render import MeshRenderer, RendererUnavailableError
+from pipelines.report.review_page import PAGE_NAME
+from pipelines.report.review_section import render_review
 from pipelines.report.steps import STATS_NAME, build_pipeline
 from pipelines.storage import ObjectNotFoundError, Storage, join
 
@@ -155,8 +160,16 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
         except RendererUnavailableError as exc:  # a machine problem with a known fix: reported like a config error
             raise ConfigError(str(exc)) from exc
         render_line = renderer.description
+    run = label_run_of(cfg.input.labels, plan.summary)
+    pages: dict[str, str] = {}
+    review: dict[str, Any] | None = None
     try:
         gallery_html, shown = render_gallery(cfg, storage, plan.summary, stats, body_model, renderer, assets)
+        if cfg.review:
+            pages[PAGE_NAME], review = render_review(
+                cfg, storage, run, plan.summary, stats, body_model, renderer, assets
+            )
+            review["page"] = join(cfg.output, PAGE_NAME)
     finally:
         if renderer is not None:
             renderer.release()
@@ -173,6 +186,8 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
     ]
     if evaluation is not None:
         page_sections.append(("evaluation", "Evaluation against ground truth", render_eval(evaluation, assets.add)))
+    if review is not None:
+        page_sections.append(("review", "Review", sections.review_link(PAGE_NAME, review)))
     about = [
         ("report of", cfg.input.labels),
         ("gallery draw", f"{cfg.report.per_tier} per tier, seed {cfg.report.seed}"),
@@ -183,7 +198,9 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
         ("made by", f"dpmesh-report {pipelines.__version__}"),
     ]
     page_sections.append(("about", "About this report", html.table(["", ""], about)))
-    index = write_report(storage, cfg.output, "dpmesh label report", cfg.input.labels, page_sections, assets, stats)
+    index = write_report(
+        storage, cfg.output, "dpmesh label report", cfg.input.labels, page_sections, assets, stats, pages
+    )
     return {
         "index": index,
         "assets": sorted(assets.files),
@@ -195,6 +212,7 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
         "body_model": body_model.source if body_model else None,
         "renderer": render_line,
         "evaluation": evaluation is not None,
+        "review": review,
         "elapsed_s": round(time.monotonic() - started, 3),
     }
 
@@ -202,12 +220,15 @@ def run(cfg: ReportJobConfig) -> dict[str, Any]:
 def report(result: dict[str, Any], cfg: ReportJobConfig) -> str:
     """The closing lines: where the report is."""
     shown = ", ".join(f"{t} {n}" for t, n in result["gallery"].items()) or "none"
+    review = result.get("review")
+    review_line = f"  review page           {review['page']} ({review['persons']} persons)\n" if review else ""
     return (
         "dpmesh-report\n"
         f"  rows                  {result['rows']}\n"
         f"  gallery per tier      {shown}\n"
         f"  files                 {len(result['assets']) + 1} in {result['elapsed_s']} s\n"
-        f"  report                {result['index']}"
+        + review_line
+        + f"  report                {result['index']}"
     )
 
 

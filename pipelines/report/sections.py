@@ -253,3 +253,14 @@ def shards(plan: ReportPlan, assets: Assets) -> str:
             ],
         )
     return body
+
+
+def review_link(page: str, review: dict[str, Any]) -> str:
+    """The index's pointer to the review page (``review``: what `pipelines.report.review_section` drew)."""
+    strata = ", ".join(f"{stratum.replace('|', ' · ')} {n}" for stratum, n in review["strata"].items()) or "none"
+    return (
+        f'<p><a href="{html.text(page)}">Open the review page</a>: {review["persons"]} persons to accept or reject '
+        "with the keyboard, drawn stratified by confidence band and occlusion level. Decisions stay in the browser; "
+        "its download, review.json, is what <code>dpmesh-refilter review=</code> applies.</p>"
+        + html.table(["persons drawn by stratum (confidence band · occlusion level)", ""], [("", strata)])
+    )
