@@ -62,8 +62,9 @@ _KEYS = (
 """The keys the page's script handles (`pipelines.report.review_script`), as the page lists them."""
 
 
-def render(run: LabelRun, data: dict[str, Any], about: str, notes: list[str]) -> str:
-    """The whole ``review.html``: ``about`` is one line on how the persons were drawn, ``notes`` warnings."""
+def render(run: LabelRun, labels: str, data: dict[str, Any], about: str, notes: list[str]) -> str:
+    """The whole ``review.html``: ``labels`` is the label output as the user named it (``run`` holds it resolved),
+    ``about`` one line on how the persons were drawn, ``notes`` warnings."""
     keys = "".join(
         f'<tr><td class="keys">{" ".join(f"<kbd>{html.text(k)}</kbd>" for k in names)}</td>'
         f"<td>{html.text(what)}</td></tr>"
@@ -75,8 +76,8 @@ def render(run: LabelRun, data: dict[str, Any], about: str, notes: list[str]) ->
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Review · {html.text(run.labels)}</title><style>{CSS}</style></head>\n"
-        f"<body><header><h1>Review the labels of {html.text(run.labels)}</h1>"
+        f"<title>Review · {html.text(labels)}</title><style>{CSS}</style></head>\n"
+        f"<body><header><h1>Review the labels of {html.text(labels)}</h1>"
         f"<p>config hash {html.text(run.config_hash)} · pipeline {html.text(run.pipeline_version)} · "
         f"{html.text(about)}</p></header>"
         f'<div id="bar"><progress id="progress" value="0" max="{total}"></progress><span id="count"></span>'

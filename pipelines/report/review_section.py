@@ -115,9 +115,9 @@ def render_review(
         notes.append(f"Images unavailable for {', '.join(missing_shards)} (shard tar not found): grey.")
     about = (
         f"{len(shown)} persons drawn with seed {cfg.report.seed}, stratified by confidence band and occlusion level "
-        f"({len(strata)} strata)"
+        f"({len(strata)} {'stratum' if len(strata) == 1 else 'strata'})"
     )
-    return review_page.render(run, data, about, notes), {
+    return review_page.render(run, cfg.input.labels, data, about, notes), {
         "persons": len(shown),
         "requested": cfg.review,
         "strata": {s: v["drawn"] for s, v in strata.items() if v["drawn"]},
