@@ -41,6 +41,7 @@ from schemas.eval_persons import EVAL_PERSONS_SCHEMA
 EVAL_METRICS = "dpmesh_eval"  # Beam metrics namespace of dpmesh-eval's steps
 PERSONS_FOLDER = "persons"
 _ORDER, _SHARD, _HAS_SIGNALS = "_order", "_shard", "_has_signals"
+HELD_TABLES = 256  # small files' batches joined at once at most (each Arrow table costs a few kB of objects)
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,13 @@ class LabelPiece:
 
 def _read_columns(storage: Storage, uri: str) -> Iterator[pa.Table]:
     """A label Parquet file's evaluation columns, `LABEL_BATCH_ROWS` rows at a time."""
-    parquet = parquet_file(storage, uri)
-    names = set(parquet.schema_arrow.names)
-    wanted = [c for c in (*COLUMNS, _ORDER, _SHARD, _HAS_SIGNALS) if c in names]
-    for batch in parquet.iter_batches(batch_size=LABEL_BATCH_ROWS, columns=wanted):
-        yield pa.Table.from_batches([batch])
+    with parquet_file(storage, uri) as parquet:
+        names = set(parquet.schema_arrow.names)
+        wanted = [c for c in (*COLUMNS, _ORDER, _SHARD, _HAS_SIGNALS) if c in names]
+        for batch in parquet.iter_batches(batch_size=LABEL_BATCH_ROWS, columns=wanted):
+            # Without the file's field metadata (column descriptions, kB per column): batches of small files are
+            # held together before they are joined.
+            yield pa.Table.from_arrays(batch.columns, names=batch.schema.names)
 
 
 def _with_origin(table: pa.Table, f: LabelFile, start: int) -> pa.Table:
@@ -150,17 +153,39 @@ class JoinBucketFn(beam.DoFn):
             [batch.persons for uri in parts for batch in read_batches(self._storage, uri)]
         )  # problems were counted on the driver
 
-    def _label_batches(self, piece: LabelPiece) -> Iterator[tuple[LabelColumns, bool]]:
-        """``(rows, whether their file has an occlusion_level column)`` of a piece, a batch at a time."""
+    def _tables(self, piece: LabelPiece) -> Iterator[pa.Table]:
+        """A piece's label rows with their origin columns, record batch by record batch."""
         for f in piece.files:
             start = 0
             for table in _read_columns(self._storage, f.uri):
-                table = _with_origin(table, f, start)
+                yield _with_origin(table, f, start)
                 start += table.num_rows
-                yield self._columns(table), "occlusion_level" in table.column_names
         for uri in piece.split:
-            for table in _read_columns(self._storage, uri):
+            yield from _read_columns(self._storage, uri)
+
+    def _label_batches(self, pieces: list[LabelPiece]) -> Iterator[tuple[LabelColumns, bool]]:
+        """``(rows, whether their files have an occlusion_level column)``, about `LABEL_BATCH_ROWS` at a time: the
+        batches of small files (a shard of one person) are put together, so each join step is worth its cost."""
+        held: list[pa.Table] = []
+        rows = 0
+
+        def flush() -> Iterator[tuple[LabelColumns, bool]]:
+            nonlocal rows
+            if held:
+                table = pa.concat_tables(held)
+                held.clear()
+                rows = 0
                 yield self._columns(table), "occlusion_level" in table.column_names
+
+        for piece in pieces:
+            for table in self._tables(piece):
+                if held and not table.schema.equals(held[0].schema):
+                    yield from flush()
+                held.append(table)
+                rows += table.num_rows
+                if rows >= LABEL_BATCH_ROWS or len(held) >= HELD_TABLES:
+                    yield from flush()
+        yield from flush()
 
     @staticmethod
     def _columns(table: pa.Table) -> LabelColumns:
@@ -181,12 +206,11 @@ class JoinBucketFn(beam.DoFn):
         with tempfile.TemporaryDirectory(prefix="dpmesh-eval-") as scratch:
             local = os.path.join(scratch, "persons.parquet")
             with pq.ParquetWriter(local, EVAL_PERSONS_SCHEMA, compression="zstd") as writer:
-                for piece in sorted(pieces, key=lambda p: p.group):
-                    for labels, has_occlusion in self._label_batches(piece):
-                        batch = join_.add(labels, has_occlusion)
-                        if len(batch.labels):
-                            writer.write_table(batch.persons_table())
-                            matched += len(batch.labels)
+                for labels, has_occlusion in self._label_batches(sorted(pieces, key=lambda p: p.group)):
+                    batch = join_.add(labels, has_occlusion)
+                    if len(batch.labels):
+                        writer.write_table(batch.persons_table())
+                        matched += len(batch.labels)
             if matched:
                 self._storage.upload_file(local, join(s.output, PERSONS_FOLDER, f"part-{bucket:05d}.parquet"))
         Metrics.counter(EVAL_METRICS, "label_rows").inc(join_.partial.counts["label_rows"])

@@ -17,6 +17,7 @@ amount whatever the number of persons:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -249,6 +250,8 @@ def finish(
         "evaluated": c["evaluated"],
     }
     persons = sorted(partial.persons or [], key=lambda item: item[0])
+    if partial.has_occlusion:  # rows of a file without the column are "unknown" once any file has it
+        persons = [(o, dataclasses.replace(p, occlusion_level=p.occlusion_level or "unknown")) for o, p in persons]
     return EvaluationResult(
         labels=labels,
         ground_truth=ground_truth_uri,
