@@ -3,7 +3,7 @@
 A job's unit of work is a shard. A unit is committed by its marker, ``<output>/_done/<unit>.json``, written after
 all of the unit's files: a unit with a marker is complete, one without is redone. Around that:
 
-* **Planning** (driver) reads the markers (through the marker index, :mod:`pipelines.common.label_set`), refuses an
+* **Planning** (driver) reads the markers (through the marker index, :mod:`pipelines.common.marker_index`), refuses an
   output holding another config's units with :func:`refuse_other_units` (one wording for every job), and keeps the
   units whose marker is missing or records another identity of their input.
 * **Where a unit runs** (worker), :func:`committed_marker` checks again: a runner may retry a work item, or
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pipelines.common.intent import refuse_another_run
-from pipelines.common.label_set import marker_uri
+from pipelines.common.marker_index import marker_uri
 from pipelines.config import ConfigError
 from pipelines.storage import Storage
 
