@@ -62,8 +62,10 @@ def _reference(labels: Path, ground_truth: Path, steps: int = 20) -> dict[str, A
         g = gt[row["sample_id"]]
         p = np.asarray(row["joints_3d"], np.float64).reshape(24, 3)
         mpjpe = float(np.linalg.norm((p - p[0]) - (g - g[0]), axis=1).mean() * 1000.0)
-        persons.append({"sample_id": row["sample_id"], "tier": row["quality_tier"], "confidence": row["confidence"],
-                        "occlusion": row["occlusion_level"], "mpjpe_mm": mpjpe, "pa_mpjpe_mm": pa_mpjpe_mm(g, p)})  # fmt: skip
+        persons.append({
+            "sample_id": row["sample_id"], "tier": row["quality_tier"], "confidence": row["confidence"],
+            "occlusion": row["occlusion_level"], "mpjpe_mm": mpjpe, "pa_mpjpe_mm": pa_mpjpe_mm(g, p),
+        })  # fmt: skip
     groups = {"all": persons}
     for key, name in (("tier", "by_tier"), ("occlusion", "by_occlusion_level")):
         for value in sorted({p[key] for p in persons}):
@@ -113,7 +115,8 @@ def test_the_pipeline_equals_the_exact_computation_on_small_outputs(
         assert expected is not None
         assert got["spearman"] == pytest.approx(expected.spearman, rel=1e-12)
         assert got["ause_mm"] == pytest.approx(expected.ause_mm, rel=1e-9, abs=1e-12)
-        assert got["sparsification"]["mean_error_mm"] == pytest.approx([p.mean_error_mm for p in expected.sparsification])
+        curve = [p.mean_error_mm for p in expected.sparsification]
+        assert got["sparsification"]["mean_error_mm"] == pytest.approx(curve)
         assert got["sample"] == {"persons": n, "of": n, "exact": True, "spearman_bound": 0.0, "ause_bound_mm": 0.0}
     assert doc["estimates"]["medians"]["estimated"] == 0
     listed = json.loads((tmp_path / "eval" / "eval_persons.json").read_text())["persons"]
@@ -184,7 +187,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(corpus: tuple[Path, Path],
     assert not (tmp_path / "eval").exists()
 
 
-# --- pieces -----------------------------------------------------------------------------------------------------------
+# --- pieces ----------------------------------------------------------------------------------------------------------
 
 
 def test_batched_errors_equal_the_per_person_functions() -> None:
@@ -284,3 +287,26 @@ def _label_columns(rows: np.ndarray, confidence: np.ndarray) -> LabelColumns:
         signals_null=np.zeros((n, 12), bool), has_signals=np.zeros(n, bool), order=rows.astype(np.int64),
         shard=["s"] * n,
     )  # fmt: skip
+
+
+def test_past_its_bounds_the_pipeline_stays_within_the_stated_errors(tmp_path: Path) -> None:
+    """6,000 persons in 6 buckets with a 1,500-person sample: means and counts stay exact; each median is a value
+    whose rank among all values is within the stated rank error; Spearman and AUSE within their stated bounds."""
+    labels, ground_truth = write_label_output(tmp_path / "corpus", 60, 100, seed=8)
+    doc = evaluate(_cfg(labels, ground_truth, tmp_path / "eval", "bucket_persons=1000", "quality_sample=1500"))
+    ref = _reference(labels, ground_truth)
+    values = {m: np.sort([p[m] for p in ref["persons"]]) for m in ("mpjpe_mm", "pa_mpjpe_mm")}
+    assert doc["counts"]["evaluated"] == len(ref["persons"]) == 6000
+    medians = doc["estimates"]["medians"]
+    assert medians["estimated"] > 0
+    assert 0 < medians["rank_error"] < 0.02
+    for metric, ordered in values.items():
+        assert doc["overall"][metric] == pytest.approx(ordered.mean(), rel=1e-12)
+        rank = np.searchsorted(ordered, doc["overall"][f"median_{metric}"], side="right") / ordered.size
+        assert abs(rank - 0.5) <= medians["rank_error"]
+        got, exact = doc["confidence_quality"][metric], ref["quality"][metric]
+        assert exact is not None
+        assert got["sample"]["persons"] == 1500
+        assert not got["sample"]["exact"]
+        assert abs(got["spearman"] - exact.spearman) <= got["sample"]["spearman_bound"]
+        assert abs(got["ause_mm"] - exact.ause_mm) <= got["sample"]["ause_bound_mm"]
