@@ -60,6 +60,7 @@ INDEXED_FIELDS = (
     "shard",
     "elapsed_s",  # per-shard throughput (dpmesh-report); absent from refiltered and older markers
     "shard_identity",
+    "live_digest",  # the shard set's live record the labels follow (retired keys, near-duplicate groups)
     "config_hash",
     "calibration_sha256",  # filter.calibration: the file's content, which config_hash (its path) does not cover
     "model_hosts",  # how each model was hosted (shared, concurrent calls, callers): the summary's record of it

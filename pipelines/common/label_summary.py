@@ -21,6 +21,7 @@ import apache_beam as beam
 
 from pipelines.common.commit_log import ALREADY_COMMITTED
 from pipelines.common.label_set import SUMMARY_NAME, read_markers, write_index
+from pipelines.common.label_units import IMAGES_RETIRED, LIVE_UPDATE, PERSONS_RETIRED
 from pipelines.common.merged_stats import (
     STATS_FILE,
     MergedStats,
@@ -85,7 +86,13 @@ def build_summary(
     run_info: dict[str, Any],
     thresholds: Any,
 ) -> dict[str, Any]:
-    """The ``_summary.json`` document: totals over every shard marker, this run's throughput, versions."""
+    """The ``_summary.json`` document: totals over every shard marker, this run's throughput, versions.
+
+    ``counts`` are over the live samples of the shard set (``persons_in = accepted + rejected + errored`` and
+    ``images_in = images_ok + images_errored``: ``reconciled``), plus ``images_retired`` and ``persons_retired``: the
+    samples later generations retired, never labeled. Throughput and model hosting are of the shards whose model ran
+    this run (``labeled_this_run``), not of those updated to their live record (``updated_this_run``).
+    """
     counts: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     by_stage: Counter[str] = Counter()
@@ -103,9 +110,14 @@ def build_summary(
         error_reasons.update(marker["errors_by_reason"])
         tiers.update(marker["tiers"])
         reviewed.update(marker.get("review") or {})
-    this_run = sum(markers[s]["counts"]["persons_in"] for s in processed if s in markers)
-    hosts = merge_model_hosts(markers[s].get("model_hosts", {}) for s in processed if s in markers)
-    totals = dict(counts)
+    # Shards updated to their live record ran no model: neither this run's throughput nor its model hosting.
+    updated = [s for s in processed if s in markers and markers[s].get(LIVE_UPDATE)]
+    modeled = [s for s in processed if s in markers and s not in updated]
+    this_run = sum(markers[s]["counts"]["persons_in"] for s in modeled)
+    hosts = merge_model_hosts(markers[s].get("model_hosts", {}) for s in modeled)
+    # Every count but these two is over live samples; retired samples (superseded or removed by a later generation
+    # of the shard set) are counted apart, never labeled, and stated even when none are (markers hold them only then).
+    totals = {IMAGES_RETIRED: 0, PERSONS_RETIRED: 0, **counts}
     reconciled = (
         totals.get("persons_in", 0)
         == totals.get("persons_accepted", 0) + totals.get("persons_rejected", 0) + totals.get("persons_errored", 0)
@@ -122,7 +134,8 @@ def build_summary(
         "shards": {
             "total": len(shards_total),
             "done": sum(1 for s in shards_total if s in markers),
-            "labeled_this_run": len(processed),
+            "labeled_this_run": len(processed) - len(updated),
+            "updated_this_run": len(updated),  # brought up to their live record from their rows, no model run
             "missing": sorted(s for s in shards_total if s not in markers)[:100],
         },
         "counts": totals,
@@ -272,12 +285,17 @@ def _reviews(review: dict[str, Any]) -> str:
     )
 
 
+def _updated(shards: dict[str, Any]) -> str:
+    updated = shards.get("updated_this_run", 0)
+    return f", {updated} updated to the live set" if updated else ""
+
+
 def format_summary(summary: dict[str, Any], output: str) -> str:
     """The end-of-run table a local user reads."""
     c = summary["counts"]
     s = summary["shards"]
     rows = [
-        ("shards done / total", f"{s['done']} / {s['total']} ({s['labeled_this_run']} this run)"),
+        ("shards done / total", f"{s['done']} / {s['total']} ({s['labeled_this_run']} this run{_updated(s)})"),
         (
             "images in / ok / errored",
             f"{c.get('images_in', 0)} / {c.get('images_ok', 0)} / {c.get('images_errored', 0)}",
@@ -287,6 +305,10 @@ def format_summary(summary: dict[str, Any], output: str) -> str:
         ("  rejected", str(c.get("persons_rejected", 0))),
         ("  errored", str(c.get("persons_errored", 0))),
         ("counts reconcile", "yes" if summary["reconciled"] else "NO"),
+        (
+            "retired (left out)",
+            f"{c.get(IMAGES_RETIRED, 0)} images, {c.get(PERSONS_RETIRED, 0)} persons",
+        ),
         ("tiers", ", ".join(f"{k} {v}" for k, v in summary["tiers"].items()) or "-"),
         ("rejected by reason", ", ".join(f"{k} {v}" for k, v in summary["rejected_by_reason"].items()) or "-"),
         ("errors by reason", ", ".join(f"{k} {v}" for k, v in summary["errors_by_reason"].items()) or "-"),

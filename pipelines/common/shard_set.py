@@ -79,3 +79,19 @@ def retired_keys_by_shard(storage: Storage, folder: str, manifest: dict[str, Any
         for shard, key in zip(table.column("shard").to_pylist(), table.column("key").to_pylist(), strict=True):
             retired.setdefault(shard, set()).add(key)
     return {shard: frozenset(keys) for shard, keys in retired.items()}
+
+
+def near_duplicate_groups(storage: Storage, folder: str) -> dict[str, dict[str, str]]:
+    """``{shard: {key: group}}`` of the live samples in a near-duplicate group, from the set's
+    ``_near_duplicates.parquet`` (one read, three columns); empty for a set made before near-duplicates were grouped.
+    """
+    try:
+        data = storage.read_bytes(join(folder, NEAR_DUPLICATES_NAME))
+    except FileNotFoundError:
+        return {}
+    table = pq.read_table(io.BytesIO(data), columns=["shard", "key", "group"])
+    groups: dict[str, dict[str, str]] = {}
+    columns = (table.column(name).to_pylist() for name in ("shard", "key", "group"))
+    for shard, key, group in zip(*columns, strict=True):
+        groups.setdefault(shard, {})[key] = group
+    return groups

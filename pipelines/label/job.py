@@ -7,8 +7,10 @@ is one job, whatever the size of the input::
     Create(shard tasks) -> Reshuffle -> LabelShards (read, detect, batch, infer, score, write, marker; per shard)
                                      -> Finish (indexed marker fields -> marker index, _summary.json)
 
-Nothing waits for other shards before a shard is committed: the only barrier feeds the summary. See README
-"Labeling".
+Nothing waits for other shards before a shard is committed: the only barrier feeds the summary. The labels follow
+the shard set's live samples: on a grown set only new shards are labeled, and shards with samples retired since are
+updated from their rows without the model (:mod:`pipelines.label.update`). See README "Labeling" and "Growing a
+corpus".
 """
 
 from __future__ import annotations
@@ -164,7 +166,11 @@ def run(
     calibration = load_calibration(cfg.filter, cfg.storage)  # and a missing or invalid calibration file
     plan = plan_shards(cfg, storage, calibration.sha256 if calibration else None)
     done = len(plan.shards) - len(plan.pending)
-    logger.info("%d shards, %d to label, %d already done", len(plan.shards), len(plan.pending), done)
+    to_label = len(plan.pending) - len(plan.updates)
+    logger.info(
+        "%d shards, %d to label, %d to update to the live set (no model), %d already done",
+        len(plan.shards), to_label, len(plan.updates), done,
+    )  # fmt: skip
     started_at = time.time()
     pending_names = [t.name for t in plan.pending]
     launch = resolve_launch(APP, cfg.runner, units=len(plan.pending), devices=model_devices(cfg))

@@ -11,6 +11,10 @@ warp release the GIL); items leave in shard order whatever the pool's size. The 
 ``prefetch_batches`` items and the pool a few samples per thread, which bounds the worker's memory.
 The model (and the detector) come from their Beam model handlers through
 :func:`pipelines.common.shared_model.acquire_model`, shared across the machine's processes on GPU workers.
+
+A shard committed with the same identity and config but another live record (samples retired since, near-duplicate
+groups changed) is not labeled again: its rows are brought up to date without the model (:mod:`pipelines.label
+.update`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dpmesh_core.confidence import FilterThresholds
 from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import index_entry
 from pipelines.common.label_summary import shard_stats_output
-from pipelines.common.label_units import ShardReport, ShardTask
+from pipelines.common.label_units import LIVE_UPDATE, ShardReport, ShardTask, follows_live_record
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
 from pipelines.config import DetectorConfig
@@ -42,6 +46,7 @@ from pipelines.label.detection.shard_detector import ShardDetector
 from pipelines.label.persons import PersonBatch, PersonTask
 from pipelines.label.read import ShardReader
 from pipelines.label.score import ACCEPTED, score_labeled
+from pipelines.label.update import update_shard
 from pipelines.label.write import LabeledShardWriter
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage
@@ -114,8 +119,9 @@ class _End:
 
 
 class LabelShardFn(beam.DoFn):
-    """Input: a :class:`ShardTask`. Labels and commits the shard; outputs its marker's indexed fields, and on the
-    ``STATS_OUTPUT`` tag its statistics (`pipelines.common.label_summary.shard_stats_output`)."""
+    """Input: a :class:`ShardTask`. Labels and commits the shard (or updates its committed labels to the task's live
+    record, marked :data:`LIVE_UPDATE`); outputs its marker's indexed fields, and on the ``STATS_OUTPUT`` tag its
+    statistics (`pipelines.common.label_summary.shard_stats_output`)."""
 
     def __init__(
         self,
@@ -136,6 +142,7 @@ class LabelShardFn(beam.DoFn):
         self._errored = Metrics.counter(LABEL_METRICS, "persons_errored")
         self._batch_sizes = Metrics.distribution(LABEL_METRICS, "batch_size")
         self._already_committed = Metrics.counter(LABEL_METRICS, "shards_already_committed")
+        self._updated = Metrics.counter(LABEL_METRICS, "shards_updated")
 
     def setup(self) -> None:
         settings = self._settings
@@ -168,10 +175,17 @@ class LabelShardFn(beam.DoFn):
     def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
         if not self._settings.overwrite:
             committed = committed_marker(self._storage, self._settings.output, task.name, self._expected(task))
-            if committed is not None:  # a retried or recomputed work item: its shard is done, keep its files
+            if committed is not None and follows_live_record(committed, task):
+                # a retried or recomputed work item: its shard is done, keep its files
                 self._already_committed.inc()
                 yield {**index_entry(committed), ALREADY_COMMITTED: True}
                 yield from shard_stats_output(committed)
+                return
+            if committed is not None:  # labeled, and the shard set retired samples or regrouped since: no model
+                marker = update_shard(self._storage, self._settings.output, task, committed, self._writer)
+                self._updated.inc()
+                yield {**index_entry(marker), LIVE_UPDATE: True}  # the summary leaves it out of this run's throughput
+                yield from shard_stats_output(marker)
                 return
         started = time.monotonic()
         report = ShardReport()

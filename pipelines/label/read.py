@@ -14,13 +14,16 @@ What is content and what is a fault decides what becomes a row:
   the index lists but the tar did not yield), undecodable images, malformed annotations.
 * Storage faults are not content: :class:`~pipelines.storage.StorageError` propagates out of the reader, so the
   work item fails and the runner retries it; no row and no marker is written for that shard.
+
+Samples a later generation of the shard set retired (:attr:`ShardTask.retired`) are passed over undecoded: they
+give no row and no count but their own (:func:`retired_counts`).
 """
 
 import hashlib
 import logging
 import os
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -29,7 +32,7 @@ import cv2
 
 from dpmesh_core.config import CropGeometry
 from pipelines.common.image_decode import DecodedImage, ImageDecodeError, open_image
-from pipelines.common.label_units import ShardReport, ShardTask
+from pipelines.common.label_units import IMAGES_RETIRED, PERSONS_RETIRED, ShardReport, ShardTask
 from pipelines.common.safe_paths import KEY_GRAMMAR, is_valid_key
 from pipelines.common.shard_members import ShardReadError, ShardSampleData, iter_shard_samples, sample_metadata
 from pipelines.common.shard_set import index_uri_of
@@ -42,6 +45,10 @@ from pipelines.label.persons import AnnotatedPerson, PersonTask, decode_for_crop
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
 from schemas import ErrorReason, ErrorStage, KeypointSource
+
+
+IndexRows = dict[str, dict[str, Any]]
+"""A shard index's rows by key (columns key, sha1, n_persons, source_uri)."""
 
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,41 @@ def default_prep_threads() -> int:
     """The worker's cores minus one (the model's thread, or the process's own work), at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores - 1)
+
+
+def read_shard_index(storage: Storage, shard_uri: str) -> IndexRows | None:
+    """The shard's index rows by key, or None when the shard has no index (labeled with weaker checks)."""
+    try:
+        data = storage.read_bytes(index_uri_of(shard_uri))
+    except FileNotFoundError:
+        logger.warning("%s has no index: members are not checked against it", shard_uri)
+        return None
+    columns = ["key", "sha1", "n_persons", "source_uri"]
+    return {row["key"]: row for row in read_parquet_bytes(data).select(columns).to_pylist()}
+
+
+def retired_counts(task: ShardTask, index: IndexRows | None) -> Counter[str]:
+    """The shard's retired samples (:data:`IMAGES_RETIRED`: those of its index, all of them without one) and their
+    persons as the index lists them (:data:`PERSONS_RETIRED`); empty for a shard with none retired."""
+    if not task.retired:
+        return Counter()
+    if index is None:
+        return Counter({IMAGES_RETIRED: len(task.retired), PERSONS_RETIRED: 0})
+    keys = [key for key in task.retired if key in index]
+    persons = sum(int(index[key]["n_persons"] or 0) for key in keys)
+    return Counter({IMAGES_RETIRED: len(keys), PERSONS_RETIRED: persons})
+
+
+def errored_images(errors: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The keys of the images the reader counted as ``images_errored``, from their error rows: a row of the image as
+    a whole (``person_idx`` null) or of the read and decode stages, which fail the image with all its persons.
+    Person-level rows of a read image (preprocess, a failed batch) and shard-level rows (no key) fail no image."""
+    image_stages = {ErrorStage.LABEL_READ.value, ErrorStage.LABEL_DECODE.value}
+    return {
+        str(row["key"])
+        for row in errors
+        if row.get("key") is not None and (row.get("person_idx") is None or row.get("stage") in image_stages)
+    }
 
 
 class _HashingStream:
@@ -145,7 +187,8 @@ class ShardReader:
         Raises:
             StorageError: the shard or its index could not be read (after retries): not a content problem.
         """
-        index = self._index(task.uri)
+        index = read_shard_index(self._storage, task.uri)
+        report.counts.update(retired_counts(task, index))
         pixel_limit = self._max_pixels or task.max_image_pixels or DEFAULT_MAX_IMAGE_PIXELS
         seen: set[str] = set()
         pending: list[_Pending] = []
@@ -164,6 +207,9 @@ class ShardReader:
                 stream = _HashingStream(raw)
                 try:
                     for sample in iter_shard_samples(stream):  # type: ignore[arg-type]
+                        if sample.key in task.retired:  # out of the live set: never labeled, counted apart
+                            seen.add(sample.key)
+                            continue
                         work = self._sample(task, sample, index, seen, report, pixel_limit)
                         ahead.append(work if isinstance(work, _Prepared) else _run(pool, work))
                         yield from emit(block=False)
@@ -180,16 +226,6 @@ class ShardReader:
         yield from self._flush(task, pending, report)
         yield from self._missing_samples(task, index, seen, report)
         yield from self._check_identity(task, report)
-
-    def _index(self, shard_uri: str) -> dict[str, dict[str, Any]] | None:
-        """The shard's index rows by key, or None when the shard has no index (labeled with weaker checks)."""
-        try:
-            data = self._storage.read_bytes(index_uri_of(shard_uri))
-        except FileNotFoundError:
-            logger.warning("%s has no index: members are not checked against it", shard_uri)
-            return None
-        columns = ["key", "sha1", "n_persons", "source_uri"]
-        return {row["key"]: row for row in read_parquet_bytes(data).select(columns).to_pylist()}
 
     def _sample(
         self,
@@ -341,7 +377,7 @@ class ShardReader:
     ) -> Iterator[dict[str, Any]]:
         """Samples the index lists but the tar did not yield (a truncated shard): their persons become errors."""
         counts = report.counts
-        for key in sorted(set(index or {}) - seen):
+        for key in sorted(set(index or {}) - seen - task.retired):
             row = (index or {})[key]
             counts["images_in"] += 1
             counts["images_errored"] += 1
