@@ -123,7 +123,10 @@ SCRIPT = r"""
 
   function reviewDocument() {
     var h = data.review_header;
-    var ids = Object.keys(state.decisions).sort();
+    var ids = Object.keys(state.decisions).sort().filter(function (id) {  // a hand-edited storage entry is left out
+      var d = state.decisions[id];
+      return d && typeof d.shard === "string" && (d.decision === "accept" || d.decision === "reject");
+    });
     return {
       format: h.format, version: h.version, label_run: h.label_run,
       reviewer: state.reviewer, saved_at: new Date().toISOString(), sample: h.sample,
