@@ -16,10 +16,18 @@ targets: <= 2 s per 1,000 shards beyond a fixed cost (the difference between 10,
 shards), peak RSS <= 1 GB at 10,000 shards. The gallery is off (``report.per_tier=0``): its cost is fixed (at most
 ``per_tier`` rows and images per tier, whatever the output's size) and the synthetic rows carry no images.
 
+``dpmesh-export`` planning (`export_planning`): a finished export of 1,000 and 10,000 shards (synthetic markers and
+indexes on local disk, made with the export's own functions), planned again in this process, then its card step;
+time and GETs (calls of ``Storage.read_bytes``), with the export's marker index and without it. Target: one GET per
+marker the index lacks, none for the others. Prints a line per size, then
+``export_planning_s_per_1k_shards=<x> export_planning_gets=<n>`` (at 10,000 shards). Local disk makes a GET ~0.05 ms
+where S3 takes ~5 ms: the GET count is what carries over.
+
 Last line: ``report_s_per_1k_shards=<x> eval_peak_rss_mb=<n> rss_ratio_10x=<r>``.
 
 Usage: python benchmarks/audit_scale.py [--report-sizes 1000x10,10000x1,10000x10]
                                         [--eval-sizes 1000x10,10000x1,100x1000,1000x1000] [--workdir DIR]
+                                        [--export-planning-sizes 1000,10000] [--export-planning-only]
 """
 
 from __future__ import annotations
@@ -217,6 +225,142 @@ def report_scale(workdir: Path, sizes: tuple[tuple[int, int], ...] = REPORT_SIZE
     return {"runs": runs, "report_s_per_1k_shards": marginal, "report_peak_rss_mb_10k": max(at_10k, default=None)}
 
 
+EXPORT_PLANNING_SIZES = (1000, 10_000)
+
+
+def _export_planning_inputs(root: Path, shards: int) -> tuple[Path, Path, Path]:
+    """A finished export of ``shards`` shards on local disk, as planning and the card see it: the shard set's tars
+    (empty files) and manifest, a label output's markers, index and one annotations file, and the export's markers
+    and index, each marker made with the export's own functions (so that planning finds nothing pending)."""
+    import pyarrow.parquet as pq
+
+    from pipelines.common.label_set import marker_uri, write_index
+    from pipelines.common.marker_index import write_index as write_marker_index
+    from pipelines.export.export_shard import export_config_hash, label_lineage
+    from pipelines.export.finish import EXPORT_INDEX
+    from pipelines.storage import Storage
+    from schemas import ANNOTATION_SCHEMA
+
+    set_folder, labels, out = root / "shards", root / "labels", root / "export"
+    if (root / "built").exists():
+        return set_folder, labels, out
+    storage = Storage()
+    for folder in (set_folder, labels / "annotations", labels / "_done", out / "_done"):
+        folder.mkdir(parents=True, exist_ok=True)
+    cfg = _export_planning_config(labels, set_folder, out)
+    export_hash = export_config_hash(cfg)
+    names = [f"shard-{i:06d}" for i in range(shards)]
+    entries, label_markers, export_markers = [], {}, {}
+    for i, name in enumerate(names):
+        (set_folder / f"{name}.tar").write_bytes(b"")
+        identity = {"tar_bytes": 0, "tar_sha1": f"{i:040x}"}
+        entries.append({"shard": name, **identity, "generation": 0})
+        counts = {"images_in": 1, "images_ok": 1, "images_errored": 0, "persons_in": 1, "persons_accepted": 1,
+                  "persons_rejected": 0, "persons_errored": 0}  # fmt: skip
+        label_marker = {"shard": name, "shard_uri": str(set_folder / f"{name}.tar"), "shard_identity": identity,
+                        "config_hash": "bench", "counts": counts, "reconciled": True}  # fmt: skip
+        export_marker = {
+            "shard": name, "format": "crops", "config_hash": export_hash, "pipeline_version": "bench",
+            "label": {"shard_uri": label_marker["shard_uri"], **label_lineage(label_marker)},
+            "counts": {"rows_in": 1, "rows_selected": 1, "images": 1, "persons": 1, "persons_skipped": 0,
+                       "index_keys_invalid": 0},
+            "reconciled": True, "skipped_by_reason": {}, "shard_error": None, "tiers": {"gold": 1},
+            "occlusion_levels": None, "model_ids": ["bench"], "body_models": [], "errors": [], "skipped_images": [],
+            "files": [f"{name}.tar"],
+        }  # fmt: skip
+        for output, marker in ((labels, label_marker), (out, export_marker)):
+            Path(marker_uri(str(output), name)).write_text(json.dumps(marker))
+        label_markers[name], export_markers[name] = label_marker, export_marker
+    manifest = {"shards": entries, "generations": [{"generation": 0, "shards": names, "retired_file": None}]}
+    (set_folder / "_manifest.json").write_text(json.dumps(manifest))
+    pq.write_table(ANNOTATION_SCHEMA.empty_table(), labels / "annotations" / f"{names[0]}.parquet")
+    write_index(storage, str(labels), label_markers)
+    write_marker_index(storage, str(out), EXPORT_INDEX, export_markers)
+    (root / "built").write_text("")
+    return set_folder, labels, out
+
+
+def _export_planning_config(labels: Path, shards: Path, out: Path) -> Any:
+    from pipelines.config import ExportJobConfig, compose_config
+
+    keys = [f"input.labels={labels}", f"input.shards={shards}", f"output={out}", "format=crops", "log_level=WARNING"]
+    return compose_config("dpmesh_export", keys, ExportJobConfig)
+
+
+def export_planning(workdir: Path, sizes: tuple[int, ...] = EXPORT_PLANNING_SIZES) -> dict[str, Any]:
+    """``dpmesh-export``'s planning and card step on a finished export of each size (synthetic markers on local
+    disk: a GET here is a file read, ~0.05 ms, where S3 takes ~5 ms), with and without the export's marker index.
+
+    Planning is :func:`pipelines.export.plan.plan_export` (the label index, listings, manifest, guard, the export
+    index; nothing is pending); the card step is :class:`pipelines.export.finish.WriteCardFn` with no shard of this
+    run. GETs are the calls of ``Storage.read_bytes``.
+
+    Returns:
+        ``{"runs": [{"shards", "planning_s", "planning_gets", "card_s", "card_gets", "planning_gets_without_index"},
+        ...], "export_planning_s_per_1k_shards": <planning seconds per 1,000 shards at the largest size>,
+        "export_planning_gets": <planning GETs at the largest size>}``.
+    """
+    from pipelines.export.finish import WriteCardFn, provenance
+    from pipelines.export.plan import plan_export
+    from pipelines.storage import Storage
+
+    logging.getLogger("pipelines").setLevel(logging.ERROR)  # the synthetic label output has no _summary.json
+    reads = [0]
+    original = Storage.read_bytes
+
+    def counted(self: Storage, uri: str, *args: Any, **kwargs: Any) -> Any:
+        reads[0] += 1
+        return original(self, uri, *args, **kwargs)
+
+    def measured(step: Any) -> tuple[Any, float, int]:
+        reads[0] = 0
+        started = time.perf_counter()
+        result = step()
+        return result, time.perf_counter() - started, reads[0]
+
+    runs = []
+    Storage.read_bytes = counted  # type: ignore[method-assign]
+    try:
+        for shards in sizes:
+            set_folder, labels, out = _export_planning_inputs(workdir / f"export-planning-{shards}", shards)
+            cfg = _export_planning_config(labels, set_folder, out)
+            storage = Storage(cfg.storage)
+            plan, planning_s, planning_gets = measured(lambda: plan_export(cfg, storage))  # noqa: B023
+            assert len(plan.tasks) == shards, len(plan.tasks)
+            assert not plan.pending, len(plan.pending)
+            card = WriteCardFn(cfg, provenance(cfg, storage, plan.schema))
+            stats, card_s, card_gets = measured(lambda: list(card.process([])))  # noqa: B023
+            assert stats[0]["shards"] == shards
+            index = out / "_done_index.json.gz"
+            kept = index.read_bytes()
+            index.unlink()
+            _, unindexed_s, unindexed_gets = measured(lambda: plan_export(cfg, storage))  # noqa: B023
+            index.write_bytes(kept)
+            run = {
+                "shards": shards,
+                "planning_s": round(planning_s, 3),
+                "planning_gets": planning_gets,
+                "card_s": round(card_s, 3),
+                "card_gets": card_gets,
+                "planning_s_without_index": round(unindexed_s, 3),
+                "planning_gets_without_index": unindexed_gets,
+            }
+            print("export_planning " + " ".join(f"{k}={v}" for k, v in run.items()), flush=True)
+            runs.append(run)
+    finally:
+        Storage.read_bytes = original  # type: ignore[method-assign]
+    largest = max(runs, key=lambda r: r["shards"])
+    return {
+        "runs": runs,
+        "export_planning_s_per_1k_shards": round(largest["planning_s"] / largest["shards"] * 1000, 3),
+        "export_planning_gets": largest["planning_gets"],
+    }
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(int(item) for item in text.split(",") if item)
+
+
 def _sizes(text: str) -> tuple[tuple[int, int], ...]:
     return tuple((int(s), int(p)) for s, p in (item.split("x") for item in text.split(",") if item))
 
@@ -228,6 +372,10 @@ def main() -> None:
     parser.add_argument("--report-sizes", type=_sizes, default=REPORT_SIZES, help="shards x persons, comma-separated")
     parser.add_argument("--eval-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--report-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--export-planning-sizes", type=_counts, default=EXPORT_PLANNING_SIZES, help="shards, comma-separated"
+    )
+    parser.add_argument("--export-planning-only", action="store_true", help="run only dpmesh-export's planning part")
     args = parser.parse_args()
     if args.eval_child:
         _eval_child(*args.eval_child)
@@ -238,6 +386,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
+        planning = export_planning(workdir, args.export_planning_sizes)
+        print(
+            f"export_planning_s_per_1k_shards={planning['export_planning_s_per_1k_shards']} "
+            f"export_planning_gets={planning['export_planning_gets']}",
+            flush=True,
+        )
+        if args.export_planning_only:
+            return
         report = report_scale(workdir, args.report_sizes)
         evaluation = eval_scale(workdir, args.eval_sizes)
     print(

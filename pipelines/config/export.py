@@ -1,5 +1,7 @@
 """The ``dpmesh-export`` app config: which labels, which rows, which trainer format."""
 
+import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -97,6 +99,86 @@ class ExportOptionsConfig:
             raise ConfigError(f"export.box_scale must be in [0.5, 4], got {self.box_scale} (1.2 pads as 4D-Humans)")
 
 
+# A split's name is a sub-folder of the output: short, lower-case, not "_"-led (the output's own folders, _done and
+# _tmp, are) and not "images" (format=camerahmr's image folder).
+_SPLIT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_RESERVED_SPLIT_NAMES = ("images",)
+# How far the fractions may sum from 1 (they are typed in decimals).
+_FRACTION_SUM_TOLERANCE = 1e-6
+
+
+@dataclass
+class SplitConfig:
+    """Train / val / test splits that keep whole groups together (README "Exporting for training", "Splits").
+
+    Attributes:
+        fractions: ``"<name>:<fraction>,..."``, e.g. ``"train:0.9,val:0.05,test:0.05"`` (the command line's
+            ``split=train:0.9,...`` is short for ``split.fractions='train:0.9,...'``); fractions of the groups, each
+            in (0, 1], summing to 1. None (the default) exports no splits: the output is what it always was.
+        group_by: A Python regular expression searched in each image's ``source_uri``; images whose match (its first
+            group if it has one, else the whole match) is the same form one group, e.g. a video id
+            ``"/videos/([^/]+)/"`` or a photo session. Images in a near-duplicate group keep that group; images it
+            does not match are each their own group.
+    """
+
+    fractions: str | None = None
+    group_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fractions is not None and not self.fractions.strip():
+            self.fractions = None
+        if self.group_by is not None and not self.group_by:
+            self.group_by = None
+        self.parts()  # refused here, at launch, with the value named
+        if self.group_by is not None:
+            if self.fractions is None:
+                raise ConfigError("split.group_by needs split=<name>:<fraction>,... (e.g. split=train:0.9,val:0.1)")
+            try:
+                re.compile(self.group_by)
+            except re.error as exc:
+                raise ConfigError(f"split.group_by={self.group_by!r} is not a regular expression: {exc}") from None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the export writes splits."""
+        return self.fractions is not None
+
+    def parts(self) -> tuple[tuple[str, float], ...]:
+        """``((name, fraction), ...)`` in the order given; empty without splits.
+
+        Raises:
+            ConfigError: a part that is not ``name:fraction``, a name that cannot be a folder, a repeated name, a
+                fraction outside (0, 1], or fractions that do not sum to 1.
+        """
+        if self.fractions is None:
+            return ()
+        refuse = f"split={self.fractions!r}: "
+        parts: list[tuple[str, float]] = []
+        for item in self.fractions.split(","):
+            name, sep, value = item.strip().partition(":")
+            try:
+                fraction = float(value) if sep else math.nan
+            except ValueError:
+                fraction = math.nan
+            if not math.isfinite(fraction):
+                raise ConfigError(refuse + f"{item.strip()!r} is not <name>:<fraction> (e.g. train:0.9,val:0.1)")
+            if not _SPLIT_NAME.fullmatch(name) or name in _RESERVED_SPLIT_NAMES:
+                raise ConfigError(
+                    refuse + f"{name!r} cannot name a split folder: 1-32 of a-z, 0-9, '_', '-', not '_'-led, "
+                    f"not {', '.join(_RESERVED_SPLIT_NAMES)}"
+                )
+            if not 0.0 < fraction <= 1.0:
+                raise ConfigError(refuse + f"the fraction of {name!r} must be in (0, 1], got {fraction}")
+            parts.append((name, fraction))
+        names = [name for name, _ in parts]
+        if len(set(names)) != len(names):
+            raise ConfigError(refuse + "a split is named twice")
+        total = math.fsum(fraction for _, fraction in parts)
+        if abs(total - 1.0) > _FRACTION_SUM_TOLERANCE:
+            raise ConfigError(refuse + f"the fractions sum to {total:g}, not 1")
+        return tuple(parts)
+
+
 @dataclass
 class ExportJobConfig:
     """The ``dpmesh-export`` app: labels + shards in, a training-ready dataset out, one shard at a time.
@@ -105,6 +187,7 @@ class ExportJobConfig:
         format: ``hmr2``, ``camerahmr``, ``crops`` or ``labels`` (a labels-only release).
         from_release: A ``format=labels`` release to rebuild from, instead of ``input.labels`` + ``input.shards``;
             the images come from ``input.images``.
+        split: Train / val / test splits by group (:class:`SplitConfig`); none by default.
         overwrite: Re-export every shard (an output holding another config's export is refused without it).
     """
 
@@ -114,6 +197,7 @@ class ExportJobConfig:
     format: ExportFormat = ExportFormat.hmr2
     select: SelectConfig = field(default_factory=SelectConfig)
     export: ExportOptionsConfig = field(default_factory=ExportOptionsConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     overwrite: bool = False
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -142,6 +226,11 @@ class ExportJobConfig:
                 )
             if self.input.images:
                 raise ConfigError("input.images is read only with from_release: the images come from input.shards")
+        if self.split.enabled and self.format == ExportFormat.labels:
+            raise ConfigError(
+                "split= does not apply to format=labels: a release keeps the rows as labeled; split when rebuilding "
+                "from it (from_release=<release> format=hmr2 split=...)"
+            )
         if self.export.box_scale != 1.0 and self.format not in BOX_FORMATS:
             writes = "DPMesh's square crop_bbox_xywh" if self.format == ExportFormat.crops else "the rows as labeled"
             raise ConfigError(

@@ -37,11 +37,12 @@ from apache_beam.metrics import Metrics
 import pipelines
 from pipelines.common.commit_log import committed_marker
 from pipelines.common.image_decode import ImageDecodeError
-from pipelines.common.label_set import LABEL_RUN, marker_uri
+from pipelines.common.label_set import LABEL_RUN
+from pipelines.common.marker_index import marker_uri
 from pipelines.common.metrics import EXPORT_METRICS
-from pipelines.common.safe_paths import UnsafeName
+from pipelines.common.safe_paths import UnsafeName, safe_join
 from pipelines.common.shard_members import decode_upright, encode_jpeg
-from pipelines.config import ConfigError, ExportJobConfig, config_hash
+from pipelines.config import ConfigError, ExportJobConfig, config_hash, config_to_dict
 from pipelines.export.checks import (
     CHECKED_COLUMNS,
     IMAGE_UNREADABLE,
@@ -54,35 +55,40 @@ from pipelines.export.checks import (
     lineage_problem,
     skip_entry,
 )
-from pipelines.export.formats import WRITERS
+from pipelines.export.formats import WRITERS, ShardWriter
 from pipelines.export.image_sources import FolderImages, ImageSource, ShardTarImages
 from pipelines.export.records import ExportImage, ExportPerson, ExportTask
 from pipelines.export.release import release_label_marker
 from pipelines.export.selection import select_rows
+from pipelines.export.splits import NEAR_DUP_COLUMN, SplitTally, Splitter, near_dup_digest
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
 from schemas import ANNOTATION_SCHEMA
 
 
-# What of a label marker decides a labeled shard's rows: the tar labeled, the labeling config, the calibration's
-# content and, for a dpmesh-refilter output, the labeling run behind it. Each is in the markers' index, so planning
-# reads them for 100k shards without a GET per marker. An export marker records them; a difference means the shard
-# was relabeled since it was exported.
-LABEL_LINEAGE = ("shard_identity", "config_hash", "calibration_sha256", LABEL_RUN)
+# What of a label marker decides a labeled shard's rows: the tar labeled, the shard set's live record the rows follow
+# (retired samples, near-duplicate groups: README "Growing a corpus"), the labeling config, the calibration's content
+# and, for a dpmesh-refilter output, the labeling run behind it. Each is in the markers' index, so planning reads them
+# for 100k shards without a GET per marker. An export marker records them; a difference means the shard was relabeled
+# (or its labels brought up to date) since it was exported.
+LABEL_LINEAGE = ("shard_identity", "live_digest", "config_hash", "calibration_sha256", LABEL_RUN)
+NEAR_DUPS = "near_dup_groups_sha256"
+"""Export marker field, with ``split=`` when the near-duplicate groups came from the shard set's file: their digest
+(:func:`~pipelines.export.splits.near_dup_digest`); absent otherwise."""
 
 # Keys that do not change what is written: where and how the job runs, and where its labels and images come from
 # (a rebuild from a release writes what a direct export of the same config writes).
 _NOT_CONTENT = ("input", "from_release", "output", "runner", "storage", "log_level", "overwrite")
-# An option whose default was added after exports were made: left out of the hash at its default, so an output made
-# before it existed is still this config's (and a box_scale other than 1.0 is another config).
-_NEUTRAL_DEFAULTS = {"export.box_scale": 1.0}
+# Options whose default was added after exports were made: left out of the hash at their default, so an output made
+# before they existed is still this config's (and a box_scale other than 1.0, or any split, is another config).
+_NEUTRAL_DEFAULTS: dict[str, Any] = {"export.box_scale": 1.0, "split": {"fractions": None, "group_by": None}}
 # Label columns the export reads besides the checked values: ids, verdict (an annotation file lacking one is refused).
 _ID_COLUMNS = ("sample_id", "image_key", "person_idx", "quality_tier")
 
 
 def export_config_hash(cfg: ExportJobConfig) -> str:
     """Fingerprint of what decides the exported bytes (format, selection, image options)."""
-    options = {"export.box_scale": cfg.export.box_scale}
+    options = {"export.box_scale": cfg.export.box_scale, "split": config_to_dict(cfg.split)}
     neutral = tuple(key for key, default in _NEUTRAL_DEFAULTS.items() if options[key] == default)
     return config_hash(cfg, exclude=(*_NOT_CONTENT, *neutral))
 
@@ -92,16 +98,22 @@ def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
     return {k: label_marker.get(k) for k in LABEL_LINEAGE}
 
 
-def current_source(label_marker: dict[str, Any]) -> dict[str, Any]:
-    """What decides a unit's rows, from its label marker (or a rebuild's stand-in for one): the label lineage and,
-    for a rebuild, the release's config hash (None otherwise)."""
-    return {"label": label_lineage(label_marker), "release": label_marker.get("release")}
+def current_source(label_marker: dict[str, Any], task: ExportTask | None = None) -> dict[str, Any]:
+    """What decides a unit's rows and where they go, from its label marker (or a rebuild's stand-in for one): the
+    label lineage, for a rebuild the release's config hash, and with ``split=`` the digest of the near-duplicate
+    groups the task carries from the shard set's file (None where there is none)."""
+    near_dups = near_dup_digest(task.near_dup_groups) if task is not None else None
+    return {"label": label_lineage(label_marker), "release": label_marker.get("release"), "near_dups": near_dups}
 
 
 def recorded_source(export_marker: dict[str, Any]) -> dict[str, Any]:
     """The same, as an export marker recorded it: a difference from :func:`current_source` means the unit's labels
-    (or its release) changed since it was exported."""
-    return {"label": label_lineage(export_marker.get("label") or {}), "release": export_marker.get("release")}
+    (or its release, or its near-duplicate groups) changed since it was exported."""
+    return {
+        "label": label_lineage(export_marker.get("label") or {}),
+        "release": export_marker.get("release"),
+        "near_dups": export_marker.get(NEAR_DUPS),
+    }
 
 
 def group_by_image(persons: list[ExportPerson]) -> dict[str, list[ExportPerson]]:
@@ -120,6 +132,7 @@ class ExportShardFn(beam.DoFn):
         self._cfg = cfg
         self._max_pixels = max_image_pixels
         self._hash = export_config_hash(cfg)
+        self._splitter = Splitter(cfg.split) if cfg.split.enabled else None
 
     def setup(self) -> None:
         self._storage = Storage(self._cfg.storage)
@@ -151,7 +164,7 @@ class ExportShardFn(beam.DoFn):
         committed = committed_marker(self._storage, self._cfg.output, task.name, {"config_hash": self._hash})
         if committed is None or committed.get("shard_error"):
             return None
-        if recorded_source(committed) != current_source(label_marker):
+        if recorded_source(committed) != current_source(label_marker, task):
             return None
         Metrics.counter(EXPORT_METRICS, "shards_already_committed").inc()
         return committed
@@ -206,7 +219,7 @@ class ExportShardFn(beam.DoFn):
         return FolderImages(self._storage, task)
 
     def _export(self, task: ExportTask, label_marker: dict[str, Any], table: pa.Table) -> dict[str, Any]:
-        storage, cfg = self._storage, self._cfg
+        cfg = self._cfg
         try:
             selected = select_rows(table, cfg.select)
         except ConfigError as exc:  # launch checked the first shard's schema; this shard's differs
@@ -219,14 +232,16 @@ class ExportShardFn(beam.DoFn):
         source = self._source(task)
         index, index_skipped = source.table()
         skipped = list(index_skipped)
-        try:
-            writer = WRITERS[cfg.format](storage, cfg.output, task.name, cfg.export, config_hash=self._hash)
-        except UnsafeName as exc:
-            raise ShardRefused(UNSAFE_PATH, str(exc)) from None
+        placed = self._placement(task, table, images)
+        writers = self._writers(task)
+        tally = SplitTally() if self._splitter is not None else None
         exported: list[ExportPerson] = []
+        written: dict[str, set[str]] = {folder: set() for folder in writers}  # image keys, by split ("" for none)
         try:
             for key, data, record in source.read(images, index, skipped):
                 people = images[key]
+                group, group_source, split = placed.get(key, (key, "", ""))
+                writer = writers[split]
                 try:  # the label run decoded these bytes (they are proven the same): a failure means they changed
                     pixels = decode_upright(data, max_image_pixels=self._max_pixels)
                 except ImageDecodeError as exc:
@@ -239,17 +254,73 @@ class ExportShardFn(beam.DoFn):
                     skipped.append(skip_entry(key, UNSAFE_PATH, str(exc), len(people)))
                     continue
                 exported.extend(people)
-            if writer.WRITES_ROWS:
-                writer.add_rows(_rows_of(writable, exported))
-            files = writer.close()
+                written[split].add(key)
+                if tally is not None and self._splitter is not None:
+                    matched = self._splitter.matched(people[0].row.get("source_uri"))
+                    tally.add(self._splitter, key, group, group_source, split, len(people), matched)
+            files = []
+            for writer in writers.values():  # every split's file, an empty one too: a split's shard names are fixed
+                if writer.WRITES_ROWS:
+                    writer.add_rows(_rows_of(writable, exported))
+                files += writer.close()
         except BaseException:
-            writer.abort()
+            for writer in writers.values():
+                writer.abort()
             raise
         if task.exported_before:  # after the new files, before the marker: a kill in between redoes the shard
-            writer.remove_unselected(set(index) - {p.image_key for p in exported})
+            for split, writer in writers.items():  # an image now in another split goes from its earlier one
+                writer.remove_unselected(set(index) - written[split])
         counts = {"rows_in": table.num_rows, "rows_selected": selected.num_rows}
         counts["index_keys_invalid"] = len(index_skipped)
-        return self._marker(task, label_marker, table, counts, exported, errors, skipped, files)
+        marker = self._marker(task, label_marker, table, counts, exported, errors, skipped, files)
+        if tally is not None and self._splitter is not None:
+            marker["splits"] = tally.block(self._splitter.names)
+            marker["reconciled"] = marker["reconciled"] and sum(tally.persons.values()) == len(exported)
+        return marker
+
+    def _folders(self) -> dict[str, str]:
+        """Where the shard's files go, by split: ``{"": output}`` without splits, else each split's sub-folder.
+
+        Raises:
+            UnsafeName: a split folder that resolves outside the output (a link planted there).
+        """
+        output = self._cfg.output
+        if self._splitter is None:
+            return {"": output}
+        return {name: safe_join(output, name, what="split folder") for name in self._splitter.names}
+
+    def _writers(self, task: ExportTask) -> dict[str, ShardWriter]:
+        """One writer per split (or one for the whole output), each building its tars in the output's scratch."""
+        cfg, made = self._cfg, {}
+        try:
+            for split, folder in self._folders().items():
+                made[split] = WRITERS[cfg.format](
+                    self._storage, folder, task.name, cfg.export, config_hash=self._hash, scratch_root=cfg.output
+                )
+        except UnsafeName as exc:
+            for writer in made.values():
+                writer.abort()
+            raise ShardRefused(UNSAFE_PATH, str(exc)) from None
+        return made
+
+    def _placement(
+        self, task: ExportTask, table: pa.Table, images: dict[str, list[ExportPerson]]
+    ) -> dict[str, tuple[str, str, str]]:
+        """``{image key: (group, where the group came from, split)}`` with ``split=``; empty without
+        (:mod:`pipelines.export.splits`: the rows' ``near_dup_group``, else the task's part of the shard set's
+        near-duplicate file, then ``split.group_by`` over ``source_uri``, then the key)."""
+        splitter = self._splitter
+        if splitter is None:
+            return {}
+        in_rows = NEAR_DUP_COLUMN in table.column_names
+        from_set = task.near_dup_groups or {}
+        placed = {}
+        for key, people in images.items():
+            row = people[0].row
+            near_dup = row.get(NEAR_DUP_COLUMN) if in_rows else from_set.get(key)
+            group, source = splitter.group_of(key, row.get("source_uri"), near_dup)
+            placed[key] = (group, source, splitter.split_of(group))
+        return placed
 
     def _marker(
         self,
@@ -272,6 +343,7 @@ class ExportShardFn(beam.DoFn):
             by_reason[entry["reason"]] += entry["persons"]
         by_reason = Counter({reason: n for reason, n in by_reason.items() if n})
         persons_skipped = sum(by_reason.values())
+        root = f"{self._cfg.output.rstrip('/')}/"
         return {
             **self._head(task, label_marker),
             "counts": {
@@ -297,7 +369,8 @@ class ExportShardFn(beam.DoFn):
             ),
             "errors": errors,
             "skipped_images": skipped,
-            "files": [uri.rsplit("/", 1)[-1] for uri in files if not uri.endswith(".jpg")],
+            # Relative to the output: a split's files carry their split folder (the loose images are not listed).
+            "files": [uri.removeprefix(root) for uri in files if not uri.endswith(".jpg")],
         }
 
     def _refused(
@@ -307,7 +380,13 @@ class ExportShardFn(beam.DoFn):
         selection is not applied to rows that cannot be trusted). An earlier export of the shard is withdrawn, so
         no training file contradicts the marker."""
         if task.exported_before:
-            WRITERS[self._cfg.format].withdraw(self._storage, self._cfg.output, task.name, self._known_keys(task))
+            keys = self._known_keys(task)
+            try:
+                folders = list(self._folders().values())
+            except UnsafeName:  # a split folder made a link: nothing of this export can be there to withdraw
+                folders = []
+            for folder in folders:
+                WRITERS[self._cfg.format].withdraw(self._storage, folder, task.name, keys)
         rows = table.num_rows if table is not None and table.num_rows else _accepted(label_marker)
         return {
             **self._head(task, label_marker),
@@ -348,6 +427,8 @@ class ExportShardFn(beam.DoFn):
         }
         if self._cfg.from_release:
             head["release"] = label_marker.get("release")
+        if self._splitter is not None and (near_dups := near_dup_digest(task.near_dup_groups)):
+            head[NEAR_DUPS] = near_dups
         return head
 
 

@@ -1,10 +1,16 @@
-"""The export's ``stats.json`` and dataset card (``README.md``), from its per-shard markers and the label run.
+"""The export's ``stats.json``, dataset card (``README.md``) and marker index, from its per-shard markers and the
+label run: the run's last step.
 
 ``stats.json`` adds up the ``_done/`` markers of every exported shard (this run's and earlier runs'), so a resumed
-export reports the whole dataset. The card states where the labels came from (label run, model, config hashes,
-thresholds; for a rebuild, the labels release and the images folder), what was selected, which box the format's
-``center`` / ``scale`` come from, the counts by tier and occlusion level, what was not exported and why (persons by
-reason, the shards refused whole), how a labels release is rebuilt, and the licence terms a user inherits.
+export reports the whole dataset. The markers of earlier runs come from the export's marker index,
+``_done_index.json.gz`` (:data:`EXPORT_INDEX`: every field planning and the card use, see
+:mod:`pipelines.common.marker_index`), and only those it lacks are read one by one; this step then rewrites the index
+to cover every marker, before ``stats.json``. The card states where the labels came from (label run, model, config
+hashes, thresholds; for a rebuild, the labels release and the images folder; the shard set's benchmark overlap
+guard), what was selected, which box the format's ``center`` / ``scale`` come from, the counts by tier and occlusion
+level, the splits (``split=``: sizes, groups, the groups grouping kept from straddling splits), what was not exported
+and why (persons by reason, the shards refused whole), how a labels release is rebuilt, and the licence terms a user
+inherits.
 """
 
 import json
@@ -17,9 +23,11 @@ import apache_beam as beam
 import pyarrow as pa
 
 import pipelines
-from pipelines.common.label_set import LABEL_RUN, SUMMARY_NAME, fetch_markers, listed_markers, read_summary
+from pipelines.common.label_set import LABEL_RUN, SUMMARY_NAME, read_summary
+from pipelines.common.marker_index import MarkerIndex, read_markers, write_index
 from pipelines.config import ExportJobConfig, config_to_dict
-from pipelines.export.export_shard import export_config_hash
+from pipelines.export.export_shard import NEAR_DUPS, export_config_hash
+from pipelines.export.splits import GROUP_BY, GROUP_KEY, GROUP_NEAR_DUPLICATE, Splitter, merge_split_blocks
 from pipelines.storage import Storage, join
 
 
@@ -28,6 +36,31 @@ logger = logging.getLogger(__name__)
 
 STATS_NAME = "stats.json"
 CARD_NAME = "README.md"
+
+EXPORT_INDEX = MarkerIndex(
+    (
+        "shard",
+        "format",  # a rebuild's planning reads a labels release's markers through its index
+        "config_hash",
+        "label",  # the label lineage: planning compares it with the label markers'
+        "release",
+        NEAR_DUPS,
+        "shard_error",
+        # What the card adds up (:func:`aggregate`, :func:`~pipelines.export.splits.merge_split_blocks`).
+        "counts",
+        "reconciled",
+        "skipped_by_reason",
+        "tiers",
+        "occlusion_levels",
+        "model_ids",
+        "body_models",
+        "errors",
+        "skipped_images",
+        "splits",
+    )
+)
+"""What the export's marker index keeps: every marker field planning and the card read (not ``files`` nor
+``pipeline_version``), so a card made from the index is the card made from the markers."""
 
 LICENCE_NOTES = (
     "- **Images** keep the licence and terms of their sources (each person's `source_uri` is in the labels and in "
@@ -98,9 +131,15 @@ def refused_line(stats: dict[str, Any], limit: int = 5) -> str:
     return named + (f" and {len(refused) - limit} more" if len(refused) > limit else "")
 
 
-def build_stats(markers: list[dict[str, Any]], provenance: dict[str, Any]) -> dict[str, Any]:
-    """``stats.json``: the aggregate of ``markers`` and the run's provenance."""
-    return {**aggregate(markers), "provenance": provenance}
+def build_stats(
+    markers: list[dict[str, Any]], provenance: dict[str, Any], splitter: Splitter | None = None
+) -> dict[str, Any]:
+    """``stats.json``: the aggregate of ``markers``, with ``split=`` the splits' (``splitter``), and the run's
+    provenance."""
+    stats = {**aggregate(markers), "provenance": provenance}
+    if splitter is not None:
+        stats["splits"] = merge_split_blocks((m.get("splits") for m in markers), splitter)
+    return stats
 
 
 def _refused_lines(stats: dict[str, Any]) -> list[str]:
@@ -169,6 +208,63 @@ def _rebuild_lines(prov: dict[str, Any]) -> list[str]:
     ]
 
 
+def _split_lines(stats: dict[str, Any]) -> list[str]:
+    """The card's section on the splits (empty without ``split=``)."""
+    splits = stats.get("splits")
+    if not splits:
+        return []
+    by = splits["group_sources"]
+    group_by = f"`split.group_by` `{splits['group_by']}`" if splits["group_by"] else "no `split.group_by`"
+    lines = [
+        "## Splits",
+        "",
+        "Each split is a sub-folder laid out as an export without splits (`<split>/shard-NNNNNN.tar`; for "
+        "`camerahmr` `<split>/shard-NNNNNN.npz` and `<split>/images/`). Whole groups go to one split: an image's "
+        f"group is its near-duplicate group, else its match of {group_by} in `source_uri`, else the image itself; "
+        "a group's split is BLAKE2b of its id against the cumulative fractions, so it does not change as the corpus "
+        'grows (project README, "Splits").',
+        "",
+        "| split | fraction | persons | images | groups |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {splits['fractions'][name]:g} | {n['persons']} | {n['images']} | {n['groups']} |"
+            for name, n in splits["splits"].items()
+        ),
+        "",
+        f"- images grouped by near-duplicate group: {by[GROUP_NEAR_DUPLICATE]}, by `split.group_by`: {by[GROUP_BY]}, "
+        f"alone: {by[GROUP_KEY]}",
+        f"- groups of more than one image or named by a rule: {splits['shared_groups']}; "
+        f"**{splits['groups_straddling']}** of them would have straddled splits without grouping (their images, each "
+        "split by its own key, would not all have landed in one split)",
+        *(
+            [
+                f"- `split.group_by` groups with an image a near-duplicate group took into another split: "
+                f"{splits['group_by_groups_split_by_near_duplicates']} (a near-duplicate group wins over `group_by`)"
+            ]
+            if splits["group_by"]
+            else []
+        ),
+        "",
+    ]
+    return lines
+
+
+def _shard_set_lines(prov: dict[str, Any]) -> list[str]:
+    """The card's provenance lines on the shard set's benchmark overlap guard (none when its manifest says nothing
+    of it, e.g. for a rebuild)."""
+    record = prov.get("shard_set")
+    if not record:
+        return []
+    overlap = record.get("benchmark_overlap", 0)
+    if not record.get("exclude"):
+        return [f"- benchmark overlap guard: no benchmark list when the shard set was made ({overlap} left out)"]
+    lists = "; ".join(", ".join(f"{k} `{v}`" for k, v in sorted(e.items())) for e in record["exclude"])
+    return [
+        f"- benchmark overlap guard: {overlap} corpus images left out of the shard set as copies of benchmark images "
+        f"(reason `benchmark_overlap`, every generation); list: {lists}"
+    ]
+
+
 def _table(title: str, counts: dict[str, int] | None, missing: str) -> list[str]:
     if counts is None:
         return [f"**{title}**: {missing}", ""]
@@ -215,12 +311,14 @@ def render_card(stats: dict[str, Any]) -> str:
             stats["occlusion_levels"],
             "not recorded (these labels predate the occlusion columns; relabel to get them)",
         ),
+        *_split_lines(stats),
         *_release_lines(stats),
         "## Provenance",
         "",
         f"- labels: `{prov['labels']}` (made by `{label.get('created_by', 'unknown')}`, pipeline "
         f"{label.get('pipeline_version', 'unknown')}, config hash `{label.get('config_hash', 'unknown')}`)",
         f"- shards: `{prov['shards']}`",
+        *_shard_set_lines(prov),
         *_rebuild_lines(prov),
         f"- model: `{model.get('name', 'unknown')}` "
         f"(checkpoint `{model.get('checkpoint') or model.get('pretrained') or 'random weights'}`); "
@@ -298,12 +396,12 @@ class WriteCardFn(beam.DoFn):
         self._provenance = provenance
 
     def process(self, written: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        storage = Storage(self._cfg.storage)
-        markers = {m["shard"]: m for m in written}
-        listed = listed_markers(storage, self._cfg.output)
-        earlier = fetch_markers(storage, [uri for name, uri in listed.items() if name not in markers])
-        markers.update(earlier)  # shards exported by earlier runs of this export
-        stats = build_stats([markers[k] for k in sorted(markers)], self._provenance)
-        storage.write_bytes(join(self._cfg.output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode())
-        storage.write_bytes(join(self._cfg.output, CARD_NAME), render_card(stats).encode())
+        storage, output = Storage(self._cfg.storage), self._cfg.output
+        # This run's markers as written, earlier runs' from the index (one GET) and only those it lacks read.
+        markers = read_markers(storage, output, EXPORT_INDEX, known={m["shard"]: m for m in written})
+        write_index(storage, output, EXPORT_INDEX, markers)  # before stats.json: the index never leads the markers
+        splitter = Splitter(self._cfg.split) if self._cfg.split.enabled else None
+        stats = build_stats([markers[k] for k in sorted(markers)], self._provenance, splitter)
+        storage.write_bytes(join(output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode())
+        storage.write_bytes(join(output, CARD_NAME), render_card(stats).encode())
         yield stats

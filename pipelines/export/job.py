@@ -10,13 +10,20 @@ refused before. The graph has the labeler's shape::
     Create(shards) -> Reshuffle -> ExportShards (check, select, read, write, marker; per shard)
                                 -> CollectExported -> WriteCard (stats.json, README.md)
 
-No barrier stands between a shard's rows and its files; the only one feeds the card.
+No barrier stands between a shard's rows and its files; the only one feeds the card. Planning reads the label and
+export markers through their indexes (:mod:`pipelines.export.plan`); the card step rewrites the export's index.
+
+With ``split=`` (:mod:`pipelines.export.splits`) each shard's images go, whole groups at a time, to one writer per
+split, each writing the split's sub-folder; ``split=<name>:<fraction>,...`` on the command line is short for
+``split.fractions='...'`` (:func:`split_shorthand`).
 
 Launch checks, in order, before anything is read or written: ``output=`` neither overlaps an input nor is a file
 (:func:`~pipelines.common.safe_paths.check_output_location`); ``select.where`` is one expression
 (:func:`~pipelines.export.selection.parse_where`: no SQL runs before it passes); the labeled shards are in
-``input.shards``; the output holds no other config's export. Only then does the selection run once on an empty
-table, are a killed run's temporary files removed, and does the pipeline start.
+``input.shards``; the labels follow their shard set (:func:`~pipelines.export.live_set.check_labels_follow`: labels
+that lag an append are refused, incomplete ones warned about); the output holds no other config's export. Only then
+does the selection run once on an empty table, are a killed run's temporary files removed, and does the pipeline
+start.
 
 ``from_release=<release> input.images=<folder>`` rebuilds from a labels release (``format=labels``,
 :mod:`pipelines.export.release`) instead: the units are the release's shards, the rows its rows, the images files of
@@ -26,6 +33,7 @@ neither the release nor the images, and the release must be finished (its ``stat
 
 import json
 import logging
+import sys
 from typing import Any
 
 import apache_beam as beam
@@ -34,10 +42,7 @@ from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent
 from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
-from pipelines.common.shard_set import (
-    MANIFEST_NAME,
-    manifest_pixel_limit,
-)
+from pipelines.common.shard_set import manifest_pixel_limit
 from pipelines.config import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ExportFormat,
@@ -54,7 +59,8 @@ from pipelines.export.finish import (
     rebuild_provenance,
     refused_line,
 )
-from pipelines.export.plan import labels_schema, plan_pending, plan_release_tasks, plan_tasks, read_release
+from pipelines.export.live_set import shard_set_record
+from pipelines.export.plan import plan_export, plan_pending, plan_tasks, read_release
 from pipelines.export.records import ExportTask
 from pipelines.export.selection import check_selection, parse_where
 from pipelines.storage import Storage, join
@@ -82,13 +88,10 @@ def build_pipeline(
     )
 
 
-def _shard_set_pixel_limit(storage: Storage, shards: str) -> int:
+def _shard_set_pixel_limit(manifests: dict[str, dict[str, Any]]) -> int:
     """The pixel limit the labels' images were checked with: the label run followed its shard set's (manifest)."""
-    try:
-        manifest = json.loads(storage.read_bytes(join(shards, MANIFEST_NAME)))
-        return manifest_pixel_limit(manifest) or DEFAULT_MAX_IMAGE_PIXELS
-    except (FileNotFoundError, ValueError, AttributeError):  # none, or not a manifest: the default limit
-        return DEFAULT_MAX_IMAGE_PIXELS
+    limits = [limit for manifest in manifests.values() if (limit := manifest_pixel_limit(manifest))]
+    return limits[0] if limits else DEFAULT_MAX_IMAGE_PIXELS
 
 
 def run(cfg: ExportJobConfig) -> dict[str, Any]:
@@ -109,18 +112,20 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
         inputs = {"input.labels": cfg.input.labels, "input.shards": cfg.input.shards}
     check_output_location(storage, cfg.output, inputs)
     release = read_release(storage, cfg.from_release) if cfg.from_release else None
-    tasks = plan_release_tasks(cfg, storage) if cfg.from_release else plan_tasks(cfg, storage)
-    pending = plan_pending(cfg, storage, tasks)
-    schema = labels_schema(storage, tasks)
+    plan = plan_export(cfg, storage)
+    tasks, pending, schema = plan.tasks, plan.pending, plan.schema
     check_selection(cfg.select, schema)  # the one expression, bound to the labels' columns on an empty table
     if release is not None:  # the release's provenance: its label run, and the pixel limit its images were read with
         prov = rebuild_provenance(cfg, release)
         max_pixels = int(prov.get("max_image_pixels") or prov["label_run"].get("max_image_pixels") or default_pixels)
     else:
         prov = provenance(cfg, storage, schema)
-        max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(storage, str(cfg.input.shards))
+        max_pixels = prov["label_run"]["max_image_pixels"] or _shard_set_pixel_limit(plan.manifests)
         prov["max_image_pixels"] = max_pixels  # a release records it, so its rebuilds decode with the same limit
-    removed = scratch.clear(cfg.output)  # what a killed run left: nothing of this run is written yet
+        if (record := shard_set_record(plan.manifests)) is not None:
+            prov["shard_set"] = record  # the benchmark overlap guard's count and list, for the card
+    splits = tuple(name for name, _ in cfg.split.parts())
+    removed = scratch.clear(cfg.output, splits)  # what a killed run left: nothing of this run is written yet
     if removed:
         logger.info("removed %d temporary files a killed run left in %s", removed, cfg.output)
     logger.info(
@@ -161,7 +166,23 @@ def report(stats: dict[str, Any], cfg: ExportJobConfig) -> str:
     return "\n".join(lines)
 
 
-main = hydra_app("dpmesh-export", "dpmesh_export", ExportJobConfig, run, report)
+_app = hydra_app("dpmesh-export", "dpmesh_export", ExportJobConfig, run, report)
+
+
+def split_shorthand(argument: str) -> str:
+    """``split=train:0.9,val:0.1`` as Hydra reads it, ``split.fractions='train:0.9,val:0.1'``; any other argument
+    as it is. (Unquoted, Hydra would read the commas as a sweep, and ``split`` is a group of keys.)"""
+    name, sep, value = argument.partition("=")
+    if name != "split" or not sep:
+        return argument
+    value = value.strip("'\"")
+    return "split.fractions=null" if value in ("", "null") else f"split.fractions='{value}'"
+
+
+def main() -> None:
+    """Console entry point ``dpmesh-export`` (``split=<name>:<fraction>,...`` is short for ``split.fractions=``)."""
+    sys.argv[1:] = [split_shorthand(argument) for argument in sys.argv[1:]]
+    _app()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,16 @@
 """The units of ``dpmesh-export`` and which are pending: every labeled shard joined to its tar, index and manifest
 record (or, for a rebuild, every shard of a labels release); those without an export marker of this config,
-relabeled since (or whose release shard was remade), or refused before (all with ``overwrite``)."""
+relabeled since (or whose release shard was remade, or whose near-duplicate groups changed), or refused before (all
+with ``overwrite``).
+
+Planning reads markers through indexes, never one GET per marker (:mod:`pipelines.common.marker_index`): the label
+markers through the label output's index, the export's own (and a labels release's) through the export's index
+(:data:`~pipelines.export.finish.EXPORT_INDEX`); only markers an index lacks are read one by one. Besides the
+listings, a rerun over a finished export reads the two indexes, the manifest, the label summary and one labels
+file (the schema); with ``split=`` on labels without a ``near_dup_group`` column, the shard set's
+``_near_duplicates.parquet`` once; after an append, each generation's retired file once (the guard,
+:mod:`pipelines.export.live_set`).
+"""
 
 import dataclasses
 import json
@@ -9,31 +19,72 @@ from typing import Any
 
 import pyarrow as pa
 
+from pipelines.common import label_set
 from pipelines.common.commit_log import refuse_other_units
 from pipelines.common.intent import check_intent
-from pipelines.common.label_set import (
-    fetch_markers,
-    listed_markers,
-    read_markers,
-)
+from pipelines.common.marker_index import listed_markers, read_markers
 from pipelines.common.shard_set import (
     MANIFEST_NAME,
     SHARD_TAR,
     folder_of,
     index_uri_of,
+    near_duplicate_groups,
     shard_name_of,
 )
 from pipelines.config import ConfigError, ExportJobConfig
 from pipelines.export.export_shard import current_source, export_config_hash, recorded_source
-from pipelines.export.finish import STATS_NAME
+from pipelines.export.finish import EXPORT_INDEX, STATS_NAME
+from pipelines.export.live_set import check_labels_follow
 from pipelines.export.records import ExportTask
 from pipelines.export.release import corpus_root, images_uri, labels_uri, release_label_marker
+from pipelines.export.splits import NEAR_DUP_COLUMN
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage, join
 from schemas import ANNOTATION_SCHEMA
 
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    """What launch needs from the inputs.
+
+    Attributes:
+        tasks: Every unit (labeled shard, or release shard), in name order. pending: Those this run exports.
+        schema: The labels' annotation schema, file metadata included (:func:`labels_schema`).
+        manifests: The shard set manifests by folder (none for a rebuild).
+        unlabeled: Live shards of the shard set without labels (exported by a rerun once labeled).
+    """
+
+    tasks: list[ExportTask]
+    pending: list[ExportTask]
+    schema: pa.Schema
+    manifests: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    unlabeled: list[str] = dataclasses.field(default_factory=list)
+
+
+def plan_export(cfg: ExportJobConfig, storage: Storage) -> ExportPlan:
+    """The export's units, the labels' schema and the pending units, after the labels are checked against their
+    shard set (:func:`~pipelines.export.live_set.check_labels_follow`).
+
+    Raises:
+        ConfigError: no labeled shards, labeled shards missing from ``input.shards``, labels that lag their shard
+            set, or an output holding another config's export.
+    """
+    if cfg.from_release:
+        tasks = plan_release_tasks(cfg, storage)
+        sources = _release_sources(storage, cfg.from_release, {t.name for t in tasks})
+        return ExportPlan(tasks, plan_pending(cfg, storage, tasks, sources), labels_schema(storage, tasks))
+    labels = str(cfg.input.labels)
+    label_markers = label_set.read_markers(storage, labels)
+    tasks, manifests = plan_tasks(cfg, storage, label_markers)
+    unlabeled = check_labels_follow(storage, manifests, label_markers, labels, str(cfg.input.shards))
+    schema = labels_schema(storage, tasks)
+    if cfg.split.enabled and NEAR_DUP_COLUMN not in schema.names:  # labels older than the column: the set's file
+        tasks = _with_near_dups(storage, tasks, manifests)
+    pending = plan_pending(cfg, storage, tasks, label_markers)
+    return ExportPlan(tasks, pending, schema, manifests, unlabeled)
 
 
 def read_manifests(storage: Storage, tar_uris: list[str]) -> dict[str, dict[str, Any]]:
@@ -69,14 +120,17 @@ def manifest_entries(manifests: dict[str, dict[str, Any]]) -> dict[str, dict[str
     return entries
 
 
-def plan_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
-    """Every labeled shard, joined to its tar, its index and the manifest's record of the tar.
+def plan_tasks(
+    cfg: ExportJobConfig, storage: Storage, label_markers: dict[str, dict[str, Any]]
+) -> tuple[list[ExportTask], dict[str, dict[str, Any]]]:
+    """Every labeled shard (``label_markers``: by name), joined to its tar, its index and the manifest's record of
+    the tar; and the manifests of the folders holding them, by folder.
 
     Raises:
         ConfigError: no labeled shards; a labeled shard whose tar is not in ``input.shards``.
     """
     labels, shards = str(cfg.input.labels), str(cfg.input.shards)
-    labeled = sorted(listed_markers(storage, labels))
+    labeled = sorted(label_markers)
     if not labeled:
         raise ConfigError(f"input.labels={labels!r} holds no labeled shards (no _done/ markers)")
     tars = {shard_name_of(obj.uri): obj for obj in storage.list(shards) if SHARD_TAR.search(obj.uri)}
@@ -88,7 +142,7 @@ def plan_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
         )
     manifests = read_manifests(storage, [tars[name].uri for name in labeled])
     entries = manifest_entries(manifests)
-    return [
+    tasks = [
         ExportTask(
             name=name,
             labels_uri=join(labels, "annotations", f"{name}.parquet"),
@@ -99,6 +153,19 @@ def plan_tasks(cfg: ExportJobConfig, storage: Storage) -> list[ExportTask]:
             corpus_root=corpus_root(manifests.get(folder_of(tars[name].uri)) or {}),
         )
         for name in labeled
+    ]
+    return tasks, manifests
+
+
+def _with_near_dups(
+    storage: Storage, tasks: list[ExportTask], manifests: dict[str, dict[str, Any]]
+) -> list[ExportTask]:
+    """``tasks``, each with its shard's part of its shard set's near-duplicate groups (the set's file read once per
+    folder holding a manifest; a shard in no group gets an empty part)."""
+    groups = {folder: near_duplicate_groups(storage, folder) for folder in manifests}
+    return [
+        dataclasses.replace(t, near_dup_groups=dict((groups.get(folder_of(t.tar_uri)) or {}).get(t.name) or {}))
+        for t in tasks
     ]
 
 
@@ -159,8 +226,11 @@ def labels_schema(storage: Storage, tasks: list[ExportTask]) -> pa.Schema:
     return ANNOTATION_SCHEMA
 
 
-def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]) -> list[ExportTask]:
-    """The tasks without a marker of this config, whose shard was relabeled since, or that were refused
+def plan_pending(
+    cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask], sources: dict[str, dict[str, Any]]
+) -> list[ExportTask]:
+    """The tasks without a marker of this config, whose shard was relabeled since (``sources``: the label markers,
+    or a rebuild's stand-ins for them, by name) or whose near-duplicate groups changed, or that were refused
     (``shard_error``: the user may have fixed ``input.shards`` or the labels since); all with ``overwrite``.
 
     Files of a re-exported shard are replaced under the same names (its tar, or its npz), and with
@@ -169,25 +239,26 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
     Raises:
         ConfigError: the output holds shards exported with another config (and ``overwrite`` is off).
     """
-    listed = listed_markers(storage, cfg.output)
     if cfg.overwrite:
+        listed = listed_markers(storage, cfg.output)
         return [dataclasses.replace(t, exported_before=t.name in listed) for t in tasks]
-    if not listed:  # nothing committed yet: the intent says whose unfinished files the output may hold
+    done = read_markers(storage, cfg.output, EXPORT_INDEX)
+    if not done:  # nothing committed yet: the intent says whose unfinished files the output may hold
         check_intent(storage, cfg.output, export_config_hash(cfg), "an unfinished export")
-    done = fetch_markers(storage, list(listed.values()))
     current = export_config_hash(cfg)
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
     if foreign:
         raise refuse_other_units(cfg.output, "exported shards", foreign, "another config")
-    sources = _source_markers(cfg, storage, {t.name for t in tasks})
     relabeled = {
         t.name
         for t in tasks
-        if t.name in done and recorded_source(done[t.name]) != current_source(sources.get(t.name) or {})
+        if t.name in done and recorded_source(done[t.name]) != current_source(sources.get(t.name) or {}, t)
     }
     if relabeled:
         logger.info(
-            "%d exported shards were relabeled since (e.g. %s): exporting them again", len(relabeled), min(relabeled)
+            "%d exported shards were relabeled (or regrouped) since (e.g. %s): exporting them again",
+            len(relabeled),
+            min(relabeled),
         )
     refused = {t.name for t in tasks if (done.get(t.name) or {}).get("shard_error")}
     again = relabeled | refused
@@ -198,16 +269,13 @@ def plan_pending(cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask]
     ]
 
 
-def _source_markers(cfg: ExportJobConfig, storage: Storage, names: set[str]) -> dict[str, dict[str, Any]]:
-    """The label markers of ``names`` (through the label markers' index), or for a rebuild the stand-ins made from
-    the release's markers; a release marker that is not one is left out (its shard is exported again, and the
+def _release_sources(storage: Storage, release: str, names: set[str]) -> dict[str, dict[str, Any]]:
+    """For a rebuild, the stand-ins for label markers made from the release's markers of ``names`` (through the
+    release's export index); a release marker that is not one is left out (its shard is exported again, and the
     worker refuses it in one line)."""
-    if not cfg.from_release:
-        return read_markers(storage, str(cfg.input.labels), names=names)
-    listed = listed_markers(storage, cfg.from_release)
-    release = fetch_markers(storage, [uri for name, uri in listed.items() if name in names])
+    markers = read_markers(storage, release, EXPORT_INDEX, names=names)
     stand_ins: dict[str, dict[str, Any]] = {}
-    for name, marker in release.items():
+    for name, marker in markers.items():
         try:
             stand_ins[name] = release_label_marker(marker)
         except ValueError:

@@ -61,6 +61,9 @@ class ExportTask:
             manifest of URIs (:func:`pipelines.export.release.image_path`).
         images_folder: Set for a rebuild from a labels release: the images are files under it, named by the
             release's image table at ``index_uri`` (``labels_uri`` is the release's rows, ``tar_uri`` is empty).
+        near_dup_groups: With ``split=`` on labels without a ``near_dup_group`` column: ``{key: group}`` of the
+            shard's images in a near-duplicate group, this shard's part of the shard set's
+            ``_near_duplicates.parquet`` (read once on the driver); None otherwise (:mod:`pipelines.export.splits`).
     """
 
     name: str
@@ -72,6 +75,7 @@ class ExportTask:
     manifest_entry: dict[str, Any] | None = None
     corpus_root: str | None = None
     images_folder: str | None = None
+    near_dup_groups: dict[str, str] | None = None
 
 
 _ARRAY_COLUMNS = (

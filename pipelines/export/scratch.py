@@ -26,6 +26,7 @@ from pipelines.storage.local import TEMP_PREFIX
 SCRATCH_FOLDER = "_tmp"
 # Folders of an export output that storage writes land in (a storage temporary is made next to its target).
 _WRITE_FOLDERS = ("", "images", "_done")
+_SPLIT_FOLDERS = ("", "images")  # a split's sub-folder holds what an output without splits holds, less _done
 
 
 def folder(output: str) -> str:
@@ -46,9 +47,10 @@ def new_file(output: str, prefix: str, suffix: str) -> str:
     return name
 
 
-def clear(output: str) -> int:
+def clear(output: str, splits: tuple[str, ...] = ()) -> int:
     """Removes the scratch folder of ``output`` and the storage layer's temporaries in the folders the export writes
-    to (local outputs); returns how many files went. Call at launch, before any worker writes."""
+    to (local outputs; ``splits``: the split sub-folders, with ``split=``); returns how many files went. Call at
+    launch, before any worker writes."""
     removed = 0
     scratch = folder(output)
     if os.path.islink(scratch):  # a link planted where the scratch folder goes: drop the link, never follow it
@@ -60,7 +62,7 @@ def clear(output: str) -> int:
     parsed = parse_uri(output)
     if parsed.scheme != "file":
         return removed
-    for sub in _WRITE_FOLDERS:
+    for sub in (*_WRITE_FOLDERS, *(os.path.join(split, folder) for split in splits for folder in _SPLIT_FOLDERS)):
         with (
             contextlib.suppress(FileNotFoundError, NotADirectoryError),
             os.scandir(os.path.join(parsed.key or ".", sub)) as entries,

@@ -11,6 +11,10 @@ tar scan; on S3 or GCS one ranged GET, ``Storage.read_range``), checks the sha1,
 Arrow's flatten + ``to_numpy`` (no Python lists) and held as numpy arrays, so the dataset pickles small to
 ``DataLoader`` workers; local tar files are opened lazily, once per worker process.
 
+With ``splits=SplitConfig(fractions=..., group_by=...)`` and ``split="val"`` it holds one split's persons, chosen as
+``dpmesh-export split=`` chooses them (:mod:`pipelines.export.splits`: whole groups by the hash of the group id), so
+a model trained from this dataset and one trained from an export hold out the same persons.
+
 Labels and shards may be anywhere the storage layer reads (local, ``s3://``, ``gs://``). A label row's ``shard``
 names a tar only through :func:`~pipelines.common.safe_paths.safe_join` (one plain segment inside ``shards``; else
 ``UnsafeName``, a ``ValueError``). This is the only module of :mod:`pipelines.export` that imports torch.
@@ -26,13 +30,15 @@ import torch
 
 from pipelines.common.safe_paths import safe_join
 from pipelines.common.shard_members import MemberRef, check_member, decode_upright, read_member_at
-from pipelines.common.shard_set import index_uri_of
+from pipelines.common.shard_set import index_uri_of, near_duplicate_groups
 from pipelines.config import DEFAULT_MAX_IMAGE_PIXELS, SelectConfig, StorageConfig
+from pipelines.config.export import SplitConfig
 from pipelines.export.crop import crop_transform, square_crop
 from pipelines.export.formats.crops import keypoints_in_crop
 from pipelines.export.joints44 import coco17_to_hmr44
 from pipelines.export.records import smpl_supervised
 from pipelines.export.selection import check_selection, select_rows
+from pipelines.export.splits import NEAR_DUP_COLUMN, Splitter
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage, join, parse_uri
 from schemas import fixed_list_to_numpy
@@ -56,6 +62,8 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
         select: Which rows (as ``dpmesh-export select.*``); all accepted rows by default.
         storage: Storage config for reading ``labels`` and ``shards`` (local by default).
         verify: Check every image's sha1 against the shard index.
+        splits, split: Hold only the persons of split ``split`` of ``splits`` (both or neither), as
+            ``dpmesh-export split=`` assigns them.
 
     Each item is a dict:
 
@@ -79,6 +87,8 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
         storage: StorageConfig | None = None,
         verify: bool = True,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        splits: SplitConfig | None = None,
+        split: str | None = None,
     ) -> None:
         self.crop_size = crop_size
         self._max_pixels = max_image_pixels
@@ -93,6 +103,8 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
                 check_selection(select, shard_rows.schema)  # e.g. occlusion levels asked of labels without them
                 tables.append(select_rows(shard_rows, select))
         table = pa.concat_tables(tables, promote_options="default") if tables else None
+        if table is not None and (splits is not None or split is not None):
+            table = _one_split(reader, shards, table, splits, split)
         if table is None or table.num_rows == 0:
             raise ValueError(f"no selected rows under {join(labels, 'annotations')}")
         shard_of, key_of = table.column("shard").to_pylist(), table.column("image_key").to_pylist()
@@ -178,3 +190,30 @@ class LabeledPersonDataset(torch.utils.data.Dataset[dict[str, Any]]):
             "sample_id": self._sample_ids[i],
         }
         return item
+
+
+def _one_split(
+    reader: Storage, shards: str, table: pa.Table, splits: SplitConfig | None, split: str | None
+) -> pa.Table:
+    """The rows of ``table`` in split ``split`` of ``splits``: groups from the rows' ``near_dup_group``, or from the
+    shard set's near-duplicate file for labels without that column (:mod:`pipelines.export.splits`).
+
+    Raises:
+        ValueError: one of ``splits`` and ``split`` without the other, or a split ``splits`` does not name.
+    """
+    if splits is None or not splits.enabled or split is None:
+        raise ValueError("splits= and split= go together: SplitConfig(fractions=...) and the name of one split")
+    splitter = Splitter(splits)
+    if split not in splitter.names:
+        raise ValueError(f"split={split!r} is not one of {', '.join(splitter.names)}")
+    keys, uris = table.column("image_key").to_pylist(), table.column("source_uri").to_pylist()
+    if NEAR_DUP_COLUMN in table.column_names:
+        near = table.column(NEAR_DUP_COLUMN).to_pylist()
+    else:
+        groups = {key: group for part in near_duplicate_groups(reader, shards).values() for key, group in part.items()}
+        near = [groups.get(key) for key in keys]
+    keep = [
+        splitter.split_of(splitter.group_of(key, uri, group)[0]) == split
+        for key, uri, group in zip(keys, uris, near, strict=True)
+    ]
+    return table.filter(pa.array(keep, type=pa.bool_()))

@@ -91,6 +91,7 @@ def test_a_labels_release_holds_the_rows_and_each_images_path_size_and_sha1_but_
         "stats.json",
         "README.md",
         "_intent.json",
+        "_done_index.json.gz",  # the markers' index: a rebuild plans from it
     }
     assert not [p for p in release.rglob("*") if p.suffix in (".jpg", ".tar", ".npz")], "no image bytes"
     labels_schema = pq.read_schema(root / "labels" / "annotations" / f"{shards[0]}.parquet")
@@ -285,9 +286,10 @@ def test_box_scale_pads_the_hmr2_and_camerahmr_box_and_is_another_config(
         return compose_config("dpmesh_export", keys, ExportJobConfig)
 
     # At its default the option is left out of the hash: an output made before it existed is still this config's
-    # (the keys the export hash left out before box_scale and from_release were added, and those two).
+    # (the keys the export hash left out before box_scale, from_release and split were added, and those three).
     before = ("input", "output", "runner", "storage", "log_level", "overwrite")
-    assert export_config_hash(cfg()) == config_hash(cfg(), exclude=(*before, "from_release", "export.box_scale"))
+    added = ("from_release", "export.box_scale", "split")
+    assert export_config_hash(cfg()) == config_hash(cfg(), exclude=(*before, *added))
     assert export_config_hash(cfg("export.box_scale=1.2")) != export_config_hash(cfg())
     with pytest.raises(ConfigError, match=r"export\.box_scale applies to format=hmr2"):
         cfg("format=crops", "export.box_scale=1.2")

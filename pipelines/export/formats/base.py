@@ -3,7 +3,8 @@
 A writer gets one shard's images in key order (:meth:`ShardWriter.add`) and publishes the shard's files on
 :meth:`ShardWriter.close`, before the job writes the shard's marker. Files are named after the input shard
 (``shard-NNNNNN.tar`` / ``.npz``, a labels release's ``.labels.parquet`` + ``.images.parquet``), so an export has one
-file (or pair) per labeled shard and a rerun replaces a shard's files whole (storage writes are atomic).
+file (or pair) per labeled shard and a rerun replaces a shard's files whole (storage writes are atomic). With
+``split=`` the job gives each split its own writer, whose ``output`` is the split's sub-folder: the same names there.
 
 Every name a writer makes from data (an image key, a sample id) is one plain segment: file paths go through
 :func:`~pipelines.common.safe_paths.safe_join` and tar members through
@@ -36,9 +37,12 @@ class ShardWriter(ABC):
     """Writes one input shard's selected persons under ``output`` in one trainer format.
 
     Args:
-        storage: Where the output goes. output: The export's folder. shard: ``shard-NNNNNN``.
+        storage: Where the output goes. output: The folder the shard's files go to: the export's, or with
+            ``split=`` one split's sub-folder of it. shard: ``shard-NNNNNN``.
         options: ``export.*`` (crop size, JPEG quality, box scale).
         config_hash: The export's config hash, for writers that record it in their files.
+        scratch_root: The export's folder, whose scratch folder builds tars (:mod:`pipelines.export.scratch`);
+            ``output`` when not given.
     """
 
     WRITES_IMAGES = True
@@ -47,13 +51,20 @@ class ShardWriter(ABC):
     """Whether the writer takes the exported annotation rows (:meth:`add_rows`) before :meth:`close`."""
 
     def __init__(
-        self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig, config_hash: str = ""
+        self,
+        storage: Storage,
+        output: str,
+        shard: str,
+        options: ExportOptionsConfig,
+        config_hash: str = "",
+        scratch_root: str | None = None,
     ) -> None:
         self.storage = storage
         self.output = output
         self.shard = shard
         self.options = options
         self.config_hash = config_hash
+        self.scratch_root = scratch_root or output
 
     @abstractmethod
     def add(self, image: ExportImage) -> None:
@@ -137,11 +148,17 @@ class TarShardWriter(ShardWriter):
     SHARD_SUFFIX = ".tar"
 
     def __init__(
-        self, storage: Storage, output: str, shard: str, options: ExportOptionsConfig, config_hash: str = ""
+        self,
+        storage: Storage,
+        output: str,
+        shard: str,
+        options: ExportOptionsConfig,
+        config_hash: str = "",
+        scratch_root: str | None = None,
     ) -> None:
-        super().__init__(storage, output, shard, options, config_hash)
+        super().__init__(storage, output, shard, options, config_hash, scratch_root)
         self.uri = safe_join(output, f"{shard}{self.SHARD_SUFFIX}", what="shard name")
-        self.tar = TarBuilder(storage, output, self.uri)
+        self.tar = TarBuilder(storage, self.scratch_root, self.uri)
 
     def close(self) -> list[str]:
         self.tar.publish()

@@ -1,0 +1,201 @@
+"""dpmesh-export on a grown shard set (issue 26 items 2 and 5, export side): labels that lag the set are refused in
+one line naming dpmesh-label, incomplete labels are exported with a warning, and after dpmesh-label has followed the
+append a rerun exports only the new shards and the shards whose labels changed.
+
+The corpus: eight photo-like scenes with annotated persons, sharded, labeled by the numpy stand-in and exported with
+splits; then grown (two new files, one changed, one removed, a near-duplicate copy of a kept file) and appended.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipelines.common.label_set import fetch_markers, listed_markers, write_index
+from pipelines.config import ConfigError, ExportJobConfig, ShardJobConfig, compose_config
+from pipelines.export.job import run as export
+from pipelines.export.job import split_shorthand
+from pipelines.shard.job import run as shard_job
+from pipelines.storage import Storage
+from tests.fakes.corpus import SyntheticImage, make_images, write_coco
+from tests.fakes.digests import identities
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.near_duplicates import varied_jpegs
+from tests.fakes.shard_set import label_shards
+from tests.fakes.writes import recorded_writes
+
+
+CHANGED, REMOVED, NEAR_SOURCE, NEAR_COPY = "img_00001.jpg", "img_00003.jpg", "img_00005.jpg", "new_near.jpg"
+SPLIT = (split_shorthand("split=train:0.5,val:0.5"),)
+
+
+def _annotated(name: str, data: bytes, persons: list[dict[str, Any]]) -> SyntheticImage:
+    width, height = Image.open(io.BytesIO(data)).size
+    return SyntheticImage(name, data, width, height, persons)
+
+
+def _write(root: Path, images: dict[str, SyntheticImage]) -> None:
+    folder = root / "images"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for image in images.values():
+        (folder / image.file_name).write_bytes(image.data)
+    write_coco(str(root / "coco.json"), list(images.values()))
+
+
+def _shard(root: Path, *overrides: str) -> dict[str, Any]:
+    keys = [f"input.images={root / 'images'}", f"input.annotations={root / 'coco.json'}", f"output={root / 'shards'}"]
+    keys += ["shard.max_samples=3", "log_level=WARNING", *overrides]
+    return shard_job(compose_config("dpmesh_shard", keys, ShardJobConfig))
+
+
+def _export_config(root: Path, labels: Path, out: Path) -> ExportJobConfig:
+    keys = [f"input.labels={labels}", f"input.shards={root / 'shards'}", f"output={out}", "format=crops"]
+    keys += ["export.crop_size=32", "log_level=WARNING", *SPLIT]
+    return compose_config("dpmesh_export", keys, ExportJobConfig)
+
+
+def _label_markers(labels: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((labels / "_done").glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Generation 0 sharded, labeled and exported; then the corpus grown and appended (generation 1), and a copy of
+    the labels made before the append kept; then the labels brought up to the set by dpmesh-label."""
+    root = tmp_path_factory.mktemp("export_grown")
+    scenes = varied_jpegs(12, seed=41)
+    people = make_images(12, seed=43, width=320, height=240, persons=(1, 2))
+    images = {f"img_{i:05d}.jpg": _annotated(f"img_{i:05d}.jpg", scenes[i], people[i].persons) for i in range(8)}
+    _write(root, images)
+    first = _shard(root)
+    labels, out = root / "labels", root / "export"
+    label_shards(root / "shards", labels, "filter=off", handler=FakeDPMeshHandler)
+    export(_export_config(root, labels, out))
+    exported_before = {p.stem: p for p in (out / "_done").glob("*.json")}
+    labels_before = _label_markers(labels)
+
+    for i, name in enumerate(("new_0.jpg", "new_1.jpg")):
+        images[name] = _annotated(name, scenes[8 + i], people[8 + i].persons)
+    images[CHANGED] = _annotated(CHANGED, scenes[10], people[10].persons)
+    del images[REMOVED]
+    copy = io.BytesIO()
+    Image.open(io.BytesIO(images[NEAR_SOURCE].data)).save(copy, "JPEG", quality=70)  # same size: persons unchanged
+    images[NEAR_COPY] = _annotated(NEAR_COPY, copy.getvalue(), images[NEAR_SOURCE].persons)
+    _write(root, images)
+    appended = _shard(root, "mode=append", "input.record_removals=true")
+    stale = root / "labels_before_append"
+    shutil.copytree(labels, stale)
+    label_shards(root / "shards", labels, "filter=off", handler=FakeDPMeshHandler)
+    return {
+        "root": root,
+        "labels": labels,
+        "stale": stale,
+        "out": out,
+        "first_shards": [s["shard"] for s in first["shards"]],
+        "new_shards": sorted({s["shard"] for s in appended["shards"]} - {s["shard"] for s in first["shards"]}),
+        "exported_before": sorted(exported_before),
+        "labels_before": labels_before,
+    }
+
+
+def test_labels_made_before_the_append_are_refused_in_one_line(grown: dict[str, Any], tmp_path: Path) -> None:
+    root, out = grown["root"], tmp_path / "out"
+    assert grown["new_shards"], "the append wrote shards"
+    with pytest.raises(ConfigError) as refused:
+        export(_export_config(root, grown["stale"], out))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "lags the shard set" in message
+    assert "generation 1" in message
+    assert f"dpmesh-label input.shards={root / 'shards'} output={grown['stale']}" in message
+    assert not out.exists(), "refused before anything is written"
+
+
+def test_labels_still_holding_retired_samples_are_refused(grown: dict[str, Any], tmp_path: Path) -> None:
+    """The new shards labeled, but an older shard's labels not brought up to date (its marker and index entry from
+    before the append): its rows hold a sample the append retired."""
+    root, labels = grown["root"], tmp_path / "labels"
+    shutil.copytree(grown["labels"], labels)
+    retired_in = sorted(
+        name
+        for name, marker in _label_markers(grown["labels"]).items()
+        if (marker["counts"].get("images_retired") or 0) > 0
+    )
+    assert retired_in, "the changed and removed files retired samples of older shards"
+    stale = retired_in[0]
+    shutil.copy(grown["stale"] / "_done" / f"{stale}.json", labels / "_done" / f"{stale}.json")
+    storage = Storage()
+    write_index(storage, str(labels), fetch_markers(storage, list(listed_markers(storage, str(labels)).values())))
+    refusal = rf"1 labeled shards \(e\.g\. {stale}\) still hold samples a later generation retired; run dpmesh-label"
+    with pytest.raises(ConfigError, match=refusal):
+        export(_export_config(root, labels, tmp_path / "out"))
+
+
+def test_incomplete_labels_are_exported_with_a_warning(
+    grown: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A label run not finished (a shard's marker missing): the labeled shards are exported, the count is logged,
+    and the rerun after labeling exports that shard alone."""
+    root, labels, out = grown["root"], tmp_path / "labels", tmp_path / "out"
+    shutil.copytree(grown["labels"], labels)
+    missing = grown["first_shards"][0]
+    kept = labels.parent / "kept_marker.json"
+    shutil.move(labels / "_done" / f"{missing}.json", kept)
+    with caplog.at_level(logging.WARNING, logger="pipelines.export"):
+        stats = export(_export_config(root, labels, out))
+    assert f"1 live shards of the shard set have no labels yet (e.g. {missing})" in caplog.text
+    assert missing not in {p.stem for p in (out / "_done").glob("*.json")}
+    assert stats["shards"] == len(_label_markers(labels))
+
+    shutil.move(kept, labels / "_done" / f"{missing}.json")
+    before = identities((out / "_done").glob("*.json"))
+    with recorded_writes() as writes:
+        export(_export_config(root, labels, out))
+    markers = [uri for uri in writes.written if "/_done/" in uri]
+    assert markers == [str(out / "_done" / f"{missing}.json")]
+    assert identities(p for p in (out / "_done").glob("*.json") if p.stem != missing) == before
+
+
+def test_after_the_append_and_labeling_a_rerun_exports_only_what_changed(grown: dict[str, Any]) -> None:
+    root, labels, out = grown["root"], grown["labels"], grown["out"]
+    after = _label_markers(labels)
+    relabeled = {
+        name
+        for name, marker in grown["labels_before"].items()
+        if marker.get("live_digest") != after[name].get("live_digest")
+    }
+    assert relabeled, "retired samples and the new near-duplicate changed some older shards' labels"
+    unchanged = sorted(set(grown["exported_before"]) - relabeled)
+    assert unchanged, "and left others as they were"
+    kept_files = [p for name in unchanged for p in (out / "_done" / f"{name}.json", *out.glob(f"*/{name}.tar"))]
+    before = identities(kept_files)
+
+    with recorded_writes() as writes:
+        stats = export(_export_config(root, labels, out))
+
+    rewritten = sorted({Path(uri).stem for uri in writes.written if "/_done/shard-" in uri})
+    assert rewritten == sorted(relabeled | set(grown["new_shards"]))
+    assert identities(kept_files) == before, "the shards whose labels did not change are not touched"
+    rows = pq.read_table(labels / "annotations").to_pylist()
+    assert stats["counts"]["persons"] == len(rows), "the card covers the whole grown set"
+    exported: dict[str, str] = {}
+    for tar in sorted(out.glob("*/shard-*.tar")):
+        with tarfile.open(tar) as archive:
+            exported.update({m.name.split(".", 1)[0]: tar.parent.name for m in archive.getmembers()})
+    assert set(exported) == {r["sample_id"] for r in rows}, "no retired sample, every live one"
+    near = {r["image_key"]: r["near_dup_group"] for r in rows if r.get("near_dup_group")}
+    groups = {g: {exported[r["sample_id"]] for r in rows if near.get(r["image_key"]) == g} for g in set(near.values())}
+    assert groups, "the planted copy is grouped with its source"
+    assert all(len(splits) == 1 for splits in groups.values()), "a near-duplicate group stays in one split"
+    assert np.sum([stats["splits"]["splits"][s]["persons"] for s in ("train", "val")]) == len(rows)
