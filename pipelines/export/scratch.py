@@ -62,10 +62,14 @@ def clear(output: str, splits: tuple[str, ...] = ()) -> int:
     parsed = parse_uri(output)
     if parsed.scheme != "file":
         return removed
+    root = parsed.key or "."
     for sub in (*_WRITE_FOLDERS, *(os.path.join(split, folder) for split in splits for folder in _SPLIT_FOLDERS)):
+        path = os.path.join(root, sub)
+        if os.path.realpath(path) != os.path.join(os.path.realpath(root), sub).rstrip(os.sep):
+            continue  # a link planted where a folder of the output goes (images/, a split's): never cleared through
         with (
             contextlib.suppress(FileNotFoundError, NotADirectoryError),
-            os.scandir(os.path.join(parsed.key or ".", sub)) as entries,
+            os.scandir(path) as entries,
         ):
             for entry in entries:
                 if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):

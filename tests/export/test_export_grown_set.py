@@ -199,3 +199,25 @@ def test_after_the_append_and_labeling_a_rerun_exports_only_what_changed(grown: 
     assert groups, "the planted copy is grouped with its source"
     assert all(len(splits) == 1 for splits in groups.values()), "a near-duplicate group stays in one split"
     assert np.sum([stats["splits"]["splits"][s]["persons"] for s in ("train", "val")]) == len(rows)
+
+
+def test_the_card_names_the_benchmark_copies_the_shard_set_left_out(tmp_path: Path) -> None:
+    """A shard set made with a benchmark list (exclude.images): the card and stats.json carry its count of copies
+    left out (reason benchmark_overlap) and the list's summary from the manifest."""
+    scenes = varied_jpegs(5, seed=47)
+    people = make_images(5, seed=53, width=320, height=240, persons=(1, 1))
+    images = {f"img_{i:05d}.jpg": _annotated(f"img_{i:05d}.jpg", scenes[i], people[i].persons) for i in range(5)}
+    _write(tmp_path, images)
+    benchmark = tmp_path / "benchmark"
+    benchmark.mkdir()
+    (benchmark / "frame_0001.jpg").write_bytes(images["img_00002.jpg"].data)  # the corpus holds a benchmark image
+    manifest = _shard(tmp_path, f"exclude.images={benchmark}")
+    assert manifest["counts"]["benchmark_overlap"] == 1
+    label_shards(tmp_path / "shards", tmp_path / "labels", "filter=off", handler=FakeDPMeshHandler)
+    out = tmp_path / "out"
+    stats = export(_export_config(tmp_path, tmp_path / "labels", out))
+    record = stats["provenance"]["shard_set"]
+    assert record == {"benchmark_overlap": 1, "exclude": [manifest["exclude"]]}
+    card = (out / "README.md").read_text()
+    assert "benchmark overlap guard: 1 corpus images left out of the shard set" in card
+    assert manifest["exclude"]["digest"] in card

@@ -32,6 +32,7 @@ from pipelines.export.job import run as export
 from pipelines.export.job import split_shorthand
 from pipelines.export.splits import SplitTally, Splitter, merge_split_blocks
 from pipelines.export.torch_dataset import LabeledPersonDataset
+from pipelines.storage.local import TEMP_PREFIX
 from tests.export.test_export_index import recorded_reads
 from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
@@ -306,3 +307,22 @@ def test_the_torch_dataset_holds_the_persons_the_export_puts_in_a_split(corpus: 
         assert set(dataset._sample_ids) == expected
     with pytest.raises(ValueError, match="go together"):
         LabeledPersonDataset(str(root / "labels"), str(root / "shards"), split="val")
+
+
+def test_a_link_planted_as_a_split_folder_is_never_written_through(corpus: dict[str, Any], tmp_path: Path) -> None:
+    """``<output>/val`` a link to a folder outside the output: no shard writes through it (each is refused,
+    ``unsafe_path``, counted) and the launch's clean-up of temporaries does not reach through it either."""
+    root = corpus["root"]
+    outside, out = tmp_path / "outside", tmp_path / "out"
+    outside.mkdir()
+    bait = outside / f"{TEMP_PREFIX}victim"
+    bait.write_bytes(b"not the export's")
+    out.mkdir()
+    (out / "val").symlink_to(outside, target_is_directory=True)
+    stats = export(_config(root / "labels", root / "shards", out, "crops", "export.crop_size=32", *_split_args()))
+    assert bait.read_bytes() == b"not the export's"
+    assert sorted(p.name for p in outside.iterdir()) == [bait.name]
+    assert {e["reason"] for e in stats["shard_errors"]} == {"unsafe_path"}
+    assert stats["counts"]["persons"] == 0
+    assert stats["reconciled"] is True
+    assert not (out / "_tmp").exists(), "the refused shards' other writers dropped their scratch files"
