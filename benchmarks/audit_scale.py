@@ -258,7 +258,7 @@ def _export_planning_inputs(root: Path, shards: int) -> tuple[Path, Path, Path]:
         counts = {"images_in": 1, "images_ok": 1, "images_errored": 0, "persons_in": 1, "persons_accepted": 1,
                   "persons_rejected": 0, "persons_errored": 0}  # fmt: skip
         label_marker = {"shard": name, "shard_uri": str(set_folder / f"{name}.tar"), "shard_identity": identity,
-                        "config_hash": "bench", "counts": counts, "reconciled": True}  # fmt: skip
+                        "live_digest": None, "config_hash": "bench", "counts": counts, "reconciled": True}  # fmt: skip
         export_marker = {
             "shard": name, "format": "crops", "config_hash": export_hash, "pipeline_version": "bench",
             "label": {"shard_uri": label_marker["shard_uri"], **label_lineage(label_marker)},

@@ -9,10 +9,13 @@ so planning compares the label markers with the manifest:
 
 * a generation with shards of which none is labeled, newer than every labeled shard: the labels predate it
   (``dpmesh-shard mode=append`` ran since): **refused**, in one line naming ``dpmesh-label``;
-* a labeled shard whose marker counts fewer retired samples (``counts.images_retired``) than the set's generations
-  retired from it: its labels still hold samples that are no longer live: **refused** likewise. (Checked for
-  ``dpmesh-label`` outputs; a ``dpmesh-refilter`` output carries its input's rows and is checked through them when
-  it is refiltered again.)
+* a labeled shard whose labels do not follow the set's live record: its marker's ``live_digest`` (the digest of
+  the retired keys and near-duplicate groups it was labeled with, :attr:`~pipelines.common.label_units.ShardTask.
+  live_digest`) is not the one the set's retired files and ``_near_duplicates.parquet`` give now, or, for a marker
+  written before labels followed the live set, it counts fewer retired samples (``counts.images_retired``) than the
+  set's generations retired from it: its rows hold samples that are no longer live, or stale ``near_dup_group`` s:
+  **refused** likewise. (Checked for ``dpmesh-label`` outputs; a ``dpmesh-refilter`` output carries its input's
+  rows and is checked through them when it is refiltered again.)
 * live shards without labels otherwise (a label run not finished, or killed): the labels are **incomplete**: a
   warning naming how many; the labeled shards are exported, and a rerun after the labels are finished exports the
   rest (only those).
@@ -28,7 +31,7 @@ import logging
 from typing import Any
 
 from pipelines.common.label_set import LABEL_RUN
-from pipelines.common.label_units import IMAGES_RETIRED
+from pipelines.common.label_units import IMAGES_RETIRED, ShardTask
 from pipelines.common.shard_set import manifest_generations, retired_keys_by_shard
 from pipelines.config import ConfigError
 from pipelines.storage import Storage
@@ -41,6 +44,7 @@ def check_labels_follow(
     storage: Storage,
     manifests: dict[str, dict[str, Any]],
     label_markers: dict[str, dict[str, Any]],
+    near_dups: dict[str, dict[str, dict[str, str]]],
     labels: str,
     shards: str,
 ) -> list[str]:
@@ -50,6 +54,9 @@ def check_labels_follow(
     Args:
         manifests: The shard set manifests by folder (:func:`pipelines.export.plan.read_manifests`).
         label_markers: The label markers (or their index entries) by shard name.
+        near_dups: Per manifest folder, the set's near-duplicate groups ``{shard: {key: group}}``
+            (:func:`~pipelines.common.shard_set.near_duplicate_groups`; may be empty when no marker records a
+            ``live_digest``).
         labels, shards: ``input.labels`` and ``input.shards``, for the message.
 
     Raises:
@@ -74,17 +81,20 @@ def check_labels_follow(
                 f"({len(first['shards'])} shards, e.g. {first['shards'][0]}) is not labeled; {relabel}"
             )
         retired = retired_keys_by_shard(storage, folder, manifest)
+        groups = near_dups.get(folder) or {}
         stale = sorted(
             shard
-            for shard, keys in retired.items()
+            for g in generations
+            for shard in g["shards"]
             if shard in label_markers
             and LABEL_RUN not in label_markers[shard]
-            and (label_markers[shard].get("counts") or {}).get(IMAGES_RETIRED, 0) < len(keys)
+            and not _follows(label_markers[shard], shard, retired.get(shard, frozenset()), groups.get(shard) or {})
         )
         if stale:
             raise ConfigError(
                 f"input.labels={labels!r} lags the shard set {folder}: {len(stale)} labeled shards (e.g. {stale[0]}) "
-                f"still hold samples a later generation retired; {relabel}"
+                f"do not follow its live samples (a later generation retired some, or regrouped their "
+                f"near-duplicates); {relabel}"
             )
         unlabeled += [s for g in generations for s in g["shards"] if s not in label_markers]
     if unlabeled:
@@ -95,6 +105,16 @@ def check_labels_follow(
             min(unlabeled),
         )
     return sorted(unlabeled)
+
+
+def _follows(marker: dict[str, Any], shard: str, retired: frozenset[str], groups: dict[str, str]) -> bool:
+    """Whether a labeled shard's marker follows the set's live record of it: the same ``live_digest`` (the label
+    job's own digest, :attr:`~pipelines.common.label_units.ShardTask.live_digest`), or for a marker written before
+    labels recorded one, at least as many retired samples counted as the set retired from the shard."""
+    if "live_digest" in marker:
+        live = ShardTask(uri="", name=shard, identity={}, retired=retired, near_dup_groups=groups)
+        return bool(marker["live_digest"] == live.live_digest)
+    return int((marker.get("counts") or {}).get(IMAGES_RETIRED) or 0) >= len(retired)
 
 
 def shard_set_record(manifests: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

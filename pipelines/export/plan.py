@@ -6,10 +6,10 @@ with ``overwrite``).
 Planning reads markers through indexes, never one GET per marker (:mod:`pipelines.common.marker_index`): the label
 markers through the label output's index, the export's own (and a labels release's) through the export's index
 (:data:`~pipelines.export.finish.EXPORT_INDEX`); only markers an index lacks are read one by one. Besides the
-listings, a rerun over a finished export reads the two indexes, the manifest, the label summary and one labels
-file (the schema); with ``split=`` on labels without a ``near_dup_group`` column, the shard set's
-``_near_duplicates.parquet`` once; after an append, each generation's retired file once (the guard,
-:mod:`pipelines.export.live_set`).
+listings, a rerun over a finished export reads the two indexes, the manifest, the label summary, one labels file
+(the schema) and, for the guard (:mod:`pipelines.export.live_set`) and ``split=`` on labels without a
+``near_dup_group`` column, the shard set's ``_near_duplicates.parquet`` once and each generation's retired file
+once.
 """
 
 import dataclasses
@@ -79,10 +79,15 @@ def plan_export(cfg: ExportJobConfig, storage: Storage) -> ExportPlan:
     labels = str(cfg.input.labels)
     label_markers = label_set.read_markers(storage, labels)
     tasks, manifests = plan_tasks(cfg, storage, label_markers)
-    unlabeled = check_labels_follow(storage, manifests, label_markers, labels, str(cfg.input.shards))
     schema = labels_schema(storage, tasks)
-    if cfg.split.enabled and NEAR_DUP_COLUMN not in schema.names:  # labels older than the column: the set's file
-        tasks = _with_near_dups(storage, tasks, manifests)
+    # The set's near-duplicate groups (one read per set): the guard compares them with what the labels recorded
+    # (labels that record a live_digest), and split= takes them from here for labels older than the column.
+    split_groups = cfg.split.enabled and NEAR_DUP_COLUMN not in schema.names
+    guard_groups = any("live_digest" in marker for marker in label_markers.values())
+    near_dups = {f: near_duplicate_groups(storage, f) for f in manifests} if split_groups or guard_groups else {}
+    unlabeled = check_labels_follow(storage, manifests, label_markers, near_dups, labels, str(cfg.input.shards))
+    if split_groups:
+        tasks = _with_near_dups(tasks, near_dups)
     pending = plan_pending(cfg, storage, tasks, label_markers)
     return ExportPlan(tasks, pending, schema, manifests, unlabeled)
 
@@ -157,14 +162,11 @@ def plan_tasks(
     return tasks, manifests
 
 
-def _with_near_dups(
-    storage: Storage, tasks: list[ExportTask], manifests: dict[str, dict[str, Any]]
-) -> list[ExportTask]:
-    """``tasks``, each with its shard's part of its shard set's near-duplicate groups (the set's file read once per
-    folder holding a manifest; a shard in no group gets an empty part)."""
-    groups = {folder: near_duplicate_groups(storage, folder) for folder in manifests}
+def _with_near_dups(tasks: list[ExportTask], near_dups: dict[str, dict[str, dict[str, str]]]) -> list[ExportTask]:
+    """``tasks``, each with its shard's part of its shard set's near-duplicate groups (``near_dups``: by folder; a
+    shard in no group gets an empty part)."""
     return [
-        dataclasses.replace(t, near_dup_groups=dict((groups.get(folder_of(t.tar_uri)) or {}).get(t.name) or {}))
+        dataclasses.replace(t, near_dup_groups=dict((near_dups.get(folder_of(t.tar_uri)) or {}).get(t.name) or {}))
         for t in tasks
     ]
 

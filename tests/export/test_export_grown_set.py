@@ -2,7 +2,7 @@
 one line naming dpmesh-label, incomplete labels are exported with a warning, and after dpmesh-label has followed the
 append a rerun exports only the new shards and the shards whose labels changed.
 
-The corpus: eight photo-like scenes with annotated persons, sharded, labeled by the numpy stand-in and exported with
+The corpus: twelve photo-like scenes with annotated persons, sharded, labeled by the numpy stand-in and exported with
 splits; then grown (two new files, one changed, one removed, a near-duplicate copy of a kept file) and appended.
 """
 
@@ -35,7 +35,7 @@ from tests.fakes.shard_set import label_shards
 from tests.fakes.writes import recorded_writes
 
 
-CHANGED, REMOVED, NEAR_SOURCE, NEAR_COPY = "img_00001.jpg", "img_00003.jpg", "img_00005.jpg", "new_near.jpg"
+CHANGED, REMOVED, NEAR_COPY = "img_00001.jpg", "img_00003.jpg", "new_near.jpg"
 SPLIT = (split_shorthand("split=train:0.5,val:0.5"),)
 
 
@@ -74,9 +74,9 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Generation 0 sharded, labeled and exported; then the corpus grown and appended (generation 1), and a copy of
     the labels made before the append kept; then the labels brought up to the set by dpmesh-label."""
     root = tmp_path_factory.mktemp("export_grown")
-    scenes = varied_jpegs(12, seed=41)
-    people = make_images(12, seed=43, width=320, height=240, persons=(1, 2))
-    images = {f"img_{i:05d}.jpg": _annotated(f"img_{i:05d}.jpg", scenes[i], people[i].persons) for i in range(8)}
+    scenes = varied_jpegs(15, seed=41)
+    people = make_images(15, seed=43, width=320, height=240, persons=(1, 2))
+    images = {f"img_{i:05d}.jpg": _annotated(f"img_{i:05d}.jpg", scenes[i], people[i].persons) for i in range(12)}
     _write(root, images)
     first = _shard(root)
     labels, out = root / "labels", root / "export"
@@ -86,12 +86,19 @@ def grown(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     labels_before = _label_markers(labels)
 
     for i, name in enumerate(("new_0.jpg", "new_1.jpg")):
-        images[name] = _annotated(name, scenes[8 + i], people[8 + i].persons)
-    images[CHANGED] = _annotated(CHANGED, scenes[10], people[10].persons)
+        images[name] = _annotated(name, scenes[12 + i], people[12 + i].persons)
+    # The copy's source sits in a shard that retires nothing: its labels change by their near-duplicate groups alone.
+    shard_of = {
+        row["source_uri"].rsplit("/", 1)[-1]: index.stem
+        for index in (root / "shards").glob("shard-*.parquet")
+        for row in pq.read_table(index, columns=["source_uri"]).to_pylist()
+    }
+    source = next(n for n in sorted(images) if shard_of[n] not in {shard_of[CHANGED], shard_of[REMOVED]})
+    images[CHANGED] = _annotated(CHANGED, scenes[14], people[14].persons)
     del images[REMOVED]
     copy = io.BytesIO()
-    Image.open(io.BytesIO(images[NEAR_SOURCE].data)).save(copy, "JPEG", quality=70)  # same size: persons unchanged
-    images[NEAR_COPY] = _annotated(NEAR_COPY, copy.getvalue(), images[NEAR_SOURCE].persons)
+    Image.open(io.BytesIO(images[source].data)).save(copy, "JPEG", quality=70)  # same size: persons unchanged
+    images[NEAR_COPY] = _annotated(NEAR_COPY, copy.getvalue(), images[source].persons)
     _write(root, images)
     appended = _shard(root, "mode=append", "input.record_removals=true")
     stale = root / "labels_before_append"
@@ -122,22 +129,22 @@ def test_labels_made_before_the_append_are_refused_in_one_line(grown: dict[str, 
     assert not out.exists(), "refused before anything is written"
 
 
-def test_labels_still_holding_retired_samples_are_refused(grown: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["retired", "regrouped"])
+def test_labels_not_brought_up_to_the_live_set_are_refused(grown: dict[str, Any], tmp_path: Path, kind: str) -> None:
     """The new shards labeled, but an older shard's labels not brought up to date (its marker and index entry from
-    before the append): its rows hold a sample the append retired."""
+    before the append): its rows hold a sample the append retired, or near-duplicate groups it since changed."""
     root, labels = grown["root"], tmp_path / "labels"
     shutil.copytree(grown["labels"], labels)
-    retired_in = sorted(
-        name
-        for name, marker in _label_markers(grown["labels"]).items()
-        if (marker["counts"].get("images_retired") or 0) > 0
-    )
-    assert retired_in, "the changed and removed files retired samples of older shards"
-    stale = retired_in[0]
+    after = _label_markers(grown["labels"])
+    changed = {n for n, m in grown["labels_before"].items() if m.get("live_digest") != after[n].get("live_digest")}
+    retired = {n for n in changed if (after[n]["counts"].get("images_retired") or 0) > 0}
+    candidates = sorted(retired if kind == "retired" else changed - retired)
+    assert candidates, f"the append {kind} samples of an older shard"
+    stale = candidates[0]
     shutil.copy(grown["stale"] / "_done" / f"{stale}.json", labels / "_done" / f"{stale}.json")
     storage = Storage()
     write_index(storage, str(labels), fetch_markers(storage, list(listed_markers(storage, str(labels)).values())))
-    refusal = rf"1 labeled shards \(e\.g\. {stale}\) still hold samples a later generation retired; run dpmesh-label"
+    refusal = rf"1 labeled shards \(e\.g\. {stale}\) do not follow its live samples .*; run dpmesh-label"
     with pytest.raises(ConfigError, match=refusal):
         export(_export_config(root, labels, tmp_path / "out"))
 
