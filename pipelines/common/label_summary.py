@@ -26,6 +26,7 @@ from pipelines.common.merged_stats import (
     STATS_FILE,
     MergedStats,
     MergeStatsFn,
+    ShardStats,
     StatsFile,
     marker_stamp,
     read_stats_file,
@@ -38,16 +39,27 @@ from pipelines.storage import Storage, join
 
 logger = logging.getLogger(__name__)
 
-COMMITTED = "committed"
-"""The main output of a label set's shard step: the indexed fields of each marker it commits."""
-STATS_OUTPUT = "stats"
-"""The tag on which a label set's shard step outputs ``(shard, statistics)`` of each shard it commits."""
+
+@dataclasses.dataclass(frozen=True)
+class CommittedShard:
+    """What the shard step of a job writing a label set outputs for each shard it commits.
+
+    Attributes:
+        entry: The marker's indexed fields (`pipelines.common.label_set.index_entry`), with ``ALREADY_COMMITTED``
+            set when a retried work item found the shard done.
+        stats: The shard's statistics, None for a marker written before they existed.
+
+    One record rather than two tagged outputs: Beam's DaskRunner does not keep a DoFn's tagged outputs apart.
+    """
+
+    entry: dict[str, Any]
+    stats: ShardStats | None
 
 
-def shard_step_outputs(outputs: Any) -> dict[str, beam.PCollection]:
-    """The outputs of a shard step applied ``.with_outputs(STATS_OUTPUT, main=COMMITTED)``, as the summary step
-    takes them."""
-    return {COMMITTED: outputs[COMMITTED], STATS_OUTPUT: outputs[STATS_OUTPUT]}
+def committed_shard(entry: dict[str, Any], marker: dict[str, Any]) -> CommittedShard:
+    """The record of a committed shard: ``entry`` (indexed fields and flags) and the statistics ``marker`` holds."""
+    stats = marker.get("stats")
+    return CommittedShard(entry, ShardStats(marker["shard"], stats) if isinstance(stats, dict) else None)
 
 
 _VERSIONED = ("apache-beam", "torch", "diffusers", "smplx", "pyarrow", "numpy", "webdataset")
@@ -224,26 +236,30 @@ class WriteLabelSummary(beam.PTransform):  # type: ignore[misc]
         super().__init__()
         self._fn = WriteSummaryFn(storage_cfg, output, shards_total, run_info, thresholds, started_at)
 
-    def expand(self, outputs: dict[str, beam.PCollection]) -> beam.PCollection:
-        """``outputs``: the shard step's outputs by tag (:func:`shard_step_outputs`)."""
-        stats = outputs[STATS_OUTPUT]
+    def expand(self, committed: beam.PCollection) -> beam.PCollection:
+        """``committed``: one :class:`CommittedShard` per shard the run committed."""
+        stats = committed | "ShardStats" >> beam.FlatMap(_stats_of)
         merged = stats | "MergeStats" >> beam.CombineGlobally(MergeStatsFn())
         names = stats | "StatsShards" >> beam.Map(_shard_of) | "CollectStatsShards" >> beam.combiners.ToList()
         return (
-            outputs[COMMITTED]
+            committed
+            | "Entries" >> beam.Map(_entry_of)
             | "CollectCommitted" >> beam.combiners.ToList()
             | "WriteSummary" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(merged), beam.pvalue.AsSingleton(names))
         )
 
 
-def _shard_of(element: tuple[str, dict[str, Any]]) -> str:
-    return element[0]
+def _stats_of(record: CommittedShard) -> Iterator[ShardStats]:
+    if record.stats is not None:
+        yield record.stats
 
 
-def shard_stats_output(marker: dict[str, Any]) -> Iterator[beam.pvalue.TaggedOutput]:
-    """The marker's statistics on the :data:`STATS_OUTPUT` tag (none for a marker written before they existed)."""
-    if isinstance(marker.get("stats"), dict):
-        yield beam.pvalue.TaggedOutput(STATS_OUTPUT, (marker["shard"], marker["stats"]))
+def _entry_of(record: CommittedShard) -> dict[str, Any]:
+    return record.entry
+
+
+def _shard_of(element: ShardStats) -> str:
+    return element.shard
 
 
 def write_stats_file(

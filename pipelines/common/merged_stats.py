@@ -275,15 +275,27 @@ def still_valid(previous: StatsFile | None, markers: Mapping[str, Mapping[str, A
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardStats:
+    """One shard's statistics (the per-shard format of `pipelines.common.label_stats`) on their way to a merge.
+
+    A record, not a ``(shard, stats)`` tuple: some runners (Beam's DaskRunner) take a two-element tuple in a
+    global combine for a key and a value.
+    """
+
+    shard: str
+    stats: dict[str, Any]
+
+
 class MergeStatsFn(beam.CombineFn):  # type: ignore[misc]
-    """Merges ``(shard, statistics)`` into one :class:`MergedStats` (order-free: the same result in any order).
+    """Merges :class:`ShardStats` into one :class:`MergedStats` (order-free: the same result in any order).
     Beam merges partial accumulators where they are made, so no worker holds more than a merge."""
 
     def create_accumulator(self) -> MergedStats:
         return MergedStats()
 
-    def add_input(self, accumulator: MergedStats, element: tuple[str, dict[str, Any]]) -> MergedStats:
-        accumulator.add(*element)
+    def add_input(self, accumulator: MergedStats, element: ShardStats) -> MergedStats:
+        accumulator.add(element.shard, element.stats)
         return accumulator
 
     def merge_accumulators(self, accumulators: Iterable[MergedStats]) -> MergedStats:

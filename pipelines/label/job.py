@@ -28,7 +28,7 @@ from pipelines.cli import hydra_app
 from pipelines.common.intent import record_intent
 from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.common.label_set import SUMMARY_NAME
-from pipelines.common.label_summary import COMMITTED, STATS_OUTPUT, format_summary, shard_step_outputs
+from pipelines.common.label_summary import format_summary
 from pipelines.common.label_units import ShardTask
 from pipelines.common.launch import Launch, resolve_launch
 from pipelines.common.safe_paths import check_output_location
@@ -123,7 +123,7 @@ def build_pipeline(
         prep_threads=cfg.input.prep_threads,
         overwrite=cfg.overwrite,
     )
-    label = beam.ParDo(LabelShardFn(settings, handler, *(detect or ()))).with_outputs(STATS_OUTPUT, main=COMMITTED)
+    label = beam.ParDo(LabelShardFn(settings, handler, *(detect or ())))
     if hints:
         label = label.with_resource_hints(**hints)
     labeled = (
@@ -135,9 +135,7 @@ def build_pipeline(
     )
     started_at = time.time() if started_at is None else started_at
     shards_total = [t.name for t in plan.shards]
-    _ = shard_step_outputs(labeled) | "Finish" >> write_summary(
-        cfg, shards_total, lineage, settings.thresholds, started_at
-    )
+    _ = labeled | "Finish" >> write_summary(cfg, shards_total, lineage, settings.thresholds, started_at)
 
 
 def run(

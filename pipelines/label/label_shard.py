@@ -34,7 +34,7 @@ from dpmesh_core.calibration import ConfidenceCalibration
 from dpmesh_core.confidence import FilterThresholds
 from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import index_entry
-from pipelines.common.label_summary import shard_stats_output
+from pipelines.common.label_summary import CommittedShard, committed_shard
 from pipelines.common.label_units import LIVE_UPDATE, ShardReport, ShardTask, follows_live_record
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.shared_model import acquire_model
@@ -120,8 +120,8 @@ class _End:
 
 class LabelShardFn(beam.DoFn):
     """Input: a :class:`ShardTask`. Labels and commits the shard (or updates its committed labels to the task's live
-    record, marked :data:`LIVE_UPDATE`); outputs its marker's indexed fields, and on the ``STATS_OUTPUT`` tag its
-    statistics (`pipelines.common.label_summary.shard_stats_output`)."""
+    record, marked :data:`LIVE_UPDATE`); outputs its :class:`~pipelines.common.label_summary.CommittedShard` (the
+    marker's indexed fields and its statistics) for the summary step."""
 
     def __init__(
         self,
@@ -172,20 +172,19 @@ class LabelShardFn(beam.DoFn):
         self._writer = LabeledShardWriter(storage, settings.output, settings.run_info)
         self._storage = storage
 
-    def process(self, task: ShardTask) -> Iterator[dict[str, Any]]:
+    def process(self, task: ShardTask) -> Iterator[CommittedShard]:
         if not self._settings.overwrite:
             committed = committed_marker(self._storage, self._settings.output, task.name, self._expected(task))
             if committed is not None and follows_live_record(committed, task):
                 # a retried or recomputed work item: its shard is done, keep its files
                 self._already_committed.inc()
-                yield {**index_entry(committed), ALREADY_COMMITTED: True}
-                yield from shard_stats_output(committed)
+                yield committed_shard({**index_entry(committed), ALREADY_COMMITTED: True}, committed)
                 return
             if committed is not None:  # labeled, and the shard set retired samples or regrouped since: no model
                 marker = update_shard(self._storage, self._settings.output, task, committed, self._writer)
                 self._updated.inc()
-                yield {**index_entry(marker), LIVE_UPDATE: True}  # the summary leaves it out of this run's throughput
-                yield from shard_stats_output(marker)
+                # LIVE_UPDATE: the summary leaves it out of this run's throughput
+                yield committed_shard({**index_entry(marker), LIVE_UPDATE: True}, marker)
                 return
         started = time.monotonic()
         report = ShardReport()
@@ -204,8 +203,7 @@ class LabelShardFn(beam.DoFn):
         self._images.inc(counts["images_in"])
         self._persons.inc(counts["persons_in"])
         self._errored.inc(counts["persons_errored"])
-        yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
-        yield from shard_stats_output(marker)
+        yield committed_shard(index_entry(marker), marker)  # the summary step takes it, never reads the marker back
 
     def _expected(self, task: ShardTask) -> dict[str, Any]:
         """What a marker records when it commits this shard as this run would: its identity, config, calibration."""

@@ -41,7 +41,7 @@ from pipelines.common.commit_log import made_otherwise, refuse_other_units
 from pipelines.common.intent import check_intent, record_intent
 from pipelines.common.label_filter import calibration_lineage, filter_thresholds, load_calibration
 from pipelines.common.label_set import SUMMARY_NAME, read_markers, read_summary
-from pipelines.common.label_summary import COMMITTED, STATS_OUTPUT, format_summary, shard_step_outputs
+from pipelines.common.label_summary import format_summary
 from pipelines.common.launch import resolve_launch
 from pipelines.common.reviews import (
     Decision,
@@ -82,15 +82,8 @@ def build_pipeline(
     """Adds the refiltering steps for the ``pending`` shard names (of ``shards``, the input's) to ``p``
     (``decisions``: the reviews to apply by shard; ``review``: their record for the summary)."""
     refilter = beam.ParDo(RefilterShardFn(cfg, thresholds, info, calibration, decisions))
-    refiltered = (
-        p
-        | "Shards" >> beam.Create(pending)
-        | "SpreadShards" >> beam.Reshuffle()
-        | "Refilter" >> refilter.with_outputs(STATS_OUTPUT, main=COMMITTED)
-    )
-    _ = shard_step_outputs(refiltered) | "Finish" >> write_summary(
-        cfg, shards, info, label_run, thresholds, started_at, review
-    )
+    refiltered = p | "Shards" >> beam.Create(pending) | "SpreadShards" >> beam.Reshuffle() | "Refilter" >> refilter
+    _ = refiltered | "Finish" >> write_summary(cfg, shards, info, label_run, thresholds, started_at, review)
 
 
 def refilter_config_hash(cfg: RefilterJobConfig, review_digest: str | None = None) -> str:

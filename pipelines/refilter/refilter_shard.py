@@ -22,7 +22,7 @@ from dpmesh_core.confidence import ConfidenceSignals, FilterThresholds, combine
 from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import LABEL_RUN, index_entry, marker_uri
 from pipelines.common.label_stats import shard_stats
-from pipelines.common.label_summary import shard_stats_output
+from pipelines.common.label_summary import CommittedShard, committed_shard
 from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.reviews import Decision, apply_decisions
@@ -131,8 +131,8 @@ def label_run_of_marker(source_marker: dict[str, Any], labels: str) -> dict[str,
 
 class RefilterShardFn(beam.DoFn):
     """Input: a shard name. Re-scores its labels into the new output, then writes its marker (last); outputs the
-    marker's indexed fields (``ALREADY_COMMITTED`` set when a retried work item found the shard done), and on the
-    ``STATS_OUTPUT`` tag its statistics.
+    :class:`~pipelines.common.label_summary.CommittedShard` (the marker's indexed fields, ``ALREADY_COMMITTED`` set
+    when a retried work item found the shard done, and its statistics).
 
     Args:
         decisions: ``{shard: {sample_id: Decision}}``, the reviews the files agree on (bounded by the files' size).
@@ -161,7 +161,7 @@ class RefilterShardFn(beam.DoFn):
         table = pq.read_table(io.BytesIO(data))
         return conform(table, schema), dict(table.schema.metadata or {})
 
-    def process(self, shard: str) -> Iterator[dict[str, Any]]:
+    def process(self, shard: str) -> Iterator[CommittedShard]:
         cfg = self._cfg
         source_marker = json.loads(self._storage.read_bytes(marker_uri(cfg.input, shard)))
         if not cfg.overwrite:  # checked again where it runs: a retried work item finds its shard committed
@@ -169,8 +169,7 @@ class RefilterShardFn(beam.DoFn):
             committed = committed_marker(self._storage, cfg.output, shard, expected)
             if committed is not None and is_refiltered(committed, source_marker, self._run_info["config_hash"]):
                 Metrics.counter(LABEL_METRICS, "shards_already_committed").inc()
-                yield {**index_entry(committed), ALREADY_COMMITTED: True}
-                yield from shard_stats_output(committed)
+                yield committed_shard({**index_entry(committed), ALREADY_COMMITTED: True}, committed)
                 return
         label_run = label_run_of_marker(source_marker, cfg.input)
         accepted_in, accepted_meta = self._table("annotations", shard, ANNOTATION_SCHEMA)
@@ -218,5 +217,4 @@ class RefilterShardFn(beam.DoFn):
             marker["review"] = reviewed
         marker["stats"] = shard_stats({"annotations": accepted, "rejected": rejected}, errors)
         self._storage.write_bytes(marker_uri(cfg.output, shard), json.dumps(marker, indent=1).encode())
-        yield index_entry(marker)  # small; the summary step takes it instead of reading the marker back
-        yield from shard_stats_output(marker)
+        yield committed_shard(index_entry(marker), marker)  # the summary step takes it, never reads the marker back

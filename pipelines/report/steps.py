@@ -11,7 +11,6 @@ import io
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipelines.common.label_set import ERRORS_FOLDER, ROW_FOLDERS, fetch_markers, marker_uri
 from pipelines.common.label_stats import StatsError, shard_stats
-from pipelines.common.merged_stats import MergedStats, MergeStatsFn
+from pipelines.common.merged_stats import MergedStats, MergeStatsFn, ShardStats
 from pipelines.common.safe_paths import check_segment
 from pipelines.config.storage import StorageConfig
 from pipelines.storage import ObjectNotFoundError, Storage, join
@@ -50,7 +49,7 @@ def read_shard_tables(storage: Storage, labels: str, shard: str) -> tuple[dict[s
 
 
 class ShardStatsFn(beam.DoFn):
-    """Input: a shard name. Outputs ``(shard, statistics)``: its marker's, or those of its rows (`shard_stats`) when
+    """Input: a shard name. Outputs its :class:`ShardStats`: its marker's, or those of its rows (`shard_stats`) when
     the marker carries none in this version's format."""
 
     def __init__(self, storage_cfg: StorageConfig, labels: str) -> None:
@@ -60,17 +59,17 @@ class ShardStatsFn(beam.DoFn):
     def setup(self) -> None:
         self._storage = Storage(self._storage_cfg)
 
-    def process(self, shard: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    def process(self, shard: str) -> Iterator[ShardStats]:
         marker = fetch_markers(self._storage, [marker_uri(self._labels, check_segment(shard, "shard name"))])[shard]
         if isinstance(marker.get("stats"), dict):
             try:
                 MergedStats().add(shard, marker["stats"])  # read before it is merged: a cache, checked like input
-                yield shard, marker["stats"]
+                yield ShardStats(shard, marker["stats"])
                 return
             except StatsError as exc:  # another version, or edited: the rows are the truth
                 logger.warning("%s: %s; computed again from its rows", shard, exc)
         tables, errors = read_shard_tables(self._storage, self._labels, shard)
-        yield shard, shard_stats(tables, errors)
+        yield ShardStats(shard, shard_stats(tables, errors))
 
 
 class WriteStatsFn(beam.DoFn):
