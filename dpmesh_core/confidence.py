@@ -89,7 +89,7 @@ REASON_CODES: tuple[str, ...] = (
 
 # (signal, soft, scale, higher_is_better): the confidence terms (module docstring). Only the ratios of the scales
 # decide the ranking (scaling every scale by k raises the confidence to the power 1/k); their common size sets where
-# the tiers fall. Tuned on seeds 0-3 of the controlled-error benchmark (tests/test_dpmesh_core/
+# the tiers fall. Tuned on seeds 0-3 of the controlled-error benchmark (tests/dpmesh_core/
 # test_confidence_ranking.py), checked on held-out seeds 4-15. What the tuning found:
 # * the reprojection error ranks best of all signals and varies mostly below the old soft point (0.03, the median):
 #   its term now starts at 0, so it orders every person, not only the worst half;
