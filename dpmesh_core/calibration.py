@@ -13,6 +13,13 @@ few hundred ground-truth persons a user has. Logistic regression with ``w >= 0``
 monotone in every signal (the property the fixed confidence documents), and its output is a probability, so the
 tier cut-offs (``gold_min`` ...) read as "at least this chance of a good label".
 
+**From review decisions** (`fit_calibration_to_reviews`, ``dpmesh-eval review=<file...> fit_confidence=true`` without
+ground truth): the same features, the same model and the same file, fitted to the binary outcome a reviewer gave
+(accept = good). The file stays a calibration of ``P(error < good_error_mm)``: its ``error_metric`` is
+:data:`REVIEW_OUTCOME`, the 0/1 indicator of a reviewed reject, cut at ``good_error_mm`` = :data:`REVIEW_CUT` (a
+number on that indicator, not mm), so the formula reads ``P(reject indicator < 0.5)`` = P(accepted); its ``target``
+says so in words and its ``fit.outcome`` names the review files. Readers (``filter.calibration=``) need nothing new.
+
 Edge cases: a signal that was not measured (None) has ``f_i = 0``, as it scores 1 in the fixed product; an
 undefined reprojection error (no valid keypoint, NaN) has ``s_i = 0``, so the confidence is 0 when its weight is
 positive. The file is JSON (`CALIBRATION_FORMAT`, `CALIBRATION_VERSION`) and carries each term's signal name,
@@ -39,6 +46,13 @@ from dpmesh_core.json_values import EXPECTED, json_type, refusing_repeated_keys,
 CALIBRATION_FORMAT = "dpmesh-confidence-calibration"
 CALIBRATION_VERSION = 1
 MODEL = "logistic"
+REVIEW_OUTCOME = "reviewed_reject"
+"""``error_metric`` of a calibration fitted on review decisions: 1 for a person a reviewer rejected, 0 if accepted."""
+REVIEW_CUT = 0.5
+"""``good_error_mm`` of a calibration fitted on review decisions: the cut between the indicator's 0 and 1 (no unit)."""
+REVIEW_JOINT_SET = "review"
+"""``joint_set`` of a calibration fitted on review decisions: the reviewer judged the whole label, not a joint set."""
+REVIEW_TARGET = "P(a reviewer accepts the label)"
 
 
 class CalibrationError(ValueError):
@@ -77,6 +91,8 @@ class ConfidenceCalibration:
         error_metric: which error was cut (e.g. ``pa_mpjpe_mm``), joint_set: on which joints (e.g. ``smpl24``).
         fit: what it was fitted on (counts, log loss, Spearman before/after), for the record.
         sha256: hex digest of the file it was read from ("" when built in memory); recorded in output lineage.
+        target: the file's ``target`` in words ("" : ``P(<error_metric> < <good_error_mm> mm on <joint_set>)``);
+            a calibration fitted on reviews says :data:`REVIEW_TARGET`.
     """
 
     terms: tuple[CalibrationTerm, ...]
@@ -86,6 +102,7 @@ class ConfidenceCalibration:
     joint_set: str = "smpl24"
     fit: dict[str, Any] = field(default_factory=dict, compare=False)
     sha256: str = field(default="", compare=False)
+    target: str = field(default="", compare=False)
 
     @property
     def signal_names(self) -> tuple[str, ...]:
@@ -113,7 +130,7 @@ class ConfidenceCalibration:
             "format": CALIBRATION_FORMAT,
             "version": CALIBRATION_VERSION,
             "model": MODEL,
-            "target": f"P({self.error_metric} < {self.good_error_mm:g} mm on {self.joint_set})",
+            "target": self.target or f"P({self.error_metric} < {self.good_error_mm:g} mm on {self.joint_set})",
             "good_error_mm": self.good_error_mm,
             "error_metric": self.error_metric,
             "joint_set": self.joint_set,
@@ -178,6 +195,7 @@ class ConfidenceCalibration:
             joint_set=doc.get("joint_set", "smpl24"),
             fit=dict(doc.get("fit") or {}),
             sha256=hashlib.sha256(data).hexdigest(),
+            target=doc.get("target", ""),
         )
 
 
@@ -301,18 +319,70 @@ def fit_calibration(
     Raises:
         ValueError: fewer than 2 usable rows, or only good or only bad labels (nothing to separate).
     """
+    err = np.asarray(errors_mm, dtype=np.float64).reshape(-1)
+    good = np.where(np.isfinite(err), (err < good_error_mm).astype(np.float64), np.nan)
+    terms, intercept, fit = _fit_outcomes(
+        signals, good, ridge, max_iter, f"good and bad labels (error < {good_error_mm:g} mm and not)"
+    )
+    return ConfidenceCalibration(
+        terms=terms,
+        intercept=intercept,
+        good_error_mm=float(good_error_mm),
+        error_metric=error_metric,
+        joint_set=joint_set,
+        fit=fit,
+    )
+
+
+def fit_calibration_to_reviews(
+    signals: Sequence[ConfidenceSignals],
+    accepted: np.ndarray,
+    *,
+    ridge: float = 1e-3,
+    max_iter: int = 200,
+) -> ConfidenceCalibration:
+    """Fit ``P(a reviewer accepts the label)`` from review decisions: the model, features and fit of
+    `fit_calibration`, on the binary outcome instead of a cut error (module docstring: how the file says so).
+
+    Args:
+        signals: `N` reviewed persons' stored signals.
+        accepted: `(N,)` True where the reviewer accepted the person, False where they rejected it.
+
+    Returns:
+        The calibration (``error_metric`` :data:`REVIEW_OUTCOME`, ``good_error_mm`` :data:`REVIEW_CUT`, ``target``
+        :data:`REVIEW_TARGET`); ``fit`` records n, n_good (accepted), the mean log loss, the rows left out and
+        ``outcome`` (what was fitted: review decisions, accept good, reject bad).
+
+    Raises:
+        ValueError: fewer than 2 usable rows, or only accepts or only rejects (nothing to separate).
+    """
+    good = np.asarray(accepted, dtype=bool).reshape(-1).astype(np.float64)
+    terms, intercept, fit = _fit_outcomes(signals, good, ridge, max_iter, "accepted and rejected persons")
+    fit["outcome"] = {"source": "review decisions", "good": "accept", "bad": "reject"}
+    return ConfidenceCalibration(
+        terms=terms,
+        intercept=intercept,
+        good_error_mm=REVIEW_CUT,
+        error_metric=REVIEW_OUTCOME,
+        joint_set=REVIEW_JOINT_SET,
+        fit=fit,
+        target=REVIEW_TARGET,
+    )
+
+
+def _fit_outcomes(
+    signals: Sequence[ConfidenceSignals], good: np.ndarray, ridge: float, max_iter: int, both: str
+) -> tuple[tuple[CalibrationTerm, ...], float, dict[str, Any]]:
+    """``(terms, intercept, fit record)`` of the monotone logistic model of ``good`` (`(N,)`: 1 good, 0 bad, NaN
+    unknown: left out) on the log-scores of ``signals``; ``both`` names the two outcomes in the refusal."""
     terms = default_terms()
     x = feature_matrix(signals, terms)
-    err = np.asarray(errors_mm, dtype=np.float64).reshape(-1)
-    if err.shape[0] != x.shape[0]:
-        raise ValueError(f"fit_calibration: {x.shape[0]} signal rows but {err.shape[0]} errors")
-    usable = np.isfinite(x).all(axis=1) & np.isfinite(err)  # undefined signals score 0 whatever the fit
-    x, y = x[usable], (err[usable] < good_error_mm).astype(np.float64)
+    if good.shape[0] != x.shape[0]:
+        raise ValueError(f"fit_calibration: {x.shape[0]} signal rows but {good.shape[0]} outcomes")
+    usable = np.isfinite(x).all(axis=1) & np.isfinite(good)  # undefined signals score 0 whatever the fit
+    x, y = x[usable], good[usable]
     if len(y) < 2 or y.min() == y.max():
-        raise ValueError(
-            f"fit_calibration: need good and bad labels (error < {good_error_mm:g} mm and not) among the usable "
-            f"rows; got {int(y.sum())} good of {len(y)}"
-        )
+        raise ValueError(f"fit_calibration: need {both} among the usable rows; got {int(y.sum())} good of {len(y)}")
     n, k = x.shape
     design = np.concatenate([np.ones((n, 1)), x], axis=1)  # column 0: intercept (unbounded)
     # A signal that is perfect (feature 0) for every person carries no information here: its weight is 0, fixed.
@@ -352,11 +422,4 @@ def fit_calibration(
         for t, w in zip(terms, theta[1:], strict=True)
     )
     fit = {"n": int(n), "n_good": int(y.sum()), "n_left_out": int((~usable).sum()), "log_loss": round(current, 6)}
-    return ConfidenceCalibration(
-        terms=fitted,
-        intercept=float(theta[0]),
-        good_error_mm=float(good_error_mm),
-        error_metric=error_metric,
-        joint_set=joint_set,
-        fit=fit,
-    )
+    return fitted, float(theta[0]), fit

@@ -17,8 +17,12 @@ takes plain values, no job's config).
                     "time": <ISO 8601 UTC> | null, "stratum": <the row's review stratum> | null}, ...]}
 
 A person is decided at most once per file. Unknown keys, repeated keys, another format or version, a sample id
-outside the key grammar, a shard that is not one path segment, an unknown decision or reason: the file is refused
-with one line naming it and the field (:class:`ReviewError`; the jobs raise it as a ``ConfigError``).
+outside the key grammar, a shard that is not one path segment, an unknown decision or reason, a ``sample`` whose
+stratum is not a review stratum (`pipelines.common.label_stats.REVIEW_STRATA`) or whose counts are not integers
+>= 0: the file is refused with one line naming it and the field (:class:`ReviewError`; the jobs raise it as a
+``ConfigError``). ``sample`` is the draw (:class:`ReviewSample`): each stratum's population (``rows``, every
+accepted and rejected row of the label output in it) and how many persons the page drew from it, so a rate found
+on the sample can be weighted back to the output (``dpmesh-eval review=``).
 
 **Decisions on rows** (:func:`apply_decisions`): a reviewed reject goes to ``rejected/`` with the reason
 :data:`REVIEWED_REJECT` added; a reviewed accept is kept whatever its score, in the tier its confidence earns
@@ -45,6 +49,7 @@ import pyarrow.parquet as pq
 from dpmesh_core.confidence import NON_FINITE_OUTPUT, FilterThresholds, graded_tier
 from dpmesh_core.json_values import refusing_repeated_keys, show_value
 from pipelines.common.label_set import ROW_FOLDERS
+from pipelines.common.label_stats import REVIEW_STRATA
 from pipelines.common.safe_paths import UnsafeName, check_segment, is_valid_key, safe_join, validate_sample_id
 from pipelines.config import ConfigError
 from pipelines.storage import ObjectNotFoundError, Storage
@@ -74,6 +79,8 @@ _REQUIRED_TOP = _TOP_KEYS - {"sample"}
 _DECISION_KEYS = {"sample_id", "shard", "model_id", "decision", "reason", "time", "stratum"}
 _REQUIRED_DECISION = {"sample_id", "shard", "decision"}
 _RUN_KEYS = {"labels", "config_hash", "pipeline_version"}
+_SAMPLE_KEYS = {"seed", "size", "strata"}
+_STRATUM_KEYS = {"rows", "drawn"}
 SAME_RUN = "same label run"
 PERSONS_MATCH = "another label run whose reviewed persons are all in the input"
 CONFLICT_EXAMPLES = 100
@@ -155,8 +162,20 @@ class Decision:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReviewSample:
+    """How a review page drew its persons: the seed, how many it shows (``size``), and per review stratum
+    ``(rows, drawn)``: the stratum's population in the label output (accepted and rejected rows) and the persons
+    drawn from it. Empty ``strata`` when the file does not say (a hand-made file)."""
+
+    seed: int | None = None
+    size: int | None = None
+    strata: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class ReviewFile:
-    """A parsed ``review.json``: ``uri`` and ``sha256`` of its bytes, what it reviewed and its decisions."""
+    """A parsed ``review.json``: ``uri`` and ``sha256`` of its bytes, what it reviewed, its decisions and the draw
+    they were made on (``sample``; empty when the file has none)."""
 
     uri: str
     sha256: str
@@ -164,6 +183,7 @@ class ReviewFile:
     reviewer: str
     saved_at: str
     decisions: tuple[Decision, ...]
+    sample: ReviewSample = dataclasses.field(default_factory=ReviewSample, compare=False)
 
 
 def _fail(uri: str, message: str) -> ReviewError:
@@ -221,6 +241,34 @@ def _decision(uri: str, index: int, entry: Any) -> Decision:
     )
 
 
+def _count(uri: str, where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(uri, f"{where} is {show_value(value)}, not an integer >= 0")
+    return value
+
+
+def _sample(uri: str, document: Any) -> ReviewSample:
+    """The ``sample`` block (the page's draw): known keys, integer counts, known strata."""
+    document = _keys(uri, "sample", document, _SAMPLE_KEYS, set())
+    seed = document.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _fail(uri, f"sample.seed is {show_value(seed)}, not an integer")
+    size = None if document.get("size") is None else _count(uri, "sample.size", document["size"])
+    strata = document.get("strata", {})
+    if not isinstance(strata, dict):
+        raise _fail(uri, f"sample.strata is {show_value(strata)}, not a JSON object")
+    counts: dict[str, tuple[int, int]] = {}
+    for stratum, entry in strata.items():
+        if stratum not in REVIEW_STRATA:
+            raise _fail(
+                uri, f"sample.strata has {show_value(stratum)}, not a review stratum (such as '0.75-1.00|none')"
+            )
+        where = f"sample.strata[{stratum!r}]"
+        entry = _keys(uri, where, entry, _STRATUM_KEYS, _STRATUM_KEYS)
+        counts[stratum] = (_count(uri, f"{where}.rows", entry["rows"]), _count(uri, f"{where}.drawn", entry["drawn"]))
+    return ReviewSample(seed, size, counts)
+
+
 def parse_review(data: bytes, uri: str) -> ReviewFile:
     """The review file ``uri`` from its bytes, checked against the format (module docstring).
 
@@ -250,8 +298,7 @@ def parse_review(data: bytes, uri: str) -> ReviewFile:
         _text(uri, "label_run.config_hash", run["config_hash"], nullable=True),
         _text(uri, "label_run.pipeline_version", run["pipeline_version"], nullable=True),
     )
-    if "sample" in document and not isinstance(document["sample"], dict):
-        raise _fail(uri, f"sample is {show_value(document['sample'])}, not a JSON object")
+    sample = _sample(uri, document["sample"]) if "sample" in document else ReviewSample()
     entries = document["decisions"]
     if not isinstance(entries, list):
         raise _fail(uri, f"decisions is {show_value(entries)}, not a JSON array")
@@ -270,6 +317,7 @@ def parse_review(data: bytes, uri: str) -> ReviewFile:
         reviewer=str(_text(uri, "reviewer", document["reviewer"])),
         saved_at=str(_text(uri, "saved_at", document["saved_at"])),
         decisions=decisions,
+        sample=sample,
     )
 
 

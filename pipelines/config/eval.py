@@ -1,6 +1,8 @@
-"""The ``dpmesh-eval`` app config: labels against ground truth, and optionally a confidence calibration fit."""
+"""The ``dpmesh-eval`` app config: labels against ground truth and/or people's reviews, and optionally a confidence
+calibration fit."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.config.errors import ConfigError
 from pipelines.config.runner import RunnerConfig
@@ -15,12 +17,14 @@ class EvalInputConfig:
     """Attributes:
     labels: The output folder of a ``dpmesh-label`` or ``dpmesh-refilter`` run.
     ground_truth: Ground-truth Parquet (file, folder or glob; layout in ``pipelines/eval/ground_truth.py`` and the
-        README) and/or 3DPW ``sequenceFiles`` ``.pkl`` files (a file or a folder).
+        README) and/or 3DPW ``sequenceFiles`` ``.pkl`` files (a file or a folder). None: no ground truth (then
+        ``review=`` is what is measured).
     include_rejected: Evaluate ``rejected/`` rows too (their confidence should be low; the tier table shows them).
+        Reviewed persons are looked up in both folders whatever this says: the review page drew from both.
     """
 
     labels: str = "???"
-    ground_truth: str = "???"
+    ground_truth: str | None = None
     include_rejected: bool = True
 
 
@@ -60,7 +64,12 @@ class EvalJobConfig:
         h36m_regressor: H36M joint regressor ``.npy`` `(17, 6890)` for the 14 LSP joints (needs ``body_model``).
         error_metric: The error the confidence quality headline and the calibration use.
         sparsification_steps: Points of the sparsification curve (fractions 0, 1/steps, ...).
-        fit_confidence: Fit a confidence calibration on the matched persons and write it (see README).
+        fit_confidence: Fit a confidence calibration and write it (see README): on the persons matched to ground
+            truth; without ground truth, on the reviewed persons (accepted = good).
+        review: ``review.json`` files saved from a ``dpmesh-report review=<n>`` page (one: ``review=r.json``; several:
+            ``review=[a.json,b.json]``): the reviewed good-label rate per tier, confidence band and review stratum,
+            with 95% intervals, in ``eval_reviews.json`` (`pipelines.eval.review_rates`). A review of another label
+            run is refused unless every person it decided is in ``input.labels`` as reviewed.
         bucket_persons: Ground-truth persons per bucket of the join: the ground truth is partitioned by key into
             ``ceil(persons / bucket_persons)`` buckets and each is joined on one worker, which holds its persons
             (about 1.2 kB each with SMPL parameters) and one batch of label rows.
@@ -84,11 +93,25 @@ class EvalJobConfig:
     bucket_persons: int = 50_000
     quality_sample: int = 100_000
     persons_json_max: int = 10_000
+    # Typed Any so that one file is ``review=r.json`` and several ``review=[a.json,b.json]`` (a list field would
+    # refuse the former); __post_init__ makes it a list of strings either way, as dpmesh-refilter's ``review``.
+    review: Any = field(default_factory=list)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        files = [self.review] if isinstance(self.review, str) else self.review
+        if not isinstance(files, list | tuple) or not all(isinstance(f, str) and f for f in files):
+            raise ConfigError(f"review={self.review!r}: give a review file (review=r.json) or a list (review=[a,b])")
+        if len(set(files)) != len(files):
+            raise ConfigError(f"review={list(files)!r} names a file twice")
+        self.review = list(files)
+        if not self.input.ground_truth and not self.review:
+            raise ConfigError(
+                "nothing to measure the labels against: give input.ground_truth=<ground truth> and/or "
+                "review=<review.json from a dpmesh-report review page>"
+            )
         if self.error_metric not in _ERROR_METRICS:
             raise ConfigError(f"error_metric must be one of {', '.join(_ERROR_METRICS)}, got {self.error_metric!r}")
         if self.sparsification_steps < 1:

@@ -51,6 +51,18 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """The area under the ROC curve of ``scores`` for the `(N,)` bool ``positive``: the chance that a random
+    positive scores above a random negative (ties count half; Mann-Whitney U over both counts). 1: the scores
+    separate them, 0.5: no better than chance. None without both kinds or with a non-finite score."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg or not np.isfinite(scores).all():
+        return None
+    u = rank_average(scores)[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
 @dataclass(frozen=True)
 class SparsificationPoint:
     """One point of the curves: the fraction removed, the mean error left (mm) by confidence and by the oracle."""
