@@ -574,3 +574,34 @@ def apply_decisions(
     for name, column in replaced.items():
         table = table.set_column(table.schema.get_field_index(name), ANNOTATION_SCHEMA.field(name), column)
     return table, {name: int(n) for name, n in sorted(counts.items()) if n}
+
+
+def load_reviews(
+    storage: Storage,
+    uris: Iterable[str],
+    conflicts_mode: str,
+    labels: str,
+    summary: Mapping[str, Any] | None,
+    shards: set[str],
+    key: str = "review",
+) -> tuple[ReviewSet, dict[str, Any]]:
+    """The review files ``uris``, read, combined and checked against the label output ``labels`` (identity
+    ``summary``, labeled ``shards``) on the driver; and their record (:func:`review_record`) for the job's summary.
+    ``conflicts_mode`` is ``refuse`` (files in conflict stop the run) or ``skip`` (those persons are left to the
+    filter, listed in the record). One home for every job that applies reviews (``dpmesh-refilter``,
+    ``dpmesh-export``).
+
+    Raises:
+        ConfigError: a file that is missing or not a review, files in conflict (``refuse``), or a review of another
+            label run whose persons ``labels`` does not hold.
+    """
+    files = read_reviews(storage, uris, key)
+    review_set = combine_reviews(files)
+    if review_set.conflicts and conflicts_mode == "refuse":
+        raise refuse_conflicts(review_set, key)
+    if review_set.conflicts:
+        logger.warning("%d persons decided differently by the review files: left to the filter (listed in the "
+                       "summary)", len(review_set.conflicts))  # fmt: skip
+    verdicts = check_label_runs(storage, labels, label_run_of(labels, summary), shards, files, key)
+    # Recorded without files too: the input's rows may carry reviews, which the shards count.
+    return review_set, review_record(review_set, verdicts, shards, conflicts_mode)

@@ -4,8 +4,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from pipelines.config.errors import ConfigError
+from pipelines.config.refilter import ReviewConflicts, review_files
 from pipelines.config.runner import RunnerConfig
 from pipelines.config.storage import StorageConfig
 from schemas import OCCLUSION_LEVELS, QUALITY_TIERS, QualityTier
@@ -189,6 +191,12 @@ class ExportJobConfig:
             the images come from ``input.images``.
         split: Train / val / test splits by group (:class:`SplitConfig`); none by default.
         overwrite: Re-export every shard (an output holding another config's export is refused without it).
+        review: ``review.json`` files of ``input.labels`` (as ``dpmesh-refilter review=``, format in
+            `pipelines.common.reviews`): a reviewed reject is not exported (reason ``reviewed_reject``), a reviewed
+            accept is exported whatever its score, in the tier its confidence earns. A review of another label run
+            is refused unless every person it decided is still in ``input.labels`` (same sample id, shard, model).
+        review_conflicts: When the files disagree about a person: ``refuse`` (default) or ``skip`` those persons
+            (each listed in ``stats.json``); never resolved silently.
     """
 
     input: ExportInputConfig = field(default_factory=ExportInputConfig)
@@ -201,7 +209,13 @@ class ExportJobConfig:
     overwrite: bool = False
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # One file or a list, as dpmesh-refilter's (``review=r.json`` or ``review=[a,b]``): a list of strings after init.
+    review: Any = field(default_factory=list)
+    review_conflicts: ReviewConflicts = ReviewConflicts.refuse
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.review = review_files(self.review)
 
     def validate(self) -> None:
         """Cross-field checks: one source of labels and images; ``export.box_scale`` only where a box is written."""
@@ -226,6 +240,11 @@ class ExportJobConfig:
                 )
             if self.input.images:
                 raise ConfigError("input.images is read only with from_release: the images come from input.shards")
+        if self.review and self.from_release:
+            raise ConfigError(
+                "review= applies to input.labels, not a rebuild from a release: apply the review when making the "
+                "release (dpmesh-export format=labels review=...)"
+            )
         if self.split.enabled and self.format == ExportFormat.labels:
             raise ConfigError(
                 "split= does not apply to format=labels: a release keeps the rows as labeled; split when rebuilding "

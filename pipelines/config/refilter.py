@@ -46,9 +46,18 @@ class RefilterJobConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        files = [self.review] if isinstance(self.review, str) else self.review
-        if not isinstance(files, list | tuple) or not all(isinstance(f, str) and f for f in files):
-            raise ConfigError(f"review={self.review!r}: give a review file (review=r.json) or a list (review=[a,b])")
-        if len(set(files)) != len(files):
-            raise ConfigError(f"review={list(files)!r} names a file twice")
-        self.review = list(files)
+        self.review = review_files(self.review)
+
+
+def review_files(review: Any) -> list[str]:
+    """``review=`` as a list of files: one file (``review=r.json``) or a list (``review=[a,b]``), each named once.
+
+    Raises:
+        ConfigError: anything else, or a file named twice.
+    """
+    files = [review] if isinstance(review, str) else review
+    if not isinstance(files, list | tuple) or not all(isinstance(f, str) and f for f in files):
+        raise ConfigError(f"review={review!r}: give a review file (review=r.json) or a list (review=[a,b])")
+    if len(set(files)) != len(files):
+        raise ConfigError(f"review={list(files)!r} names a file twice")
+    return list(files)

@@ -24,9 +24,11 @@ is no tar to check, and each image is proven by the release's size and sha1 inst
 refused again with the release's reason.
 """
 
+import dataclasses
+import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -35,11 +37,13 @@ import pyarrow.compute as pc
 from apache_beam.metrics import Metrics
 
 import pipelines
+from dpmesh_core.confidence import FilterThresholds
 from pipelines.common.commit_log import committed_marker
 from pipelines.common.image_decode import ImageDecodeError
 from pipelines.common.label_set import LABEL_RUN
 from pipelines.common.marker_index import marker_uri
 from pipelines.common.metrics import EXPORT_METRICS
+from pipelines.common.reviews import Decision, apply_decisions
 from pipelines.common.safe_paths import UnsafeName, safe_join
 from pipelines.common.shard_members import decode_upright, encode_jpeg
 from pipelines.config import ConfigError, ExportJobConfig, config_hash, config_to_dict
@@ -63,7 +67,8 @@ from pipelines.export.selection import select_rows
 from pipelines.export.splits import NEAR_DUP_COLUMN, SplitTally, Splitter, near_dup_digest
 from pipelines.parquet_io import read_parquet_bytes
 from pipelines.storage import Storage
-from schemas import ANNOTATION_SCHEMA
+from schemas import ANNOTATION_SCHEMA, QualityTier
+from schemas.annotations import REVIEW_ACCEPT
 
 
 # What of a label marker decides a labeled shard's rows: the tar labeled, the shard set's live record the rows follow
@@ -78,7 +83,10 @@ NEAR_DUPS = "near_dup_groups_sha256"
 
 # Keys that do not change what is written: where and how the job runs, and where its labels and images come from
 # (a rebuild from a release writes what a direct export of the same config writes).
-_NOT_CONTENT = ("input", "from_release", "output", "runner", "storage", "log_level", "overwrite")
+# The review files are in it by their decisions' content (`ReviewSet.digest`), not by their paths.
+_NOT_CONTENT = (
+    "input", "from_release", "output", "runner", "storage", "log_level", "overwrite", "review", "review_conflicts",
+)  # fmt: skip
 # Options whose default was added after exports were made: left out of the hash at their default, so an output made
 # before they existed is still this config's (and a box_scale other than 1.0, or any split, is another config).
 _NEUTRAL_DEFAULTS: dict[str, Any] = {"export.box_scale": 1.0, "split": {"fractions": None, "group_by": None}}
@@ -86,11 +94,25 @@ _NEUTRAL_DEFAULTS: dict[str, Any] = {"export.box_scale": 1.0, "split": {"fractio
 _ID_COLUMNS = ("sample_id", "image_key", "person_idx", "quality_tier")
 
 
-def export_config_hash(cfg: ExportJobConfig) -> str:
-    """Fingerprint of what decides the exported bytes (format, selection, image options)."""
+def export_config_hash(cfg: ExportJobConfig, review_digest: str | None = None) -> str:
+    """Fingerprint of what decides the exported bytes (format, selection, image options) and, with ``review=``,
+    the review decisions (``review_digest``: `ReviewSet.digest`). Without decisions it is the hash it always was."""
     options = {"export.box_scale": cfg.export.box_scale, "split": config_to_dict(cfg.split)}
     neutral = tuple(key for key, default in _NEUTRAL_DEFAULTS.items() if options[key] == default)
-    return config_hash(cfg, exclude=(*_NOT_CONTENT, *neutral))
+    plain = config_hash(cfg, exclude=(*_NOT_CONTENT, *neutral))
+    if review_digest is None:
+        return plain
+    return hashlib.sha256(f"{plain}/review/{review_digest}".encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardReviews:
+    """What ``review=`` gives the shard step: the agreed decisions by shard and sample id, the thresholds that grade
+    a reviewed accept (the label run's tiers' filter) and the decisions' digest (in the config hash)."""
+
+    decisions: Mapping[str, Mapping[str, Decision]]
+    thresholds: FilterThresholds
+    digest: str | None
 
 
 def label_lineage(label_marker: dict[str, Any]) -> dict[str, Any]:
@@ -128,10 +150,11 @@ def group_by_image(persons: list[ExportPerson]) -> dict[str, list[ExportPerson]]
 class ExportShardFn(beam.DoFn):
     """Input: an :class:`ExportTask`. Writes the shard's export files, then its marker; outputs the marker."""
 
-    def __init__(self, cfg: ExportJobConfig, max_image_pixels: int) -> None:
+    def __init__(self, cfg: ExportJobConfig, max_image_pixels: int, reviews: ShardReviews | None = None) -> None:
         self._cfg = cfg
         self._max_pixels = max_image_pixels
-        self._hash = export_config_hash(cfg)
+        self._reviews = reviews
+        self._hash = export_config_hash(cfg, reviews.digest if reviews is not None else None)
         self._splitter = Splitter(cfg.split) if cfg.split.enabled else None
 
     def setup(self) -> None:
@@ -150,7 +173,10 @@ class ExportShardFn(beam.DoFn):
             table = self._labels(task, label_marker)
             if task.images_folder is None:  # a rebuild has no tar: each image is proven by the release's sha1
                 self._check_lineage(task, label_marker)
+            table, applied = self._reviewed(task, table)
             marker = self._export(task, label_marker, table)
+            if self._reviews is not None:
+                marker["review"] = applied
         except ShardRefused as refused:
             marker = self._refused(task, label_marker, table, refused)
         self._storage.write_bytes(marker_uri(self._cfg.output, task.name), json.dumps(marker, indent=1).encode())
@@ -203,6 +229,46 @@ class ExportShardFn(beam.DoFn):
         if missing:
             raise ShardRefused(LABELS_UNREADABLE, f"{task.labels_uri} lacks the column(s) {', '.join(missing)}")
         return table
+
+    def _reviewed(self, task: ExportTask, table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+        """The shard's rows with its review decisions applied (`apply_decisions`, before the selection): a reviewed
+        accept of a row the filter rejected is taken from ``rejected/`` and kept in the tier its confidence earns, a
+        reviewed reject leaves the rows (reason ``reviewed_reject``: never exported); the kept rows carry the
+        decision in ``review``. Returns the rows and the counts (`pipelines.common.reviews.APPLIED_COUNTS`)."""
+        decisions = dict(self._reviews.decisions.get(task.name) or {}) if self._reviews is not None else {}
+        if not decisions or self._reviews is None:
+            return table, {}
+        held = set(table["sample_id"].to_pylist())
+        accepts = {i for i, d in decisions.items() if d.decision == REVIEW_ACCEPT and i not in held}
+        if accepts:
+            table = self._with_rejected(task, table, accepts)
+        for name in ("review", "reasons"):  # labels written before the column: none reviewed, no reasons
+            if name not in table.column_names:
+                field = ANNOTATION_SCHEMA.field(name)
+                table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+        table, applied = apply_decisions(table, decisions, self._reviews.thresholds)
+        rejected = pc.equal(table["quality_tier"], pa.scalar(QualityTier.REJECT.value))
+        kept = table.filter(pc.invert(pc.fill_null(rejected, False)))  # a null tier is the row checks' to judge
+        return kept, applied
+
+    def _with_rejected(self, task: ExportTask, table: pa.Table, accepts: set[str]) -> pa.Table:
+        """``table`` with the ``rejected/`` rows of the shard whose sample ids are in ``accepts`` (reviewed accepts
+        of rows the filter rejected), in (image key, person index) order."""
+        uri = safe_join(str(self._cfg.input.labels), "rejected", f"{task.name}.parquet", what="shard name")
+        try:
+            data = self._storage.read_bytes(uri)
+        except FileNotFoundError:  # no rejected rows: the decisions count as not found
+            return table
+        rejected = _parquet(data, uri, LABELS_UNREADABLE)
+        rejected = rejected.filter(pc.is_in(rejected["sample_id"], value_set=pa.array(sorted(accepts))))
+        if not rejected.num_rows:
+            return table
+        try:
+            rejected = rejected.select(table.column_names).cast(table.schema)
+        except (KeyError, ValueError, pa.ArrowException) as exc:
+            raise ShardRefused(LABELS_UNREADABLE, f"{uri} does not hold the annotations' columns: {exc}") from None
+        both = pa.concat_tables([table, rejected])
+        return both.sort_by([("image_key", "ascending"), ("person_idx", "ascending")])
 
     def _check_lineage(self, task: ExportTask, label_marker: dict[str, Any]) -> None:
         try:
@@ -459,6 +525,7 @@ def _rows_of(table: pa.Table, persons: list[ExportPerson]) -> pa.Table:
 __all__ = [
     "LABEL_LINEAGE",
     "ExportShardFn",
+    "ShardReviews",
     "current_source",
     "export_config_hash",
     "label_lineage",

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pipelines
 from pipelines.common.label_set import LABEL_RUN, SUMMARY_NAME, read_summary
 from pipelines.common.marker_index import MarkerIndex, read_markers, write_index
+from pipelines.common.reviews import with_applied
 from pipelines.config import ExportJobConfig, config_to_dict
 from pipelines.export.export_shard import NEAR_DUPS, export_config_hash
 from pipelines.export.splits import GROUP_BY, GROUP_KEY, GROUP_NEAR_DUPLICATE, Splitter, merge_split_blocks
@@ -57,6 +58,7 @@ EXPORT_INDEX = MarkerIndex(
         "errors",
         "skipped_images",
         "splits",
+        "review",  # with review=: what the shard's decisions did (pipelines.common.reviews.APPLIED_COUNTS)
     )
 )
 """What the export's marker index keeps: every marker field planning and the card read (not ``files`` nor
@@ -132,14 +134,49 @@ def refused_line(stats: dict[str, Any], limit: int = 5) -> str:
 
 
 def build_stats(
-    markers: list[dict[str, Any]], provenance: dict[str, Any], splitter: Splitter | None = None
+    markers: list[dict[str, Any]],
+    provenance: dict[str, Any],
+    splitter: Splitter | None = None,
+    review: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``stats.json``: the aggregate of ``markers``, with ``split=`` the splits' (``splitter``), and the run's
-    provenance."""
+    """``stats.json``: the aggregate of ``markers``, with ``split=`` the splits' (``splitter``), with ``review=``
+    the review files and what their decisions did (``review``: `pipelines.common.reviews.review_record`, the
+    markers' counts added by `with_applied`), and the run's provenance."""
     stats = {**aggregate(markers), "provenance": provenance}
     if splitter is not None:
         stats["splits"] = merge_split_blocks((m.get("splits") for m in markers), splitter)
+    if review is not None:
+        applied: Counter[str] = Counter()
+        for marker in markers:
+            applied.update(marker.get("review") or {})
+        stats["review"] = with_applied(review, applied)
     return stats
+
+
+def _review_lines(stats: dict[str, Any]) -> list[str]:
+    """The card's reviews: each file, the agreed decisions and what they did, the conflicts left to the filter."""
+    review = stats.get("review")
+    if not review:
+        return []
+    applied = review["applied"]
+    lines = ["## Reviews", ""]
+    for f in review["files"]:
+        lines.append(
+            f"- `{f['uri']}` (sha256 `{f['sha256']}`, reviewer {f['reviewer']}, saved {f['saved_at']}; "
+            f"{f['matched']}): decisions {f['decisions']}"
+        )
+    conflicts = review["conflicts"]
+    lines += [
+        f"- agreed decisions {review['decisions']}: {applied['applied_reject']} reviewed rejects left out (reason "
+        f"`reviewed_reject`), {applied['applied_accept']} reviewed accepts kept ({applied['accept_over_filter']} of "
+        f"them over the filter), {applied['applied_accept_not_kept']} accepts of non-finite labels not kept, "
+        f"{applied['not_found']} persons not found; counts reconcile: {review['reconciled']}",
+        f"- conflicting decisions ({conflicts['mode']}): {conflicts['count']} persons, left to the filter and listed "
+        "in `stats.json`",
+        "- each exported person's decision is in its row's `review` column",
+        "",
+    ]
+    return lines
 
 
 def _refused_lines(stats: dict[str, Any]) -> list[str]:
@@ -312,6 +349,7 @@ def render_card(stats: dict[str, Any]) -> str:
             "not recorded (these labels predate the occlusion columns; relabel to get them)",
         ),
         *_split_lines(stats),
+        *_review_lines(stats),
         *_release_lines(stats),
         "## Provenance",
         "",
@@ -391,9 +429,10 @@ def provenance(cfg: ExportJobConfig, storage: Storage, schema: pa.Schema) -> dic
 class WriteCardFn(beam.DoFn):
     """Input: the markers this run wrote (once). Writes ``stats.json`` and ``README.md`` over every exported shard."""
 
-    def __init__(self, cfg: ExportJobConfig, provenance: dict[str, Any]) -> None:
+    def __init__(self, cfg: ExportJobConfig, provenance: dict[str, Any], review: dict[str, Any] | None = None) -> None:
         self._cfg = cfg
         self._provenance = provenance
+        self._review = review
 
     def process(self, written: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         storage, output = Storage(self._cfg.storage), self._cfg.output
@@ -401,7 +440,7 @@ class WriteCardFn(beam.DoFn):
         markers = read_markers(storage, output, EXPORT_INDEX, known={m["shard"]: m for m in written})
         write_index(storage, output, EXPORT_INDEX, markers)  # before stats.json: the index never leads the markers
         splitter = Splitter(self._cfg.split) if self._cfg.split.enabled else None
-        stats = build_stats([markers[k] for k in sorted(markers)], self._provenance, splitter)
+        stats = build_stats([markers[k] for k in sorted(markers)], self._provenance, splitter, self._review)
         storage.write_bytes(join(output, STATS_NAME), json.dumps(stats, indent=1, sort_keys=True).encode())
         storage.write_bytes(join(output, CARD_NAME), render_card(stats).encode())
         yield stats

@@ -25,12 +25,18 @@ that lag an append are refused, incomplete ones warned about); the output holds 
 does the selection run once on an empty table, are a killed run's temporary files removed, and does the pipeline
 start.
 
+``review=<review.json...>`` applies people's reviews of ``input.labels`` as ``dpmesh-refilter`` does
+(:func:`pipelines.common.reviews.load_reviews` on the driver: conflicts refused or skipped, a review of another label
+run refused unless its persons are here): each shard applies its decisions before the selection
+(:class:`~pipelines.export.export_shard.ShardReviews`), the decisions join the config hash, the card lists the files.
+
 ``from_release=<release> input.images=<folder>`` rebuilds from a labels release (``format=labels``,
 :mod:`pipelines.export.release`) instead: the units are the release's shards, the rows its rows, the images files of
 ``input.images`` checked against the release's sha1s; the same graph, commit and resume. The output must overlap
 neither the release nor the images, and the release must be finished (its ``stats.json``).
 """
 
+import dataclasses
 import json
 import logging
 import sys
@@ -38,9 +44,12 @@ from typing import Any
 
 import apache_beam as beam
 
+from dpmesh_core.confidence import FilterThresholds
 from pipelines.cli import hydra_app
+from pipelines.common import label_set
 from pipelines.common.intent import record_intent
 from pipelines.common.launch import resolve_launch
+from pipelines.common.reviews import load_reviews
 from pipelines.common.safe_paths import check_output_location
 from pipelines.common.shard_set import manifest_pixel_limit
 from pipelines.config import (
@@ -49,7 +58,13 @@ from pipelines.config import (
     ExportJobConfig,
 )
 from pipelines.export import scratch
-from pipelines.export.export_shard import LABEL_LINEAGE, ExportShardFn, export_config_hash, label_lineage
+from pipelines.export.export_shard import (
+    LABEL_LINEAGE,
+    ExportShardFn,
+    ShardReviews,
+    export_config_hash,
+    label_lineage,
+)
 from pipelines.export.finish import (
     CARD_NAME,
     STATS_NAME,
@@ -74,17 +89,24 @@ __all__ = ["LABEL_LINEAGE", "export_config_hash", "label_lineage", "main", "plan
 
 
 def build_pipeline(
-    p: beam.Pipeline, cfg: ExportJobConfig, pending: list[ExportTask], prov: dict[str, Any], max_image_pixels: int
+    p: beam.Pipeline,
+    cfg: ExportJobConfig,
+    pending: list[ExportTask],
+    prov: dict[str, Any],
+    max_image_pixels: int,
+    reviews: ShardReviews | None = None,
+    review: dict[str, Any] | None = None,
 ) -> None:
-    """Adds the export steps for ``pending`` to ``p``."""
+    """Adds the export steps for ``pending`` to ``p`` (``reviews``: the decisions the shards apply; ``review``:
+    their record for the card)."""
     _ = (
         p
         | "ListShards" >> beam.Create(pending)
         # Spreads shards over workers (Create puts them in one bundle); a barrier before any work, not after.
         | "SpreadShards" >> beam.Reshuffle()
-        | "ExportShards" >> beam.ParDo(ExportShardFn(cfg, max_image_pixels))
+        | "ExportShards" >> beam.ParDo(ExportShardFn(cfg, max_image_pixels, reviews))
         | "CollectExported" >> beam.combiners.ToList()
-        | "WriteCard" >> beam.ParDo(WriteCardFn(cfg, prov))
+        | "WriteCard" >> beam.ParDo(WriteCardFn(cfg, prov, review))
     )
 
 
@@ -92,6 +114,31 @@ def _shard_set_pixel_limit(manifests: dict[str, dict[str, Any]]) -> int:
     """The pixel limit the labels' images were checked with: the label run followed its shard set's (manifest)."""
     limits = [limit for manifest in manifests.values() if (limit := manifest_pixel_limit(manifest))]
     return limits[0] if limits else DEFAULT_MAX_IMAGE_PIXELS
+
+
+def _review_thresholds(summary: dict[str, Any] | None) -> FilterThresholds:
+    """The filter that graded the labels' tiers (their summary's ``thresholds``: a refilter's own after a refilter),
+    which grades a reviewed accept; the default filter where the summary does not say."""
+    recorded = (summary or {}).get("thresholds")
+    if not isinstance(recorded, dict):
+        return FilterThresholds()
+    known = {f.name for f in dataclasses.fields(FilterThresholds)}
+    return FilterThresholds(**{k: v for k, v in recorded.items() if k in known})
+
+
+def _load_reviews(
+    cfg: ExportJobConfig, storage: Storage
+) -> tuple[ShardReviews | None, dict[str, Any] | None, dict[str, dict[str, Any]] | None]:
+    """With ``review=``: the decisions for the shards, their record for the card, and the label markers read to
+    check them (planning takes them); all None without."""
+    if not cfg.review:
+        return None, None, None
+    labels = str(cfg.input.labels)
+    markers = label_set.read_markers(storage, labels)
+    summary = label_set.read_summary(storage, labels)
+    review_set, record = load_reviews(storage, cfg.review, cfg.review_conflicts.value, labels, summary, set(markers))
+    reviews = ShardReviews(review_set.decisions, _review_thresholds(summary), review_set.digest())
+    return reviews, record, markers
 
 
 def run(cfg: ExportJobConfig) -> dict[str, Any]:
@@ -110,9 +157,12 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
         inputs = {"from_release": cfg.from_release, "input.images": cfg.input.images}
     else:
         inputs = {"input.labels": cfg.input.labels, "input.shards": cfg.input.shards}
-    check_output_location(storage, cfg.output, inputs)
+    reviews_given = {f"review[{i}]": r for i, r in enumerate(cfg.review)}
+    check_output_location(storage, cfg.output, {**inputs, **reviews_given})
     release = read_release(storage, cfg.from_release) if cfg.from_release else None
-    plan = plan_export(cfg, storage)
+    reviews, review, label_markers = _load_reviews(cfg, storage)  # before planning: the decisions are in the hash
+    digest = reviews.digest if reviews is not None else None
+    plan = plan_export(cfg, storage, digest, label_markers)
     tasks, pending, schema = plan.tasks, plan.pending, plan.schema
     check_selection(cfg.select, schema)  # the one expression, bound to the labels' columns on an empty table
     if release is not None:  # the release's provenance: its label run, and the pixel limit its images were read with
@@ -136,10 +186,11 @@ def run(cfg: ExportJobConfig) -> dict[str, Any]:
             "format=camerahmr with bronze rows: CameraHMR's loader has no per-person SMPL switch, so it would "
             "train on bronze SMPL; pass select.tiers=[gold,silver] to leave them out"
         )
+    prov["export"]["config_hash"] = export_config_hash(cfg, digest)
     launch = resolve_launch(APP, cfg.runner, units=len(pending))
-    record_intent(storage, cfg.output, APP, export_config_hash(cfg))  # before the first shard's files
+    record_intent(storage, cfg.output, APP, prov["export"]["config_hash"])  # before the first shard's files
     with launch.pipeline() as p:
-        build_pipeline(p, cfg, pending, prov, max_pixels)
+        build_pipeline(p, cfg, pending, prov, max_pixels, reviews, review)
     scratch.remove_if_empty(cfg.output)
     stats: dict[str, Any] = json.loads(storage.read_bytes(join(cfg.output, STATS_NAME)))
     return stats
@@ -154,6 +205,13 @@ def report(stats: dict[str, Any], cfg: ExportJobConfig) -> str:
         f"not exported: {counts.get('persons_skipped', 0)} of {counts.get('rows_selected', 0)} selected persons "
         f"(by reason: {reasons_line(stats)}); counts reconcile: {stats.get('reconciled', True)}",
     ]
+    if review := stats.get("review"):
+        applied = review["applied"]
+        lines.append(
+            f"reviews: {len(review['files'])} files; {applied['applied_reject']} reviewed rejects left out, "
+            f"{applied['applied_accept']} reviewed accepts exported; {review['conflicts']['count']} conflicts; "
+            f"reconciled: {review['reconciled']}"
+        )
     if stats.get("shard_errors"):
         lines.append(f"refused shards (nothing exported; see stats.json shard_errors): {refused_line(stats)}")
     if counts.get("index_keys_invalid"):

@@ -64,9 +64,15 @@ class ExportPlan:
     unlabeled: list[str] = dataclasses.field(default_factory=list)
 
 
-def plan_export(cfg: ExportJobConfig, storage: Storage) -> ExportPlan:
+def plan_export(
+    cfg: ExportJobConfig,
+    storage: Storage,
+    review_digest: str | None = None,
+    label_markers: dict[str, dict[str, Any]] | None = None,
+) -> ExportPlan:
     """The export's units, the labels' schema and the pending units, after the labels are checked against their
-    shard set (:func:`~pipelines.export.live_set.check_labels_follow`).
+    shard set (:func:`~pipelines.export.live_set.check_labels_follow`). ``review_digest``: the review decisions'
+    (in the config hash); ``label_markers``: the label markers when the caller has read them already.
 
     Raises:
         ConfigError: no labeled shards, labeled shards missing from ``input.shards``, labels that lag their shard
@@ -77,7 +83,8 @@ def plan_export(cfg: ExportJobConfig, storage: Storage) -> ExportPlan:
         sources = _release_sources(storage, cfg.from_release, {t.name for t in tasks})
         return ExportPlan(tasks, plan_pending(cfg, storage, tasks, sources), labels_schema(storage, tasks))
     labels = str(cfg.input.labels)
-    label_markers = label_set.read_markers(storage, labels)
+    if label_markers is None:
+        label_markers = label_set.read_markers(storage, labels)
     tasks, manifests = plan_tasks(cfg, storage, label_markers)
     schema = labels_schema(storage, tasks)
     # The set's near-duplicate groups (one read per set): the guard compares them with what the labels recorded
@@ -88,7 +95,7 @@ def plan_export(cfg: ExportJobConfig, storage: Storage) -> ExportPlan:
     unlabeled = check_labels_follow(storage, manifests, label_markers, near_dups, labels, str(cfg.input.shards))
     if split_groups:
         tasks = _with_near_dups(tasks, near_dups)
-    pending = plan_pending(cfg, storage, tasks, label_markers)
+    pending = plan_pending(cfg, storage, tasks, label_markers, review_digest)
     return ExportPlan(tasks, pending, schema, manifests, unlabeled)
 
 
@@ -229,7 +236,11 @@ def labels_schema(storage: Storage, tasks: list[ExportTask]) -> pa.Schema:
 
 
 def plan_pending(
-    cfg: ExportJobConfig, storage: Storage, tasks: list[ExportTask], sources: dict[str, dict[str, Any]]
+    cfg: ExportJobConfig,
+    storage: Storage,
+    tasks: list[ExportTask],
+    sources: dict[str, dict[str, Any]],
+    review_digest: str | None = None,
 ) -> list[ExportTask]:
     """The tasks without a marker of this config, whose shard was relabeled since (``sources``: the label markers,
     or a rebuild's stand-ins for them, by name) or whose near-duplicate groups changed, or that were refused
@@ -245,9 +256,9 @@ def plan_pending(
         listed = listed_markers(storage, cfg.output)
         return [dataclasses.replace(t, exported_before=t.name in listed) for t in tasks]
     done = read_markers(storage, cfg.output, EXPORT_INDEX)
+    current = export_config_hash(cfg, review_digest)
     if not done:  # nothing committed yet: the intent says whose unfinished files the output may hold
-        check_intent(storage, cfg.output, export_config_hash(cfg), "an unfinished export")
-    current = export_config_hash(cfg)
+        check_intent(storage, cfg.output, current, "an unfinished export")
     foreign = sorted(name for name, m in done.items() if m.get("config_hash") != current)
     if foreign:
         raise refuse_other_units(cfg.output, "exported shards", foreign, "another config")

@@ -43,18 +43,9 @@ from pipelines.common.label_filter import calibration_lineage, filter_thresholds
 from pipelines.common.label_set import SUMMARY_NAME, read_markers, read_summary
 from pipelines.common.label_summary import format_summary
 from pipelines.common.launch import resolve_launch
-from pipelines.common.reviews import (
-    Decision,
-    ReviewSet,
-    check_label_runs,
-    combine_reviews,
-    label_run_of,
-    read_reviews,
-    refuse_conflicts,
-    review_record,
-)
+from pipelines.common.reviews import Decision, load_reviews
 from pipelines.common.safe_paths import check_output_location
-from pipelines.config import ConfigError, RefilterJobConfig, ReviewConflicts, config_hash
+from pipelines.config import ConfigError, RefilterJobConfig, config_hash
 from pipelines.refilter.finish import label_run_of_summary, write_summary
 from pipelines.refilter.plan import is_refiltered
 from pipelines.refilter.refilter_shard import RefilterShardFn
@@ -97,28 +88,6 @@ def refilter_config_hash(cfg: RefilterJobConfig, review_digest: str | None = Non
     return hashlib.sha256(f"{filter_hash}/review/{review_digest}".encode()).hexdigest()[:16]
 
 
-def load_reviews(
-    cfg: RefilterJobConfig, storage: Storage, summary: dict[str, Any] | None, shards: set[str]
-) -> tuple[ReviewSet, dict[str, Any]]:
-    """The review files of ``cfg.review``, read, combined and checked against the input (identity ``summary``,
-    labeled ``shards``) on the driver; and their record for the summary.
-
-    Raises:
-        ConfigError: a file that is missing or not a review, files in conflict (``review_conflicts=refuse``), or a
-            review of another label run whose persons the input does not hold.
-    """
-    files = read_reviews(storage, cfg.review)
-    review_set = combine_reviews(files)
-    if review_set.conflicts and cfg.review_conflicts is ReviewConflicts.refuse:
-        raise refuse_conflicts(review_set)
-    if review_set.conflicts:
-        logger.warning("%d persons decided differently by the review files: left to the filter (listed in %s)",
-                       len(review_set.conflicts), SUMMARY_NAME)  # fmt: skip
-    verdicts = check_label_runs(storage, cfg.input, label_run_of(cfg.input, summary), shards, files)
-    # Recorded without files too: the input's rows may carry reviews, which the shards count.
-    return review_set, review_record(review_set, verdicts, shards, cfg.review_conflicts.value)
-
-
 def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     """Re-splits every labeled shard of ``cfg.input`` not yet refiltered into ``cfg.output``; returns the summary
     (the launch plan on a dry run, which reads and writes nothing)."""
@@ -139,7 +108,9 @@ def run(cfg: RefilterJobConfig) -> dict[str, Any]:
     if not sources:
         raise ConfigError(f"input={cfg.input!r} holds no labeled shards (no _done/ markers)")
     shards = sorted(sources)
-    review_set, review = load_reviews(cfg, storage, read_summary(storage, cfg.input), set(shards))
+    review_set, review = load_reviews(
+        storage, cfg.review, cfg.review_conflicts.value, cfg.input, read_summary(storage, cfg.input), set(shards)
+    )
     info: dict[str, Any] = {
         "pipeline_version": pipelines.__version__,
         "config_hash": refilter_config_hash(cfg, review_set.digest()),

@@ -286,9 +286,10 @@ def test_box_scale_pads_the_hmr2_and_camerahmr_box_and_is_another_config(
         return compose_config("dpmesh_export", keys, ExportJobConfig)
 
     # At its default the option is left out of the hash: an output made before it existed is still this config's
-    # (the keys the export hash left out before box_scale, from_release and split were added, and those three).
+    # (the keys the export hash left out before box_scale, from_release, split and review were added, and those;
+    # review is in the hash by its decisions' digest, only when given).
     before = ("input", "output", "runner", "storage", "log_level", "overwrite")
-    added = ("from_release", "export.box_scale", "split")
+    added = ("from_release", "export.box_scale", "split", "review", "review_conflicts")
     assert export_config_hash(cfg()) == config_hash(cfg(), exclude=(*before, *added))
     assert export_config_hash(cfg("export.box_scale=1.2")) != export_config_hash(cfg())
     with pytest.raises(ConfigError, match=r"export\.box_scale applies to format=hmr2"):

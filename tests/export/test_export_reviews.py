@@ -1,0 +1,127 @@
+"""dpmesh-export review=<file...> on a real label output (the numpy stand-in model, DirectRunner): a reviewed reject
+is left out, a reviewed accept of a row the filter rejected is exported with its review, the card and stats.json
+list the review; conflicting files and a review of another label run are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.common.reviews import SAME_RUN, label_run_of, review_header
+from pipelines.config import ConfigError, ExportJobConfig, compose_config
+from pipelines.export.job import run as export
+from tests.fakes.corpus import make_images
+from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.shard_set import label_shards, shard_annotated
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 images of 1-3 persons in shards of 4, labeled by the numpy stand-in with a filter that rejects the
+    smaller persons (reason small_box)."""
+    root = tmp_path_factory.mktemp("export_reviews")
+    shards = shard_annotated(root, make_images(12, seed=5, width=320, height=240, persons=(1, 3)),
+                             "shard.max_samples=4")  # fmt: skip
+    label_shards(shards, root / "labels", "filter.min_box_px=150", handler=FakeDPMeshHandler)
+    return root
+
+
+def _rows(labels: Path, folder: str) -> list[dict[str, Any]]:
+    return sorted((r for p in sorted((labels / folder).glob("*.parquet")) for r in pq.read_table(p).to_pylist()),
+                  key=lambda r: r["sample_id"])  # fmt: skip
+
+
+def _write_review(path: Path, labels: Path, decisions: list[tuple[dict[str, Any], str]], **run: Any) -> Path:
+    """A review.json of ``labels`` (its identity, unless ``run`` replaces fields) deciding ``(row, decision)``."""
+    summary = json.loads((labels / "_summary.json").read_text())
+    identity = {**label_run_of(str(labels), summary).to_json(), **run}
+    document = {**review_header(label_run_of(str(labels), None), {}), "label_run": identity, "reviewer": "tester",
+                "saved_at": "2026-01-01T00:00:00.000Z", "decisions": [
+                    {"sample_id": row["sample_id"], "shard": row["shard"], "model_id": row["model_id"],
+                     "decision": decision, "reason": "misaligned" if decision == "reject" else None, "time": None,
+                     "stratum": None} for row, decision in decisions]}  # fmt: skip
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _export(corpus: Path, out: Path, *more: str) -> dict[str, Any]:
+    keys = [f"input.labels={corpus / 'labels'}", f"input.shards={corpus / 'shards'}", f"output={out}",
+            "format=crops", "log_level=WARNING", *more]  # fmt: skip
+    stats: dict[str, Any] = export(compose_config("dpmesh_export", keys, ExportJobConfig))
+    return stats
+
+
+def _crop_rows(out: Path) -> dict[str, dict[str, Any]]:
+    rows = {}
+    for path in sorted(out.glob("shard-*.tar")):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".json"):
+                    row = json.loads(tar.extractfile(member).read())["row"]  # type: ignore[union-attr]
+                    rows[row["sample_id"]] = row
+    return rows
+
+
+def _persons(corpus: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A person the filter keeps and one it rejects."""
+    kept, rejected = _rows(corpus / "labels", "annotations"), _rows(corpus / "labels", "rejected")
+    assert kept, "the corpus needs persons on both sides of the box filter"
+    assert rejected, "the corpus needs persons on both sides of the box filter"
+    return kept[0], rejected[0]
+
+
+def test_export_applies_a_review_to_rows_card_and_stats(corpus: Path, tmp_path: Path) -> None:
+    kept, filtered = _persons(corpus)
+    review = _write_review(tmp_path / "review.json", corpus / "labels", [(kept, "reject"), (filtered, "accept")])
+    plain = _export(corpus, tmp_path / "plain")
+    stats = _export(corpus, tmp_path / "out", f"review={review}")
+    before, rows = _crop_rows(tmp_path / "plain"), _crop_rows(tmp_path / "out")
+    assert kept["sample_id"] in before
+    assert filtered["sample_id"] not in before
+    assert kept["sample_id"] not in rows, "a reviewed reject is not exported"
+    accepted = rows[filtered["sample_id"]]
+    assert accepted["review"] == "accept", "a reviewed accept is exported whatever its score, with its review"
+    assert accepted["quality_tier"] in ("gold", "silver", "bronze")
+    assert accepted["reasons"] == []
+    assert set(rows) == set(before) - {kept["sample_id"]} | {filtered["sample_id"]}, "no other person changes"
+    assert all(rows[s]["review"] is None for s in set(rows) - {filtered["sample_id"]})
+    assert stats["counts"]["persons"] == plain["counts"]["persons"]  # one fewer, one more
+    assert stats["reconciled"]
+    record = stats["review"]
+    assert record["decisions"] == {"accept": 1, "reject": 1}
+    assert record["applied"]["applied_accept"] == record["applied"]["applied_reject"] == 1
+    assert record["applied"]["accept_over_filter"] == 1
+    assert record["reconciled"]
+    [file] = record["files"]
+    assert file["matched"] == SAME_RUN
+    assert file["uri"] == str(review)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Reviews" in card
+    assert str(review) in card
+    assert "## Reviews" not in (tmp_path / "plain" / "README.md").read_text()
+    assert "review" not in plain
+    hashes = stats["provenance"]["export"]["config_hash"], plain["provenance"]["export"]["config_hash"]
+    assert hashes[0] != hashes[1], "the decisions are part of the config"
+    again = _export(corpus, tmp_path / "out", f"review={review}")
+    assert again["review"]["applied"] == record["applied"], "a rerun's card counts the committed shards' reviews"
+
+
+def test_conflicting_files_and_another_label_run_are_refused(corpus: Path, tmp_path: Path) -> None:
+    kept, filtered = _persons(corpus)
+    labels = corpus / "labels"
+    first = _write_review(tmp_path / "a.json", labels, [(kept, "reject")])
+    second = _write_review(tmp_path / "b.json", labels, [(kept, "accept"), (filtered, "accept")])
+    with pytest.raises(ConfigError, match=rf"1 person\(s\) decided differently .*{kept['sample_id']}: reject in "):
+        _export(corpus, tmp_path / "conflict", f"review=[{first},{second}]")
+    assert not (tmp_path / "conflict").exists(), "refused before anything is written"
+    nobody = {**kept, "sample_id": "nobody-000000000000_p0"}
+    stranger = _write_review(tmp_path / "other.json", labels, [(nobody, "reject")], config_hash="0123456789abcdef")
+    with pytest.raises(ConfigError, match="not these") as refused:
+        _export(corpus, tmp_path / "other", f"review={stranger}")
+    assert "no such person in" in str(refused.value)
+    assert not (tmp_path / "other").exists()
