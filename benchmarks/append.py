@@ -159,7 +159,8 @@ def main() -> None:
     append = shard(corpus, work / "append", "mode=append", *overrides)
     full = shard(corpus, work / "full", *overrides)
     shutil.rmtree(corpus / "new")
-    assert append["counts"]["new"] == len(list(new.iterdir())) and append["counts"]["reconciled"], append["counts"]
+    if append["counts"]["new"] != len(list(new.iterdir())) or not append["counts"]["reconciled"]:
+        raise RuntimeError(f"the append did not shard the new files as counted: {append['counts']}")
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(
@@ -176,7 +177,8 @@ def main() -> None:
     append_cost, full_cost = append["cpu_s"] - fixed["cpu_s"], full["cpu_s"] - fixed["cpu_s"]
     wall_ratio = (append["seconds"] - fixed["seconds"]) / (full["seconds"] - fixed["seconds"])
     print(
-        f"beyond the fixed cost: append {append_cost:.2f} CPU s, full {full_cost:.2f} CPU s (wall ratio {wall_ratio:.3f})"
+        f"beyond the fixed cost: append {append_cost:.2f} CPU s, full {full_cost:.2f} CPU s "
+        f"(wall ratio {wall_ratio:.3f})"
     )
     print(f"near-duplicates: {predicted} predicted pairs, {truth} planted pairs")
     print(f"recall={recall:.4f} precision={precision:.4f} append_vs_full={append_cost / full_cost:.4f}")
