@@ -167,6 +167,10 @@ def build_summary(
     }
 
 
+_MERGED = "_stats_merged"
+"""Flag on an entry the summary step collects: the shard's statistics are in this run's merge."""
+
+
 class WriteSummaryFn(beam.DoFn):
     """Input: the list of the indexed marker fields of the shards this run committed (once, possibly empty).
 
@@ -192,15 +196,14 @@ class WriteSummaryFn(beam.DoFn):
         self._thresholds = thresholds
         self._started_at = started_at
 
-    def process(
-        self, committed: Iterable[dict[str, Any]], run_stats: MergedStats, stats_of: list[str]
-    ) -> Iterator[dict[str, Any]]:
-        """``run_stats``: the statistics of this run's shards merged, ``stats_of``: the shards they cover."""
+    def process(self, committed: Iterable[dict[str, Any]], run_stats: MergedStats) -> Iterator[dict[str, Any]]:
+        """``run_stats``: the statistics of this run's shards merged (those whose entry has ``_MERGED`` set)."""
         storage = Storage(self._storage_cfg)
         entries = list(committed)
         # Shards a retried or recomputed work item found committed (by an earlier attempt of this run): done, kept.
         already = sorted(e["shard"] for e in entries if e.get(ALREADY_COMMITTED))
-        known = {e["shard"]: {k: v for k, v in e.items() if k != ALREADY_COMMITTED} for e in entries}
+        stats_of = [e["shard"] for e in entries if e.get(_MERGED)]
+        known = {e["shard"]: {k: v for k, v in e.items() if k not in (ALREADY_COMMITTED, _MERGED)} for e in entries}
         processed = sorted(known)
         markers = read_markers(storage, self._output, known=known)
         write_index(storage, self._output, markers)
@@ -240,12 +243,11 @@ class WriteLabelSummary(beam.PTransform):  # type: ignore[misc]
         """``committed``: one :class:`CommittedShard` per shard the run committed."""
         stats = committed | "ShardStats" >> beam.FlatMap(_stats_of)
         merged = stats | "MergeStats" >> beam.CombineGlobally(MergeStatsFn())
-        names = stats | "StatsShards" >> beam.Map(_shard_of) | "CollectStatsShards" >> beam.combiners.ToList()
         return (
             committed
             | "Entries" >> beam.Map(_entry_of)
             | "CollectCommitted" >> beam.combiners.ToList()
-            | "WriteSummary" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(merged), beam.pvalue.AsSingleton(names))
+            | "WriteSummary" >> beam.ParDo(self._fn, beam.pvalue.AsSingleton(merged))
         )
 
 
@@ -255,11 +257,7 @@ def _stats_of(record: CommittedShard) -> Iterator[ShardStats]:
 
 
 def _entry_of(record: CommittedShard) -> dict[str, Any]:
-    return record.entry
-
-
-def _shard_of(element: ShardStats) -> str:
-    return element.shard
+    return {**record.entry, _MERGED: record.stats is not None}
 
 
 def write_stats_file(

@@ -15,6 +15,7 @@ own shards only, and a reader computes what a merge does not cover (or no longer
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -134,7 +135,13 @@ class MergedStats:
 
     def merge(self, other: MergedStats) -> MergedStats:
         """This and ``other`` merged (both are left as they were)."""
-        merged = MergedStats.from_json(self.to_json())
+        merged = copy.deepcopy(self)
+        merged.update(other)
+        return merged
+
+    def update(self, other: MergedStats) -> None:
+        """Merges ``other`` into this one, in place (``other`` is left as it was)."""
+        merged = self
         merged.shards += other.shards
         for name in ("rows", "reasons", "errors", "gallery_left_out", "strata"):
             getattr(merged, name).update(getattr(other, name))
@@ -151,7 +158,6 @@ class MergedStats:
             merged.pool[tier] = sorted(merged.pool.get(tier, []) + entries)[:GALLERY_POOL]
         for stratum, entries in other.review_pool.items():
             merged.review_pool[stratum] = sorted(merged.review_pool.get(stratum, []) + entries)[:REVIEW_POOL]
-        return merged
 
     def to_json(self) -> dict[str, Any]:
         """The merged statistics as JSON values: the per-shard format plus ``shards``, pool entries with their
@@ -301,7 +307,7 @@ class MergeStatsFn(beam.CombineFn):  # type: ignore[misc]
     def merge_accumulators(self, accumulators: Iterable[MergedStats]) -> MergedStats:
         merged = MergedStats()
         for accumulator in accumulators:
-            merged = merged.merge(accumulator)
+            merged.update(accumulator)  # in place: no copy of the merge per accumulator
         return merged
 
     def extract_output(self, accumulator: MergedStats) -> MergedStats:
