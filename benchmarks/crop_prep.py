@@ -1,9 +1,20 @@
-"""Crop preparation per CPU core, reference against fast crop mode, and the pipeline against a stand-in model.
+"""Crop preparation per CPU core: the path before issue 25, reference and fast crop modes, and the pipeline against
+a stand-in model.
 
 Generates a seeded corpus (in memory) of 1920x1080 and 640x480 JPEGs (q90, photographic-like: multi-scale
 texture, edges and sensor noise) with 1-4 persons each, square keypoint boxes from 60 px to the full image height,
 and in one run, on the same images, on one thread:
-  reference      - ``input.crop_mode=reference``: full decode, float32 image, official float32 warp, per image;
+  before OpenCV  - the crop path before issue 25 (its "today": Pillow full-size decode, then OpenCV 4's bilinear
+                   warp written out in numpy, which converts the whole image to float32 for every crop):
+                   ``input.crop_mode=reference`` exactly as ``dpmesh-label`` runs it, with the warp it calls
+                   (``dpmesh_core.preprocessing.warp_crop``) swapped for that numpy arithmetic
+                   (``tests/fakes/opencv4_warp.py``) while it is measured; checked once to give the reference mode's
+                   crops bit for bit. It also carries the reference mode's one float32 copy per image (the old path
+                   had none): about 1.5 ms per 1080p image, some 3% of its time, by which it flatters the fast
+                   path's ratio. Being slow (about 20 ms per 1080p crop), it runs ``max(1, repeats // 2)`` timed
+                   repeats, the check's pass serving as its warm-up;
+  reference      - ``input.crop_mode=reference``: Pillow full decode, float32 image, ``cv2.warpAffine`` (the official
+                   float32 warp), per image;
   fast           - ``input.crop_mode=fast``: JPEG decode (OpenCV's libjpeg-turbo, straight to RGB) at 1/2-1/8 where
                    every crop keeps >= 1 decoded px per crop px, uint8 warp;
   decode floor   - the fast path's own decode only (header, then the same decoder at the same reduction, no planning,
@@ -20,13 +31,19 @@ alone (``batch_size / model_s``). The default 400 images (about 1,000 persons, 1
 costs a few percent of it.
 
 Last line: ``ratio_fast_vs_reference=<x> fast_vs_decode_floor=<x> crops_per_cpu_s_fast=<n>
-crops_per_cpu_s_reference=<n> fast_crop_psnr_db=<n> pipeline_vs_model_only=<x>`` (ratios on the 1080p images).
+crops_per_cpu_s_reference=<n> fast_crop_psnr_db=<n> pipeline_vs_model_only=<x> ratio_fast_vs_reference_mode=<x>
+crops_per_cpu_s_reference_mode=<n>``, on the 1080p images. Its first six keys are issue 25's, whose baseline
+("reference", "today") is the crop path before that work: ``ratio_fast_vs_reference`` and
+``crops_per_cpu_s_reference`` are the fast mode against the "before OpenCV" path above, measured in this run. The
+last two give the fast mode against the current ``input.crop_mode=reference`` (OpenCV warp), the crops the PSNR
+compares with.
 
 Usage: python benchmarks/crop_prep.py [--images 24] [--repeats 3] [--pipeline-images 400] [--model-s 0.2]
                                      [--batch-size 8] [--cache DIR]
 """
 
 import argparse
+import contextlib
 import io
 import json
 import shutil
@@ -34,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +63,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+import dpmesh_core.preprocessing
 from dpmesh_core.config import CropGeometry, official_config
 from dpmesh_core.person_prediction import PersonPrediction
 from dpmesh_core.preprocessing import PersonInputs
@@ -56,6 +74,7 @@ from pipelines.label.job import run as label_run
 from pipelines.label.persons import PersonTask, decode_for_crops, person_from_json, prepare_tasks
 from pipelines.shard.job import run as shard_run
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler, FakePredictor, fake_prediction
+from tests.fakes.opencv4_warp import opencv4_linear_warp
 
 
 GEOMETRY = official_config().crop_geometry  # 256 px crops, as the official model cuts them
@@ -127,14 +146,47 @@ def prepare(sample: Sample, mode: CropMode) -> list[PersonInputs]:
     return [t.inputs for _, t in tasks if isinstance(t, PersonTask)]
 
 
+@contextlib.contextmanager
+def numpy_warp(warp: Callable[[np.ndarray, np.ndarray, int], np.ndarray] = opencv4_linear_warp) -> Iterator[None]:
+    """The crop path before OpenCV, inside: the reference mode's warp (``dpmesh_core.preprocessing.warp_crop``, which
+    ``cut_crop`` looks up in its module at each call) is ``warp``, the numpy arithmetic by default; restored after."""
+    module = dpmesh_core.preprocessing
+    original = module.warp_crop
+    module.warp_crop = warp
+    try:
+        yield
+    finally:
+        module.warp_crop = original
+
+
+def check_numpy_warp(samples: Sequence[Sample]) -> None:
+    """The substituted path is the one measured and gives the reference mode's crops bit for bit."""
+    calls = [0]
+
+    def counted(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
+        calls[0] += 1
+        return opencv4_linear_warp(image, matrix, out_size)
+
+    for s in samples:
+        with numpy_warp(counted):
+            before = prepare(s, CropMode.reference)
+        reference = prepare(s, CropMode.reference)
+        assert len(before) == len(reference) == len(s.persons), s.name
+        for old, new in zip(before, reference, strict=True):
+            assert np.array_equal(old.image, new.image), f"{s.name}: the numpy warp differs from cv2.warpAffine"
+    crops = sum(len(s.persons) for s in samples)
+    assert calls[0] == crops, f"the numpy warp cut {calls[0]} of {crops} crops: the substitution missed the path"
+
+
 def chosen_reduction(sample: Sample) -> int:
     opened = open_image(sample.data, max_image_pixels=PIXEL_LIMIT)
     return decode_for_crops(opened, sample.persons, GEOMETRY, CropMode.fast).reduction
 
 
-def cpu_time(work: Callable[[], object], repeats: int) -> float:
-    """Median CPU seconds of ``repeats`` runs of ``work`` (after one untimed warm-up)."""
-    work()
+def cpu_time(work: Callable[[], object], repeats: int, *, warm_up: bool = True) -> float:
+    """Median CPU seconds of ``repeats`` runs of ``work`` (after one untimed warm-up, unless ``warm_up`` is off)."""
+    if warm_up:
+        work()
     times = []
     for _ in range(repeats):
         start = time.process_time()
@@ -150,6 +202,11 @@ def psnr_db(mse: float) -> float:
 def measure_crops(samples: Sequence[Sample], repeats: int) -> dict[str, float]:
     crops = sum(len(s.persons) for s in samples)
     reductions = [chosen_reduction(s) for s in samples]
+    check_numpy_warp(samples)  # also its warm-up: every crop of the path just cut once
+    with numpy_warp():
+        before_s = cpu_time(
+            lambda: [prepare(s, CropMode.reference) for s in samples], max(1, repeats // 2), warm_up=False
+        )
     ref_s = cpu_time(lambda: [prepare(s, CropMode.reference) for s in samples], repeats)
     fast_s = cpu_time(lambda: [prepare(s, CropMode.fast) for s in samples], repeats)
     floor_s = cpu_time(
@@ -165,6 +222,7 @@ def measure_crops(samples: Sequence[Sample], repeats: int) -> dict[str, float]:
             errors.append(float(np.mean(((ref.image - fast.image) * 255.0) ** 2)))
     return {
         "crops": crops,
+        "before_per_cpu_s": crops / before_s,
         "reference_per_cpu_s": crops / ref_s,
         "fast_per_cpu_s": crops / fast_s,
         "floor_per_cpu_s": crops / floor_s,
@@ -248,14 +306,16 @@ def main() -> None:
         sizes = [len(s.data) for s in samples if s.width == width]
         print(f"{width}x{height}: {len(sizes)} JPEGs q90, {np.mean(sizes) / 1e3:.0f} kB mean "
               f"({min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} kB)")  # fmt: skip
-    print("| images | crops | reference crops/CPU-s | fast crops/CPU-s | fast / reference | decode floor crops/CPU-s "
+    print("| images | crops | before OpenCV (Pillow + numpy warp) crops/CPU-s | reference mode (OpenCV warp) "
+          "crops/CPU-s | fast crops/CPU-s | fast / before OpenCV | fast / reference mode | decode floor crops/CPU-s "
           "| fast / floor | PSNR dB (worst) | reductions |")  # fmt: skip
     results = {}
     for width, height in SIZES:
         subset = [s for s in samples if s.width == width]
         r = measure_crops(subset, args.repeats)
         results[width] = r
-        print(f"| {width}x{height} | {r['crops']} | {r['reference_per_cpu_s']:.0f} | {r['fast_per_cpu_s']:.0f} | "
+        print(f"| {width}x{height} | {r['crops']} | {r['before_per_cpu_s']:.0f} | {r['reference_per_cpu_s']:.0f} | "
+              f"{r['fast_per_cpu_s']:.0f} | {r['fast_per_cpu_s'] / r['before_per_cpu_s']:.2f} | "
               f"{r['fast_per_cpu_s'] / r['reference_per_cpu_s']:.2f} | {r['floor_per_cpu_s']:.0f} | "
               f"{r['fast_per_cpu_s'] / r['floor_per_cpu_s']:.2f} | {r['psnr_db']:.1f} ({r['worst_psnr_db']:.1f}) | "
               f"{r['reductions']} |")  # fmt: skip
@@ -271,10 +331,12 @@ def main() -> None:
           f"({pipe['persons']} persons)")  # fmt: skip
     hd = results[1920]
     print(
-        f"ratio_fast_vs_reference={hd['fast_per_cpu_s'] / hd['reference_per_cpu_s']:.2f} "
+        f"ratio_fast_vs_reference={hd['fast_per_cpu_s'] / hd['before_per_cpu_s']:.2f} "
         f"fast_vs_decode_floor={hd['fast_per_cpu_s'] / hd['floor_per_cpu_s']:.2f} "
-        f"crops_per_cpu_s_fast={hd['fast_per_cpu_s']:.0f} crops_per_cpu_s_reference={hd['reference_per_cpu_s']:.0f} "
-        f"fast_crop_psnr_db={hd['psnr_db']:.1f} pipeline_vs_model_only={ratio_pipe:.2f}"
+        f"crops_per_cpu_s_fast={hd['fast_per_cpu_s']:.0f} crops_per_cpu_s_reference={hd['before_per_cpu_s']:.0f} "
+        f"fast_crop_psnr_db={hd['psnr_db']:.1f} pipeline_vs_model_only={ratio_pipe:.2f} "
+        f"ratio_fast_vs_reference_mode={hd['fast_per_cpu_s'] / hd['reference_per_cpu_s']:.2f} "
+        f"crops_per_cpu_s_reference_mode={hd['reference_per_cpu_s']:.0f}"
     )
 
 

@@ -16,6 +16,7 @@ from dpmesh_core.preprocessing import (
     warp_crop,
 )
 from schemas.annotations import COCO17_KEYPOINT_NAMES
+from tests.fakes.opencv4_warp import opencv4_linear_warp
 
 
 OFFICIAL = official_config().crop_geometry  # 256 px crops, 32-grid keypoints
@@ -78,36 +79,6 @@ def test_crop_affine_maps_box_to_crop() -> None:
     np.testing.assert_allclose(crop_affine(box, 256, inverse=True) @ [256, 256, 1], [250, 220], atol=1e-3)
 
 
-def _opencv4_linear_warp(image: np.ndarray, matrix: np.ndarray, out_size: int) -> np.ndarray:
-    """OpenCV 4's INTER_LINEAR `warpAffine` arithmetic written out in numpy, the oracle of the pin on OpenCV 4.
-
-    The matrix is inverted in float64; source coordinates are computed in 10-bit fixed point and rounded to
-    1/32 px (INTER_BITS = 5) before bilinear interpolation; outside the image the border is constant 0.
-    """
-    m = matrix.astype(np.float64)
-    det = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
-    det = 1.0 / det if det != 0 else 0.0
-    a, b, c, d = m[1, 1] * det, -m[0, 1] * det, -m[1, 0] * det, m[0, 0] * det
-    tx, ty = -a * m[0, 2] - b * m[1, 2], -c * m[0, 2] - d * m[1, 2]
-    grid = np.arange(out_size, dtype=np.float64)
-    row_x = (np.rint((b * grid + tx) * 1024)[:, None] + 16).astype(np.int64)
-    row_y = (np.rint((d * grid + ty) * 1024)[:, None] + 16).astype(np.int64)
-    xs = (row_x + np.rint(a * grid * 1024).astype(np.int64)[None, :]) >> 5
-    ys = (row_y + np.rint(c * grid * 1024).astype(np.int64)[None, :]) >> 5
-    x0, y0 = xs >> 5, ys >> 5
-    fx, fy = (xs & 31).astype(np.float32) / 32, (ys & 31).astype(np.float32) / 32
-    src = image.astype(np.float32)
-    height, width = src.shape[:2]
-    out = np.zeros((out_size, out_size, src.shape[2]), dtype=np.float32)
-    for dy, wy in ((0, 1 - fy), (1, fy)):
-        for dx, wx in ((0, 1 - fx), (1, fx)):
-            xi, yi = x0 + dx, y0 + dy
-            inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-            vals = src[np.clip(yi, 0, height - 1), np.clip(xi, 0, width - 1)] * inside[..., None]
-            out += vals * (wy * wx)[..., None]
-    return out
-
-
 @pytest.mark.parametrize(
     "box", [(500, 100, 400, 400), (10, -50, 900, 900), (1700, 900, 100, 100), (300, 300, 33.3, 33.3)]
 )
@@ -116,7 +87,7 @@ def test_the_crop_is_opencv4_fixed_point_bilinear_bit_for_bit(box: tuple[float, 
     # by OpenCV 4, and this is what pins it.
     image = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8).astype(np.float32)
     matrix = crop_affine(np.array(box, np.float32), 256)
-    np.testing.assert_array_equal(warp_crop(image, matrix, 256), _opencv4_linear_warp(image, matrix, 256))
+    np.testing.assert_array_equal(warp_crop(image, matrix, 256), opencv4_linear_warp(image, matrix, 256))
 
 
 def test_warp_matches_bilinear_and_zero_border() -> None:

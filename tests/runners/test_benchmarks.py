@@ -68,7 +68,8 @@ def test_crop_prep_benchmark_prints_its_last_line() -> None:
     lines = _run("crop_prep.py", "--images", "4", "--repeats", "1", "--pipeline-images", "6", "--model-s", "0.05")
     last = (
         r"ratio_fast_vs_reference=(\d+\.\d+) fast_vs_decode_floor=(\d+\.\d+) crops_per_cpu_s_fast=(\d+) "
-        r"crops_per_cpu_s_reference=(\d+) fast_crop_psnr_db=(\d+\.\d+|inf) pipeline_vs_model_only=(\d+\.\d+)"
+        r"crops_per_cpu_s_reference=(\d+) fast_crop_psnr_db=(\d+\.\d+|inf) pipeline_vs_model_only=(\d+\.\d+) "
+        r"ratio_fast_vs_reference_mode=(\d+\.\d+) crops_per_cpu_s_reference_mode=(\d+)"
     )
     match = re.fullmatch(last, lines[-1])
     assert match, lines[-1]
