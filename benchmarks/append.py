@@ -18,7 +18,10 @@ are planted / predicted pairs (targets >= 0.98 and >= 0.99). The last line is ma
 
   recall=<r> precision=<p> append_vs_full=<x>
 
-Usage: ``python benchmarks/append.py [--images 20000] [--small] [--cache DIR] [--threshold BITS]``
+The fixed and append runs are repeated ``--repeats`` times (default 3, each append onto a fresh copy of the base set)
+and the run of median CPU seconds is taken: they last a second or two, where one run alone moves with the machine.
+
+Usage: ``python benchmarks/append.py [--images 20000] [--small] [--cache DIR] [--threshold BITS] [--repeats N]``
 (``--small``: 2,000 images).
 """
 
@@ -119,6 +122,11 @@ def shard(corpus: Path, output: Path, *overrides: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _median(runs: list[dict]) -> dict:
+    """The run of median CPU seconds (fixed and append runs are short: one alone is at the mercy of the machine)."""
+    return sorted(runs, key=lambda r: r["cpu_s"])[len(runs) // 2]
+
+
 def score(output: Path, planted: list[tuple[str, str]]) -> tuple[float, float, int, int]:
     """``(recall, precision, predicted pairs, planted pairs)`` of the set's near-duplicate groups."""
     import pyarrow.parquet as pq
@@ -141,6 +149,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="2,000 images")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "dpmesh-bench-append")
     parser.add_argument("--threshold", type=int, default=None, help="near_duplicates.threshold (default: config)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the fixed and append cases (median CPU s)")
     args = parser.parse_args()
     images = 2_000 if args.small else args.images
 
@@ -151,12 +160,15 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     overrides = [f"near_duplicates.threshold={args.threshold}"] if args.threshold is not None else []
 
-    fixed = shard(root / "tiny", work / "tiny", *overrides)
+    fixed = _median([shard(root / "tiny", work / f"tiny{i}", *overrides) for i in range(args.repeats)])
     base = shard(corpus, work / "base", *overrides)
     recall, precision, predicted, truth = score(work / "base", planted)
     shutil.copytree(new, corpus / "new")  # grow by 1%
-    shutil.copytree(work / "base", work / "append")
-    append = shard(corpus, work / "append", "mode=append", *overrides)
+    appends = []
+    for i in range(args.repeats):  # each onto a fresh copy of the base set
+        shutil.copytree(work / "base", work / f"append{i}")
+        appends.append(shard(corpus, work / f"append{i}", "mode=append", *overrides))
+    append = _median(appends)
     full = shard(corpus, work / "full", *overrides)
     shutil.rmtree(corpus / "new")
     if append["counts"]["new"] != len(list(new.iterdir())) or not append["counts"]["reconciled"]:
@@ -168,9 +180,9 @@ def main() -> None:
     )
     print(f"{'run':<40}{'wall s':>9}{'CPU s':>9}")
     for name, r in (
-        ("fixed (20 images)", fixed),
+        (f"fixed (20 images, median of {args.repeats})", fixed),
         ("base: full sharding", base),
-        ("append 1%", append),
+        (f"append 1% (median of {args.repeats})", append),
         ("full: grown corpus", full),
     ):
         print(f"{name:<40}{r['seconds']:>9.2f}{r['cpu_s']:>9.2f}")

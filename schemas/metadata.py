@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "2.0.0"
 """Version of every schema in this package. Bump the minor for added nullable columns, the major otherwise."""
 
 UNIT_KEY = b"unit"

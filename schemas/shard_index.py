@@ -53,9 +53,10 @@ SHARD_INDEX_SCHEMA: pa.Schema = make_schema(
         ),
         make_field(
             "phash",
-            pa.uint64(),
-            "64-bit perceptual hash of the upright image (colour DCT hash v1, pipelines.shard.perceptual_hash); "
-            "near-duplicates differ in few bits. Null when the pixels could not be decoded.",
+            pa.binary(16),
+            "128-bit perceptual hash of the upright image, 16 big-endian bytes (colour DCT hash v2, "
+            "pipelines.shard.perceptual_hash); near-duplicates differ in few bits. Null when the pixels could not be "
+            "decoded.",
             nullable=True,
         ),
     ],

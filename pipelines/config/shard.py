@@ -111,9 +111,12 @@ class ShardMode(str, Enum):
     append = "append"  # a new generation on a finished shard set: shards for new and changed files only
 
 
-# Hamming bits of the 64-bit perceptual hash within which two images are near-duplicates (README "Growing a corpus").
-DEFAULT_NEAR_DUPLICATE_THRESHOLD = 8
-_MAX_THRESHOLD = 16
+# Hamming bits of the 128-bit perceptual hash within which two images are near-duplicates (README "Growing a corpus":
+# planted copies lie within 14 bits for 95% of them, unrelated images beyond 24).
+DEFAULT_NEAR_DUPLICATE_THRESHOLD = 20
+# The search looks a band up with every flip of up to threshold // 8 bits (pipelines.shard.near_duplicates): 697
+# lookups a band at 31, beyond which the search costs more than it is worth.
+_MAX_THRESHOLD = 31
 
 
 @dataclass
@@ -122,7 +125,7 @@ class NearDuplicateConfig:
 
     Attributes:
         threshold: Two samples are near-duplicates when their perceptual hashes differ in at most this many bits
-            (0-16; 0 finds identical hashes only).
+            (0-31; 0 finds identical hashes only).
     """
 
     threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD
@@ -138,8 +141,9 @@ class ExcludeConfig:
 
     Attributes:
         images: Folder, glob or object-store prefix of the benchmark images (hashed at launch).
-        hashes: Or a precomputed list: a text file of 16-digit hex hashes (one a line, ``#`` comments), or a Parquet
-            file with a ``phash`` column (uint64 or hex) and optionally ``sha1`` and ``name`` columns.
+        hashes: Or a precomputed list: a text file of 32-digit hex hashes (one a line, ``#`` comments), or a Parquet
+            file with a ``phash`` column (16 bytes, as a shard index holds it, or 32 hex digits) and optionally
+            ``sha1`` and ``name`` columns.
         threshold: Hamming bits within which a corpus image counts as a copy; None: ``near_duplicates.threshold``.
     """
 

@@ -25,8 +25,16 @@ import pyarrow.parquet as pq
 
 from pipelines.config import ConfigError, InputConfig, ShardJobConfig
 from pipelines.shard.listing import list_corpus
-from pipelines.shard.near_duplicates import band_layout
-from pipelines.shard.perceptual_hash import UnhashableImageError, hamming, perceptual_hash, to_hex
+from pipelines.shard.near_duplicates import BAND_BITS, BANDS, band_value, flip_masks, search_radius
+from pipelines.shard.perceptual_hash import (
+    HASH_BITS,
+    HASH_NAME,
+    UnhashableImageError,
+    from_stored,
+    hamming,
+    perceptual_hash,
+    to_hex,
+)
 from pipelines.shard.probe import ImageRejectedError, probe_image
 from pipelines.storage import ObjectNotFoundError, Storage
 
@@ -125,24 +133,32 @@ def _read_list(storage: Storage, uri: str, threshold: int) -> BenchmarkHashes:
             rows = pq.read_table(io.BytesIO(content)).to_pylist()
             for i, row in enumerate(rows):
                 value = row["phash"]
-                hashes.append(int(value, 16) if isinstance(value, str) else int(value))
+                hashes.append(_hex_hash(value) if isinstance(value, str) else from_stored(value))
                 sha1s.append(str(row.get("sha1") or ""))
                 names.append(str(row.get("name") or f"row {i}"))
         else:
             for number, line in enumerate(content.decode("utf-8").splitlines(), start=1):
                 text = line.split("#", 1)[0].strip()
                 if text:
-                    hashes.append(int(text, 16))
+                    hashes.append(_hex_hash(text))
                     sha1s.append("")
                     names.append(f"line {number}")
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"exclude.hashes={uri!r} is not a hash list ({type(exc).__name__}: {exc}); give one 16-hex-digit hash a "
-            "line, or a Parquet file with a phash column"
+            f"exclude.hashes={uri!r} is not a hash list ({type(exc).__name__}: {exc}); give one "
+            f"{HASH_BITS // 4}-hex-digit hash ({HASH_NAME}) a line, or a Parquet file with a phash column"
         ) from None
-    if not hashes or any(h is not None and not 0 <= h < 1 << 64 for h in hashes):
-        raise ConfigError(f"exclude.hashes={uri!r} holds no hash, or one that is not 64 bits")
+    if not hashes or any(h is not None and not 0 <= h < 1 << HASH_BITS for h in hashes):
+        raise ConfigError(f"exclude.hashes={uri!r} holds no hash, or one that is not {HASH_BITS} bits ({HASH_NAME})")
     return BenchmarkHashes(uri, tuple(names), tuple(sha1s), tuple(hashes), threshold)
+
+
+def _hex_hash(text: str) -> int:
+    """A hash written in hex: exactly the digits :func:`~pipelines.shard.perceptual_hash.to_hex` writes (a hash of
+    another version or length is refused, not read as another number)."""
+    if len(text) != HASH_BITS // 4:
+        raise ValueError(f"{text!r} has {len(text)} hex digits, a {HASH_NAME} hash {HASH_BITS // 4}")
+    return int(text, 16)
 
 
 class BenchmarkMatcher:
@@ -151,12 +167,12 @@ class BenchmarkMatcher:
     def __init__(self, benchmark: BenchmarkHashes) -> None:
         self._benchmark = benchmark
         self._by_sha1 = {sha1: i for i, sha1 in enumerate(benchmark.sha1s) if sha1}
-        self._layout = band_layout(benchmark.threshold)
-        self._bands: list[dict[int, list[int]]] = [{} for _ in self._layout]
+        self._masks = flip_masks(BAND_BITS, search_radius(benchmark.threshold)).tolist()
+        self._bands: list[dict[int, list[int]]] = [{} for _ in range(BANDS)]
         for i, value in enumerate(benchmark.hashes):
             if value is not None:
-                for band, (shift, width) in enumerate(self._layout):
-                    self._bands[band].setdefault((value >> shift) & ((1 << width) - 1), []).append(i)
+                for band in range(BANDS):
+                    self._bands[band].setdefault(band_value(value, band), []).append(i)
 
     def match(self, sha1: str, phash: int | None) -> str | None:
         """Why the image with ``sha1`` and ``phash`` is a benchmark copy (the error message), or None."""
@@ -166,10 +182,10 @@ class BenchmarkMatcher:
         if phash is None:
             return None
         best: tuple[int, str] | None = None
-        for band, (shift, width) in enumerate(self._layout):
-            value = (phash >> shift) & ((1 << width) - 1)
-            for probe in (value, *(value ^ (1 << bit) for bit in range(width))):
-                for i in self._bands[band].get(probe, ()):
+        for band in range(BANDS):  # the multi-index search of pipelines.shard.near_duplicates, one hash at a time
+            value, table = band_value(phash, band), self._bands[band]
+            for mask in self._masks:
+                for i in table.get(value ^ mask, ()):
                     distance = hamming(phash, self._benchmark.hashes[i] or 0)
                     if distance <= self._benchmark.threshold and (best is None or distance < best[0]):
                         best = (distance, self._benchmark.names[i])

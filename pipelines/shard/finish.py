@@ -30,7 +30,7 @@ from pipelines.config.storage import StorageConfig
 from pipelines.parquet_io import parquet_bytes, read_parquet_bytes
 from pipelines.shard.generations import SetState
 from pipelines.shard.near_duplicates import HashBatch, group_rows, spread_bits_for
-from pipelines.shard.perceptual_hash import HASH_NAME
+from pipelines.shard.perceptual_hash import HASH_NAME, from_stored
 from pipelines.shard.write import MARKERS_FOLDER, ShardDone, marker_uri
 from pipelines.storage import Storage, join
 from schemas import (
@@ -111,7 +111,7 @@ def index_hashes(
     data = Storage(storage_cfg).read_bytes(join(output, f"{done.shard}.parquet"))
     table = pq.read_table(io.BytesIO(data), columns=["key", "phash"])
     keys, hashes = table.column("key").to_pylist(), table.column("phash").to_pylist()
-    samples = tuple((k, done.shard, h) for k, h in zip(keys, hashes, strict=True))
+    samples = tuple((k, done.shard, from_stored(h)) for k, h in zip(keys, hashes, strict=True))
     spread = spread_bits_for(int(done.buckets * samples_per_bucket)) if spread_bits is None else spread_bits
     yield HashBatch(samples, spread)
 

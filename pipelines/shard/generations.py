@@ -11,17 +11,27 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.common.shard_set import MANIFEST_NAME, manifest_generations, retired_keys_by_shard
+from pipelines.common.shard_set import (
+    MANIFEST_NAME,
+    manifest_generations,
+    near_duplicate_groups,
+    retired_keys_by_shard,
+)
 from pipelines.config import ConfigError, ShardJobConfig, config_to_dict
+from pipelines.shard.perceptual_hash import HASH_NAME
 from pipelines.storage import ObjectNotFoundError, Storage, join
 
 
 @dataclass(frozen=True)
 class HeldShard:
-    """A shard of an earlier generation with live samples: its name and the keys later generations retired."""
+    """A shard of an earlier generation with live samples: its name, the keys later generations retired, and the
+    near-duplicate group of each of its samples in one (``regroup``: the set's groups cannot be built on, so every
+    sample is looked up again)."""
 
     shard: str
     retired: frozenset[str] = frozenset()
+    groups: dict[str, str] = field(default_factory=dict)
+    regroup: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,11 +79,25 @@ def read_set_state(storage: Storage, cfg: ShardJobConfig) -> SetState:
             f"shard.{name}={ours[name]!r} differs from the set's {recorded[name]!r} (recorded in {MANIFEST_NAME}): "
             "an appended generation is sharded like the set; pass the set's shard settings"
         )
+    near = manifest.get("near_duplicates") or {}
+    if near.get("hash") != HASH_NAME:
+        raise ConfigError(
+            f"the set at output={cfg.output!r} was sharded with perceptual hash {near.get('hash') or 'none'}, this "
+            f"version computes {HASH_NAME}: their near-duplicates cannot be compared; shard the corpus again into a "
+            "new output (without mode=append)"
+        )
+    # Groups made at the same threshold are built on (README "Growing a corpus"); at another, every sample is searched.
+    regroup = near.get("threshold") != cfg.near_duplicates.threshold
+    grouped = {} if regroup else near_duplicate_groups(storage, cfg.output)
+    regroup = regroup or (bool(near.get("samples")) and not grouped)  # the groups file is gone: look every sample up
     generations = manifest_generations(manifest)
     retired = retired_keys_by_shard(storage, cfg.output, manifest)
     numbers = [int(s["shard"].rsplit("-", 1)[-1]) for s in manifest.get("shards", [])]
     first = max([g.get("end_shard", 0) for g in generations] + [n + 1 for n in numbers] + [0])
-    held = tuple(HeldShard(s["shard"], retired.get(s["shard"], frozenset())) for s in manifest.get("shards", []))
+    held = tuple(
+        HeldShard(s["shard"], retired.get(s["shard"], frozenset()), grouped.get(s["shard"], {}), regroup=regroup)
+        for s in manifest.get("shards", [])
+    )
     live = (manifest.get("live") or {}).get("samples", manifest.get("counts", {}).get("images_sharded", 0))
     return SetState(
         generation=len(generations), first_shard=first, previous=manifest, held=held, live_before=int(live)

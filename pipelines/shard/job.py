@@ -57,8 +57,16 @@ from pipelines.shard.finish import (
 )
 from pipelines.shard.generations import SetState, read_set_state
 from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
-from pipelines.shard.near_duplicates import GroupEdgesFn, HashBatch, band_partitions, partition_edges, spread_bits_for
-from pipelines.shard.plan import PlannedFile, bucket_of, count_and_bytes, num_buckets
+from pipelines.shard.near_duplicates import (
+    GroupEdgesFn,
+    HashBatch,
+    KeptGroupMembers,
+    band_partitions,
+    kept_group_edges,
+    partition_edges,
+    spread_bits_for,
+)
+from pipelines.shard.plan import PlannedBatch, PlannedFile, bucket_of, count_and_bytes, num_buckets
 from pipelines.shard.publish import remove_stale_temporaries
 from pipelines.shard.steps import (
     AttachAnnotationsFn,
@@ -113,14 +121,16 @@ def build_pipeline(
     state = state or SetState()
     info = run_info(cfg, annotation_report)
     file_metadata = {"pipeline_version": info["pipeline_version"], "config_hash": info["config_hash"]}
+    per_file = not state.appending or bool(cfg.input.annotations) or cfg.shard.drop_duplicates
+    compare_partitions = max(1, math.ceil(len(state.held) / _SHARDS_PER_COMPARE_PARTITION))
     listed = (
         p
         | "ListingTasks" >> beam.Create(listing or [ListingTask(None)])
         | "SpreadListing" >> beam.Reshuffle()
-        | "List" >> beam.ParDo(ListTaskFn(cfg.storage, cfg.input))
+        | "List" >> beam.ParDo(ListTaskFn(cfg.storage, cfg.input, None if per_file else compare_partitions))
     )
     reports = [listed]
-    files = listed | "ListedFiles" >> _only(PlannedFile)
+    files = listed | "ListedFiles" >> _only(PlannedFile if per_file else PlannedBatch)
     if cfg.input.annotations:
         joined = _attach_annotations(p, cfg, files)
         reports.append(joined)
@@ -128,12 +138,13 @@ def build_pipeline(
     duplicate_groups = None
     if cfg.shard.drop_duplicates:
         files, duplicate_groups = _drop_duplicates(cfg, files)
-    kept_hashes = None
+    kept_hashes = kept_groups = None
     if state.appending:
-        compared = _compare_with_set(p, cfg, state, files)
+        compared = _compare_with_set(p, cfg, state, files, compare_partitions)
         reports.append(compared)
         files = compared | "NewAndChanged" >> _only(PlannedFile)
         kept_hashes = compared | "KeptLiveHashes" >> _only(HashBatch)
+        kept_groups = compared | "KeptGroupMembers" >> _only(KeptGroupMembers)
     buckets = (
         files
         | "CountAndBytes" >> beam.Map(lambda f: (1, f.planned_bytes))
@@ -163,7 +174,7 @@ def build_pipeline(
         done | "ShardRecords" >> beam.Map(lambda d: ManifestRecord(SHARD_KIND, d)),
         buckets | "BucketsRecord" >> beam.Map(lambda n: ManifestRecord(BUCKETS_KIND, n)),
         duplicates,
-        _near_duplicate_groups(cfg, state, done, kept_hashes),
+        _near_duplicate_groups(cfg, state, done, kept_hashes, kept_groups),
     ]
     context = RunContext(state, cfg.near_duplicates.threshold, benchmark.summary() if benchmark else None)
     _ = (
@@ -175,40 +186,58 @@ def build_pipeline(
     )
 
 
-def _compare_with_set(p: beam.Pipeline, cfg: ShardJobConfig, state: SetState, files: Any) -> Any:
-    """``mode=append``: the listed files against the set's live samples, by key partition (see
-    :mod:`pipelines.shard.compare`): files to shard, kept samples' hashes and reports, in one output."""
-    partitions = max(1, math.ceil(len(state.held) / _SHARDS_PER_COMPARE_PARTITION))
+def _compare_with_set(p: beam.Pipeline, cfg: ShardJobConfig, state: SetState, files: Any, partitions: int) -> Any:
+    """``mode=append``: the listed files (one by one, or in :class:`PlannedBatch` es) against the set's live samples,
+    by key partition (see :mod:`pipelines.shard.compare`): files to shard, kept samples' hashes and reports, in one
+    output."""
     spread = spread_bits_for(state.live_before)
     held = (
         p
         | "HeldShards" >> beam.Create(list(state.held) or [])
         | "ReadHeldIndexes" >> beam.FlatMap(held_partitions, cfg.storage, cfg.output, partitions)
     )
-    listed = files | "KeyByPartition" >> beam.Map(lambda f, n: (partition_of(f.key, n), f), partitions)
+    listed = files | "KeyByPartition" >> beam.Map(_keyed_by_partition, partitions)
     return (
         (held, listed)
         | "HeldAndListed" >> beam.Flatten()
         | "GroupByKeyPartition" >> beam.GroupByKey()
-        | "Compare" >> beam.ParDo(CompareFn(cfg.storage, cfg.input, state.generation, spread))
+        | "Compare" >> beam.ParDo(CompareFn(cfg.storage, cfg.input, state.generation, spread, partitions))
     )
 
 
-def _near_duplicate_groups(cfg: ShardJobConfig, state: SetState, done: Any, kept_hashes: Any) -> Any:
+def _keyed_by_partition(files: PlannedFile | PlannedBatch, partitions: int) -> tuple[int, PlannedFile | PlannedBatch]:
+    if isinstance(files, PlannedBatch):
+        return files.partition, files
+    return partition_of(files.key, partitions), files
+
+
+def _near_duplicate_groups(cfg: ShardJobConfig, state: SetState, done: Any, kept_hashes: Any, kept_groups: Any) -> Any:
     """The near-duplicate groups of the live set (one :class:`ManifestRecord`, none when there are none): hashes of
-    the shards written now and, when appending, of the samples kept live; band partitions; verified edges;
-    union-find (see :mod:`pipelines.shard.near_duplicates`)."""
+    the shards written now and, when appending, of the samples kept live, searched by band partition for the edges
+    of the new samples; with the edges within the set's groups that stay; union-find (see
+    :mod:`pipelines.shard.near_duplicates`)."""
     threshold = cfg.near_duplicates.threshold
     spread = spread_bits_for(state.live_before) if state.appending else None
     per_bucket = cfg.shard.max_samples * cfg.shard.fill_target
     hashes = done | "IndexHashes" >> beam.FlatMap(index_hashes, cfg.storage, cfg.output, spread, per_bucket)
     if kept_hashes is not None:
         hashes = (hashes, kept_hashes) | "AllLiveHashes" >> beam.Flatten()
-    return (
+    edges = (
         hashes
         | "BandPartitions" >> beam.FlatMap(band_partitions, threshold)
         | "GroupByBand" >> beam.GroupByKey()
         | "VerifiedEdges" >> beam.FlatMap(partition_edges, threshold)
+    )
+    if kept_groups is not None:
+        kept_edges = (
+            kept_groups
+            | "KeyByGroupBucket" >> beam.Map(lambda members: (members.bucket, members))
+            | "GroupByGroupBucket" >> beam.GroupByKey()
+            | "KeptGroupEdges" >> beam.FlatMap(kept_group_edges, threshold)
+        )
+        edges = (edges, kept_edges) | "AllEdges" >> beam.Flatten()
+    return (
+        edges
         | "GroupEdges" >> beam.CombineGlobally(GroupEdgesFn()).without_defaults()
         | "NearDuplicatesRecord" >> beam.Map(lambda groups: ManifestRecord(NEAR_DUPLICATES_KIND, groups))
     )

@@ -45,6 +45,36 @@ class PlannedFile:
         return 0 if self.source.problem else self.source.size or 0
 
 
+@dataclass(frozen=True)
+class PlannedBatch:
+    """Listed files (not yet annotated) of one comparison partition (``mode=append``), moved as one element, column
+    by column: tuples of strings pickle many times faster than as many records (see :mod:`pipelines.shard.compare`).
+    """
+
+    partition: int
+    keys: tuple[str, ...]
+    uris: tuple[str, ...]
+    relpaths: tuple[str, ...]
+    sizes: tuple[int | None, ...]
+    problems: tuple[tuple[str, str] | None, ...]
+
+    @classmethod
+    def of(cls, partition: int, files: list[tuple[str, SourceFile]]) -> "PlannedBatch":
+        """The batch of listed ``(key, source)`` files."""
+        return cls(
+            partition,
+            tuple(key for key, _ in files),
+            tuple(source.uri for _, source in files),
+            tuple(source.relpath for _, source in files),
+            tuple(source.size for _, source in files),
+            tuple(source.problem for _, source in files),
+        )
+
+    def file(self, j: int) -> PlannedFile:
+        """The ``j``-th file of the batch."""
+        return PlannedFile(self.keys[j], SourceFile(self.uris[j], self.relpaths[j], self.sizes[j], self.problems[j]))
+
+
 def planned_file(source: SourceFile) -> PlannedFile:
     """The plan entry of a listed file (no annotations yet)."""
     return PlannedFile(key=make_key(source.relpath), source=source)

@@ -20,10 +20,15 @@ from pipelines.config import InputConfig, ShardConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.shard.annotation_formats import parse_annotations
 from pipelines.shard.coco import ImageAnnotations, join_name
+from pipelines.shard.compare import partition_of
 from pipelines.shard.finish import FILES_LISTED_KIND, JOIN_KIND, ManifestRecord
-from pipelines.shard.listing import ListingTask, list_task
-from pipelines.shard.plan import PlannedFile, planned_file
+from pipelines.shard.keys import make_key
+from pipelines.shard.listing import ListingTask, SourceFile, list_task
+from pipelines.shard.plan import PlannedBatch, PlannedFile, planned_file
 from pipelines.storage import ObjectNotFoundError, Storage
+
+
+_BATCH_FILES = 10_000  # listed files per PlannedBatch: a few MB of metadata, bounded whatever the task lists
 
 
 class ListTaskFn(beam.DoFn):
@@ -32,24 +37,40 @@ class ListTaskFn(beam.DoFn):
     Entries whose size the listing does not know (manifest lines) are stat'ed, so the plan can cut shards by
     bytes; one that does not exist is planned with size 0 and reported as ``read_failed`` when its shard is
     written.
+
+    With ``compare_partitions`` (``mode=append``, files going straight to the comparison), the entries come in
+    :class:`PlannedBatch` es instead, one per comparison partition and up to :data:`_BATCH_FILES` files, so that the
+    comparison moves a few elements per partition rather than one per file.
     """
 
-    def __init__(self, storage_cfg: StorageConfig, input_cfg: InputConfig) -> None:
+    def __init__(self, storage_cfg: StorageConfig, input_cfg: InputConfig, compare_partitions: int | None = None):
         self._storage_cfg = storage_cfg
         self._input_cfg = input_cfg
+        self._compare_partitions = compare_partitions
         self._listed = counter(SHARD_METRICS, "files_listed")
 
     def setup(self) -> None:
         self._storage = Storage(self._storage_cfg)
 
-    def process(self, task: ListingTask) -> Iterator[PlannedFile | ManifestRecord]:
+    def process(self, task: ListingTask) -> Iterator[PlannedFile | PlannedBatch | ManifestRecord]:
         listed = 0
+        batches: dict[int, list[tuple[str, SourceFile]]] = {}
         for source in list_task(self._storage, self._input_cfg, task):
             if source.size is None and source.problem is None:
                 source = replace(source, size=self._size(source.uri))
             self._listed.inc()
             listed += 1
-            yield planned_file(source)
+            if self._compare_partitions is None:
+                yield planned_file(source)
+                continue
+            key = make_key(source.relpath)
+            partition = partition_of(key, self._compare_partitions)
+            batch = batches.setdefault(partition, [])
+            batch.append((key, source))
+            if len(batch) == _BATCH_FILES:
+                yield PlannedBatch.of(partition, batches.pop(partition))
+        for partition, files in sorted(batches.items()):
+            yield PlannedBatch.of(partition, files)
         yield ManifestRecord(FILES_LISTED_KIND, listed)
 
     def _size(self, uri: str) -> int:

@@ -12,6 +12,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from pipelines.shard.perceptual_hash import to_bytes
+
 
 _TAR_BLOCK = tarfile.BLOCKSIZE  # 512 bytes
 _TAR_RECORD = tarfile.RECORDSIZE  # 10240 bytes: tar files are padded to a whole record, as tarfile does
@@ -35,7 +37,7 @@ class ShardSample:
         relpath: Path relative to the corpus root.
         annotated: Whether an annotation file covered this image.
         persons: Person annotations (see :mod:`pipelines.shard.coco`).
-        phash: 64-bit perceptual hash (:mod:`pipelines.shard.perceptual_hash`), None when the pixels could not be
+        phash: 128-bit perceptual hash (:mod:`pipelines.shard.perceptual_hash`), None when the pixels could not be
             decoded. Indexed only: the tar's ``<key>.json`` leaves it out, so tars stay what they were.
     """
 
@@ -166,7 +168,7 @@ def index_rows(members: list[WrittenMember], shard: str) -> list[dict[str, Any]]
             "shard": shard,
             "tar_member": m.tar_member,
             "tar_offset": m.tar_offset,
-            "phash": m.sample.phash,
+            "phash": None if m.sample.phash is None else to_bytes(m.sample.phash),
         }
         for m in members
     ]

@@ -306,7 +306,7 @@ _V1_0_0_ANNOTATION_COLUMNS = (
 
 
 def test_schema_version_metadata() -> None:
-    assert SCHEMA_VERSION == "1.2.0"
+    assert SCHEMA_VERSION == "2.0.0"
     for schema in ALL_SCHEMAS.values():
         assert schema.metadata[b"schema_version"] == SCHEMA_VERSION.encode()
 

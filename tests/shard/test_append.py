@@ -167,6 +167,48 @@ def test_append_refuses_what_it_cannot_grow(corpus: Corpus, tmp_path: Path) -> N
         run(_config(str(corpus.images), str(output), "mode=append", "shard.max_samples=9"))
     with pytest.raises(ConfigError, match=r"complete shard set.*mode=append"):
         run(_config(str(corpus.images), str(output)))
+    manifest = json.loads((output / "_manifest.json").read_text())
+    manifest["near_duplicates"]["hash"] = "colour-dct-v1"  # a set hashed by another version: hashes not comparable
+    (output / "_manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"perceptual hash colour-dct-v1, this version computes colour-dct-v2"):
+        run(_config(str(corpus.images), str(output), "mode=append"))
+
+
+def _groups(output: Path) -> dict[str, str]:
+    rows = pq.read_table(output / NEAR_DUPLICATES_NAME).to_pylist()
+    return {row["key"]: row["group"] for row in rows}
+
+
+@pytest.mark.parametrize("threshold", [None, 16])
+def test_an_append_groups_near_duplicates_as_sharding_its_whole_corpus_does(
+    corpus: Corpus, tmp_path: Path, threshold: int | None
+) -> None:
+    """The append looks up only its new samples and the earlier samples that were in a group (at the set's threshold;
+    at another, every sample): its groups are those of a new set sharded from the grown corpus. The first set has
+    groups of its own, one loses its original and one a member that changes into a copy of another image."""
+    rng = np.random.default_rng(5)
+    originals = {name: corpus.first[name] for name in ("a/img_020.jpg", "b/img_021.jpg", "a/img_022.jpg")}
+    planted = {
+        "a/copy_020.jpg": near_duplicate(originals["a/img_020.jpg"], rng),
+        "b/copy_021.jpg": near_duplicate(originals["b/img_021.jpg"], rng),
+        "b/copy2_021.jpg": near_duplicate(originals["b/img_021.jpg"], rng),
+    }
+    _write(corpus.images, planted)
+    output = tmp_path / "shards"
+    run(_config(str(corpus.images), str(output)))
+    assert {make_key(n) for n in planted} <= set(_groups(output)), "the first set has groups of its own"
+    corpus.grow()
+    (corpus.images / "b/img_021.jpg").unlink()  # the copies stay, grouped by each other or not at all
+    _write(corpus.images, {"a/copy_020.jpg": near_duplicate(originals["a/img_022.jpg"], rng)})  # changes group
+    more = [f"near_duplicates.threshold={threshold}"] if threshold is not None else []
+
+    run(_config(str(corpus.images), str(output), "mode=append", "input.record_removals=true", *more))
+    run(_config(str(corpus.images), str(tmp_path / "whole"), "input.record_removals=true", *more))
+
+    appended, whole = _groups(output), _groups(tmp_path / "whole")
+    assert appended == whole
+    assert appended[make_key("a/copy_020.jpg")] == appended[make_key("a/img_022.jpg")]
+    assert appended.get(make_key("a/img_020.jpg")) != appended[make_key("a/copy_020.jpg")], "it left its group"
 
 
 def test_without_record_removals_gone_files_stay_live(corpus: Corpus, tmp_path: Path) -> None:
