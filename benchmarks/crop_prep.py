@@ -1,10 +1,10 @@
-"""Crop preparation per CPU core: the path before issue 25, reference and fast crop modes, and the pipeline against
+"""Crop preparation per CPU core: the path before OpenCV, reference and fast crop modes, and the pipeline against
 a stand-in model.
 
 Generates a seeded corpus (in memory) of 1920x1080 and 640x480 JPEGs (q90, photographic-like: multi-scale
 texture, edges and sensor noise) with 1-4 persons each, square keypoint boxes from 60 px to the full image height,
 and in one run, on the same images, on one thread:
-  before OpenCV  - the crop path before issue 25 (its "today": Pillow full-size decode, then OpenCV 4's bilinear
+  before OpenCV  - the crop path before the fast mode existed (Pillow full-size decode, then OpenCV 4's bilinear
                    warp written out in numpy, which converts the whole image to float32 for every crop):
                    ``input.crop_mode=reference`` exactly as ``dpmesh-label`` runs it, with the warp it calls
                    (``dpmesh_core.preprocessing.warp_crop``) swapped for that numpy arithmetic
@@ -32,8 +32,8 @@ costs a few percent of it.
 
 Last line: ``ratio_fast_vs_reference=<x> fast_vs_decode_floor=<x> crops_per_cpu_s_fast=<n>
 crops_per_cpu_s_reference=<n> fast_crop_psnr_db=<n> pipeline_vs_model_only=<x> ratio_fast_vs_reference_mode=<x>
-crops_per_cpu_s_reference_mode=<n>``, on the 1080p images. Its first six keys are issue 25's, whose baseline
-("reference", "today") is the crop path before that work: ``ratio_fast_vs_reference`` and
+crops_per_cpu_s_reference_mode=<n>``, on the 1080p images. In the first six keys the baseline ("reference") is the
+crop path before the fast mode existed: ``ratio_fast_vs_reference`` and
 ``crops_per_cpu_s_reference`` are the fast mode against the "before OpenCV" path above, measured in this run. The
 last two give the fast mode against the current ``input.crop_mode=reference`` (OpenCV warp), the crops the PSNR
 compares with.

@@ -38,14 +38,16 @@ BUCKET = "bench"
 
 
 def populate(storage: Storage, shards: int, cfg: LabelJobConfig) -> None:
-    """Placeholder tars, the manifest listing them, and a marker per shard carrying its identity."""
+    """Placeholder tars, the manifest listing them, and a marker per shard carrying its identity and (empty) counts,
+    as every marker does."""
     entries = [{"shard": f"shard-{i:06d}", "tar_bytes": 10, "tar_sha1": f"{i:040x}"} for i in range(shards)]
     info = run_info(cfg)
 
     def write(entry: dict) -> None:
         name = entry["shard"]
         storage.write_bytes(join(cfg.input.shards, f"{name}.tar"), b"0123456789")
-        marker = {"shard": name, "shard_identity": {k: entry[k] for k in ("tar_bytes", "tar_sha1")}, **info}
+        identity = {k: entry[k] for k in ("tar_bytes", "tar_sha1")}
+        marker = {"shard": name, "shard_identity": identity, "counts": {"images_in": 0, "persons_in": 0}, **info}
         storage.write_bytes(join(cfg.output, "_done", f"{name}.json"), json.dumps(marker).encode())
 
     with ThreadPoolExecutor(32) as pool:

@@ -30,7 +30,7 @@ from pipelines.config.storage import StorageConfig
 from pipelines.parquet_io import parquet_bytes, read_parquet_bytes
 from pipelines.shard.generations import SetState
 from pipelines.shard.near_duplicates import HashBatch, group_rows, spread_bits_for
-from pipelines.shard.perceptual_hash import HASH_NAME, from_stored
+from pipelines.shard.perceptual_hash import HASH_NAME, stored_words
 from pipelines.shard.write import MARKERS_FOLDER, ShardDone, marker_uri
 from pipelines.storage import Storage, join
 from schemas import (
@@ -104,16 +104,16 @@ def index_sha1s(
 def index_hashes(
     done: ShardDone, storage_cfg: StorageConfig, output: str, spread_bits: int | None, samples_per_bucket: float
 ) -> Iterator[HashBatch]:
-    """The ``(key, shard, perceptual hash)`` of a finished shard's samples, from its index file, for the
+    """The keys and perceptual hashes of a finished shard's samples that have one, from its index file, for the
     near-duplicate search. ``spread_bits`` None: sized from the plan's bucket count (a new set)."""
     if not done.samples:
         return
     data = Storage(storage_cfg).read_bytes(join(output, f"{done.shard}.parquet"))
     table = pq.read_table(io.BytesIO(data), columns=["key", "phash"])
-    keys, hashes = table.column("key").to_pylist(), table.column("phash").to_pylist()
-    samples = tuple((k, done.shard, from_stored(h)) for k, h in zip(keys, hashes, strict=True))
+    high, low, hashed = stored_words(table.column("phash"))
+    keys = tuple(key for key, has in zip(table.column("key").to_pylist(), hashed.tolist(), strict=True) if has)
     spread = spread_bits_for(int(done.buckets * samples_per_bucket)) if spread_bits is None else spread_bits
-    yield HashBatch(samples, spread)
+    yield HashBatch(keys, (done.shard,) * len(keys), high[hashed], low[hashed], spread)
 
 
 def repeated_sha1s(element: tuple[int, Iterable[list[tuple[str, str]]]]) -> Iterator[tuple[str, list[str]]]:

@@ -13,8 +13,8 @@ from typing import Any
 
 from pipelines.common.shard_set import (
     MANIFEST_NAME,
+    NEAR_DUPLICATES_NAME,
     manifest_generations,
-    near_duplicate_groups,
     retired_keys_by_shard,
 )
 from pipelines.config import ConfigError, ShardJobConfig, config_to_dict
@@ -24,14 +24,10 @@ from pipelines.storage import ObjectNotFoundError, Storage, join
 
 @dataclass(frozen=True)
 class HeldShard:
-    """A shard of an earlier generation with live samples: its name, the keys later generations retired, and the
-    near-duplicate group of each of its samples in one (``regroup``: the set's groups cannot be built on, so every
-    sample is looked up again)."""
+    """A shard of an earlier generation with live samples: its name and the keys later generations retired."""
 
     shard: str
     retired: frozenset[str] = frozenset()
-    groups: dict[str, str] = field(default_factory=dict)
-    regroup: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +40,8 @@ class SetState:
         previous: The set's manifest before this run (None for a new set).
         held: The earlier generations' shards with samples, with what was retired from each.
         live_before: Live samples of the set before this run.
+        regroup: The set's near-duplicate groups cannot be built on (another threshold, or its groups file is
+            gone): the append searches every sample again.
     """
 
     generation: int = 0
@@ -51,6 +49,7 @@ class SetState:
     previous: dict[str, Any] | None = None
     held: tuple[HeldShard, ...] = field(default=())
     live_before: int = 0
+    regroup: bool = False
 
     @property
     def appending(self) -> bool:
@@ -87,18 +86,20 @@ def read_set_state(storage: Storage, cfg: ShardJobConfig) -> SetState:
             "new output (without mode=append)"
         )
     # Groups made at the same threshold are built on (README "Growing a corpus"); at another, every sample is searched.
-    regroup = near.get("threshold") != cfg.near_duplicates.threshold
-    grouped = {} if regroup else near_duplicate_groups(storage, cfg.output)
-    regroup = regroup or (bool(near.get("samples")) and not grouped)  # the groups file is gone: look every sample up
+    regroup = near.get("threshold") != cfg.near_duplicates.threshold or (
+        bool(near.get("samples")) and not storage.exists(join(cfg.output, NEAR_DUPLICATES_NAME))
+    )
     generations = manifest_generations(manifest)
     retired = retired_keys_by_shard(storage, cfg.output, manifest)
     numbers = [int(s["shard"].rsplit("-", 1)[-1]) for s in manifest.get("shards", [])]
     first = max([g.get("end_shard", 0) for g in generations] + [n + 1 for n in numbers] + [0])
-    held = tuple(
-        HeldShard(s["shard"], retired.get(s["shard"], frozenset()), grouped.get(s["shard"], {}), regroup=regroup)
-        for s in manifest.get("shards", [])
-    )
+    held = tuple(HeldShard(s["shard"], retired.get(s["shard"], frozenset())) for s in manifest.get("shards", []))
     live = (manifest.get("live") or {}).get("samples", manifest.get("counts", {}).get("images_sharded", 0))
     return SetState(
-        generation=len(generations), first_shard=first, previous=manifest, held=held, live_before=int(live)
+        generation=len(generations),
+        first_shard=first,
+        previous=manifest,
+        held=held,
+        live_before=int(live),
+        regroup=regroup,
     )

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -36,10 +37,10 @@ from pipelines.common.intent import record_intent, recorded_intent, refuse_anoth
 from pipelines.common.launch import resolve_launch
 from pipelines.common.safe_paths import check_output_location
 from pipelines.common.shard_set import GENERATIONS_FOLDER, MANIFEST_NAME, NEAR_DUPLICATES_NAME
-from pipelines.config import ConfigError, ShardJobConfig, ShardMode, config_hash, config_to_dict
+from pipelines.config import CompareMode, ConfigError, ShardJobConfig, ShardMode, config_hash, config_to_dict
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
-from pipelines.shard.compare import CompareFn, held_partitions, partition_of
+from pipelines.shard.compare import CompareFn, group_partitions, held_partitions, partition_of
 from pipelines.shard.exclude import BenchmarkHashes, load_benchmark
 from pipelines.shard.finish import (
     BUCKETS_KIND,
@@ -176,7 +177,9 @@ def build_pipeline(
         duplicates,
         _near_duplicate_groups(cfg, state, done, kept_hashes, kept_groups),
     ]
-    context = RunContext(state, cfg.near_duplicates.threshold, benchmark.summary() if benchmark else None)
+    # The manifest step needs the earlier manifest, not the held shards (which the comparison read from the indexes).
+    summary = benchmark.summary() if benchmark else None
+    context = RunContext(replace(state, held=()), cfg.near_duplicates.threshold, summary)
     _ = (
         reports
         | "AllOutputs" >> beam.Flatten()
@@ -187,21 +190,30 @@ def build_pipeline(
 
 
 def _compare_with_set(p: beam.Pipeline, cfg: ShardJobConfig, state: SetState, files: Any, partitions: int) -> Any:
-    """``mode=append``: the listed files (one by one, or in :class:`PlannedBatch` es) against the set's live samples,
-    by key partition (see :mod:`pipelines.shard.compare`): files to shard, kept samples' hashes and reports, in one
+    """``mode=append``: the listed files (one by one, or in :class:`PlannedBatch` es) against the set's live samples
+    and, unless the grouping is redone, their near-duplicate groups, by key partition (see
+    :mod:`pipelines.shard.compare`): files to shard, kept samples' hashes and group members, and reports, in one
     output."""
     spread = spread_bits_for(state.live_before)
+    with_sha1 = cfg.input.compare == CompareMode.sha1
     held = (
         p
         | "HeldShards" >> beam.Create(list(state.held) or [])
-        | "ReadHeldIndexes" >> beam.FlatMap(held_partitions, cfg.storage, cfg.output, partitions)
+        | "ReadHeldIndexes" >> beam.FlatMap(held_partitions, cfg.storage, cfg.output, partitions, with_sha1)
     )
-    listed = files | "KeyByPartition" >> beam.Map(_keyed_by_partition, partitions)
+    sides = [held, files | "KeyByPartition" >> beam.Map(_keyed_by_partition, partitions)]
+    if not state.regroup:
+        sides.append(
+            p
+            | "GroupsFile" >> beam.Create([NEAR_DUPLICATES_NAME])
+            | "ReadGroups" >> beam.FlatMap(group_partitions, cfg.storage, cfg.output, partitions)
+        )
+    compare = CompareFn(cfg.storage, cfg.output, cfg.input, state.generation, spread, partitions, state.regroup)
     return (
-        (held, listed)
+        sides
         | "HeldAndListed" >> beam.Flatten()
         | "GroupByKeyPartition" >> beam.GroupByKey()
-        | "Compare" >> beam.ParDo(CompareFn(cfg.storage, cfg.input, state.generation, spread, partitions))
+        | "Compare" >> beam.ParDo(compare)
     )
 
 

@@ -9,7 +9,8 @@ The search finds every pair within the threshold, as comparing every pair would.
 
 As Beam steps (see :func:`band_partitions` and :func:`partition_edges`): batches of ``(key, shard, hash)`` (one
 per index file) are spread by band, and by the top ``spread_bits`` bits of the band value when the set is large,
-so that a partition holds about ``1/2**spread_bits`` of the samples of one band whatever the corpus size. A sample
+so that a partition holds about ``1/2**spread_bits`` of the samples of one band whatever the corpus size (below
+200,000 samples the bands are not split, and one partition holds them all, each sample sent once). A sample
 goes to its own partition of each band (a *home*) and, as a *guest*, to the partitions reached by flipping ``k``
 (1 to ``r``) of those top bits, where it is looked up with at most ``r - k`` flips of the other bits. Verified pairs
 become edges, merged into groups by union-find in one combine (:class:`GroupEdgesFn`): its memory is the edges,
@@ -39,24 +40,44 @@ BANDS = 8  # the hash is searched in this many bands
 BAND_BITS = HASH_BITS // BANDS  # 16: a band's value indexes a table of 65,536 entries
 _WORD_BITS = 64  # the hash travels through numpy as two uint64 words, most significant first
 _BANDS_PER_WORD = _WORD_BITS // BAND_BITS
+ALL_BANDS = -1  # the band of a partition that holds every band (a set too small to split them: spread bits 0)
 _LOOKUPS_PER_CHUNK = 1 << 20  # band lookups done at once: memory bounded by their candidates, not the partition
 _SAMPLES_PER_PARTITION = 200_000  # of one band: how large a set gets before its bands are split by top bits
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HashBatch:
-    """Live samples ``(key, shard, perceptual hash)`` on their way to the near-duplicate search (one per index file
-    or comparison partition); ``spread_bits`` sizes the search's partitions (:func:`spread_bits_for`), the same for
-    every batch of a run.
+    """Live samples with a hash on their way to the near-duplicate search (one batch per index file or comparison
+    partition), column by column: keys, shards, and the hashes' two 64-bit words (:func:`hash_words`);
+    ``spread_bits`` sizes the search's partitions (:func:`spread_bits_for`), the same for every batch of a run.
 
     ``queries`` says which samples the search looks up (None: all). The others are only looked up *against*: an
     append looks up its new samples only, because two earlier samples in no common group were more than the
     threshold apart already, and those in one are checked against each other within it (:class:`KeptGroupMembers`).
     """
 
-    samples: tuple[tuple[str, str, int | None], ...]
+    keys: tuple[str, ...]
+    shards: tuple[str, ...]
+    high: np.ndarray  # (n,) uint64
+    low: np.ndarray  # (n,) uint64
     spread_bits: int
-    queries: tuple[bool, ...] | None = None
+    queries: np.ndarray | None = None  # (n,) bool
+
+    @classmethod
+    def of(
+        cls, samples: Sequence[tuple[str, str, int | None]], spread_bits: int, queries: Sequence[bool] | None = None
+    ) -> HashBatch:
+        """The batch of ``(key, shard, hash or None)`` samples; the hashless are left out."""
+        rows = [i for i, sample in enumerate(samples) if sample[2] is not None]
+        high, low = hash_words([samples[i][2] or 0 for i in rows])
+        return cls(
+            tuple(samples[i][0] for i in rows),
+            tuple(samples[i][1] for i in rows),
+            high,
+            low,
+            spread_bits,
+            None if queries is None else np.array([queries[i] for i in rows], dtype=bool),
+        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,11 @@ def hash_words(values: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     return high, low
 
 
+def words_hashes(high: np.ndarray, low: np.ndarray) -> list[int]:
+    """The 128-bit hashes of ``(high, low)`` words (the inverse of :func:`hash_words`)."""
+    return [h << _WORD_BITS | lo for h, lo in zip(high.tolist(), low.tolist(), strict=True)]
+
+
 def hamming_words(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Bits in which the hashes ``a[i]`` and ``b[i]`` differ, for every ``i``."""
     return np.bitwise_count(a[0] ^ b[0]).astype(np.int64) + np.bitwise_count(a[1] ^ b[1])
@@ -164,13 +190,16 @@ def band_partitions(batch: HashBatch, threshold: int) -> Iterator[tuple[tuple[in
     at its home partition of every band, and every query also as a guest where ``k`` <= ``r`` of its top bits flipped
     land."""
     spread_bits = batch.spread_bits
-    kept = [i for i, (_, _, value) in enumerate(batch.samples) if value is not None]
-    if not kept:
+    if not batch.keys:
         return
-    keys = [batch.samples[i][0] for i in kept]
-    shards = [batch.samples[i][1] for i in kept]
-    words = hash_words([batch.samples[i][2] or 0 for i in kept])
-    query = np.ones(len(kept), dtype=bool) if batch.queries is None else np.array([batch.queries[i] for i in kept])
+    keys, shards, words = batch.keys, batch.shards, (batch.high, batch.low)
+    query = np.ones(len(keys), dtype=bool) if batch.queries is None else batch.queries
+    if spread_bits == 0:  # one partition a band: all bands in one element, so the samples travel once, not 8 times
+        yield (
+            (ALL_BANDS, 0, 0),
+            BandEntries(keys, shards, words[0], words[1], np.zeros(len(keys), dtype=np.int64), query),
+        )
+        return
     top_masks = flip_masks(spread_bits, search_radius(threshold))[1:]
     for band in range(BANDS):
         top = _band_values(words, band) >> (BAND_BITS - spread_bits)
@@ -198,16 +227,31 @@ def band_partitions(batch: HashBatch, threshold: int) -> Iterator[tuple[tuple[in
 
 
 def partition_edges(element: tuple[tuple[int, int, int], Iterable[BandEntries]], threshold: int) -> Iterator[Edge]:
-    """Verified near-duplicate edges of one partition (one band, one range of band values) that have a query at one
-    end at least."""
+    """Verified near-duplicate edges of one partition (one band, or all bands when they are not split, and one range
+    of band values) that have a query at one end at least."""
     (band, _, spread_bits), pieces = element
     pieces = list(pieces)
-    radius = search_radius(threshold)
     keys = [k for p in pieces for k in p.keys]
     shards = [s for p in pieces for s in p.shards]
     words = (np.concatenate([p.high for p in pieces]), np.concatenate([p.low for p in pieces]))
     flips = np.concatenate([p.flips for p in pieces])
     query = np.concatenate([p.query for p in pieces])
+    bands = range(BANDS) if band == ALL_BANDS else (band,)
+    pairs = {pair for b in bands for pair in _band_pairs(b, spread_bits, words, flips, query, threshold)}
+    for i, j in sorted(pairs):
+        yield _edge((keys[i], shards[i]), (keys[j], shards[j]))
+
+
+def _band_pairs(
+    band: int,
+    spread_bits: int,
+    words: tuple[np.ndarray, np.ndarray],
+    flips: np.ndarray,
+    query: np.ndarray,
+    threshold: int,
+) -> Iterator[tuple[int, int]]:
+    """``(query, home)`` index pairs within ``threshold`` bits found through band ``band`` (see the module doc)."""
+    radius = search_radius(threshold)
     low_bits = BAND_BITS - spread_bits
     values = _band_values(words, band) & ((1 << low_bits) - 1)  # the top bits are the partition's
     homes = np.flatnonzero(flips == 0)
@@ -218,15 +262,15 @@ def partition_edges(element: tuple[tuple[int, int, int], Iterable[BandEntries]],
     for hops in range(radius + 1):  # home queries (hops 0) with r flips; guests of k top flips with r - k
         masks = flip_masks(low_bits, radius - hops)
         asking = np.flatnonzero((flips == hops) & query)
-        for chunk in range(0, len(asking), max(1, _LOOKUPS_PER_CHUNK // len(masks))):  # bounded memory
-            ask = asking[chunk : chunk + max(1, _LOOKUPS_PER_CHUNK // len(masks))]
+        step = max(1, _LOOKUPS_PER_CHUNK // len(masks))
+        for chunk in range(0, len(asking), step):  # bounded memory
+            ask = asking[chunk : chunk + step]
             a, b = _lookup(starts, order, (values[ask][:, None] ^ masks[None, :]).ravel())  # every query, every flip
             a = ask[a // len(masks)]
             once = (a != b) & (~query[b] | (flips[a] != 0) | (a < b))  # two home queries find each other twice
             a, b = a[once], b[once]
             near = hamming_words((words[0][a], words[1][a]), (words[0][b], words[1][b])) <= threshold
-            for i, j in zip(a[near].tolist(), b[near].tolist(), strict=True):
-                yield _edge((keys[i], shards[i]), (keys[j], shards[j]))
+            yield from zip(a[near].tolist(), b[near].tolist(), strict=True)
 
 
 def _lookup(starts: np.ndarray, order: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

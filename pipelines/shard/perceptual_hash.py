@@ -36,6 +36,7 @@ from functools import cache
 
 import cv2
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageOps
 
 from pipelines.common.image_decode import use_own_pixel_limit
@@ -118,6 +119,21 @@ def to_hex(value: int) -> str:
 def to_bytes(value: int) -> bytes:
     """The 16 big-endian bytes of a hash, as the shard index stores it (``phash``, ``binary(16)``)."""
     return value.to_bytes(HASH_BYTES, "big")
+
+
+def stored_words(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``phash`` column as the shard index stores it, as arrays: ``(high, low, hashed)``, the hashes' most and least
+    significant 64 bits (uint64; 0 where null) and whether each sample has a hash (bool), without a Python object
+    per hash."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    hashed = array.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+    data = array.buffers()[1]
+    if data is None or n == 0:
+        return np.zeros(n, np.uint64), np.zeros(n, np.uint64), np.zeros(n, bool)
+    words = np.frombuffer(data, dtype=">u8", count=2 * n, offset=array.offset * HASH_BYTES).reshape(n, 2)
+    words = np.where(hashed[:, None], words, 0).astype(np.uint64)
+    return words[:, 0].copy(), words[:, 1].copy(), hashed
 
 
 def from_stored(value: bytes | None) -> int | None:

@@ -49,30 +49,42 @@ class PlannedFile:
 class PlannedBatch:
     """Listed files (not yet annotated) of one comparison partition (``mode=append``), moved as one element, column
     by column: tuples of strings pickle many times faster than as many records (see :mod:`pipelines.shard.compare`).
+    A file's uri is ``uri_root`` + its relative path when that holds for the whole batch (a folder or prefix
+    listing), else ``uris`` lists them.
     """
 
     partition: int
     keys: tuple[str, ...]
-    uris: tuple[str, ...]
     relpaths: tuple[str, ...]
     sizes: tuple[int | None, ...]
     problems: tuple[tuple[str, str] | None, ...]
+    uri_root: str = ""
+    uris: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, partition: int, files: list[tuple[str, SourceFile]]) -> "PlannedBatch":
         """The batch of listed ``(key, source)`` files."""
+        sources = [source for _, source in files]
+        first = sources[0] if sources else None
+        root = first.uri[: len(first.uri) - len(first.relpath)] if first else ""
+        rooted = all(s.uri == root + s.relpath for s in sources)
         return cls(
             partition,
             tuple(key for key, _ in files),
-            tuple(source.uri for _, source in files),
-            tuple(source.relpath for _, source in files),
-            tuple(source.size for _, source in files),
-            tuple(source.problem for _, source in files),
+            tuple(s.relpath for s in sources),
+            tuple(s.size for s in sources),
+            tuple(s.problem for s in sources),
+            uri_root=root if rooted else "",
+            uris=() if rooted else tuple(s.uri for s in sources),
         )
+
+    def uri(self, j: int) -> str:
+        """The ``j``-th file's uri."""
+        return self.uris[j] if self.uris else self.uri_root + self.relpaths[j]
 
     def file(self, j: int) -> PlannedFile:
         """The ``j``-th file of the batch."""
-        return PlannedFile(self.keys[j], SourceFile(self.uris[j], self.relpaths[j], self.sizes[j], self.problems[j]))
+        return PlannedFile(self.keys[j], SourceFile(self.uri(j), self.relpaths[j], self.sizes[j], self.problems[j]))
 
 
 def planned_file(source: SourceFile) -> PlannedFile:

@@ -4,7 +4,7 @@ Two uses, one home: the oracle of the pin on OpenCV 4 (tests/dpmesh_core/test_pr
 ``dpmesh_core.preprocessing.warp_crop``, i.e. ``cv2.warpAffine``, against it bit for bit), and the crop path before
 OpenCV: this is the arithmetic ``dpmesh_core.preprocessing`` ran per crop before ``input.crop_mode`` existed (the
 whole image converted to float32 for every crop), which ``benchmarks/crop_prep.py`` measures as the pre-OpenCV
-baseline of issue 25 ("today's path").
+baseline of the fast crop mode.
 """
 
 from __future__ import annotations

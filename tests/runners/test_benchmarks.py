@@ -74,3 +74,15 @@ def test_crop_prep_benchmark_prints_its_last_line() -> None:
     match = re.fullmatch(last, lines[-1])
     assert match, lines[-1]
     assert all(float(value) > 0 for value in match.groups())
+
+
+@pytest.mark.slow  # ~60 s: 300 generated images, four fresh dpmesh-shard processes, and two labelings
+def test_append_benchmark_groups_and_labels_the_new_persons_only(tmp_path: Path) -> None:
+    lines = _run("append.py", "--images", "300", "--repeats", "1", "--cache", str(tmp_path))
+    match = re.fullmatch(r"recall=(\d\.\d+) precision=(\d\.\d+) append_vs_full=(\d+\.\d+)", lines[-1])
+    assert match, lines[-1]
+    assert float(match.group(1)) > 0.9, "the 30 planted near-duplicates are found"
+    assert float(match.group(2)) > 0.9
+    labeling = next(line for line in lines if line.startswith("labeling:"))
+    after, new = re.search(r"after appending 2 of 202 images, (\d+) \(the new images hold (\d+)\)", labeling).groups()
+    assert after == new

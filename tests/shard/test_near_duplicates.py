@@ -4,6 +4,7 @@ import itertools
 from collections.abc import Iterable
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipelines.config.shard import DEFAULT_NEAR_DUPLICATE_THRESHOLD
@@ -15,8 +16,9 @@ from pipelines.shard.near_duplicates import (
     groups_of,
     partition_edges,
     search_radius,
+    words_hashes,
 )
-from pipelines.shard.perceptual_hash import HASH_BITS, hamming, perceptual_hash
+from pipelines.shard.perceptual_hash import HASH_BITS, hamming, perceptual_hash, stored_words, to_bytes
 from tests.fakes.near_duplicates import near_duplicate, varied_jpegs
 
 
@@ -65,7 +67,7 @@ def test_the_search_finds_every_pair_within_the_threshold_and_no_other(threshold
     rng = np.random.default_rng(threshold * 10 + spread_bits)
     hashes = _random_hashes(rng, 300, threshold)
     samples = [(f"k{i:04d}", f"shard-{i % 4:06d}", h) for i, h in enumerate(hashes)]
-    batches = [HashBatch(tuple(samples[i::4]), spread_bits) for i in range(4)]  # as from four index files
+    batches = [HashBatch.of(samples[i::4], spread_bits) for i in range(4)]  # as from four index files
     expected = _brute_force(hashes, threshold)
     assert len(expected) > 20, "the planted pairs put pairs within the threshold"
     assert _search(batches, threshold) == expected
@@ -79,7 +81,7 @@ def test_a_search_of_some_queries_finds_every_pair_that_has_a_query(spread_bits:
     hashes = _random_hashes(rng, 300, threshold)
     queries = {i for i in range(len(hashes)) if rng.random() < 0.2}
     samples = tuple((f"k{i:04d}", "shard-000000", h) for i, h in enumerate(hashes))
-    batch = HashBatch(samples, spread_bits, tuple(i in queries for i in range(len(hashes))))
+    batch = HashBatch.of(samples, spread_bits, [i in queries for i in range(len(hashes))])
     expected = _brute_force(hashes, threshold, queries)
     assert expected
     assert expected != _brute_force(hashes, threshold), "some pairs have no query"
@@ -88,7 +90,7 @@ def test_a_search_of_some_queries_finds_every_pair_that_has_a_query(spread_bits:
 
 def test_hashless_samples_are_left_out_of_the_search() -> None:
     value = 0x0123456789ABCDEF0123456789ABCDEF
-    batch = HashBatch((("a", "s", value), ("b", "s", None), ("c", "s", value ^ 1)), 0)
+    batch = HashBatch.of([("a", "s", value), ("b", "s", None), ("c", "s", value ^ 1)], 0)
     assert _search([batch], 4) == {("a", "c")}
 
 
@@ -117,3 +119,19 @@ def test_planted_copies_hash_within_the_threshold_and_other_scenes_beyond_it() -
     assert max(copy_distances) <= threshold, copy_distances
     unrelated = [hamming(a, b) for a, b in itertools.combinations(originals, 2)]
     assert min(unrelated) > threshold + 4, sorted(unrelated)[:5]
+
+
+def test_stored_hashes_read_as_words_give_back_the_hashes() -> None:
+    """The index's 16-byte ``phash`` column (nulls, chunks, a slice) read as two uint64 words without Python ints."""
+    rng = np.random.default_rng(2)
+    values = [int.from_bytes(rng.bytes(16), "big") for _ in range(7)]
+    stored = [to_bytes(v) for v in values]
+    stored[3] = None
+    column = pa.chunked_array([pa.array(stored[:4], pa.binary(16)), pa.array(stored[4:], pa.binary(16))])
+    high, low, hashed = stored_words(column)
+    assert hashed.tolist() == [v is not None for v in stored]
+    assert [v for v, has in zip(words_hashes(high, low), hashed.tolist(), strict=True) if has] == [
+        v for v, s in zip(values, stored, strict=True) if s is not None
+    ]
+    high, low, hashed = stored_words(pa.array(stored, pa.binary(16)).slice(4))
+    assert words_hashes(high, low) == values[4:]
