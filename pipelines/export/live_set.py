@@ -14,8 +14,8 @@ so planning compares the label markers with the manifest:
   live_digest`) is not the one the set's retired files and ``_near_duplicates.parquet`` give now, or, for a marker
   written before labels followed the live set, it counts fewer retired samples (``counts.images_retired``) than the
   set's generations retired from it: its rows hold samples that are no longer live, or stale ``near_dup_group`` s:
-  **refused** likewise. (Checked for ``dpmesh-label`` outputs; a ``dpmesh-refilter`` output carries its input's
-  rows and is checked through them when it is refiltered again.)
+  **refused** likewise. A ``dpmesh-refilter`` output carries its labels' rows and their ``live_digest`` (in its
+  ``label_run``), and is checked by that.
 * live shards without labels otherwise (a label run not finished, or killed): the labels are **incomplete**: a
   warning naming how many; the labeled shards are exported, and a rerun after the labels are finished exports the
   rest (only those).
@@ -87,7 +87,6 @@ def check_labels_follow(
             for g in generations
             for shard in g["shards"]
             if shard in label_markers
-            and LABEL_RUN not in label_markers[shard]
             and not _follows(label_markers[shard], shard, retired.get(shard, frozenset()), groups.get(shard) or {})
         )
         if stale:
@@ -110,7 +109,14 @@ def check_labels_follow(
 def _follows(marker: dict[str, Any], shard: str, retired: frozenset[str], groups: dict[str, str]) -> bool:
     """Whether a labeled shard's marker follows the set's live record of it: the same ``live_digest`` (the label
     job's own digest, :attr:`~pipelines.common.label_units.ShardTask.live_digest`), or for a marker written before
-    labels recorded one, at least as many retired samples counted as the set retired from the shard."""
+    labels recorded one, at least as many retired samples counted as the set retired from the shard. A
+    ``dpmesh-refilter`` output follows through its labels: the ``live_digest`` its label run carries (one refiltered
+    from labels that recorded none is taken as it is)."""
+    if LABEL_RUN in marker:
+        carried = marker[LABEL_RUN] or {}
+        if "live_digest" not in carried:
+            return True
+        marker = {"live_digest": carried["live_digest"]}
     if "live_digest" in marker:
         live = ShardTask(uri="", name=shard, identity={}, retired=retired, near_dup_groups=groups)
         return bool(marker["live_digest"] == live.live_digest)

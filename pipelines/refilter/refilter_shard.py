@@ -23,7 +23,7 @@ from pipelines.common.commit_log import ALREADY_COMMITTED, committed_marker
 from pipelines.common.label_set import LABEL_RUN, index_entry, marker_uri
 from pipelines.common.label_stats import shard_stats
 from pipelines.common.label_summary import CommittedShard, committed_shard
-from pipelines.common.label_units import ShardReport, ShardTask, shard_marker
+from pipelines.common.label_units import IMAGES_RETIRED, PERSONS_RETIRED, ShardReport, ShardTask, shard_marker
 from pipelines.common.metrics import LABEL_METRICS
 from pipelines.common.reviews import Decision, apply_decisions
 from pipelines.config import (
@@ -117,16 +117,22 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+RETIRED_COUNTS = (IMAGES_RETIRED, PERSONS_RETIRED)
+
+
 def label_run_of_marker(source_marker: dict[str, Any], labels: str) -> dict[str, Any]:
-    """The labeling run behind a shard: carried from a refiltered input's marker, else read off the label marker."""
+    """The labeling run behind a shard: carried from a refiltered input's marker, else read off the label marker,
+    with the shard set's live record its rows follow (``live_digest``, when the label marker records one), so that
+    ``dpmesh-export`` can tell refiltered labels that lag their shard set as it tells labels."""
     if LABEL_RUN in source_marker:
         carried: dict[str, Any] = source_marker[LABEL_RUN]
         return carried
-    return {
+    run = {
         "labels": labels,
         "config_hash": source_marker.get("config_hash"),
         "pipeline_version": source_marker.get("pipeline_version"),
     }
+    return {**run, "live_digest": source_marker["live_digest"]} if "live_digest" in source_marker else run
 
 
 class RefilterShardFn(beam.DoFn):
@@ -202,6 +208,8 @@ class RefilterShardFn(beam.DoFn):
         read = source_marker.get("tar_read") or {}
         counts = Counter({k: source_marker["counts"][k] for k in ("images_in", "images_ok", "images_errored")})
         counts["persons_in"] = source_marker["counts"]["persons_in"]
+        # Retired samples are counted apart by the labels (a grown shard set): carried, so the counts still reconcile.
+        counts.update({k: source_marker["counts"][k] for k in RETIRED_COUNTS if k in source_marker["counts"]})
         report = ShardReport(counts, read.get("tar_bytes", 0), read.get("tar_sha1", ""))
         report.detector_models.update(source_marker.get("detector_models") or {})
         columns = ("model_id", "body_model", "body_model_sha256", "reasons", "quality_tier")
@@ -213,6 +221,7 @@ class RefilterShardFn(beam.DoFn):
             errors.select(["person_idx", "stage", "reason"]).to_pylist(),
             {**self._run_info, LABEL_RUN: label_run},
         )
+        marker["live_digest"] = label_run.get("live_digest")  # the rows' live record is the labels'
         if reviewed:
             marker["review"] = reviewed
         marker["stats"] = shard_stats({"annotations": accepted, "rejected": rejected}, errors)

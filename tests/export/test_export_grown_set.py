@@ -22,9 +22,10 @@ import pytest
 from PIL import Image
 
 from pipelines.common.label_set import fetch_markers, listed_markers, write_index
-from pipelines.config import ConfigError, ExportJobConfig, ShardJobConfig, compose_config
+from pipelines.config import ConfigError, ExportJobConfig, RefilterJobConfig, ShardJobConfig, compose_config
 from pipelines.export.job import run as export
 from pipelines.export.job import split_shorthand
+from pipelines.refilter.job import run as refilter
 from pipelines.shard.job import run as shard_job
 from pipelines.storage import Storage
 from tests.fakes.corpus import SyntheticImage, make_images, write_coco
@@ -147,6 +148,39 @@ def test_labels_not_brought_up_to_the_live_set_are_refused(grown: dict[str, Any]
     refusal = rf"1 labeled shards \(e\.g\. {stale}\) do not follow its live samples .*; run dpmesh-label"
     with pytest.raises(ConfigError, match=refusal):
         export(_export_config(root, labels, tmp_path / "out"))
+
+
+def test_refiltered_labels_follow_the_shard_set_through_their_labels(grown: dict[str, Any], tmp_path: Path) -> None:
+    """dpmesh-refilter carries its labels' live record and retired counts: refiltered up-to-date labels export, and
+    refiltered labels of which an older shard was not brought up to the live set are refused like those labels."""
+    root = grown["root"]
+    fresh = tmp_path / "fresh"
+    summary = _refilter(grown["labels"], fresh)
+    labeled = json.loads((grown["labels"] / "_summary.json").read_text())["counts"]
+    assert summary["reconciled"]
+    assert labeled["images_retired"] > 0
+    for count in ("images_retired", "persons_retired"):
+        assert summary["counts"][count] == labeled[count], count
+    export(_export_config(root, fresh, tmp_path / "out"))
+
+    after = _label_markers(grown["labels"])
+    stale = min(n for n, m in grown["labels_before"].items() if m.get("live_digest") != after[n].get("live_digest"))
+    lagging = tmp_path / "lagging"
+    shutil.copytree(grown["labels"], lagging)
+    for path in grown["stale"].glob(f"*/{stale}.*"):  # that shard's labels as they were before the append
+        shutil.copy(path, lagging / path.parent.name / path.name)
+    storage = Storage()
+    write_index(storage, str(lagging), fetch_markers(storage, list(listed_markers(storage, str(lagging)).values())))
+    refiltered = tmp_path / "refiltered"
+    _refilter(lagging, refiltered)
+    with pytest.raises(ConfigError, match=rf"1 labeled shards \(e\.g\. {stale}\) do not follow its live samples"):
+        export(_export_config(root, refiltered, tmp_path / "out2"))
+
+
+def _refilter(labels: Path, output: Path) -> dict[str, Any]:
+    keys = [f"input={labels}", f"output={output}", "log_level=WARNING"]
+    summary: dict[str, Any] = refilter(compose_config("dpmesh_refilter", keys, RefilterJobConfig))
+    return summary
 
 
 def test_incomplete_labels_are_exported_with_a_warning(

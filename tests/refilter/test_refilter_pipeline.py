@@ -112,9 +112,10 @@ def test_refilter_keeps_the_label_lineage_and_resumes(tiny_labeled: tuple[str, d
             "labels": output,
             "config_hash": source["config_hash"],
             "pipeline_version": source["pipeline_version"],
+            "live_digest": source["live_digest"],  # the shard set's live record the labels follow
         }
         assert marker["label_run"] == expected_run
-        for key in ("shard_uri", "shard_identity", "tar_read", "model_ids", "body_models"):
+        for key in ("shard_uri", "shard_identity", "tar_read", "model_ids", "body_models", "live_digest"):
             assert marker[key] == source[key], key
         for folder in ("annotations", "rejected", "errors"):
             meta = pq.read_schema(out / folder / f"{path.stem}.parquet").metadata
