@@ -225,19 +225,12 @@ class WriteSummaryFn(beam.DoFn):
 class WriteLabelSummary(beam.PTransform):  # type: ignore[misc]
     """The last step of a job that writes a label set: its input is one indexed marker record per shard the run
     committed (:func:`pipelines.common.label_set.index_entry`, with ``ALREADY_COMMITTED`` set on shards a retried
-    work item found done); it writes the marker index and ``_summary.json`` (arguments: :class:`WriteSummaryFn`)."""
+    work item found done); ``write`` writes the marker index and ``_summary.json`` from them and their statistics
+    merged."""
 
-    def __init__(
-        self,
-        storage_cfg: StorageConfig,
-        output: str,
-        shards_total: list[str],
-        run_info: dict[str, Any],
-        thresholds: Any,
-        started_at: float,
-    ) -> None:
+    def __init__(self, write: WriteSummaryFn) -> None:
         super().__init__()
-        self._fn = WriteSummaryFn(storage_cfg, output, shards_total, run_info, thresholds, started_at)
+        self._fn = write
 
     def expand(self, committed: beam.PCollection) -> beam.PCollection:
         """``committed``: one :class:`CommittedShard` per shard the run committed."""

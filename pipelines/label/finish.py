@@ -5,7 +5,7 @@ from typing import Any
 
 import pipelines
 from dpmesh_core.confidence import FilterThresholds
-from pipelines.common.label_summary import WriteLabelSummary
+from pipelines.common.label_summary import WriteLabelSummary, WriteSummaryFn
 from pipelines.config import LabelJobConfig, config_hash, config_to_dict
 
 
@@ -28,6 +28,5 @@ def write_summary(
     started_at: float,
 ) -> WriteLabelSummary:
     """The last step: ``_summary.json`` over every shard of ``shards_total`` (``lineage``: the calibration's)."""
-    return WriteLabelSummary(
-        cfg.storage, cfg.output, shards_total, {**summary_run_info(cfg), **lineage}, thresholds, started_at
-    )
+    run_info = {**summary_run_info(cfg), **lineage}
+    return WriteLabelSummary(WriteSummaryFn(cfg.storage, cfg.output, shards_total, run_info, thresholds, started_at))

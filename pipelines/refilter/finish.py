@@ -6,7 +6,7 @@ from typing import Any
 
 from dpmesh_core.confidence import FilterThresholds
 from pipelines.common.label_set import LABEL_RUN, read_summary
-from pipelines.common.label_summary import WriteLabelSummary
+from pipelines.common.label_summary import WriteLabelSummary, WriteSummaryFn
 from pipelines.config import RefilterJobConfig, config_to_dict
 from pipelines.storage import Storage
 
@@ -52,4 +52,4 @@ def write_summary(
         LABEL_RUN: label_run,
         **({"review": review} if review is not None else {}),
     }
-    return WriteLabelSummary(cfg.storage, cfg.output, shards_total, run_info, thresholds, started_at)
+    return WriteLabelSummary(WriteSummaryFn(cfg.storage, cfg.output, shards_total, run_info, thresholds, started_at))

@@ -12,11 +12,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.common.reviews import SAME_RUN, label_run_of, review_header
+from pipelines.common.reviews import SAME_RUN
 from pipelines.config import ConfigError, ExportJobConfig, compose_config
 from pipelines.export.job import run as export
 from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.reviews import write_review
 from tests.fakes.shard_set import label_shards, shard_annotated
 
 
@@ -34,19 +35,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _rows(labels: Path, folder: str) -> list[dict[str, Any]]:
     return sorted((r for p in sorted((labels / folder).glob("*.parquet")) for r in pq.read_table(p).to_pylist()),
                   key=lambda r: r["sample_id"])  # fmt: skip
-
-
-def _write_review(path: Path, labels: Path, decisions: list[tuple[dict[str, Any], str]], **run: Any) -> Path:
-    """A review.json of ``labels`` (its identity, unless ``run`` replaces fields) deciding ``(row, decision)``."""
-    summary = json.loads((labels / "_summary.json").read_text())
-    identity = {**label_run_of(str(labels), summary).to_json(), **run}
-    document = {**review_header(label_run_of(str(labels), None), {}), "label_run": identity, "reviewer": "tester",
-                "saved_at": "2026-01-01T00:00:00.000Z", "decisions": [
-                    {"sample_id": row["sample_id"], "shard": row["shard"], "model_id": row["model_id"],
-                     "decision": decision, "reason": "misaligned" if decision == "reject" else None, "time": None,
-                     "stratum": None} for row, decision in decisions]}  # fmt: skip
-    path.write_text(json.dumps(document))
-    return path
 
 
 def _export(corpus: Path, out: Path, *more: str) -> dict[str, Any]:
@@ -77,7 +65,7 @@ def _persons(corpus: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def test_export_applies_a_review_to_rows_card_and_stats(corpus: Path, tmp_path: Path) -> None:
     kept, filtered = _persons(corpus)
-    review = _write_review(tmp_path / "review.json", corpus / "labels", [(kept, "reject"), (filtered, "accept")])
+    review = write_review(tmp_path / "review.json", corpus / "labels", [(kept, "reject"), (filtered, "accept")])
     plain = _export(corpus, tmp_path / "plain")
     stats = _export(corpus, tmp_path / "out", f"review={review}")
     before, rows = _crop_rows(tmp_path / "plain"), _crop_rows(tmp_path / "out")
@@ -114,13 +102,13 @@ def test_export_applies_a_review_to_rows_card_and_stats(corpus: Path, tmp_path: 
 def test_conflicting_files_and_another_label_run_are_refused(corpus: Path, tmp_path: Path) -> None:
     kept, filtered = _persons(corpus)
     labels = corpus / "labels"
-    first = _write_review(tmp_path / "a.json", labels, [(kept, "reject")])
-    second = _write_review(tmp_path / "b.json", labels, [(kept, "accept"), (filtered, "accept")])
+    first = write_review(tmp_path / "a.json", labels, [(kept, "reject")])
+    second = write_review(tmp_path / "b.json", labels, [(kept, "accept"), (filtered, "accept")])
     with pytest.raises(ConfigError, match=rf"1 person\(s\) decided differently .*{kept['sample_id']}: reject in "):
         _export(corpus, tmp_path / "conflict", f"review=[{first},{second}]")
     assert not (tmp_path / "conflict").exists(), "refused before anything is written"
     nobody = {**kept, "sample_id": "nobody-000000000000_p0"}
-    stranger = _write_review(tmp_path / "other.json", labels, [(nobody, "reject")], config_hash="0123456789abcdef")
+    stranger = write_review(tmp_path / "other.json", labels, [(nobody, "reject")], config_hash="0123456789abcdef")
     with pytest.raises(ConfigError, match="not these") as refused:
         _export(corpus, tmp_path / "other", f"review={stranger}")
     assert "no such person in" in str(refused.value)

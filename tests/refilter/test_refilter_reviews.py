@@ -12,12 +12,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.common.reviews import PERSONS_MATCH, SAME_RUN, label_run_of, review_header
+from pipelines.common.reviews import PERSONS_MATCH, SAME_RUN
 from pipelines.config import ConfigError, RefilterJobConfig, compose_config
 from pipelines.refilter.job import run as refilter
 from schemas.annotations import REVIEWED_REJECT
 from tests.fakes.corpus import make_images
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
+from tests.fakes.reviews import write_review
 from tests.fakes.shard_set import label_shards, shard_annotated
 
 
@@ -39,23 +40,6 @@ def _rows(output: Path) -> dict[str, dict[str, Any]]:
             for p in sorted((output / folder).glob("*.parquet")) for r in pq.read_table(p).to_pylist()}  # fmt: skip
 
 
-def _summary(output: Path) -> dict[str, Any]:
-    document: dict[str, Any] = json.loads((output / "_summary.json").read_text())
-    return document
-
-
-def _write_review(path: Path, labels: Path, decisions: list[tuple[dict[str, Any], str]], **run: Any) -> Path:
-    """A review.json of ``labels`` (its identity, unless ``run`` replaces fields) deciding ``(row, decision)``."""
-    identity = {**label_run_of(str(labels), _summary(labels)).to_json(), **run}
-    document = {**review_header(label_run_of(str(labels), None), {}), "label_run": identity, "reviewer": "tester",
-                "saved_at": "2026-01-01T00:00:00.000Z", "decisions": [
-                    {"sample_id": row["sample_id"], "shard": row["shard"], "model_id": row["model_id"],
-                     "decision": decision, "reason": "misaligned" if decision == "reject" else None, "time": None,
-                     "stratum": None} for row, decision in decisions]}  # fmt: skip
-    path.write_text(json.dumps(document))
-    return path
-
-
 def _refilter(labels: Path, output: Path, *more: str) -> dict[str, Any]:
     keys = [f"input={labels}", f"output={output}", "log_level=WARNING", *more]
     summary: dict[str, Any] = refilter(compose_config("dpmesh_refilter", keys, RefilterJobConfig))
@@ -74,7 +58,7 @@ def _persons(labels: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, An
 
 def test_refilter_applies_a_review_to_rows_markers_and_summary(labels: Path, tmp_path: Path) -> None:
     kept, filtered, other = _persons(labels)
-    review = _write_review(tmp_path / "review.json", labels, [(kept, "reject"), (filtered, "accept")])
+    review = write_review(tmp_path / "review.json", labels, [(kept, "reject"), (filtered, "accept")])
     output = tmp_path / "out"
     summary = _refilter(labels, output, SMALL_BOX, f"review={review}")
     plain = _refilter(labels, tmp_path / "plain", SMALL_BOX)
@@ -114,8 +98,8 @@ def test_refilter_applies_a_review_to_rows_markers_and_summary(labels: Path, tmp
 
 def test_conflicting_files_are_refused_or_skipped_and_listed(labels: Path, tmp_path: Path) -> None:
     kept, filtered, other = _persons(labels)
-    first = _write_review(tmp_path / "a.json", labels, [(kept, "reject"), (other, "reject")])
-    second = _write_review(tmp_path / "b.json", labels, [(kept, "accept"), (filtered, "accept"), (other, "reject")])
+    first = write_review(tmp_path / "a.json", labels, [(kept, "reject"), (other, "reject")])
+    second = write_review(tmp_path / "b.json", labels, [(kept, "accept"), (filtered, "accept"), (other, "reject")])
     with pytest.raises(ConfigError, match=rf"1 person\(s\) decided differently .*{kept['sample_id']}: reject in "):
         _refilter(labels, tmp_path / "refused", f"review=[{first},{second}]")
     assert not (tmp_path / "refused").exists(), "refused before anything is written"
@@ -138,7 +122,7 @@ def test_a_review_of_another_label_run_is_refused_unless_its_persons_are_here(la
     kept, filtered, _ = _persons(labels)
     moved = tmp_path / "moved"  # the same labels at another location: another identity, the same persons
     shutil.copytree(labels, moved)
-    review = _write_review(tmp_path / "review.json", labels, [(kept, "reject"), (filtered, "accept")])
+    review = write_review(tmp_path / "review.json", labels, [(kept, "reject"), (filtered, "accept")])
     summary = _refilter(moved, tmp_path / "from_moved", f"review={review}")
     assert summary["review"]["files"][0]["matched"] == PERSONS_MATCH
     assert _rows(tmp_path / "from_moved")[kept["sample_id"]]["review"] == "reject"
@@ -149,14 +133,14 @@ def test_a_review_of_another_label_run_is_refused_unless_its_persons_are_here(la
         ("other_model", {**kept, "model_id": "sha256:feedfeedfeedfeed"}, "labeled by fake-dpmesh-numpy, reviewed as"),
         ("no_shard", {**kept, "shard": "shard-999999"}, "the input has no shard shard-999999"),
     ):
-        stranger = _write_review(tmp_path / f"{name}.json", labels, [(row, "reject")], **other_run)
+        stranger = write_review(tmp_path / f"{name}.json", labels, [(row, "reject")], **other_run)
         with pytest.raises(ConfigError, match="not these") as refused:
             _refilter(labels, tmp_path / name, f"review={stranger}")
         assert why in str(refused.value)
         assert "review these labels on their own page" in str(refused.value)
         assert not (tmp_path / name).exists()
     # the same decisions under the same identity are the same run's: applied (a person not found is counted)
-    same = _write_review(tmp_path / "same.json", labels, [({**kept, "sample_id": "nobody-000000000000_p0"}, "reject")])
+    same = write_review(tmp_path / "same.json", labels, [({**kept, "sample_id": "nobody-000000000000_p0"}, "reject")])
     counted = _refilter(labels, tmp_path / "same_out", f"review={same}")
     assert counted["review"]["applied"]["not_found"] == 1
     assert counted["review"]["reconciled"]
@@ -164,7 +148,7 @@ def test_a_review_of_another_label_run_is_refused_unless_its_persons_are_here(la
 
 def test_reviews_are_carried_by_later_refilters(labels: Path, tmp_path: Path) -> None:
     kept, filtered, _ = _persons(labels)
-    review = _write_review(tmp_path / "review.json", labels, [(kept, "reject"), (filtered, "accept")])
+    review = write_review(tmp_path / "review.json", labels, [(kept, "reject"), (filtered, "accept")])
     first = tmp_path / "first"
     _refilter(labels, first, SMALL_BOX, f"review={review}")
     second = tmp_path / "second"
@@ -176,7 +160,7 @@ def test_reviews_are_carried_by_later_refilters(labels: Path, tmp_path: Path) ->
     assert summary["review"]["applied"]["carried_reject"] == summary["review"]["applied"]["carried_accept"] == 1
     assert summary["review"]["files"] == []
     # a review of the refiltered output applies to it (same run), and replaces what the rows carried
-    again = _write_review(tmp_path / "again.json", first, [(kept, "accept")])
+    again = write_review(tmp_path / "again.json", first, [(kept, "accept")])
     replaced = _refilter(first, tmp_path / "third", SMALL_BOX, f"review={again}")
     assert replaced["review"]["applied"]["replaced_earlier"] == 1
     assert _rows(tmp_path / "third")[kept["sample_id"]]["review"] == "accept"
@@ -184,13 +168,13 @@ def test_reviews_are_carried_by_later_refilters(labels: Path, tmp_path: Path) ->
 
 def test_another_review_is_another_config_and_bad_arguments_are_refused(labels: Path, tmp_path: Path) -> None:
     kept, filtered, _ = _persons(labels)
-    review = _write_review(tmp_path / "review.json", labels, [(kept, "reject")])
+    review = write_review(tmp_path / "review.json", labels, [(kept, "reject")])
     output = tmp_path / "out"
     done = _refilter(labels, output, f"review={review}")
     again = _refilter(labels, output, f"review={review}")
     assert again["shards"]["labeled_this_run"] == 0, "the same review: every shard is done"
     assert again["config_hash"] == done["config_hash"]
-    changed = _write_review(tmp_path / "changed.json", labels, [(kept, "reject"), (filtered, "reject")])
+    changed = write_review(tmp_path / "changed.json", labels, [(kept, "reject"), (filtered, "reject")])
     with pytest.raises(ConfigError, match="another config"):
         _refilter(labels, output, f"review={changed}")
     assert _refilter(labels, output, f"review={changed}", "overwrite=true")["review"]["applied"]["applied_reject"] == 2
