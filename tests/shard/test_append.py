@@ -179,13 +179,14 @@ def _groups(output: Path) -> dict[str, str]:
     return {row["key"]: row["group"] for row in rows}
 
 
-@pytest.mark.parametrize("threshold", [None, 16])
+@pytest.mark.parametrize("case", ["builds_on_groups", "other_threshold", "groups_file_gone"])
 def test_an_append_groups_near_duplicates_as_sharding_its_whole_corpus_does(
-    corpus: Corpus, tmp_path: Path, threshold: int | None
+    corpus: Corpus, tmp_path: Path, case: str
 ) -> None:
-    """The append looks up only its new samples and the earlier samples that were in a group (at the set's threshold;
-    at another, every sample): its groups are those of a new set sharded from the grown corpus. The first set has
-    groups of its own, one loses its original and one a member that changes into a copy of another image."""
+    """The append looks up only its new samples, and compares the kept members of the set's groups within each (at
+    another threshold, or with the set's groups file gone, it looks every sample up): its groups are those of a new
+    set sharded from the grown corpus. The first set has groups of its own, one loses its original and one a member
+    that changes into a copy of another image."""
     rng = np.random.default_rng(5)
     originals = {name: corpus.first[name] for name in ("a/img_020.jpg", "b/img_021.jpg", "a/img_022.jpg")}
     planted = {
@@ -200,7 +201,9 @@ def test_an_append_groups_near_duplicates_as_sharding_its_whole_corpus_does(
     corpus.grow()
     (corpus.images / "b/img_021.jpg").unlink()  # the copies stay, grouped by each other or not at all
     _write(corpus.images, {"a/copy_020.jpg": near_duplicate(originals["a/img_022.jpg"], rng)})  # changes group
-    more = [f"near_duplicates.threshold={threshold}"] if threshold is not None else []
+    more = ["near_duplicates.threshold=16"] if case == "other_threshold" else []
+    if case == "groups_file_gone":
+        (output / NEAR_DUPLICATES_NAME).unlink()
 
     run(_config(str(corpus.images), str(output), "mode=append", "input.record_removals=true", *more))
     run(_config(str(corpus.images), str(tmp_path / "whole"), "input.record_removals=true", *more))
