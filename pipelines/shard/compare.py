@@ -121,6 +121,18 @@ def group_partitions(
         yield partition, GroupedKeys(tuple(keys), tuple(groups))
 
 
+def set_partitions(
+    source: HeldShard | str, storage_cfg: StorageConfig, output: str, partitions: int, with_sha1: bool
+) -> Iterator[tuple[int, HeldSamples | GroupedKeys]]:
+    """What the comparison reads of the set, by partition: a held shard's live samples (:func:`held_partitions`), or,
+    for the name of its groups file, the grouped keys (:func:`group_partitions`). One step reads both, so an append
+    adds as few stages as it can to a run."""
+    if isinstance(source, HeldShard):
+        yield from held_partitions(source, storage_cfg, output, partitions, with_sha1)
+    else:
+        yield from group_partitions(source, storage_cfg, output, partitions)
+
+
 class CompareFn(beam.DoFn):
     """Input: ``(partition, [PlannedFile | PlannedBatch | HeldSamples | GroupedKeys, ...])``; see the module doc for
     what it yields. ``regroup``: the set's groups are not built on, every kept sample is searched again."""

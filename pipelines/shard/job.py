@@ -40,7 +40,7 @@ from pipelines.common.shard_set import GENERATIONS_FOLDER, MANIFEST_NAME, NEAR_D
 from pipelines.config import CompareMode, ConfigError, ShardJobConfig, ShardMode, config_hash, config_to_dict
 from pipelines.shard.annotation_check import check_annotation_file
 from pipelines.shard.coco import join_name
-from pipelines.shard.compare import CompareFn, group_partitions, held_partitions, partition_of
+from pipelines.shard.compare import CompareFn, partition_of, set_partitions
 from pipelines.shard.exclude import BenchmarkHashes, load_benchmark
 from pipelines.shard.finish import (
     BUCKETS_KIND,
@@ -56,7 +56,7 @@ from pipelines.shard.finish import (
     index_sha1s,
     repeated_sha1s,
 )
-from pipelines.shard.generations import SetState, read_set_state
+from pipelines.shard.generations import HeldShard, SetState, read_set_state
 from pipelines.shard.listing import ListingTask, list_corpus, listing_tasks
 from pipelines.shard.near_duplicates import (
     GroupEdgesFn,
@@ -196,18 +196,13 @@ def _compare_with_set(p: beam.Pipeline, cfg: ShardJobConfig, state: SetState, fi
     output."""
     spread = spread_bits_for(state.live_before)
     with_sha1 = cfg.input.compare == CompareMode.sha1
+    sources: list[HeldShard | str] = [*state.held, *([] if state.regroup else [NEAR_DUPLICATES_NAME])]
     held = (
         p
-        | "HeldShards" >> beam.Create(list(state.held) or [])
-        | "ReadHeldIndexes" >> beam.FlatMap(held_partitions, cfg.storage, cfg.output, partitions, with_sha1)
+        | "HeldShardsAndGroups" >> beam.Create(sources)
+        | "ReadHeldIndexesAndGroups" >> beam.FlatMap(set_partitions, cfg.storage, cfg.output, partitions, with_sha1)
     )
     sides = [held, files | "KeyByPartition" >> beam.Map(_keyed_by_partition, partitions)]
-    if not state.regroup:
-        sides.append(
-            p
-            | "GroupsFile" >> beam.Create([NEAR_DUPLICATES_NAME])
-            | "ReadGroups" >> beam.FlatMap(group_partitions, cfg.storage, cfg.output, partitions)
-        )
     compare = CompareFn(cfg.storage, cfg.output, cfg.input, state.generation, spread, partitions, state.regroup)
     return (
         sides

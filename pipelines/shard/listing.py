@@ -17,6 +17,7 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 
 import pyarrow.parquet as pq
 
@@ -155,7 +156,7 @@ class _LocalWalker:
     def _walk_dir(self, rel_dir: str, ancestors: frozenset[tuple[int, int]], recursive: bool) -> Iterator[SourceFile]:
         try:
             with os.scandir(os.path.join(self._root, rel_dir)) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=attrgetter("name"))
         except OSError as exc:  # unreadable folder: report it rather than lose its files silently
             yield self._problem(rel_dir.rstrip("/"), ErrorReason.READ_FAILED, f"cannot list folder: {exc.strerror}")
             return

@@ -29,6 +29,7 @@ from pipelines.storage import ObjectNotFoundError, Storage
 
 
 _BATCH_FILES = 10_000  # listed files per PlannedBatch: a few MB of metadata, bounded whatever the task lists
+_COUNTED_EVERY = 1_000  # listed files per update of the files_listed counter
 
 
 class ListTaskFn(beam.DoFn):
@@ -58,8 +59,9 @@ class ListTaskFn(beam.DoFn):
         for source in list_task(self._storage, self._input_cfg, task):
             if source.size is None and source.problem is None:
                 source = replace(source, size=self._size(source.uri))
-            self._listed.inc()
             listed += 1
+            if listed % _COUNTED_EVERY == 0:  # the progress counter, without a metrics update per file
+                self._listed.inc(_COUNTED_EVERY)
             if self._compare_partitions is None:
                 yield planned_file(source)
                 continue
@@ -71,6 +73,7 @@ class ListTaskFn(beam.DoFn):
                 yield PlannedBatch.of(partition, batches.pop(partition))
         for partition, files in sorted(batches.items()):
             yield PlannedBatch.of(partition, files)
+        self._listed.inc(listed % _COUNTED_EVERY)
         yield ManifestRecord(FILES_LISTED_KIND, listed)
 
     def _size(self, uri: str) -> int:
