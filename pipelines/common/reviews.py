@@ -185,6 +185,20 @@ class ReviewFile:
     decisions: tuple[Decision, ...]
     sample: ReviewSample = dataclasses.field(default_factory=ReviewSample, compare=False)
 
+    def record(self, matched: str | None) -> dict[str, Any]:
+        """What a job's record says of the file: where it is, who saved it when, what it reviewed, how it matched
+        the labels (``matched``: the verdict of :func:`check_label_runs`), its decisions by kind and reject reasons."""
+        return {
+            "uri": self.uri,
+            "sha256": self.sha256,
+            "reviewer": self.reviewer,
+            "saved_at": self.saved_at,
+            "label_run": self.label_run.to_json(),
+            "matched": matched,
+            "decisions": {kind: sum(d.decision == kind for d in self.decisions) for kind in REVIEW_DECISIONS},
+            "reject_reasons": dict(sorted(Counter(d.reason for d in self.decisions if d.reason).items())),
+        }
+
 
 def _fail(uri: str, message: str) -> ReviewError:
     return ReviewError(f"{uri}: {message}")
@@ -478,19 +492,7 @@ def review_record(
     outside = sum(len(by_id) for shard, by_id in review_set.decisions.items() if shard not in shards)
     agreed = Counter(d.decision for by_id in review_set.decisions.values() for d in by_id.values())
     return {
-        "files": [
-            {
-                "uri": f.uri,
-                "sha256": f.sha256,
-                "reviewer": f.reviewer,
-                "saved_at": f.saved_at,
-                "label_run": f.label_run.to_json(),
-                "matched": verdicts.get(f.uri),
-                "decisions": dict(sorted(Counter(d.decision for d in f.decisions).items())),
-                "reject_reasons": dict(sorted(Counter(d.reason for d in f.decisions if d.reason).items())),
-            }
-            for f in review_set.files
-        ],
+        "files": [f.record(verdicts.get(f.uri)) for f in review_set.files],
         "decisions": {kind: agreed.get(kind, 0) for kind in REVIEW_DECISIONS},
         "conflicts": {
             "mode": conflicts_mode,

@@ -132,13 +132,7 @@ def plan_reviews(storage: Storage, labels: str, uris: list[str], label_files: li
         "label_run": run.to_json(),
         "files": [
             {
-                "uri": f.uri,
-                "sha256": f.sha256,
-                "reviewer": f.reviewer,
-                "saved_at": f.saved_at,
-                "label_run": f.label_run.to_json(),
-                "matched": verdicts[f.uri],
-                "decisions": {kind: sum(d.decision == kind for d in f.decisions) for kind in REVIEW_DECISIONS},
+                **f.record(verdicts[f.uri]),
                 "sample": {"seed": f.sample.seed, "size": f.sample.size, "strata": len(f.sample.strata)},
             }
             for f in files

@@ -36,6 +36,7 @@ from pipelines.storage import Storage
 from schemas import COCO17_KEYPOINT_NAMES
 from tests.fakes.corpus import make_images
 from tests.fakes.digests import identities
+from tests.fakes.export_rows import crop_rows
 from tests.fakes.shard_set import label_shards, shard_annotated
 from tests.fakes.writes import recorded_writes
 
@@ -221,18 +222,6 @@ def test_a_rerun_exports_only_the_shard_whose_output_was_removed(labeled: dict[s
         _export(labeled, tmp_path, "crops", "export.crop_size=65")
 
 
-def _crop_rows(out: Path) -> dict[str, dict[str, Any]]:
-    """The rows the crop JSONs of ``out`` carry, by sample_id."""
-    rows = {}
-    for path in sorted(out.glob("shard-*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    row = json.loads(tar.extractfile(member).read())["row"]  # type: ignore[union-attr]
-                    rows[row["sample_id"]] = row
-    return rows
-
-
 def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any], tmp_path: Path) -> None:
     """Relabeling (here with another config, overwrite=true) changes each shard's label lineage: the export's
     rerun notices from the label markers, exports those shards again, and the files carry the new rows."""
@@ -241,7 +230,7 @@ def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any
     base = [f"input.labels={labels}", f"input.shards={root / 'shards'}", f"output={out}", "format=crops"]
     export_cfg = compose_config("dpmesh_export", [*base, "log_level=WARNING"], ExportJobConfig)
     export(export_cfg)
-    assert all(row["flip_pa_mpjpe_mm"] is None for row in _crop_rows(out).values())
+    assert all(row["flip_pa_mpjpe_mm"] is None for row in crop_rows(out).values())
     with recorded_writes() as writes:
         export(export_cfg)
     first = sorted(p.name for p in (out / "_done").glob("*.json"))
@@ -255,7 +244,7 @@ def test_a_rerun_exports_again_the_shards_relabeled_since(labeled: dict[str, Any
     assert sorted(p.name for p in (out / "_done").glob("*.json")) == first
     rewritten = writes.touching([f"_done/{name}" for name in first], str(out))
     assert sorted(rewritten) == [f"{out}/_done/{name}" for name in first], "every relabeled shard exported again"
-    rows = _crop_rows(out)
+    rows = crop_rows(out)
     assert set(rows) == set(labeled["rows"])
     assert all(row["flip_pa_mpjpe_mm"] is not None for row in rows.values()), "the files carry the new rows"
     for name in first:

@@ -4,8 +4,6 @@ list the review; conflicting files and a review of another label run are refused
 
 from __future__ import annotations
 
-import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from pipelines.common.reviews import SAME_RUN
 from pipelines.config import ConfigError, ExportJobConfig, compose_config
 from pipelines.export.job import run as export
 from tests.fakes.corpus import make_images
+from tests.fakes.export_rows import crop_rows
 from tests.fakes.fake_dpmesh import FakeDPMeshHandler
 from tests.fakes.reviews import write_review
 from tests.fakes.shard_set import label_shards, shard_annotated
@@ -44,17 +43,6 @@ def _export(corpus: Path, out: Path, *more: str) -> dict[str, Any]:
     return stats
 
 
-def _crop_rows(out: Path) -> dict[str, dict[str, Any]]:
-    rows = {}
-    for path in sorted(out.glob("shard-*.tar")):
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    row = json.loads(tar.extractfile(member).read())["row"]  # type: ignore[union-attr]
-                    rows[row["sample_id"]] = row
-    return rows
-
-
 def _persons(corpus: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A person the filter keeps and one it rejects."""
     kept, rejected = _rows(corpus / "labels", "annotations"), _rows(corpus / "labels", "rejected")
@@ -68,7 +56,7 @@ def test_export_applies_a_review_to_rows_card_and_stats(corpus: Path, tmp_path: 
     review = write_review(tmp_path / "review.json", corpus / "labels", [(kept, "reject"), (filtered, "accept")])
     plain = _export(corpus, tmp_path / "plain")
     stats = _export(corpus, tmp_path / "out", f"review={review}")
-    before, rows = _crop_rows(tmp_path / "plain"), _crop_rows(tmp_path / "out")
+    before, rows = crop_rows(tmp_path / "plain"), crop_rows(tmp_path / "out")
     assert kept["sample_id"] in before
     assert filtered["sample_id"] not in before
     assert kept["sample_id"] not in rows, "a reviewed reject is not exported"
