@@ -34,7 +34,6 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.common.metrics import SHARD_METRICS, counter
-from pipelines.common.shard_set import NEAR_DUPLICATES_NAME
 from pipelines.config import CompareMode, InputConfig
 from pipelines.config.storage import StorageConfig
 from pipelines.shard.finish import COMPARE_KIND, RETIRED_KIND, ManifestRecord
@@ -107,10 +106,10 @@ def held_partitions(
 
 
 def group_partitions(
-    _: Any, storage_cfg: StorageConfig, output: str, partitions: int
+    name: str, storage_cfg: StorageConfig, output: str, partitions: int
 ) -> Iterator[tuple[int, GroupedKeys]]:
-    """``(partition, grouped keys)`` of the set's near-duplicate groups (``_near_duplicates.parquet``, read once)."""
-    data = Storage(storage_cfg).read_bytes(join(output, NEAR_DUPLICATES_NAME))
+    """``(partition, grouped keys)`` of the set's near-duplicate groups (its file ``name``, read once)."""
+    data = Storage(storage_cfg).read_bytes(join(output, name))
     table = pq.read_table(io.BytesIO(data), columns=["key", "group"])
     by_partition: dict[int, tuple[list[str], list[str]]] = {}
     for key, group in zip(table.column("key").to_pylist(), table.column("group").to_pylist(), strict=True):
@@ -271,8 +270,11 @@ class _HeldColumns:
 
     def _columns(self, rows: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(high, low, hashed)`` of the samples at ``rows``."""
+        if len(self._words) != 1:  # joined once, then reused by every later call
+            self._words = [tuple(np.concatenate([w[c] for w in self._words]) for c in range(3))]  # type: ignore[misc]
         picked = np.asarray(rows, dtype=np.int64)
-        return tuple(np.concatenate([w[c] for w in self._words])[picked] for c in range(3))  # type: ignore[return-value]
+        high, low, hashed = self._words[0]
+        return high[picked], low[picked], hashed[picked]
 
     def hash_batch(self, rows: list[int], spread_bits: int, queries: bool) -> HashBatch:
         """The samples at ``rows`` that have a hash, for the near-duplicate search (all queries, or none)."""
