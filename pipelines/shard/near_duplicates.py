@@ -31,7 +31,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines.shard.keys import stable_bucket
-from pipelines.shard.perceptual_hash import HASH_BITS
+from pipelines.shard.perceptual_hash import HASH_BITS, hamming
 
 
 Sample = tuple[str, str, int]  # (key, shard, hash)
@@ -117,7 +117,7 @@ def kept_group_edges(element: tuple[int, Iterable[KeptGroupMembers]], threshold:
                 groups.setdefault(group, []).append((key, shard, value))
     for _, members in sorted(groups.items()):
         for (key_a, shard_a, a), (key_b, shard_b, b) in combinations(sorted(members), 2):
-            if (a ^ b).bit_count() <= threshold:
+            if hamming(a, b) <= threshold:
                 yield _edge((key_a, shard_a), (key_b, shard_b))
 
 
