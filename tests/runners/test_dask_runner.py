@@ -6,6 +6,7 @@ why the shard graph is shaped the way it is, is in README "Dask".
 """
 
 import re
+import shutil
 from pathlib import Path
 
 import distributed
@@ -103,3 +104,37 @@ def test_label_on_a_dask_cluster_gives_the_direct_runners_bytes(
     ours = label_digests(tmp_path / "dask")
     assert {name.split("/")[0] for name in ours} >= {"annotations", "rejected"}
     assert ours == label_digests(tmp_path / "direct")
+
+
+def test_an_append_on_a_dask_cluster_gives_the_direct_runners_bytes(
+    dask_cluster: DaskCluster, corpus: Corpus, tmp_path: Path
+) -> None:
+    """mode=append (the listing in column batches, the comparison by key partition, the near-duplicate search of the
+    new samples and of the kept groups) on the cluster's worker processes, against the same append run direct."""
+    images = tmp_path / "images"
+    shutil.copytree(corpus.images, images)
+    files = sorted(p for p in images.rglob("*.jpg") if p.is_file() and "broken" not in p.parts)  # good images
+    later = {p: p.read_bytes() for p in files[::4]}  # new in generation 1
+    for path in later:
+        path.unlink()
+    base = [f"input.images={images}", f"shard.max_samples={MAX_SAMPLES}", "log_level=WARNING"]
+    direct, on_dask = tmp_path / "direct", tmp_path / "dask"
+    first = shard(compose_config("dpmesh_shard", [*base, f"output={direct}"], ShardJobConfig))
+    shutil.copytree(direct, on_dask)
+    for path, data in later.items():
+        path.write_bytes(data)
+    sharded = [p for p in files if p not in later and p.stat().st_size not in {len(d) for d in later.values()}]
+    sharded[0].unlink()  # removed
+    sharded[1].write_bytes(next(iter(later.values())))  # changed: another image's bytes (another size)
+    append = [*base, "mode=append", "input.record_removals=true"]
+    expected = shard(compose_config("dpmesh_shard", [*append, f"output={direct}"], ShardJobConfig))
+    dask_run = ("runner=dask", f"runner.address={dask_cluster.address}")
+    manifest = shard(compose_config("dpmesh_shard", [*append, f"output={on_dask}", *dask_run], ShardJobConfig))
+    assert manifest["counts"] == expected["counts"]
+    # New: the files added, and the files generation 0 reported (listed and reported again).
+    assert expected["counts"]["new"] == len(later) + first["counts"]["files_errored"]
+    assert expected["counts"]["changed"] == 1
+    assert expected["generations"][-1]["retired"] == {"superseded": 1, "removed": 1}
+    assert expected["near_duplicates"]["groups"] >= 1, "the changed file now copies a new one: they group"
+    patterns = ("*.tar", "*.parquet", "_generations/*/*.parquet")
+    assert shard_set_digests(on_dask, *patterns) == shard_set_digests(direct, *patterns)
